@@ -1,0 +1,18 @@
+use std::sync::Arc;
+
+use super::Registry;
+use crate::config::LimitsConfig;
+use crate::store::Store;
+
+/// What every actor and connection of a node shares.
+pub struct Hub {
+    pub store: Arc<dyn Store>,
+    pub registry: Registry,
+    pub limits: LimitsConfig,
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn Store>, limits: LimitsConfig) -> Arc<Self> {
+        Arc::new(Self { store, registry: Registry::default(), limits })
+    }
+}

@@ -1,0 +1,150 @@
+//! What connections ask of actors and what actors send back: domain types, no wire format.
+
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::domain::{ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
+use crate::error::ApiError;
+use crate::store::HistoryPage;
+
+/// A decoded client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Sync { after_pos: u64 },
+    Ack { pos: u64 },
+    Ping,
+    CreateDirect { peer: UserId },
+    CreateGroup { name: String, members: Vec<UserId> },
+    ListRooms,
+    Presence { users: Vec<UserId> },
+    Room { room: RoomId, op: RoomOp },
+}
+
+/// A request about one room, handled by that room's actor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomOp {
+    Send { client_msg_id: String, text: String, reply_to_seq: u64 },
+    Edit { seq: u64, text: String },
+    Delete { seq: u64 },
+    History(HistoryPage),
+    AddMembers(Vec<UserId>),
+    RemoveMember(UserId),
+    Leave,
+    Rename(String),
+    SetRole(UserId, Role),
+    Typing { active: bool },
+    Receipt { kind: ReceiptKind, up_to_seq: u64 },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone)]
+pub enum ReplyBody {
+    Ok,
+    SyncStarted { head_pos: u64 },
+    Pong { server_time_ms: i64 },
+    Room(Box<RoomSummary>),
+    Rooms(Vec<RoomSummary>),
+    Sent(SentAck),
+    History { entries: Vec<RoomEntry>, more: bool },
+    Presence(Vec<PresenceInfo>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentAck {
+    pub room: RoomId,
+    pub seq: u64,
+    pub message_id: u64,
+    pub sent_at_ms: i64,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceInfo {
+    pub user: UserId,
+    pub online: bool,
+    pub last_seen_ms: i64,
+}
+
+/// The answer to one request, on its way to the connection.
+#[derive(Debug)]
+pub struct Answer {
+    pub request_id: u64,
+    pub result: Result<ReplyBody, ApiError>,
+    /// Held until the connection has taken the answer off its queue: it bounds the requests in
+    /// flight per connection, which is what guarantees the answer queue never overflows.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Where the answer to one request goes. Every request gets exactly one answer: dropping a
+/// `Replier` without answering sends INTERNAL, so a client is never left waiting.
+#[derive(Debug)]
+pub struct Replier {
+    request_id: u64,
+    answers: Option<mpsc::Sender<Answer>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Replier {
+    pub fn new(request_id: u64, answers: mpsc::Sender<Answer>, permit: OwnedSemaphorePermit) -> Self {
+        Self { request_id, answers: Some(answers), permit: Some(permit) }
+    }
+
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    pub fn reply(mut self, result: Result<ReplyBody, ApiError>) {
+        self.send(result);
+    }
+
+    pub fn ok(self) {
+        self.reply(Ok(ReplyBody::Ok));
+    }
+
+    pub fn error(self, error: ApiError) {
+        self.reply(Err(error));
+    }
+
+    fn send(&mut self, result: Result<ReplyBody, ApiError>) {
+        if let Some(answers) = self.answers.take() {
+            let answer = Answer { request_id: self.request_id, result, permit: self.permit.take() };
+            // Capacity is reserved by the permit; failing means the connection is gone.
+            let _ = answers.try_send(answer);
+        }
+    }
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        if self.answers.is_some() {
+            tracing::error!(request_id = self.request_id, "request dropped without an answer");
+            self.send(Err(ApiError::internal()));
+        }
+    }
+}
+
+/// What a user actor sends a connection, besides answers.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// One live event.
+    Event(u64, StreamEvent),
+    /// A page of events read from the store while catching up.
+    Page(Vec<(u64, StreamEvent)>),
+    Ephemeral(Ephemeral),
+    Notice(Notice),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ephemeral {
+    Typing { room: RoomId, user: UserId, active: bool },
+    Presence(PresenceInfo),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// Everything up to `pos` has been sent; live events follow.
+    CaughtUp { pos: u64 },
+    /// The connection could not keep up; it closes and the client resumes with Sync.
+    ResyncRequired { pos: u64 },
+    /// The device was logged out; the connection closes.
+    LoggedOut,
+}

@@ -1,0 +1,123 @@
+//! Finds the actor of a user or a room on this node, starting it when there is none.
+//!
+//! Actors remove themselves when they stop; a lookup that races with a stop sees a disconnected
+//! address and starts a fresh actor, which reloads its state from the store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix::{Actor, Addr};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use super::room::RoomActor;
+use super::user::UserActor;
+use super::{Hub, Outbound};
+use crate::domain::{RoomId, StreamEvent, UserId};
+use crate::error::{ApiError, ApiResult};
+use crate::store::Positions;
+
+#[derive(Clone)]
+pub struct UserEntry {
+    pub addr: Addr<UserActor>,
+    /// Set by a fan-out that found the actor's mailbox full: the actor then re-reads its
+    /// connections' streams from the store, so nothing is lost.
+    pub missed: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    users: DashMap<UserId, UserEntry>,
+    rooms: DashMap<RoomId, Addr<RoomActor>>,
+}
+
+impl Registry {
+    pub fn user(&self, user: UserId) -> Option<UserEntry> {
+        self.users.get(&user).map(|e| e.clone()).filter(|e| e.addr.connected())
+    }
+
+    /// The user's actor, started if needed (on the calling thread's arbiter).
+    pub fn user_or_start(&self, user: UserId, hub: &Arc<Hub>) -> UserEntry {
+        match self.users.entry(user) {
+            Entry::Occupied(e) if e.get().addr.connected() => e.get().clone(),
+            entry => {
+                let missed = Arc::new(AtomicBool::new(false));
+                let addr = UserActor::new(user, hub.clone(), missed.clone()).start();
+                let fresh = UserEntry { addr, missed };
+                match entry {
+                    Entry::Occupied(mut e) => {
+                        e.insert(fresh.clone());
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(fresh.clone());
+                    }
+                }
+                fresh
+            }
+        }
+    }
+
+    /// Called by a stopping user actor: forget it unless a newer one took its place.
+    pub(super) fn forget_user(&self, user: UserId, addr: &Addr<UserActor>) {
+        self.users.remove_if(&user, |_, e| e.addr == *addr);
+    }
+
+    /// The room's actor, loaded from the store and started if needed.
+    pub async fn room(&self, room: RoomId, hub: &Arc<Hub>) -> ApiResult<Addr<RoomActor>> {
+        if let Some(addr) = self.rooms.get(&room).map(|a| a.clone()).filter(|a| a.connected()) {
+            return Ok(addr);
+        }
+        let state = hub.store.load_room(room).await?.ok_or_else(ApiError::not_a_member)?;
+        let addr = match self.rooms.entry(room) {
+            Entry::Occupied(e) if e.get().connected() => e.get().clone(),
+            Entry::Occupied(mut e) => {
+                let addr = RoomActor::new(state, hub.clone()).start();
+                e.insert(addr.clone());
+                addr
+            }
+            Entry::Vacant(e) => {
+                let addr = RoomActor::new(state, hub.clone()).start();
+                e.insert(addr.clone());
+                addr
+            }
+        };
+        Ok(addr)
+    }
+
+    pub(super) fn forget_room(&self, room: RoomId, addr: &Addr<RoomActor>) {
+        self.rooms.remove_if(&room, |_, a| a == addr);
+    }
+
+    /// Hands a durable event to the user actors of its recipients that are on this node. Users with
+    /// no actor here have no connection here: they get the event when they sync.
+    pub fn deliver(&self, positions: &Positions, event: &StreamEvent) {
+        for &(user, pos) in positions {
+            if let Some(entry) = self.user(user) {
+                entry.deliver(Outbound::Event(pos, event.clone()));
+            }
+        }
+    }
+
+    /// Hands an ephemeral event to the user actors of `users` on this node; dropped where full.
+    pub fn send_ephemeral(&self, users: impl IntoIterator<Item = UserId>, event: super::Ephemeral) {
+        for user in users {
+            if let Some(entry) = self.user(user) {
+                let _ = entry.addr.try_send(super::user::Push(Outbound::Ephemeral(event)));
+            }
+        }
+    }
+
+    pub fn users_online(&self) -> usize {
+        self.users.len()
+    }
+}
+
+impl UserEntry {
+    /// Never blocks and never loses: a full mailbox marks the actor as having missed events.
+    pub fn deliver(&self, outbound: Outbound) {
+        if self.addr.try_send(super::user::Push(outbound)).is_err() {
+            self.missed.store(true, Ordering::Release);
+            crate::metrics::METRICS.slow_consumers_total.inc();
+        }
+    }
+}

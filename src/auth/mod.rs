@@ -1,0 +1,14 @@
+//! Accounts: sign up, log in, refresh, log out, and checking an access token.
+//!
+//! Access tokens are short-lived HS256 JWTs naming the user and the device; the WebSocket upgrade
+//! checks one, and also that its device is still logged in (so logout takes effect at once, not at
+//! expiry). Refresh tokens are random, one per device, stored only as a SHA-256 hash, and rotate on
+//! every use.
+
+mod password;
+mod service;
+mod tokens;
+
+pub use password::PasswordHasher;
+pub use service::{AuthService, Authenticated, Session};
+pub use tokens::TokenKeys;

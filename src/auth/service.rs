@@ -1,0 +1,168 @@
+//! The account operations behind `/v1/auth/*` and the WebSocket upgrade.
+
+use std::sync::Arc;
+
+use super::tokens::{hash_refresh_token, new_refresh_token, parse_refresh_token};
+use super::{PasswordHasher, TokenKeys};
+use crate::config::AuthConfig;
+use crate::domain::{DeviceId, UserId, new_random_id, now_ms};
+use crate::error::{ApiError, ApiResult, Code};
+use crate::store::{DeviceRecord, NewUser, Store};
+
+const MAX_PASSWORD_BYTES: usize = 1024;
+const MAX_DEVICE_NAME_CHARS: usize = 64;
+
+/// Tokens handed to a device after sign-up, log-in or refresh.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub access_expires_at_ms: i64,
+}
+
+/// Who is calling, once their access token checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    pub user: UserId,
+    pub device: DeviceId,
+}
+
+pub struct AuthService {
+    store: Arc<dyn Store>,
+    hasher: PasswordHasher,
+    keys: TokenKeys,
+    config: AuthConfig,
+}
+
+impl AuthService {
+    pub fn new(store: Arc<dyn Store>, config: AuthConfig, secret: &[u8]) -> Self {
+        Self {
+            store,
+            hasher: PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations),
+            keys: TokenKeys::new(secret),
+            config,
+        }
+    }
+
+    pub async fn sign_up(&self, username: &str, password: &str, device_name: &str) -> ApiResult<Session> {
+        validate_username(username)?;
+        if password.chars().count() < self.config.min_password_chars || password.len() > MAX_PASSWORD_BYTES {
+            return Err(ApiError::invalid(format!(
+                "password must be {} to {MAX_PASSWORD_BYTES} characters",
+                self.config.min_password_chars
+            )));
+        }
+        let hasher = self.hasher.clone();
+        let password = password.to_owned();
+        let password_hash = tokio::task::spawn_blocking(move || hasher.hash(&password))
+            .await
+            .map_err(|_| ApiError::internal())?;
+        let user = UserId(new_random_id());
+        self.store
+            .create_user(NewUser { id: user, username: username.to_owned(), password_hash, created_at_ms: now_ms() })
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                e if e.code == Code::Conflict => ApiError::new(Code::Conflict, "username is taken"),
+                e => e,
+            })?;
+        self.new_device(user, device_name).await
+    }
+
+    pub async fn log_in(&self, username: &str, password: &str, device_name: &str) -> ApiResult<Session> {
+        let record = self.store.user_by_name(username).await?;
+        let hasher = self.hasher.clone();
+        let password = password.to_owned();
+        let stored = record.as_ref().map(|r| r.password_hash.clone());
+        let ok = tokio::task::spawn_blocking(move || hasher.verify(&password, stored.as_deref()))
+            .await
+            .map_err(|_| ApiError::internal())?;
+        match record {
+            Some(record) if ok => self.new_device(record.id, device_name).await,
+            _ => Err(ApiError::new(Code::Unauthenticated, "wrong username or password")),
+        }
+    }
+
+    async fn new_device(&self, user: UserId, device_name: &str) -> ApiResult<Session> {
+        let device = DeviceId(new_random_id());
+        let now = now_ms();
+        let refresh_token = new_refresh_token(user, device);
+        let name: String = device_name.chars().take(MAX_DEVICE_NAME_CHARS).collect();
+        self.store
+            .create_device(DeviceRecord {
+                user,
+                device,
+                name,
+                refresh_hash: hash_refresh_token(&refresh_token),
+                refresh_expires_at_ms: now + self.refresh_ttl_ms(),
+                created_at_ms: now,
+                revoked: false,
+            })
+            .await?;
+        Ok(self.session(user, device, refresh_token, now))
+    }
+
+    fn refresh_ttl_ms(&self) -> i64 {
+        self.config.refresh_token_ttl_days as i64 * 24 * 3600 * 1000
+    }
+
+    fn session(&self, user: UserId, device: DeviceId, refresh_token: String, now: i64) -> Session {
+        let (access_token, access_expires_at_ms) =
+            self.keys.issue_access(user, device, now, self.config.access_token_ttl_secs);
+        Session { user, device, access_token, refresh_token, access_expires_at_ms }
+    }
+
+    /// Trades a refresh token for new tokens; the old refresh token stops working.
+    pub async fn refresh(&self, refresh_token: &str) -> ApiResult<Session> {
+        let invalid = || ApiError::new(Code::Unauthenticated, "invalid refresh token");
+        let (user, device) = parse_refresh_token(refresh_token).ok_or_else(invalid)?;
+        let now = now_ms();
+        let record = self.store.device(user, device).await?.ok_or_else(invalid)?;
+        if record.revoked {
+            return Err(invalid());
+        }
+        if record.refresh_expires_at_ms < now {
+            return Err(ApiError::new(Code::TokenExpired, "refresh token expired; log in again"));
+        }
+        let old_hash = hash_refresh_token(refresh_token);
+        if old_hash != record.refresh_hash {
+            return Err(invalid());
+        }
+        let next = new_refresh_token(user, device);
+        let rotated = self
+            .store
+            .rotate_refresh(user, device, old_hash, hash_refresh_token(&next), now + self.refresh_ttl_ms())
+            .await?;
+        if !rotated {
+            // Another refresh with the same token won the race.
+            return Err(invalid());
+        }
+        Ok(self.session(user, device, next, now))
+    }
+
+    /// Revokes the caller's device, or all of the user's devices; returns those revoked.
+    pub async fn log_out(&self, caller: Authenticated, all_devices: bool) -> ApiResult<Vec<DeviceId>> {
+        let only = (!all_devices).then_some(caller.device);
+        Ok(self.store.revoke_devices(caller.user, only).await?)
+    }
+
+    /// Checks an access token and that its device is still logged in.
+    pub async fn authenticate(&self, access_token: &str) -> ApiResult<Authenticated> {
+        let (user, device) = self.keys.verify_access(access_token)?;
+        match self.store.device(user, device).await? {
+            Some(d) if !d.revoked => Ok(Authenticated { user, device }),
+            _ => Err(ApiError::new(Code::Unauthenticated, "this device was logged out")),
+        }
+    }
+}
+
+fn validate_username(username: &str) -> ApiResult<()> {
+    let ok_len = (3..=32).contains(&username.len());
+    let ok_chars = username.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    if ok_len && ok_chars {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("username must be 3 to 32 characters of a-z, 0-9, '_' and '.'"))
+    }
+}

@@ -1,0 +1,294 @@
+//! Configuration: one typed struct, loaded once at start from (lowest to highest precedence)
+//! built-in defaults, a TOML file, `TIDINGS_<SECTION>_<KEY>` environment variables and command-line
+//! flags. Nothing reads the environment afterwards. `tidings.example.toml` documents every key and
+//! is checked against this struct by a test.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::sqlite::Synchronous;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address for WebSocket, auth and operations endpoints. Port 0 picks a free port.
+    pub listen: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// How long a graceful shutdown waits for connections to close before cutting them.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:8080".into(), workers: 0, shutdown_timeout_secs: 10 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Where the embedded database and the generated token secret live.
+    pub data_dir: PathBuf,
+    /// `full`: every acknowledged message survives power loss. `normal`: survives a crash of the
+    /// process (kill -9), not of the machine; faster.
+    pub synchronous: Synchronous,
+    /// Most writes committed together by the single writer (group commit).
+    pub max_batch: usize,
+    /// How long a write waits on another process holding the database's write lock.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("./data"), synchronous: Synchronous::Full, max_batch: 1024, busy_timeout_ms: 5000 }
+    }
+}
+
+impl StoreConfig {
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("tidings.db")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Secret that signs access tokens (HS256). Empty: one is generated on first start and kept in
+    /// `<data_dir>/token-secret`, so tokens survive restarts. Nodes of a cluster must share it.
+    pub token_secret: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_days: u64,
+    /// Argon2id cost. The defaults are OWASP's recommendation (19 MiB, 2 passes).
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub min_password_chars: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_secret: String::new(),
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_days: 60,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            min_password_chars: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Open WebSocket connections per node; upgrades beyond it get 503 OVERLOADED.
+    pub max_connections: usize,
+    /// Largest WebSocket frame accepted; a larger one closes the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Largest message text, in bytes (UTF-8).
+    pub max_message_bytes: usize,
+    pub max_room_name_chars: usize,
+    pub max_group_members: usize,
+    /// Sustained requests per second per connection, and the burst above it.
+    pub requests_per_second: u32,
+    pub request_burst: u32,
+    /// Requests of one connection awaiting their answer; reading pauses beyond it.
+    pub max_in_flight_requests: usize,
+    /// Live events queued for one connection; beyond it the connection is a slow consumer.
+    pub outbound_queue_events: usize,
+    /// A slow consumer that has not caught up from the store within this time is told to resync.
+    pub slow_consumer_grace_secs: u64,
+    pub heartbeat_interval_secs: u64,
+    /// A connection silent (no frame, no pong) this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A write to a connection blocked this long closes it.
+    pub write_timeout_secs: u64,
+    /// A room actor with no traffic for this long stops (it reloads from the store on demand).
+    pub room_idle_secs: u64,
+    /// Events per store read when a connection catches up.
+    pub catch_up_page_events: usize,
+    pub max_history_page: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 8 * 1024,
+            max_room_name_chars: 128,
+            max_group_members: 1024,
+            requests_per_second: 50,
+            request_burst: 200,
+            max_in_flight_requests: 64,
+            outbound_queue_events: 512,
+            slow_consumer_grace_secs: 30,
+            heartbeat_interval_secs: 15,
+            idle_timeout_secs: 45,
+            write_timeout_secs: 10,
+            room_idle_secs: 300,
+            catch_up_page_events: 256,
+            max_history_page: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `tidings=debug,actix=warn`); `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{origin} sets {key}: {message}")]
+    Override { origin: String, key: String, message: String },
+}
+
+/// Overrides from the command line, already parsed.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `section.key = value` pairs, in order; later ones win.
+    pub values: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Defaults < `file` < environment (`env` lists `(name, value)`) < `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let base = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| ConfigError::File { path: path.into(), message: e.to_string() })?
+            }
+            None => Config::default(),
+        };
+        let mut table = toml::Table::try_from(&base).expect("config serialises");
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("TIDINGS_") else { continue };
+            if rest == "CONFIG" {
+                continue;
+            }
+            if let Some(key) = key_for_env(&table, rest) {
+                set_key(&mut table, &key, &value, &format!("environment variable {name}"))?;
+            }
+        }
+        for (key, value) in &overrides.values {
+            set_key(&mut table, key, value, "command line")?;
+        }
+        table.try_into::<Config>().map_err(|e| ConfigError::Override {
+            origin: "overrides".into(),
+            key: String::new(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// `SERVER_LISTEN` -> `server.listen`, if that key exists.
+fn key_for_env(table: &toml::Table, rest: &str) -> Option<String> {
+    let lower = rest.to_ascii_lowercase();
+    table.iter().find_map(|(section, values)| {
+        let key = lower.strip_prefix(section.as_str())?.strip_prefix('_')?;
+        values.as_table()?.contains_key(key).then(|| format!("{section}.{key}"))
+    })
+}
+
+/// Sets `section.key` from a string, parsed as the type the key already has.
+fn set_key(table: &mut toml::Table, key: &str, raw: &str, origin: &str) -> Result<(), ConfigError> {
+    let error = |message: String| ConfigError::Override { origin: origin.into(), key: key.into(), message };
+    let (section, name) = key.split_once('.').ok_or_else(|| error("expected section.key".into()))?;
+    let slot = table
+        .get_mut(section)
+        .and_then(|s| s.as_table_mut())
+        .and_then(|s| s.get_mut(name))
+        .ok_or_else(|| error("no such setting".into()))?;
+    *slot = match slot {
+        toml::Value::String(_) => toml::Value::String(raw.into()),
+        toml::Value::Integer(_) => toml::Value::Integer(raw.parse().map_err(|e| error(format!("{e}")))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|e| error(format!("{e}")))?),
+        toml::Value::Float(_) => toml::Value::Float(raw.parse().map_err(|e| error(format!("{e}")))?),
+        _ => return Err(error("cannot be set from a string".into())),
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_matches_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("tidings.example.toml");
+        let loaded = Config::load(Some(&example), [], &Overrides::default()).unwrap();
+        assert_eq!(loaded, Config::default(), "tidings.example.toml should show the defaults");
+    }
+
+    #[test]
+    fn precedence_is_file_then_env_then_cli() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\n[limits]\nmax_connections = 5\n").unwrap();
+        let env = vec![
+            ("TIDINGS_SERVER_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            ("TIDINGS_LIMITS_MAX_FRAME_BYTES".to_string(), "99".to_string()),
+            ("TIDINGS_STORE_DATA_DIR".to_string(), "/tmp/x".to_string()),
+            ("UNRELATED".to_string(), "1".to_string()),
+        ];
+        let cli = Overrides { values: vec![("server.listen".into(), "127.0.0.1:3".into())] };
+        let c = Config::load(Some(&file), env, &cli).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:3");
+        assert_eq!(c.limits.max_connections, 5);
+        assert_eq!(c.limits.max_frame_bytes, 99);
+        assert_eq!(c.store.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_clear_errors() {
+        let bad = Overrides { values: vec![("limits.max_connections".into(), "many".into())] };
+        let e = Config::load(None, [], &bad).unwrap_err().to_string();
+        assert!(e.contains("limits.max_connections"), "{e}");
+        let unknown = Overrides { values: vec![("server.nope".into(), "1".into())] };
+        assert!(Config::load(None, [], &unknown).unwrap_err().to_string().contains("no such setting"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nlisten_typo = 1\n").unwrap();
+        assert!(Config::load(Some(&file), [], &Overrides::default()).unwrap_err().to_string().contains("listen_typo"));
+        let bad_enum = Overrides { values: vec![("store.synchronous".into(), "sometimes".into())] };
+        assert!(Config::load(None, [], &bad_enum).is_err());
+    }
+}

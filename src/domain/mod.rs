@@ -1,0 +1,10 @@
+//! Domain types shared by actors, the store and push. None of them knows the wire format: the
+//! transport layer converts them to and from `tidings_proto` at the edge.
+
+mod ids;
+mod room;
+mod stream;
+
+pub use ids::{ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
+pub use room::{EntryBody, MemberRecord, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, Role, TextMessage};
+pub use stream::{Receipt, ReceiptKind, StreamEvent};

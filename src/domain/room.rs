@@ -1,0 +1,105 @@
+//! Rooms, their members and the entries of a room's log.
+
+use super::{RoomId, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind {
+    Direct,
+    Group,
+}
+
+/// A member's power in a room, ordered: `Member < Admin < Owner`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    /// Owners and admins manage members and the name.
+    pub fn can_manage(self) -> bool {
+        self >= Role::Admin
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomMeta {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub user: UserId,
+    /// Filled by reads that join the users table; empty where not needed.
+    pub username: String,
+    pub role: Role,
+    pub delivered_up_to_seq: u64,
+    pub read_up_to_seq: u64,
+}
+
+/// What a room actor loads when it starts.
+#[derive(Debug, Clone)]
+pub struct RoomState {
+    pub meta: RoomMeta,
+    pub members: Vec<MemberRecord>,
+    /// The highest seq used so far; the next entry takes a larger one.
+    pub last_seq: u64,
+}
+
+/// A room as the room list shows it to one user.
+#[derive(Debug, Clone)]
+pub struct RoomSummary {
+    pub meta: RoomMeta,
+    pub members: Vec<MemberRecord>,
+    pub last_seq: u64,
+    pub last_entry: Option<RoomEntry>,
+    pub unread_count: u32,
+    pub read_up_to_seq: u64,
+}
+
+/// One entry of a room's append-only log. Every member sees the same entries in the same `seq` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomEntry {
+    pub room: RoomId,
+    pub seq: u64,
+    /// Time-ordered id (see `time_ordered_id`).
+    pub id: u64,
+    pub sender: UserId,
+    pub sent_at_ms: i64,
+    pub body: EntryBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryBody {
+    Text(TextMessage),
+    Edited { target_seq: u64, text: String },
+    Deleted { target_seq: u64 },
+    Created { kind: RoomKind, name: String, members: Vec<UserId> },
+    MembersAdded(Vec<UserId>),
+    MemberRemoved(UserId),
+    MemberLeft(UserId),
+    Renamed(String),
+    RoleChanged(UserId, Role),
+}
+
+/// A chat message, in its current state: edits replace `text`, a delete leaves a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TextMessage {
+    pub text: String,
+    /// Empty when the client gave none (then retries are not recognised).
+    pub client_msg_id: String,
+    pub reply_to_seq: u64,
+    pub edited_at_ms: i64,
+    pub deleted: bool,
+}
+
+impl EntryBody {
+    /// Whether this entry counts towards unread counts (messages from others that still stand).
+    pub fn is_message(&self) -> bool {
+        matches!(self, EntryBody::Text(_))
+    }
+}

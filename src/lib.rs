@@ -1,0 +1,25 @@
+//! tidings: an actor-based realtime chat and notification server.
+//!
+//! # Layout
+//! - `server`: start-up, the HTTP routes and the ordered graceful shutdown.
+//! - `config`: the typed configuration (file < env < flags).
+//! - `transport`: the only layer that knows the wire: WebSocket connections (`transport::connection`),
+//!   frame decoding and encoding, the HTTP auth and operations endpoints.
+//! - `actors`: one actor per online user (its device connections and their stream positions), one
+//!   per active room (orders and persists its entries, fans them out), and the registry that finds them.
+//! - `auth`: accounts, passwords, access and refresh tokens.
+//! - `store`: domain-level storage traits and the embedded SQLite backend.
+//! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
+//! - `metrics`, `error`: counters for `/metrics`; the error codes clients see.
+//!
+//! ARCHITECTURE.md has the bird's-eye view and the invariants.
+
+pub mod actors;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod transport;

@@ -1,0 +1,151 @@
+//! Start-up and the ordered graceful shutdown.
+//!
+//! `start(config)` opens the store, binds the listener and starts the HTTP workers; it returns a
+//! `Running` server whose `run_until(signal)` serves until the signal, then shuts down in order:
+//! readiness off, connections told GOING_AWAY and closed, HTTP workers stopped, store flushed and
+//! closed. Tests start servers the same way, on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use tokio::sync::{Semaphore, watch};
+
+use crate::actors::Hub;
+use crate::auth::AuthService;
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::transport::http::{AppState, routes};
+
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub hub: Arc<Hub>,
+    handle: actix_web::dev::ServerHandle,
+    server_task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    shutdown: watch::Sender<bool>,
+    ready: Arc<AtomicBool>,
+    connection_slots: Arc<Semaphore>,
+    config: Config,
+}
+
+/// Opens the configured store.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let mut options = SqliteOptions::new(config.store.database_path());
+    options.synchronous = config.store.synchronous;
+    options.max_batch = config.store.max_batch.max(1);
+    options.busy_timeout = Duration::from_millis(config.store.busy_timeout_ms);
+    let store = SqliteStore::open(options).with_context(|| format!("opening {}", config.store.database_path().display()))?;
+    Ok(Arc::new(store))
+}
+
+/// The access-token secret: configured, or generated once and kept beside the database.
+fn token_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if !config.auth.token_secret.is_empty() {
+        return Ok(config.auth.token_secret.as_bytes().to_vec());
+    }
+    let path = config.store.data_dir.join("token-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        return Ok(existing.trim().as_bytes().to_vec());
+    }
+    std::fs::create_dir_all(&config.store.data_dir)?;
+    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a new access-token secret");
+    Ok(secret.into_bytes())
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+/// Raises the soft open-files limit to the hard limit: every connection is a file.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get()
+        && soft < hard
+        && rlimit::Resource::NOFILE.set(hard, hard).is_err()
+    {
+        tracing::warn!(soft, hard, "could not raise the open-files limit");
+    }
+}
+
+/// Starts serving. Must run inside an actix system (`actix_web::rt::System`).
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    raise_open_files_limit();
+    let store = open_store(&config)?;
+    let secret = token_secret(&config)?;
+    let hub = Hub::new(store.clone(), config.limits.clone());
+    let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let connection_slots = Arc::new(Semaphore::new(config.limits.max_connections));
+    let state = web::Data::new(AppState {
+        hub: hub.clone(),
+        auth,
+        connection_slots: connection_slots.clone(),
+        ready: ready.clone(),
+        shutdown: shutdown_rx,
+    });
+
+    let listener = std::net::TcpListener::bind(&config.server.listen)
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let local_addr = listener.local_addr()?;
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .max_connections(config.limits.max_connections + 1024)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    let server_task = actix_web::rt::spawn(server);
+    ready.store(true, Ordering::Release);
+    tracing::info!(addr = %local_addr, data_dir = %config.store.data_dir.display(), "tidings is listening");
+    Ok(Running { local_addr, hub, handle, server_task, shutdown, ready, connection_slots, config })
+}
+
+impl Running {
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::select! {
+            _ = signal => {}
+            ended = &mut self.server_task => {
+                tracing::error!(?ended, "HTTP server stopped by itself");
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    async fn shutdown(self) {
+        let started = Instant::now();
+        tracing::info!("shutting down: readiness off");
+        self.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        let deadline = Duration::from_secs(self.config.server.shutdown_timeout_secs);
+        let all = self.config.limits.max_connections;
+        while self.connection_slots.available_permits() < all && started.elapsed() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = all - self.connection_slots.available_permits();
+        tracing::info!(connections_left = left, "connections told to go away");
+        self.handle.stop(true).await;
+        self.hub.store.close().await;
+        tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store flushed; bye");
+    }
+}

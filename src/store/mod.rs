@@ -1,0 +1,98 @@
+//! Storage: domain-level traits and their backends.
+//!
+//! The traits speak rooms, entries, streams and accounts, never rows or keys, so that the embedded
+//! SQLite default and ScyllaDB can both implement them without cross-partition transactions:
+//! - a room's log is keyed by room and clustered by `seq` (ScyllaDB partitions it by
+//!   `(room_id, seq / ENTRY_BUCKET_SIZE)`);
+//! - a user's stream is keyed by user and clustered by position;
+//! - every write names the one room (or user) it is about.
+//!
+//! Invariant: a write future resolves only once the write is durable (committed to disk); callers
+//! acknowledge clients after that and never before.
+
+mod error;
+pub mod sqlite;
+mod types;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+
+pub use error::{StoreError, StoreErrorKind};
+pub use types::{
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser,
+    Positions, ReceiptWrite, UserRecord,
+};
+
+use crate::domain::{DeviceId, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
+
+/// How many seqs share one partition of a room's log in partitioned backends.
+pub const ENTRY_BUCKET_SIZE: u64 = 16_384;
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Accounts and devices.
+#[async_trait]
+pub trait AccountStore: Send + Sync {
+    /// Fails with `Conflict` when the username is taken.
+    async fn create_user(&self, user: NewUser) -> StoreResult<()>;
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+    /// The subset of `users` that exist.
+    async fn existing_users(&self, users: Vec<UserId>) -> StoreResult<Vec<UserId>>;
+    async fn create_device(&self, device: DeviceRecord) -> StoreResult<()>;
+    async fn device(&self, user: UserId, device: DeviceId) -> StoreResult<Option<DeviceRecord>>;
+    /// Replaces the refresh token hash if it still is `old_hash` and the device is live.
+    async fn rotate_refresh(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        old_hash: Vec<u8>,
+        new_hash: Vec<u8>,
+        new_expires_at_ms: i64,
+    ) -> StoreResult<bool>;
+    /// Revokes one device, or all of the user's; returns the devices that were live.
+    async fn revoke_devices(&self, user: UserId, only: Option<DeviceId>) -> StoreResult<Vec<DeviceId>>;
+    async fn set_last_seen(&self, user: UserId, at_ms: i64) -> StoreResult<()>;
+    async fn last_seen(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, i64)>>;
+}
+
+/// Rooms, their members and their logs.
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// Creates a room with its first entry (seq 1, `Created`) in every member's stream. For a direct
+    /// room that already exists between the two users, returns it instead.
+    async fn create_room(&self, room: NewRoom) -> StoreResult<CreateRoomOutcome>;
+    async fn load_room(&self, room: RoomId) -> StoreResult<Option<RoomState>>;
+    /// Starts appending one entry to a room's log: applies its effect and puts it in each
+    /// recipient's stream, atomically. Does not wait: the submission is queued before this returns,
+    /// so appends to one room submitted in seq order are applied in that order (and every recipient's
+    /// stream sees them in seq order). Fails at once with `Busy` when the backend's queue is full.
+    /// The returned future resolves once the append is durable.
+    fn submit_append(&self, append: Append) -> StoreResult<BoxFuture<'static, StoreResult<AppendOutcome>>>;
+    /// Advances a member's delivered or read marker; when it moved, puts the receipt in each
+    /// recipient's stream. `None` when the marker was already there.
+    async fn set_receipt(&self, receipt: ReceiptWrite) -> StoreResult<Option<Positions>>;
+    async fn history(&self, room: RoomId, page: HistoryPage) -> StoreResult<(Vec<crate::domain::RoomEntry>, bool)>;
+    /// The rooms `user` is a member of, with last entry and unread count.
+    async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomSummary>>;
+    async fn room_summary(&self, room: RoomId, user: UserId) -> StoreResult<Option<RoomSummary>>;
+    /// Everyone who shares at least one room with `user` (not `user`).
+    async fn contacts_of(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+}
+
+/// The per-user durable event streams.
+#[async_trait]
+pub trait StreamStore: Send + Sync {
+    /// Up to `limit` events with position > `after_pos`, in order.
+    async fn events_after(&self, user: UserId, after_pos: u64, limit: usize) -> StoreResult<Vec<(u64, StreamEvent)>>;
+    /// The newest position of the user's stream (0 when empty).
+    async fn stream_head(&self, user: UserId) -> StoreResult<u64>;
+}
+
+/// Everything the server needs from a backend.
+#[async_trait]
+pub trait Store: AccountStore + RoomStore + StreamStore {
+    /// Whether the backend can serve requests now (for `/readyz`).
+    async fn ready(&self) -> bool;
+    /// Finishes queued writes and releases the backend. Later calls fail with `Unavailable`.
+    async fn close(&self);
+}

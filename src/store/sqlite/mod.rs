@@ -1,0 +1,261 @@
+//! The embedded default backend: one SQLite file in WAL mode, one writer thread with group commit
+//! (`writer.rs`), a pool of read connections (`reads.rs`).
+
+mod codec;
+mod reads;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::BoxFuture;
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+pub use reads::UNREAD_COUNT_CAP;
+pub use schema::Synchronous;
+use writer::WriteCmd;
+
+use super::{
+    AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, HistoryPage, NewRoom, NewUser, Positions,
+    ReceiptWrite, RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
+};
+use crate::domain::{DeviceId, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
+
+/// Settings of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    /// How long a write waits for another process holding the file's write lock.
+    pub busy_timeout: Duration,
+    /// Most commands committed together.
+    pub max_batch: usize,
+    /// Writes waiting for the writer; senders wait (back-pressure) beyond this.
+    pub queue_capacity: usize,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 1024,
+            queue_capacity: 8192,
+        }
+    }
+}
+
+pub struct SqliteStore {
+    options: SqliteOptions,
+    writes: mpsc::Sender<WriteCmd>,
+    /// Idle read connections; reads open another when all are busy.
+    readers: Mutex<Vec<Connection>>,
+    closed: AtomicBool,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl SqliteStore {
+    /// Opens or creates the database at `options.path` and starts the writer.
+    pub fn open(options: SqliteOptions) -> StoreResult<Self> {
+        if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::unavailable(format!("creating {}: {e}", parent.display())))?;
+        }
+        let conn = Self::connect(&options)?;
+        schema::create_tables(&conn).map_err(sql_error)?;
+        let (writes, commands) = mpsc::channel(options.queue_capacity);
+        let writer_thread = writer::spawn(conn, commands, options.max_batch);
+        Ok(Self {
+            options,
+            writes,
+            readers: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            writer_thread: Mutex::new(Some(writer_thread)),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.options.path
+    }
+
+    fn connect(options: &SqliteOptions) -> StoreResult<Connection> {
+        schema::open(&options.path, options.synchronous, options.busy_timeout).map_err(sql_error)
+    }
+
+    async fn write<T>(&self, make: impl FnOnce(writer::Reply<T>) -> WriteCmd) -> StoreResult<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("store is closed"));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writes.send(make(reply)).await.map_err(|_| StoreError::unavailable("store writer stopped"))?;
+        answer.await.map_err(|_| StoreError::unavailable("store writer stopped"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("store is closed"));
+        }
+        let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => Self::connect(&self.options)?,
+        };
+        let (conn, result) = tokio::task::spawn_blocking(move || {
+            let result = query(&conn);
+            (conn, result)
+        })
+        .await
+        .map_err(|e| StoreError::unavailable(format!("read task failed: {e}")))?;
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        result.map_err(sql_error)
+    }
+}
+
+fn sql_error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+            StoreError::new(StoreErrorKind::Corrupt, e.to_string())
+        }
+        other => StoreError::unavailable(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::CreateUser(user, reply)).await
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| reads::user_by_name(c, &username)).await
+    }
+
+    async fn existing_users(&self, users: Vec<UserId>) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| reads::existing_users(c, &users)).await
+    }
+
+    async fn create_device(&self, device: DeviceRecord) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::CreateDevice(device, reply)).await
+    }
+
+    async fn device(&self, user: UserId, device: DeviceId) -> StoreResult<Option<DeviceRecord>> {
+        self.read(move |c| reads::device(c, user, device)).await
+    }
+
+    async fn rotate_refresh(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        old_hash: Vec<u8>,
+        new_hash: Vec<u8>,
+        new_expires_at_ms: i64,
+    ) -> StoreResult<bool> {
+        self.write(|reply| WriteCmd::RotateRefresh {
+            user,
+            device,
+            old_hash,
+            new_hash,
+            expires_at_ms: new_expires_at_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn revoke_devices(&self, user: UserId, only: Option<DeviceId>) -> StoreResult<Vec<DeviceId>> {
+        self.write(|reply| WriteCmd::RevokeDevices { user, only, reply }).await
+    }
+
+    async fn set_last_seen(&self, user: UserId, at_ms: i64) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::SetLastSeen { user, at_ms, reply }).await
+    }
+
+    async fn last_seen(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, i64)>> {
+        self.read(move |c| reads::last_seen(c, &users)).await
+    }
+}
+
+#[async_trait]
+impl RoomStore for SqliteStore {
+    async fn create_room(&self, room: NewRoom) -> StoreResult<CreateRoomOutcome> {
+        self.write(|reply| WriteCmd::CreateRoom(room, reply)).await
+    }
+
+    async fn load_room(&self, room: RoomId) -> StoreResult<Option<RoomState>> {
+        self.read(move |c| reads::load_room(c, room)).await
+    }
+
+    fn submit_append(&self, append: Append) -> StoreResult<BoxFuture<'static, StoreResult<AppendOutcome>>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::unavailable("store is closed"));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.writes.try_send(WriteCmd::Append(append, reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::new(StoreErrorKind::Busy, "store write queue is full"),
+            mpsc::error::TrySendError::Closed(_) => StoreError::unavailable("store writer stopped"),
+        })?;
+        Ok(Box::pin(async move { answer.await.map_err(|_| StoreError::unavailable("store writer stopped"))? }))
+    }
+
+    async fn set_receipt(&self, receipt: ReceiptWrite) -> StoreResult<Option<Positions>> {
+        self.write(|reply| WriteCmd::Receipt(receipt, reply)).await
+    }
+
+    async fn history(&self, room: RoomId, page: HistoryPage) -> StoreResult<(Vec<RoomEntry>, bool)> {
+        self.read(move |c| reads::history(c, room, page)).await
+    }
+
+    async fn rooms_of(&self, user: UserId) -> StoreResult<Vec<RoomSummary>> {
+        self.read(move |c| reads::rooms_of(c, user)).await
+    }
+
+    async fn room_summary(&self, room: RoomId, user: UserId) -> StoreResult<Option<RoomSummary>> {
+        self.read(move |c| reads::room_summary(c, room, user)).await
+    }
+
+    async fn contacts_of(&self, user: UserId) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| reads::contacts_of(c, user)).await
+    }
+}
+
+#[async_trait]
+impl StreamStore for SqliteStore {
+    async fn events_after(&self, user: UserId, after_pos: u64, limit: usize) -> StoreResult<Vec<(u64, StreamEvent)>> {
+        self.read(move |c| reads::events_after(c, user, after_pos, limit)).await
+    }
+
+    async fn stream_head(&self, user: UserId) -> StoreResult<u64> {
+        self.read(move |c| reads::stream_head(c, user)).await
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ready(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await.is_ok()
+    }
+
+    async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (done, finished) = oneshot::channel();
+        if self.writes.send(WriteCmd::Close(done)).await.is_ok() {
+            let _ = finished.await;
+        }
+        let thread = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}

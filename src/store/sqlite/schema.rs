@@ -1,0 +1,111 @@
+//! Opening a database file: pragmas and tables.
+//!
+//! Tables mirror the partition-friendly layout of the traits: `entries` is keyed by (room, seq),
+//! `events` by (user, pos); nothing needs a cross-partition transaction, even though SQLite could
+//! give one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// How hard a commit tries to reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: survives power loss.
+    Full,
+    /// fsync at checkpoints only (WAL): survives a crash of the process, not of the machine.
+    Normal,
+}
+
+const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    user_id INTEGER PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS devices (
+    user_id INTEGER NOT NULL,
+    device_id INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    refresh_hash BLOB NOT NULL,
+    refresh_expires_at_ms INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS direct_rooms (
+    user_lo INTEGER NOT NULL,
+    user_hi INTEGER NOT NULL,
+    room_id INTEGER NOT NULL,
+    PRIMARY KEY (user_lo, user_hi)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members (
+    room_id INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    role INTEGER NOT NULL,
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    read_seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room_id, user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS user_rooms (
+    user_id INTEGER NOT NULL,
+    room_id INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    room_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    id INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    text TEXT NOT NULL DEFAULT '',
+    client_msg_id TEXT,
+    target_seq INTEGER NOT NULL DEFAULT 0,
+    users TEXT NOT NULL DEFAULT '',
+    role INTEGER NOT NULL DEFAULT 0,
+    edited_at_ms INTEGER NOT NULL DEFAULT 0,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (room_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS entries_by_client_msg_id
+    ON entries (room_id, sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    user_id INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    room_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    actor_id INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, pos)
+) WITHOUT ROWID;
+";
+
+/// Opens (creating if needed) the database with WAL and the given durability.
+pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(busy_timeout)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(TABLES)
+}

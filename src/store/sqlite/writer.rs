@@ -1,0 +1,457 @@
+//! The single writer: one thread owns the write connection and commits whatever has queued up
+//! while the previous commit was on its way to disk (group commit). One fsync then covers a whole
+//! batch, which is what makes acknowledging every message only after it is durable affordable.
+//!
+//! Each command runs inside its own savepoint, so a command that fails leaves nothing behind while
+//! the rest of its batch commits. Replies are sent only after the batch's COMMIT returned.
+
+use std::collections::HashMap;
+use std::thread;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{EVENT_ENTRY, entry_columns, receipt_event_kind, role_code, room_kind_code};
+use crate::domain::{DeviceId, EntryBody, ReceiptKind, Role, RoomKind, UserId};
+use crate::metrics::METRICS;
+use crate::store::{
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewRoom, NewUser, Positions, ReceiptWrite,
+    StoreError, StoreErrorKind, StoreResult,
+};
+
+pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+/// A write, with where to send its result.
+pub(super) enum WriteCmd {
+    CreateUser(NewUser, Reply<()>),
+    CreateDevice(DeviceRecord, Reply<()>),
+    RotateRefresh { user: UserId, device: DeviceId, old_hash: Vec<u8>, new_hash: Vec<u8>, expires_at_ms: i64, reply: Reply<bool> },
+    RevokeDevices { user: UserId, only: Option<DeviceId>, reply: Reply<Vec<DeviceId>> },
+    SetLastSeen { user: UserId, at_ms: i64, reply: Reply<()> },
+    CreateRoom(NewRoom, Reply<CreateRoomOutcome>),
+    Append(Append, Reply<AppendOutcome>),
+    Receipt(ReceiptWrite, Reply<Option<Positions>>),
+    /// Finish what is queued before this, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// A command's result, waiting for its batch to commit.
+type PendingReply = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Reply<T>, result: StoreResult<T>) -> PendingReply {
+    Box::new(move |commit| {
+        let outcome = match commit {
+            Ok(()) => result,
+            Err(e) => Err(StoreError::new(e.kind, e.message.clone())),
+        };
+        let _ = reply.send(outcome);
+    })
+}
+
+/// Starts the writer thread; it runs until a `Close` arrives or every sender is gone.
+pub(super) fn spawn(mut conn: Connection, mut commands: mpsc::Receiver<WriteCmd>, max_batch: usize) -> thread::JoinHandle<()> {
+    thread::Builder::new()
+        .name("tidings-store-writer".into())
+        .spawn(move || {
+            while let Some(first) = commands.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match commands.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                }
+                let close = match batch.iter().position(|c| matches!(c, WriteCmd::Close(_))) {
+                    Some(i) => {
+                        // Commands queued behind a Close are refused (their senders see the drop).
+                        batch.truncate(i + 1);
+                        match batch.pop() {
+                            Some(WriteCmd::Close(done)) => Some(done),
+                            _ => None,
+                        }
+                    }
+                    None => None,
+                };
+                run_batch(&mut conn, batch);
+                if let Some(done) = close {
+                    commands.close();
+                    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+                    let _ = done.send(());
+                    return;
+                }
+            }
+        })
+        .expect("spawning the store writer thread")
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<WriteCmd>) {
+    if batch.is_empty() {
+        return;
+    }
+    let size = batch.len();
+    let mut replies: Vec<PendingReply> = Vec::with_capacity(size);
+    let committed = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut heads = StreamHeads::default();
+        for cmd in batch {
+            replies.push(execute(&tx, &mut heads, cmd));
+        }
+        tx.commit()
+    })();
+    let commit_result = committed.map_err(|e| StoreError::unavailable(format!("commit failed: {e}")));
+    if let Err(e) = &commit_result {
+        tracing::error!(error = %e, batch = size, "store batch failed");
+    }
+    METRICS.store_batch(size as u64);
+    for reply in replies {
+        reply(commit_result.as_ref().map(|_| ()));
+    }
+}
+
+/// Runs one command in its own savepoint.
+fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> PendingReply {
+    macro_rules! run {
+        ($reply:expr, $body:expr) => {{
+            let result = in_savepoint(tx, heads, $body);
+            pending($reply, result)
+        }};
+    }
+    match cmd {
+        WriteCmd::CreateUser(user, reply) => run!(reply, |tx, _| create_user(tx, &user)),
+        WriteCmd::CreateDevice(device, reply) => run!(reply, |tx, _| create_device(tx, &device)),
+        WriteCmd::RotateRefresh { user, device, old_hash, new_hash, expires_at_ms, reply } => {
+            run!(reply, |tx, _| rotate_refresh(tx, user, device, &old_hash, &new_hash, expires_at_ms))
+        }
+        WriteCmd::RevokeDevices { user, only, reply } => run!(reply, |tx, _| revoke_devices(tx, user, only)),
+        WriteCmd::SetLastSeen { user, at_ms, reply } => run!(reply, |tx, _| {
+            tx.prepare_cached("UPDATE users SET last_seen_ms = ?2 WHERE user_id = ?1")?
+                .execute(params![user.0 as i64, at_ms])?;
+            Ok(Ok(()))
+        }),
+        WriteCmd::CreateRoom(room, reply) => run!(reply, |tx, heads| create_room(tx, heads, &room)),
+        WriteCmd::Append(append, reply) => run!(reply, |tx, heads| append_entry(tx, heads, &append)),
+        WriteCmd::Receipt(receipt, reply) => run!(reply, |tx, heads| set_receipt(tx, heads, &receipt)),
+        WriteCmd::Close(done) => {
+            let _ = done.send(());
+            Box::new(|_| {})
+        }
+    }
+}
+
+/// What a command body returns: an SQL failure, or a logical outcome. Both an SQL failure and a
+/// logical `Err` roll the command's savepoint back; an `Ok` outcome (even `Duplicate`) keeps it.
+type CmdResult<T> = rusqlite::Result<StoreResult<T>>;
+
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    heads: &mut StreamHeads,
+    body: impl FnOnce(&Transaction<'_>, &mut StreamHeads) -> CmdResult<T>,
+) -> StoreResult<T> {
+    let sql = |e: rusqlite::Error| StoreError::unavailable(e.to_string());
+    tx.execute_batch("SAVEPOINT cmd").map_err(sql)?;
+    heads.undo.clear();
+    let outcome = body(tx, heads);
+    if let Ok(Ok(_)) = &outcome {
+        tx.execute_batch("RELEASE cmd").map_err(sql)?;
+    } else {
+        heads.roll_back();
+        tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd").map_err(sql)?;
+    }
+    match outcome {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::warn!(error = %e, "store command failed");
+            Err(StoreError::unavailable(e.to_string()))
+        }
+    }
+}
+
+/// The newest stream position of each user touched by this batch. Read from the table on first use
+/// inside the write transaction, so several processes sharing one file still never reuse a position.
+#[derive(Default)]
+struct StreamHeads {
+    known: HashMap<UserId, u64>,
+    /// What the current command changed, to undo if its savepoint rolls back.
+    undo: Vec<(UserId, Option<u64>)>,
+}
+
+impl StreamHeads {
+    fn roll_back(&mut self) {
+        for (user, previous) in self.undo.drain(..).rev() {
+            match previous {
+                Some(head) => self.known.insert(user, head),
+                None => self.known.remove(&user),
+            };
+        }
+    }
+
+    fn next(&mut self, tx: &Transaction<'_>, user: UserId) -> rusqlite::Result<u64> {
+        let head = match self.known.get(&user) {
+            Some(head) => *head,
+            None => tx
+                .prepare_cached("SELECT pos FROM events WHERE user_id = ?1 ORDER BY pos DESC LIMIT 1")?
+                .query_row([user.0 as i64], |r| r.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0) as u64,
+        };
+        let previous = self.known.insert(user, head + 1);
+        self.undo.push((user, previous));
+        Ok(head + 1)
+    }
+}
+
+/// Puts one event into each recipient's stream; returns the positions.
+fn push_events(
+    tx: &Transaction<'_>,
+    heads: &mut StreamHeads,
+    recipients: &[UserId],
+    kind: i64,
+    room: u64,
+    seq: u64,
+    actor: u64,
+) -> rusqlite::Result<Positions> {
+    let mut users = recipients.to_vec();
+    users.sort_unstable();
+    users.dedup();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO events (user_id, pos, kind, room_id, seq, actor_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut positions = Vec::with_capacity(users.len());
+    for user in users {
+        let pos = heads.next(tx, user)?;
+        insert.execute(params![user.0 as i64, pos as i64, kind, room as i64, seq as i64, actor as i64])?;
+        positions.push((user, pos));
+    }
+    Ok(positions)
+}
+
+fn create_user(tx: &Transaction<'_>, user: &NewUser) -> CmdResult<()> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO users (user_id, username, password_hash, created_at_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![user.id.0 as i64, user.username, user.password_hash, user.created_at_ms])?;
+    if inserted == 0 {
+        return Ok(Err(StoreError::new(StoreErrorKind::Conflict, "username taken")));
+    }
+    Ok(Ok(()))
+}
+
+fn create_device(tx: &Transaction<'_>, d: &DeviceRecord) -> CmdResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO devices (user_id, device_id, name, refresh_hash, refresh_expires_at_ms, created_at_ms, revoked)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        d.user.0 as i64,
+        d.device.0 as i64,
+        d.name,
+        d.refresh_hash,
+        d.refresh_expires_at_ms,
+        d.created_at_ms,
+        d.revoked
+    ])?;
+    Ok(Ok(()))
+}
+
+fn rotate_refresh(
+    tx: &Transaction<'_>,
+    user: UserId,
+    device: DeviceId,
+    old_hash: &[u8],
+    new_hash: &[u8],
+    expires_at_ms: i64,
+) -> CmdResult<bool> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE devices SET refresh_hash = ?4, refresh_expires_at_ms = ?5
+             WHERE user_id = ?1 AND device_id = ?2 AND refresh_hash = ?3 AND revoked = 0",
+        )?
+        .execute(params![user.0 as i64, device.0 as i64, old_hash, new_hash, expires_at_ms])?;
+    Ok(Ok(changed == 1))
+}
+
+fn revoke_devices(tx: &Transaction<'_>, user: UserId, only: Option<DeviceId>) -> CmdResult<Vec<DeviceId>> {
+    let mut live = tx.prepare_cached("SELECT device_id FROM devices WHERE user_id = ?1 AND revoked = 0")?;
+    let devices: Vec<DeviceId> = live
+        .query_map([user.0 as i64], |r| r.get::<_, i64>(0))?
+        .map(|d| d.map(|d| DeviceId(d as u64)))
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|d| only.is_none_or(|o| o == *d))
+        .collect();
+    let mut revoke = tx.prepare_cached(
+        "UPDATE devices SET revoked = 1, refresh_hash = x'' WHERE user_id = ?1 AND device_id = ?2",
+    )?;
+    for d in &devices {
+        revoke.execute(params![user.0 as i64, d.0 as i64])?;
+    }
+    Ok(Ok(devices))
+}
+
+fn create_room(tx: &Transaction<'_>, heads: &mut StreamHeads, room: &NewRoom) -> CmdResult<CreateRoomOutcome> {
+    if room.kind == RoomKind::Direct {
+        let [a, b] = room.members[..] else {
+            return Ok(Err(StoreError::new(StoreErrorKind::Corrupt, "a direct room has two members")));
+        };
+        let (lo, hi) = (a.min(b), a.max(b));
+        let existing = tx
+            .prepare_cached("SELECT room_id FROM direct_rooms WHERE user_lo = ?1 AND user_hi = ?2")?
+            .query_row(params![lo.0 as i64, hi.0 as i64], |r| r.get::<_, i64>(0))
+            .optional()?;
+        if let Some(existing) = existing {
+            return Ok(Ok(CreateRoomOutcome::DirectExists(crate::domain::RoomId(existing as u64))));
+        }
+        tx.prepare_cached("INSERT INTO direct_rooms (user_lo, user_hi, room_id) VALUES (?1, ?2, ?3)")?
+            .execute(params![lo.0 as i64, hi.0 as i64, room.id.0 as i64])?;
+    }
+    tx.prepare_cached("INSERT INTO rooms (room_id, kind, name, created_at_ms) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![room.id.0 as i64, room_kind_code(room.kind), room.name, room.entry.sent_at_ms])?;
+    for &member in &room.members {
+        let role = if room.kind == RoomKind::Group && member == room.creator { Role::Owner } else { Role::Member };
+        add_member(tx, room.id.0, member, role)?;
+    }
+    insert_entry(tx, &room.entry)?;
+    let positions = push_events(tx, heads, &room.members, EVENT_ENTRY, room.id.0, room.entry.seq, 0)?;
+    Ok(Ok(CreateRoomOutcome::Created { positions }))
+}
+
+fn add_member(tx: &Transaction<'_>, room: u64, user: UserId, role: Role) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO members (room_id, user_id, role) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING")?
+        .execute(params![room as i64, user.0 as i64, role_code(role)])?;
+    tx.prepare_cached("INSERT INTO user_rooms (user_id, room_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+        .execute(params![user.0 as i64, room as i64])?;
+    Ok(())
+}
+
+/// Inserts an entry; false when its seq is taken.
+fn insert_entry(tx: &Transaction<'_>, entry: &crate::domain::RoomEntry) -> rusqlite::Result<bool> {
+    let c = entry_columns(&entry.body);
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO entries (room_id, seq, id, sender_id, sent_at_ms, kind, text, client_msg_id, target_seq,
+                                  users, role, edited_at_ms, deleted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (room_id, seq) DO NOTHING",
+        )?
+        .execute(params![
+            entry.room.0 as i64,
+            entry.seq as i64,
+            entry.id as i64,
+            entry.sender.0 as i64,
+            entry.sent_at_ms,
+            c.kind,
+            c.text,
+            c.client_msg_id,
+            c.target_seq as i64,
+            c.users,
+            c.role,
+            c.edited_at_ms,
+            c.deleted
+        ])?;
+    Ok(inserted == 1)
+}
+
+/// The sender of a standing (not deleted) message, if `seq` is one.
+fn standing_message_sender(tx: &Transaction<'_>, room: u64, seq: u64) -> rusqlite::Result<Option<UserId>> {
+    tx.prepare_cached("SELECT sender_id FROM entries WHERE room_id = ?1 AND seq = ?2 AND kind = 1 AND deleted = 0")?
+        .query_row(params![room as i64, seq as i64], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|s| s.map(|s| UserId(s as u64)))
+}
+
+fn append_entry(tx: &Transaction<'_>, heads: &mut StreamHeads, append: &Append) -> CmdResult<AppendOutcome> {
+    let entry = &append.entry;
+    let room = entry.room.0;
+    if let EntryBody::Text(message) = &entry.body {
+        if !message.client_msg_id.is_empty() {
+            let earlier = tx
+                .prepare_cached(
+                    "SELECT seq, id, sent_at_ms FROM entries WHERE room_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3",
+                )?
+                .query_row(params![room as i64, entry.sender.0 as i64, message.client_msg_id], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?))
+                })
+                .optional()?;
+            if let Some((seq, id, sent_at_ms)) = earlier {
+                return Ok(Ok(AppendOutcome::Duplicate { seq, id, sent_at_ms }));
+            }
+        }
+        if message.reply_to_seq != 0 && standing_message_sender(tx, room, message.reply_to_seq)?.is_none() {
+            return Ok(Ok(AppendOutcome::TargetNotFound));
+        }
+    }
+    match &append.effect {
+        Effect::Edit { target_seq, editor, .. } => match standing_message_sender(tx, room, *target_seq)? {
+            None => return Ok(Ok(AppendOutcome::TargetNotFound)),
+            Some(sender) if sender != *editor => return Ok(Ok(AppendOutcome::NotAllowed)),
+            Some(_) => {}
+        },
+        Effect::Delete { target_seq, by, by_moderator } => match standing_message_sender(tx, room, *target_seq)? {
+            None => return Ok(Ok(AppendOutcome::TargetNotFound)),
+            Some(sender) if sender != *by && !by_moderator => return Ok(Ok(AppendOutcome::NotAllowed)),
+            Some(_) => {}
+        },
+        _ => {}
+    }
+    if !insert_entry(tx, entry)? {
+        return Ok(Ok(AppendOutcome::SeqTaken));
+    }
+    apply_effect(tx, room, &append.effect)?;
+    let positions = push_events(tx, heads, &append.recipients, EVENT_ENTRY, room, entry.seq, 0)?;
+    Ok(Ok(AppendOutcome::Committed { positions }))
+}
+
+fn apply_effect(tx: &Transaction<'_>, room: u64, effect: &Effect) -> rusqlite::Result<()> {
+    match effect {
+        Effect::None => {}
+        Effect::AddMembers(users) => {
+            for &user in users {
+                add_member(tx, room, user, Role::Member)?;
+            }
+        }
+        Effect::RemoveMember(user) => {
+            tx.prepare_cached("DELETE FROM members WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room as i64, user.0 as i64])?;
+            tx.prepare_cached("DELETE FROM user_rooms WHERE user_id = ?1 AND room_id = ?2")?
+                .execute(params![user.0 as i64, room as i64])?;
+        }
+        Effect::Rename(name) => {
+            tx.prepare_cached("UPDATE rooms SET name = ?2 WHERE room_id = ?1")?.execute(params![room as i64, name])?;
+        }
+        Effect::SetRole(user, role) => {
+            tx.prepare_cached("UPDATE members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2")?
+                .execute(params![room as i64, user.0 as i64, role_code(*role)])?;
+        }
+        Effect::Edit { target_seq, text, at_ms, .. } => {
+            tx.prepare_cached("UPDATE entries SET text = ?3, edited_at_ms = ?4 WHERE room_id = ?1 AND seq = ?2")?
+                .execute(params![room as i64, *target_seq as i64, text, at_ms])?;
+        }
+        Effect::Delete { target_seq, .. } => {
+            tx.prepare_cached("UPDATE entries SET text = '', deleted = 1 WHERE room_id = ?1 AND seq = ?2")?
+                .execute(params![room as i64, *target_seq as i64])?;
+        }
+    }
+    Ok(())
+}
+
+fn set_receipt(tx: &Transaction<'_>, heads: &mut StreamHeads, r: &ReceiptWrite) -> CmdResult<Option<Positions>> {
+    // A read marker implies delivery; neither marker ever moves back.
+    let sql = match r.kind {
+        ReceiptKind::Delivered => {
+            "UPDATE members SET delivered_seq = ?3 WHERE room_id = ?1 AND user_id = ?2 AND delivered_seq < ?3"
+        }
+        ReceiptKind::Read => {
+            "UPDATE members SET read_seq = ?3, delivered_seq = max(delivered_seq, ?3)
+             WHERE room_id = ?1 AND user_id = ?2 AND read_seq < ?3"
+        }
+    };
+    let moved = tx.prepare_cached(sql)?.execute(params![r.room.0 as i64, r.user.0 as i64, r.up_to_seq as i64])?;
+    if moved == 0 {
+        return Ok(Ok(None));
+    }
+    let positions =
+        push_events(tx, heads, &r.recipients, receipt_event_kind(r.kind), r.room.0, r.up_to_seq, r.user.0)?;
+    Ok(Ok(Some(positions)))
+}

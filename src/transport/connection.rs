@@ -1,0 +1,248 @@
+//! One WebSocket connection: a single task that reads client frames, dispatches requests, writes
+//! answers and events, sends heartbeats and closes.
+//!
+//! Flow control, all bounded:
+//! - answers: at most `max_in_flight_requests` requests await an answer; reading pauses at the limit
+//!   (the answer queue has exactly that capacity, so an answer always fits);
+//! - events: the user actor puts them in a queue of `outbound_queue_events`; when it is full the
+//!   actor moves this connection to catching up from the store, and past the slow-consumer grace it
+//!   drops the queue: the connection then sends RESYNC_REQUIRED and closes;
+//! - writes: actix-ws encodes every frame queued since the last write into one buffer, so a burst
+//!   leaves in one write; a write blocked for `write_timeout_secs` closes the connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use tidings_proto::Encoding;
+use tidings_proto::v1::ServerFrame;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+use super::decode::{decode_frame, to_request};
+use super::dispatch::{Caller, dispatch};
+use super::encode::{
+    Payload, answer_frame, encode, ephemeral_frame, error_frame, event_frame, going_away_frame, notice_frame,
+};
+use super::rate_limit::TokenBucket;
+use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, Replier, UserEntry};
+use crate::auth::Authenticated;
+use crate::domain::ConnId;
+use crate::error::{ApiError, Code};
+use crate::metrics::METRICS;
+
+/// Everything a connection needs besides its socket.
+pub struct ConnectionSetup {
+    pub hub: Arc<Hub>,
+    pub auth: Authenticated,
+    pub encoding: Encoding,
+    pub shutdown: watch::Receiver<bool>,
+    /// This connection's place under the node's connection cap, released when it ends.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Why the loop ended, and what to tell the client.
+enum End {
+    ClientClosed,
+    Close(CloseReason),
+}
+
+fn close(code: CloseCode, description: &str) -> End {
+    End::Close(CloseReason { code, description: Some(description.into()) })
+}
+
+struct Writer {
+    session: Session,
+    encoding: Encoding,
+    write_timeout: Duration,
+}
+
+impl Writer {
+    /// Writes one frame; false when the connection is gone or stuck.
+    async fn send(&mut self, frame: &ServerFrame) -> bool {
+        let sent = match encode(self.encoding, frame) {
+            Payload::Binary(bytes) => tokio::time::timeout(self.write_timeout, self.session.binary(bytes)).await,
+            Payload::Text(text) => tokio::time::timeout(self.write_timeout, self.session.text(text)).await,
+        };
+        matches!(sent, Ok(Ok(())))
+    }
+}
+
+pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::MessageStream) {
+    let ConnectionSetup { hub, auth, encoding, mut shutdown, slot: _slot } = setup;
+    let limits = hub.limits.clone();
+    let conn = ConnId::next();
+    let span = tracing::info_span!("conn", %conn, user = %auth.user, device = %auth.device);
+    let _entered = span.enter();
+    METRICS.connections_open.inc();
+    METRICS.connections_total.inc();
+
+    let mut stream = stream
+        .max_frame_size(limits.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(limits.max_frame_bytes);
+    let (outbound_tx, mut outbound) = mpsc::channel(limits.outbound_queue_events.max(1));
+    let in_flight_cap = limits.max_in_flight_requests.max(1);
+    let (answers_tx, mut answers) = mpsc::channel::<Answer>(in_flight_cap);
+    let in_flight = Arc::new(Semaphore::new(in_flight_cap));
+    let mut writer = Writer { session, encoding, write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)) };
+
+    let Some(user_actor) = attach(&hub, auth, conn, outbound_tx).await else {
+        let _ = writer.session.close(None).await;
+        METRICS.connections_open.dec();
+        return;
+    };
+    let caller = Caller { hub: hub.clone(), auth, conn, user_actor: user_actor.clone() };
+    let mut bucket = TokenBucket::new(limits.requests_per_second, limits.request_burst);
+    let heartbeat_every = Duration::from_secs(limits.heartbeat_interval_secs.max(1));
+    let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
+    let mut last_heard = Instant::now();
+    let mut last_event_pos = 0u64;
+    tracing::debug!("connected");
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                writer.send(&going_away_frame()).await;
+                break close(CloseCode::Away, "server shutting down");
+            }
+            Some(answer) = answers.recv() => {
+                if answer.result.is_err() {
+                    METRICS.request_errors_total.inc();
+                }
+                if !writer.send(&answer_frame(&answer)).await {
+                    break End::ClientClosed;
+                }
+            }
+            out = outbound.recv() => {
+                let Some(out) = out else {
+                    // The user actor dropped this connection: it fell too far behind.
+                    writer.send(&notice_frame(&Notice::ResyncRequired { pos: last_event_pos })).await;
+                    break close(CloseCode::Policy, "fell behind; reconnect and sync");
+                };
+                match write_outbound(&mut writer, out, &mut last_event_pos).await {
+                    Written::Ok => {}
+                    Written::Gone => break End::ClientClosed,
+                    Written::LoggedOut => break close(CloseCode::Policy, "logged out"),
+                }
+            }
+            msg = stream.recv(), if in_flight.available_permits() > 0 => {
+                last_heard = Instant::now();
+                let payload = match msg {
+                    None | Some(Ok(AggregatedMessage::Close(_))) => break End::ClientClosed,
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        let _ = writer.session.pong(&bytes).await;
+                        continue;
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => continue,
+                    Some(Ok(AggregatedMessage::Binary(bytes))) => (Encoding::Protobuf, bytes),
+                    Some(Ok(AggregatedMessage::Text(text))) => (Encoding::Json, text.into_bytes()),
+                    Some(Err(ProtocolError::Overflow)) => {
+                        let e = ApiError::new(
+                            Code::PayloadTooLarge,
+                            format!("frames are limited to {} bytes", limits.max_frame_bytes),
+                        );
+                        writer.send(&error_frame(0, &e)).await;
+                        break close(CloseCode::Size, "frame too large");
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "protocol error");
+                        break close(CloseCode::Protocol, "websocket protocol error");
+                    }
+                };
+                METRICS.requests_total.inc();
+                let request = decode_frame(payload.0, &payload.1)
+                    .and_then(|frame| to_request(frame, limits.max_history_page));
+                let (request_id, request) = match request {
+                    Ok(ok) => ok,
+                    Err((request_id, e)) => {
+                        METRICS.request_errors_total.inc();
+                        if !writer.send(&error_frame(request_id, &e)).await {
+                            break End::ClientClosed;
+                        }
+                        continue;
+                    }
+                };
+                if let Err(retry_after_ms) = bucket.take(Instant::now()) {
+                    METRICS.request_errors_total.inc();
+                    let e = ApiError { retry_after_ms, ..ApiError::new(Code::RateLimited, "too many requests") };
+                    if !writer.send(&error_frame(request_id, &e)).await {
+                        break End::ClientClosed;
+                    }
+                    continue;
+                }
+                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                    unreachable!("reading is paused while no permit is free");
+                };
+                dispatch(&caller, request, Replier::new(request_id, answers_tx.clone(), permit)).await;
+            }
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > idle_timeout {
+                    break close(CloseCode::Away, "idle timeout");
+                }
+                if writer.session.ping(b"").await.is_err() {
+                    break End::ClientClosed;
+                }
+            }
+        }
+    };
+
+    let _ = user_actor.addr.send(Detach { conn }).await;
+    let reason = match end {
+        End::ClientClosed => None,
+        End::Close(reason) => Some(reason),
+    };
+    let _ = writer.session.close(reason).await;
+    METRICS.connections_open.dec();
+    tracing::debug!("disconnected");
+}
+
+/// Joins the user's actor, starting one if needed. An actor that stopped between the lookup and
+/// the hand-over is replaced by a fresh one.
+async fn attach(hub: &Arc<Hub>, auth: Authenticated, conn: ConnId, outbound: mpsc::Sender<Outbound>) -> Option<UserEntry> {
+    for _ in 0..3 {
+        let entry = hub.registry.user_or_start(auth.user, hub);
+        let attach = Attach { conn, device: auth.device, outbound: outbound.clone() };
+        if entry.addr.send(attach).await.is_ok() {
+            return Some(entry);
+        }
+    }
+    tracing::error!("could not attach to the user actor");
+    None
+}
+
+enum Written {
+    Ok,
+    Gone,
+    LoggedOut,
+}
+
+async fn write_outbound(writer: &mut Writer, out: Outbound, last_event_pos: &mut u64) -> Written {
+    let ok = match out {
+        Outbound::Event(pos, event) => {
+            *last_event_pos = pos;
+            METRICS.events_delivered_total.inc();
+            writer.send(&event_frame(pos, &event)).await
+        }
+        Outbound::Page(events) => {
+            for (pos, event) in &events {
+                *last_event_pos = *pos;
+                if !writer.send(&event_frame(*pos, event)).await {
+                    return Written::Gone;
+                }
+            }
+            METRICS.events_delivered_total.add(events.len() as u64);
+            true
+        }
+        Outbound::Ephemeral(event) => writer.send(&ephemeral_frame(&event)).await,
+        Outbound::Notice(notice) => {
+            let ok = writer.send(&notice_frame(&notice)).await;
+            if notice == Notice::LoggedOut {
+                return Written::LoggedOut;
+            }
+            ok
+        }
+    };
+    if ok { Written::Ok } else { Written::Gone }
+}

@@ -1,0 +1,85 @@
+//! Sends each decoded request to whatever answers it.
+//!
+//! Requests about one room go to that room's actor in the order the connection read them (the
+//! connection awaits the hand-over, not the answer), so a client's sends to a room keep their order.
+//! Reads that touch only the store run as their own tasks.
+
+use std::sync::Arc;
+
+use crate::actors::{
+    Hub, PresenceInfo, Replier, ReplyBody, Request, RoomOp, RoomRequest, StreamAck, SyncFrom, UserEntry,
+    create_direct, create_group, require_existing,
+};
+use crate::auth::Authenticated;
+use crate::domain::{ConnId, UserId, now_ms};
+use crate::error::ApiResult;
+
+/// Who is asking, on which connection.
+pub struct Caller {
+    pub hub: Arc<Hub>,
+    pub auth: Authenticated,
+    pub conn: ConnId,
+    pub user_actor: UserEntry,
+}
+
+pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
+    let hub = &caller.hub;
+    let me = caller.auth.user;
+    match request {
+        Request::Ping => replier.reply(Ok(ReplyBody::Pong { server_time_ms: now_ms() })),
+        Request::Sync { after_pos } => {
+            // A failed hand-over drops the replier, which answers INTERNAL.
+            let _ = caller.user_actor.addr.send(SyncFrom { conn: caller.conn, after_pos, replier }).await;
+        }
+        Request::Ack { pos } => {
+            let _ = caller.user_actor.addr.send(StreamAck { conn: caller.conn, pos, replier }).await;
+        }
+        Request::CreateDirect { peer } => {
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(create_direct(&hub, me, peer).await) });
+        }
+        Request::CreateGroup { name, members } => {
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(create_group(&hub, me, &name, members).await) });
+        }
+        Request::ListRooms => {
+            let hub = hub.clone();
+            actix::spawn(async move {
+                replier.reply(hub.store.rooms_of(me).await.map(ReplyBody::Rooms).map_err(Into::into));
+            });
+        }
+        Request::Presence { users } => {
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(presence(&hub, me, users).await) });
+        }
+        Request::Room { room, op } => {
+            if let RoomOp::AddMembers(users) = &op
+                && let Err(e) = require_existing(hub, users.clone()).await
+            {
+                return replier.error(e);
+            }
+            match hub.registry.room(room, hub).await {
+                Ok(addr) => {
+                    let _ = addr.send(RoomRequest { user: me, op, replier }).await;
+                }
+                Err(e) => replier.error(e),
+            }
+        }
+    }
+}
+
+/// Presence of the asked-for users who share a room with `me`; the others are left out.
+async fn presence(hub: &Arc<Hub>, me: UserId, users: Vec<UserId>) -> ApiResult<ReplyBody> {
+    let contacts = hub.store.contacts_of(me).await?;
+    let visible: Vec<UserId> = users.into_iter().filter(|u| contacts.contains(u)).collect();
+    let last_seen = hub.store.last_seen(visible.clone()).await?;
+    let infos = visible
+        .into_iter()
+        .map(|user| PresenceInfo {
+            user,
+            online: hub.registry.user(user).is_some(),
+            last_seen_ms: last_seen.iter().find(|(u, _)| *u == user).map_or(0, |(_, at)| *at),
+        })
+        .collect();
+    Ok(ReplyBody::Presence(infos))
+}

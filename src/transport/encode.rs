@@ -1,0 +1,189 @@
+//! Domain answers, events and notices to server frames, and frames to WebSocket payloads.
+
+use bytes::Bytes;
+use prost::Message;
+use tidings_proto::Encoding;
+use tidings_proto::v1::{self as wire, ServerFrame, server_frame::Frame};
+
+use super::codes::wire_code;
+use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
+use crate::domain::{
+    EntryBody, MemberRecord, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary, StreamEvent,
+};
+use crate::error::ApiError;
+
+/// A frame ready for the socket.
+pub enum Payload {
+    Binary(Bytes),
+    Text(String),
+}
+
+pub fn encode(encoding: Encoding, frame: &ServerFrame) -> Payload {
+    match encoding {
+        Encoding::Protobuf => Payload::Binary(Bytes::from(frame.encode_to_vec())),
+        Encoding::Json => Payload::Text(serde_json::to_string(frame).expect("server frames serialise")),
+    }
+}
+
+pub fn error_frame(request_id: u64, error: &ApiError) -> ServerFrame {
+    ServerFrame {
+        frame: Some(Frame::Error(wire::Error {
+            request_id,
+            code: wire_code(error.code) as i32,
+            message: error.message.clone(),
+            retry_after_ms: error.retry_after_ms,
+        })),
+    }
+}
+
+pub fn answer_frame(answer: &Answer) -> ServerFrame {
+    let body = match &answer.result {
+        Ok(body) => body,
+        Err(e) => return error_frame(answer.request_id, e),
+    };
+    use wire::reply::Result as R;
+    let result = match body {
+        ReplyBody::Ok => R::Ok(wire::Success {}),
+        ReplyBody::SyncStarted { head_pos } => R::Sync(wire::SyncStarted { head_pos: *head_pos }),
+        ReplyBody::Pong { server_time_ms } => R::Pong(wire::Pong { server_time_ms: *server_time_ms }),
+        ReplyBody::Room(summary) => R::Room(room(summary)),
+        ReplyBody::Rooms(rooms) => R::Rooms(wire::RoomList { rooms: rooms.iter().map(room).collect() }),
+        ReplyBody::Sent(ack) => R::Sent(wire::SendAck {
+            room_id: ack.room.0,
+            seq: ack.seq,
+            message_id: ack.message_id,
+            sent_at_ms: ack.sent_at_ms,
+            duplicate: ack.duplicate,
+        }),
+        ReplyBody::History { entries, more } => {
+            R::History(wire::History { entries: entries.iter().map(entry).collect(), more: *more })
+        }
+        ReplyBody::Presence(users) => R::Presence(wire::PresenceList { users: users.iter().map(presence).collect() }),
+    };
+    ServerFrame { frame: Some(Frame::Reply(wire::Reply { request_id: answer.request_id, result: Some(result) })) }
+}
+
+pub fn event_frame(pos: u64, event: &StreamEvent) -> ServerFrame {
+    let kind = match event {
+        StreamEvent::Entry(e) => wire::event::Kind::Entry(entry(e)),
+        StreamEvent::Receipt(r) => wire::event::Kind::Receipt(receipt(r)),
+    };
+    ServerFrame { frame: Some(Frame::Event(wire::Event { pos, kind: Some(kind) })) }
+}
+
+pub fn ephemeral_frame(event: &Ephemeral) -> ServerFrame {
+    let kind = match event {
+        Ephemeral::Typing { room, user, active } => {
+            wire::ephemeral::Kind::Typing(wire::Typing { room_id: room.0, user_id: user.0, active: *active })
+        }
+        Ephemeral::Presence(p) => wire::ephemeral::Kind::Presence(presence(p)),
+    };
+    ServerFrame { frame: Some(Frame::Ephemeral(wire::Ephemeral { kind: Some(kind) })) }
+}
+
+pub fn notice_frame(notice: &Notice) -> ServerFrame {
+    use wire::NoticeKind as K;
+    let (kind, pos, message) = match notice {
+        Notice::CaughtUp { pos } => (K::CaughtUp, *pos, "caught up; live events follow"),
+        Notice::ResyncRequired { pos } => {
+            (K::ResyncRequired, *pos, "this connection fell behind; reconnect and Sync from your last stored position")
+        }
+        Notice::LoggedOut => (K::LoggedOut, 0, "this device was logged out"),
+    };
+    going(kind, pos, message)
+}
+
+pub fn going_away_frame() -> ServerFrame {
+    going(wire::NoticeKind::GoingAway, 0, "the server is shutting down; reconnect and Sync")
+}
+
+fn going(kind: wire::NoticeKind, pos: u64, message: &str) -> ServerFrame {
+    ServerFrame { frame: Some(Frame::Notice(wire::Notice { kind: kind as i32, message: message.into(), pos })) }
+}
+
+fn presence(p: &PresenceInfo) -> wire::Presence {
+    wire::Presence { user_id: p.user.0, online: p.online, last_seen_ms: p.last_seen_ms }
+}
+
+fn receipt(r: &Receipt) -> wire::Receipt {
+    let kind = match r.kind {
+        ReceiptKind::Delivered => wire::ReceiptKind::Delivered,
+        ReceiptKind::Read => wire::ReceiptKind::Read,
+    };
+    wire::Receipt { room_id: r.room.0, user_id: r.user.0, kind: kind as i32, up_to_seq: r.up_to_seq }
+}
+
+fn role(r: Role) -> i32 {
+    (match r {
+        Role::Member => wire::Role::Member,
+        Role::Admin => wire::Role::Admin,
+        Role::Owner => wire::Role::Owner,
+    }) as i32
+}
+
+fn room_kind(k: RoomKind) -> i32 {
+    (match k {
+        RoomKind::Direct => wire::RoomKind::Direct,
+        RoomKind::Group => wire::RoomKind::Group,
+    }) as i32
+}
+
+fn ids(users: &[crate::domain::UserId]) -> Vec<u64> {
+    users.iter().map(|u| u.0).collect()
+}
+
+pub fn entry(e: &RoomEntry) -> wire::RoomEntry {
+    use wire::room_entry::Body as B;
+    let body = match &e.body {
+        EntryBody::Text(m) => B::Text(wire::TextMessage {
+            text: m.text.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            reply_to_seq: m.reply_to_seq,
+            edited_at_ms: m.edited_at_ms,
+            deleted: m.deleted,
+        }),
+        EntryBody::Edited { target_seq, text } => {
+            B::Edited(wire::MessageEdited { target_seq: *target_seq, text: text.clone() })
+        }
+        EntryBody::Deleted { target_seq } => B::Deleted(wire::MessageDeleted { target_seq: *target_seq }),
+        EntryBody::Created { kind, name, members } => {
+            B::Created(wire::RoomCreated { kind: room_kind(*kind), name: name.clone(), member_ids: ids(members) })
+        }
+        EntryBody::MembersAdded(users) => B::MembersAdded(wire::MembersAdded { user_ids: ids(users) }),
+        EntryBody::MemberRemoved(u) => B::MemberRemoved(wire::MemberRemoved { user_id: u.0 }),
+        EntryBody::MemberLeft(u) => B::MemberLeft(wire::MemberLeft { user_id: u.0 }),
+        EntryBody::Renamed(name) => B::Renamed(wire::RoomRenamed { name: name.clone() }),
+        EntryBody::RoleChanged(u, r) => B::RoleChanged(wire::RoleChanged { user_id: u.0, role: role(*r) }),
+    };
+    wire::RoomEntry {
+        room_id: e.room.0,
+        seq: e.seq,
+        id: e.id,
+        sender_id: e.sender.0,
+        sent_at_ms: e.sent_at_ms,
+        body: Some(body),
+    }
+}
+
+fn member(m: &MemberRecord) -> wire::Member {
+    wire::Member {
+        user_id: m.user.0,
+        username: m.username.clone(),
+        role: role(m.role),
+        delivered_up_to_seq: m.delivered_up_to_seq,
+        read_up_to_seq: m.read_up_to_seq,
+    }
+}
+
+fn room(s: &RoomSummary) -> wire::Room {
+    wire::Room {
+        room_id: s.meta.id.0,
+        kind: room_kind(s.meta.kind),
+        name: s.meta.name.clone(),
+        members: s.members.iter().map(member).collect(),
+        last_seq: s.last_seq,
+        last_entry: s.last_entry.as_ref().map(entry),
+        unread_count: s.unread_count,
+        read_up_to_seq: s.read_up_to_seq,
+    }
+}

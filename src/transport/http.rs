@@ -1,0 +1,221 @@
+//! HTTP endpoints: the WebSocket upgrade, `/v1/auth/*`, and `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Auth bodies are the protocol's messages, as JSON (proto3 mapping) by default or protobuf when the
+//! request's `Content-Type` is `application/x-protobuf`; the answer uses the same encoding.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use prost::Message;
+use serde::de::DeserializeOwned;
+use tidings_proto::Encoding;
+use tidings_proto::v1::{AuthResponse, HttpError, LogInRequest, LogOutRequest, RefreshRequest, SignUpRequest};
+use tokio::sync::{Semaphore, watch};
+
+use super::codes::{http_status, wire_code};
+use super::connection::{self, ConnectionSetup};
+use crate::actors::{Hub, Kick};
+use crate::auth::{AuthService, Authenticated, Session};
+use crate::error::{ApiError, Code};
+use crate::metrics::METRICS;
+
+const PROTOBUF: &str = "application/x-protobuf";
+/// Auth request bodies are small; anything bigger is refused before parsing.
+const MAX_AUTH_BODY_BYTES: usize = 16 * 1024;
+
+/// Shared by every HTTP worker.
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub auth: Arc<AuthService>,
+    /// One permit per open WebSocket: the node's connection cap.
+    pub connection_slots: Arc<Semaphore>,
+    /// False while starting and once shutdown began.
+    pub ready: Arc<AtomicBool>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use tidings_proto::paths;
+    cfg.route(paths::WEBSOCKET, web::get().to(websocket))
+        .route(paths::SIGN_UP, web::post().to(sign_up))
+        .route(paths::LOG_IN, web::post().to(log_in))
+        .route(paths::REFRESH, web::post().to(refresh))
+        .route(paths::LOG_OUT, web::post().to(log_out))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+fn body_encoding(req: &HttpRequest) -> Encoding {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.starts_with(PROTOBUF) { Encoding::Protobuf } else { Encoding::Json }
+}
+
+fn respond<T: Message + serde::Serialize>(encoding: Encoding, status: actix_web::http::StatusCode, body: &T) -> HttpResponse {
+    match encoding {
+        Encoding::Protobuf => HttpResponse::build(status).content_type(PROTOBUF).body(body.encode_to_vec()),
+        Encoding::Json => HttpResponse::build(status).json(body),
+    }
+}
+
+fn error_response(encoding: Encoding, error: &ApiError) -> HttpResponse {
+    let body = HttpError { code: wire_code(error.code) as i32, message: error.message.clone() };
+    let mut response = respond(encoding, http_status(error.code), &body);
+    if error.retry_after_ms > 0 {
+        let secs = error.retry_after_ms.div_ceil(1000).to_string();
+        if let Ok(value) = header::HeaderValue::from_str(&secs) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+fn parse<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, ApiError> {
+    if body.len() > MAX_AUTH_BODY_BYTES {
+        return Err(ApiError::new(Code::PayloadTooLarge, "request body too large"));
+    }
+    match encoding {
+        Encoding::Protobuf => T::decode(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad protobuf body: {e}"))),
+        Encoding::Json => serde_json::from_slice(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad JSON body: {e}"))),
+    }
+}
+
+fn session_response(encoding: Encoding, s: Session) -> HttpResponse {
+    let body = AuthResponse {
+        user_id: s.user.0,
+        device_id: s.device.0,
+        access_token: s.access_token,
+        refresh_token: s.refresh_token,
+        access_expires_at_ms: s.access_expires_at_ms,
+    };
+    respond(encoding, actix_web::http::StatusCode::OK, &body)
+}
+
+async fn sign_up(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let encoding = body_encoding(&req);
+    let result = async {
+        let r: SignUpRequest = parse(encoding, &body)?;
+        state.auth.sign_up(&r.username, &r.password, &r.device_name).await
+    }
+    .await;
+    match result {
+        Ok(s) => session_response(encoding, s),
+        Err(e) => error_response(encoding, &e),
+    }
+}
+
+async fn log_in(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let encoding = body_encoding(&req);
+    let result = async {
+        let r: LogInRequest = parse(encoding, &body)?;
+        state.auth.log_in(&r.username, &r.password, &r.device_name).await
+    }
+    .await;
+    match result {
+        Ok(s) => session_response(encoding, s),
+        Err(e) => error_response(encoding, &e),
+    }
+}
+
+async fn refresh(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let encoding = body_encoding(&req);
+    let result = async {
+        let r: RefreshRequest = parse(encoding, &body)?;
+        state.auth.refresh(&r.refresh_token).await
+    }
+    .await;
+    match result {
+        Ok(s) => session_response(encoding, s),
+        Err(e) => error_response(encoding, &e),
+    }
+}
+
+/// The access token of a request: `Authorization: Bearer …`, or `access_token=` in the query (for
+/// WebSocket clients that cannot set headers).
+fn access_token(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+        && let Some(token) = value.strip_prefix("Bearer ")
+    {
+        return Some(token.trim().to_owned());
+    }
+    query_param(req, "access_token")
+}
+
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .ok()?
+        .into_inner()
+        .into_iter()
+        .find_map(|(k, v)| (k == name).then_some(v))
+}
+
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authenticated, ApiError> {
+    let token = access_token(req).ok_or_else(|| ApiError::new(Code::Unauthenticated, "an access token is required"))?;
+    state.auth.authenticate(&token).await
+}
+
+async fn log_out(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let encoding = body_encoding(&req);
+    let result = async {
+        let r: LogOutRequest = if body.is_empty() { LogOutRequest::default() } else { parse(encoding, &body)? };
+        let caller = authenticate(&req, &state).await?;
+        let devices = state.auth.log_out(caller, r.all_devices).await?;
+        if let Some(user) = state.hub.registry.user(caller.user) {
+            let _ = user.addr.send(Kick { devices }).await;
+        }
+        Ok::<_, ApiError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => respond(encoding, actix_web::http::StatusCode::OK, &tidings_proto::v1::Success {}),
+        Err(e) => error_response(encoding, &e),
+    }
+}
+
+async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let encoding = match query_param(&req, "encoding") {
+        None => Encoding::Protobuf,
+        Some(value) => match Encoding::from_query_value(&value) {
+            Some(encoding) => encoding,
+            None => return error_response(Encoding::Json, &ApiError::invalid("encoding must be proto or json")),
+        },
+    };
+    if !state.ready.load(Ordering::Acquire) {
+        return error_response(Encoding::Json, &ApiError::overloaded(1000));
+    }
+    let auth = match authenticate(&req, &state).await {
+        Ok(auth) => auth,
+        Err(e) => return error_response(Encoding::Json, &e),
+    };
+    let Ok(slot) = state.connection_slots.clone().try_acquire_owned() else {
+        METRICS.connections_refused_total.inc();
+        return error_response(Encoding::Json, &ApiError::overloaded(1000));
+    };
+    let (response, session, stream) = match actix_ws::handle(&req, body) {
+        Ok(parts) => parts,
+        Err(e) => return e.error_response(),
+    };
+    let setup = ConnectionSetup { hub: state.hub.clone(), auth, encoding, shutdown: state.shutdown.clone(), slot };
+    actix_web::rt::spawn(connection::run(setup, session, stream));
+    response
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if !state.ready.load(Ordering::Acquire) {
+        return HttpResponse::ServiceUnavailable().content_type("text/plain").body("shutting down or starting\n");
+    }
+    if !state.hub.store.ready().await {
+        return HttpResponse::ServiceUnavailable().content_type("text/plain").body("store unavailable\n");
+    }
+    HttpResponse::Ok().content_type("text/plain").body("ready\n")
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(METRICS.render())
+}

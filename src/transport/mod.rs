@@ -1,0 +1,17 @@
+//! The only layer that knows the wire format.
+//!
+//! - `connection.rs`: one task per WebSocket: reads frames, dispatches requests, writes answers and
+//!   events, heartbeats, closes.
+//! - `dispatch.rs`: sends each decoded request to the actor (or store read) that answers it.
+//! - `decode.rs` / `encode.rs`: protobuf or JSON frames to domain requests, domain answers and
+//!   events to frames. `codes.rs`: the one table of wire error codes.
+//! - `http.rs`: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`.
+//! - `rate_limit.rs`: the per-connection token bucket.
+
+pub mod codes;
+pub mod connection;
+pub mod decode;
+pub mod dispatch;
+pub mod encode;
+pub mod http;
+pub mod rate_limit;
