@@ -18,9 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.compile_fds(descriptors.clone())?;
 
     let descriptor_bytes = descriptors.encode_to_vec();
-    pbjson_build::Builder::new()
-        .register_descriptors(&descriptor_bytes)?
-        .out_dir(&out_dir)
-        .build(&[".tidings.v1"])?;
+    pbjson_build::Builder::new().register_descriptors(&descriptor_bytes)?.out_dir(&out_dir).build(&[".tidings.v1"])?;
     Ok(())
 }

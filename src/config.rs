@@ -52,7 +52,12 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("./data"), synchronous: Synchronous::Full, max_batch: 1024, busy_timeout_ms: 5000 }
+        Self {
+            data_dir: PathBuf::from("./data"),
+            synchronous: Synchronous::Full,
+            max_batch: 1024,
+            busy_timeout_ms: 5000,
+        }
     }
 }
 
@@ -192,7 +197,8 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let base = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
                 toml::from_str::<Config>(&text)
                     .map_err(|e| ConfigError::File { path: path.into(), message: e.to_string() })?
             }

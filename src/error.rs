@@ -76,7 +76,11 @@ impl From<StoreError> for ApiError {
             StoreErrorKind::Conflict => ApiError::new(Code::Conflict, "already exists"),
             StoreErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "store unavailable");
-                ApiError { code: Code::Unavailable, message: "storage is unavailable; retry later".into(), retry_after_ms: 1000 }
+                ApiError {
+                    code: Code::Unavailable,
+                    message: "storage is unavailable; retry later".into(),
+                    retry_after_ms: 1000,
+                }
             }
             StoreErrorKind::Busy => ApiError::overloaded(200),
             StoreErrorKind::Corrupt => {

@@ -48,9 +48,8 @@ impl Args {
             }
         }
         for pair in &self.set {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--set takes section.key=value, got {pair:?}"))?;
+            let (key, value) =
+                pair.split_once('=').ok_or_else(|| anyhow::anyhow!("--set takes section.key=value, got {pair:?}"))?;
             values.push((key.trim().to_owned(), value.trim().to_owned()));
         }
         Ok(Overrides { values })

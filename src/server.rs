@@ -40,7 +40,8 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     options.synchronous = config.store.synchronous;
     options.max_batch = config.store.max_batch.max(1);
     options.busy_timeout = Duration::from_millis(config.store.busy_timeout_ms);
-    let store = SqliteStore::open(options).with_context(|| format!("opening {}", config.store.database_path().display()))?;
+    let store =
+        SqliteStore::open(options).with_context(|| format!("opening {}", config.store.database_path().display()))?;
     Ok(Arc::new(store))
 }
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use super::room::validate_room_name;
 use super::{Hub, ReplyBody};
-use crate::domain::{EntryBody, RoomEntry, RoomId, RoomKind, StreamEvent, UserId, new_random_id, now_ms, time_ordered_id};
+use crate::domain::{
+    EntryBody, RoomEntry, RoomId, RoomKind, StreamEvent, UserId, new_random_id, now_ms, time_ordered_id,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::store::{CreateRoomOutcome, NewRoom};
 
@@ -41,7 +43,13 @@ pub async fn require_existing(hub: &Arc<Hub>, users: Vec<UserId>) -> ApiResult<(
     }
 }
 
-async fn create(hub: &Arc<Hub>, me: UserId, kind: RoomKind, name: String, members: Vec<UserId>) -> ApiResult<ReplyBody> {
+async fn create(
+    hub: &Arc<Hub>,
+    me: UserId,
+    kind: RoomKind,
+    name: String,
+    members: Vec<UserId>,
+) -> ApiResult<ReplyBody> {
     let id = RoomId(new_random_id());
     let sent_at_ms = now_ms();
     let entry = Arc::new(RoomEntry {

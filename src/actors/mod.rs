@@ -22,9 +22,7 @@ mod user;
 
 pub use create::{create_direct, create_group, require_existing};
 pub use hub::Hub;
-pub use protocol::{
-    Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, Request, RoomOp, SentAck,
-};
+pub use protocol::{Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, Request, RoomOp, SentAck};
 pub use registry::{Registry, UserEntry};
 pub use room::{RoomActor, RoomRequest};
 pub use user::{Attach, Detach, Kick, StreamAck, SyncFrom, UserActor};

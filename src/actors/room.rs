@@ -17,8 +17,8 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 
 use super::{Ephemeral, Hub, Replier, ReplyBody, RoomOp, SentAck};
 use crate::domain::{
-    EntryBody, Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, TextMessage, UserId, now_ms,
-    time_ordered_id,
+    EntryBody, Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, TextMessage, UserId,
+    now_ms, time_ordered_id,
 };
 use crate::error::{ApiError, ApiResult, Code};
 use crate::metrics::METRICS;
@@ -130,7 +130,12 @@ impl RoomActor {
                 self.check_seq(seq)?;
                 let by_moderator = self.kind == RoomKind::Group && role.can_manage();
                 let effect = Effect::Delete { target_seq: seq, by: user, by_moderator };
-                Planned { body: EntryBody::Deleted { target_seq: seq }, effect, recipients: everyone(self), on_commit: OnCommit::Sent }
+                Planned {
+                    body: EntryBody::Deleted { target_seq: seq },
+                    effect,
+                    recipients: everyone(self),
+                    on_commit: OnCommit::Sent,
+                }
             }
             RoomOp::AddMembers(users) => {
                 self.require_manager(user)?;
@@ -179,7 +184,12 @@ impl RoomActor {
                 self.require_group()?;
                 let recipients = everyone(self);
                 self.members.remove(&user);
-                Planned { body: EntryBody::MemberLeft(user), effect: Effect::RemoveMember(user), recipients, on_commit: OnCommit::Ok }
+                Planned {
+                    body: EntryBody::MemberLeft(user),
+                    effect: Effect::RemoveMember(user),
+                    recipients,
+                    on_commit: OnCommit::Ok,
+                }
             }
             RoomOp::Rename(name) => {
                 self.require_manager(user)?;
@@ -282,7 +292,8 @@ impl RoomActor {
             }
             Ok(AppendOutcome::SeqTaken) => {
                 tracing::warn!(room = %self.id, seq = entry.seq, "seq taken by another writer; reloading room");
-                replier.error(ApiError { retry_after_ms: 100, ..ApiError::new(Code::Unavailable, "room moved; retry") });
+                replier
+                    .error(ApiError { retry_after_ms: 100, ..ApiError::new(Code::Unavailable, "room moved; retry") });
                 ctx.stop();
             }
             Err(e) => {

@@ -351,10 +351,9 @@ impl UserActor {
                 tracing::warn!(%user, error = %e, "could not record last seen");
             }
             match hub.store.contacts_of(user).await {
-                Ok(contacts) => hub.registry.send_ephemeral(
-                    contacts,
-                    Ephemeral::Presence(PresenceInfo { user, online, last_seen_ms }),
-                ),
+                Ok(contacts) => hub
+                    .registry
+                    .send_ephemeral(contacts, Ephemeral::Presence(PresenceInfo { user, online, last_seen_ms })),
                 Err(e) => tracing::warn!(%user, error = %e, "could not announce presence"),
             }
         });

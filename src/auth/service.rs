@@ -56,9 +56,8 @@ impl AuthService {
         }
         let hasher = self.hasher.clone();
         let password = password.to_owned();
-        let password_hash = tokio::task::spawn_blocking(move || hasher.hash(&password))
-            .await
-            .map_err(|_| ApiError::internal())?;
+        let password_hash =
+            tokio::task::spawn_blocking(move || hasher.hash(&password)).await.map_err(|_| ApiError::internal())?;
         let user = UserId(new_random_id());
         self.store
             .create_user(NewUser { id: user, username: username.to_owned(), password_hash, created_at_ms: now_ms() })

@@ -45,13 +45,17 @@ impl TokenKeys {
     }
 
     pub fn verify_access(&self, token: &str) -> Result<(UserId, DeviceId), ApiError> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => ApiError::new(Code::TokenExpired, "access token expired; refresh it"),
-                _ => ApiError::new(Code::Unauthenticated, "invalid access token"),
-            }
-        })?;
-        let parse = |s: &str| s.parse::<u64>().map_err(|_| ApiError::new(Code::Unauthenticated, "invalid access token"));
+        let data =
+            jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        ApiError::new(Code::TokenExpired, "access token expired; refresh it")
+                    }
+                    _ => ApiError::new(Code::Unauthenticated, "invalid access token"),
+                }
+            })?;
+        let parse =
+            |s: &str| s.parse::<u64>().map_err(|_| ApiError::new(Code::Unauthenticated, "invalid access token"));
         Ok((UserId(parse(&data.claims.sub)?), DeviceId(parse(&data.claims.dev)?)))
     }
 }

@@ -6,5 +6,5 @@ mod room;
 mod stream;
 
 pub use ids::{ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
-pub use room::{EntryBody, MemberRecord, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, Role, TextMessage};
+pub use room::{EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage};
 pub use stream::{Receipt, ReceiptKind, StreamEvent};

@@ -19,8 +19,8 @@ use futures_util::future::BoxFuture;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
-    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser,
-    Positions, ReceiptWrite, UserRecord,
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, Positions,
+    ReceiptWrite, UserRecord,
 };
 
 use crate::domain::{DeviceId, RoomId, RoomState, RoomSummary, StreamEvent, UserId};

@@ -46,7 +46,9 @@ pub struct NewRoom {
 
 #[derive(Debug, Clone)]
 pub enum CreateRoomOutcome {
-    Created { positions: Positions },
+    Created {
+        positions: Positions,
+    },
     /// The direct room between these two users exists already.
     DirectExists(RoomId),
 }
@@ -69,16 +71,31 @@ pub enum Effect {
     Rename(String),
     SetRole(UserId, Role),
     /// Replace the text of `target_seq`, which must be a standing message sent by `editor`.
-    Edit { target_seq: u64, editor: UserId, text: String, at_ms: i64 },
+    Edit {
+        target_seq: u64,
+        editor: UserId,
+        text: String,
+        at_ms: i64,
+    },
     /// Tombstone `target_seq`, which must be a standing message sent by `by` unless `by_moderator`.
-    Delete { target_seq: u64, by: UserId, by_moderator: bool },
+    Delete {
+        target_seq: u64,
+        by: UserId,
+        by_moderator: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendOutcome {
-    Committed { positions: Positions },
+    Committed {
+        positions: Positions,
+    },
     /// A message with the same `(sender, client_msg_id)` exists: nothing was written.
-    Duplicate { seq: u64, id: u64, sent_at_ms: i64 },
+    Duplicate {
+        seq: u64,
+        id: u64,
+        sent_at_ms: i64,
+    },
     /// The message an edit, delete or reply names does not exist (or is not a standing message).
     TargetNotFound,
     /// An edit of someone else's message, or a delete without the right.
@@ -100,7 +117,15 @@ pub struct ReceiptWrite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryPage {
     /// The newest `limit` entries.
-    Latest { limit: usize },
-    Before { seq: u64, limit: usize },
-    After { seq: u64, limit: usize },
+    Latest {
+        limit: usize,
+    },
+    Before {
+        seq: u64,
+        limit: usize,
+    },
+    After {
+        seq: u64,
+        limit: usize,
+    },
 }

@@ -200,7 +200,12 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
 
 /// Joins the user's actor, starting one if needed. An actor that stopped between the lookup and
 /// the hand-over is replaced by a fresh one.
-async fn attach(hub: &Arc<Hub>, auth: Authenticated, conn: ConnId, outbound: mpsc::Sender<Outbound>) -> Option<UserEntry> {
+async fn attach(
+    hub: &Arc<Hub>,
+    auth: Authenticated,
+    conn: ConnId,
+    outbound: mpsc::Sender<Outbound>,
+) -> Option<UserEntry> {
     for _ in 0..3 {
         let entry = hub.registry.user_or_start(auth.user, hub);
         let attach = Attach { conn, device: auth.device, outbound: outbound.clone() };

@@ -55,10 +55,10 @@ fn history_page(h: &HistoryRequest, max: usize) -> Result<HistoryPage, ApiError>
         n => n.min(max),
     };
     match (h.before_seq, h.after_seq) {
-        (0, 0) => Ok(HistoryPage::Latest { limit }),
-        (before, 0) => Ok(HistoryPage::Before { seq: before, limit }),
-        (0, after) => Ok(HistoryPage::After { seq: after, limit }),
-        _ => Err(ApiError::invalid("give before_seq or after_seq, not both")),
+        (None, None) => Ok(HistoryPage::Latest { limit }),
+        (Some(before), None) => Ok(HistoryPage::Before { seq: before, limit }),
+        (None, Some(after)) => Ok(HistoryPage::After { seq: after, limit }),
+        (Some(_), Some(_)) => Err(ApiError::invalid("give before_seq or after_seq, not both")),
     }
 }
 

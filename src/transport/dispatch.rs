@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use crate::actors::{
-    Hub, PresenceInfo, Replier, ReplyBody, Request, RoomOp, RoomRequest, StreamAck, SyncFrom, UserEntry,
-    create_direct, create_group, require_existing,
+    Hub, PresenceInfo, Replier, ReplyBody, Request, RoomOp, RoomRequest, StreamAck, SyncFrom, UserEntry, create_direct,
+    create_group, require_existing,
 };
 use crate::auth::Authenticated;
 use crate::domain::{ConnId, UserId, now_ms};

@@ -53,7 +53,11 @@ fn body_encoding(req: &HttpRequest) -> Encoding {
     if content_type.starts_with(PROTOBUF) { Encoding::Protobuf } else { Encoding::Json }
 }
 
-fn respond<T: Message + serde::Serialize>(encoding: Encoding, status: actix_web::http::StatusCode, body: &T) -> HttpResponse {
+fn respond<T: Message + serde::Serialize>(
+    encoding: Encoding,
+    status: actix_web::http::StatusCode,
+    body: &T,
+) -> HttpResponse {
     match encoding {
         Encoding::Protobuf => HttpResponse::build(status).content_type(PROTOBUF).body(body.encode_to_vec()),
         Encoding::Json => HttpResponse::build(status).json(body),
@@ -77,8 +81,12 @@ fn parse<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8
         return Err(ApiError::new(Code::PayloadTooLarge, "request body too large"));
     }
     match encoding {
-        Encoding::Protobuf => T::decode(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad protobuf body: {e}"))),
-        Encoding::Json => serde_json::from_slice(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad JSON body: {e}"))),
+        Encoding::Protobuf => {
+            T::decode(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad protobuf body: {e}")))
+        }
+        Encoding::Json => {
+            serde_json::from_slice(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad JSON body: {e}")))
+        }
     }
 }
 

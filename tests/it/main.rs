@@ -1,1 +1,12 @@
-fn main(){}
+//! All integration tests, in one binary (one link on a 2-core machine). Each test starts a real
+//! server on 127.0.0.1:0 with its own data directory and talks to it with real WebSocket clients.
+
+mod auth;
+mod bad_input;
+mod chat;
+mod durability;
+mod harness;
+mod ops;
+mod rooms;
+mod store_conformance;
+mod sync;

@@ -4,13 +4,10 @@ use std::sync::Arc;
 
 use rusqlite::Row;
 
-use crate::domain::{
-    EntryBody, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, TextMessage, UserId,
-};
+use crate::domain::{EntryBody, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, TextMessage, UserId};
 
 /// Column list for reading an entry; `entry_from_row` expects them in this order at `offset`.
-pub(super) const ENTRY_COLUMNS: &str =
-    "room_id, seq, id, sender_id, sent_at_ms, kind, text, client_msg_id, target_seq, users, role, edited_at_ms, deleted";
+pub(super) const ENTRY_COLUMNS: &str = "room_id, seq, id, sender_id, sent_at_ms, kind, text, client_msg_id, target_seq, users, role, edited_at_ms, deleted";
 
 /// The columns of an entry, ready to insert.
 pub(super) struct EntryColumns<'a> {

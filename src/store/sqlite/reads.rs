@@ -135,10 +135,9 @@ pub(super) fn room_summary(conn: &Connection, room: RoomId, user: UserId) -> rus
             "SELECT count(*) FROM (SELECT 1 FROM entries WHERE room_id = ?1 AND seq > ?2 AND kind = 1
              AND deleted = 0 AND sender_id != ?3 LIMIT ?4)",
         )?
-        .query_row(
-            params![room.0 as i64, read_up_to_seq as i64, user.0 as i64, UNREAD_COUNT_CAP as i64],
-            |r| r.get(0),
-        )?;
+        .query_row(params![room.0 as i64, read_up_to_seq as i64, user.0 as i64, UNREAD_COUNT_CAP as i64], |r| {
+            r.get(0)
+        })?;
     let last_entry = entry_at(conn, room, state.last_seq)?;
     Ok(Some(RoomSummary {
         meta: state.meta,

@@ -25,9 +25,24 @@ pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
 pub(super) enum WriteCmd {
     CreateUser(NewUser, Reply<()>),
     CreateDevice(DeviceRecord, Reply<()>),
-    RotateRefresh { user: UserId, device: DeviceId, old_hash: Vec<u8>, new_hash: Vec<u8>, expires_at_ms: i64, reply: Reply<bool> },
-    RevokeDevices { user: UserId, only: Option<DeviceId>, reply: Reply<Vec<DeviceId>> },
-    SetLastSeen { user: UserId, at_ms: i64, reply: Reply<()> },
+    RotateRefresh {
+        user: UserId,
+        device: DeviceId,
+        old_hash: Vec<u8>,
+        new_hash: Vec<u8>,
+        expires_at_ms: i64,
+        reply: Reply<bool>,
+    },
+    RevokeDevices {
+        user: UserId,
+        only: Option<DeviceId>,
+        reply: Reply<Vec<DeviceId>>,
+    },
+    SetLastSeen {
+        user: UserId,
+        at_ms: i64,
+        reply: Reply<()>,
+    },
     CreateRoom(NewRoom, Reply<CreateRoomOutcome>),
     Append(Append, Reply<AppendOutcome>),
     Receipt(ReceiptWrite, Reply<Option<Positions>>),
@@ -49,7 +64,11 @@ fn pending<T: Send + 'static>(reply: Reply<T>, result: StoreResult<T>) -> Pendin
 }
 
 /// Starts the writer thread; it runs until a `Close` arrives or every sender is gone.
-pub(super) fn spawn(mut conn: Connection, mut commands: mpsc::Receiver<WriteCmd>, max_batch: usize) -> thread::JoinHandle<()> {
+pub(super) fn spawn(
+    mut conn: Connection,
+    mut commands: mpsc::Receiver<WriteCmd>,
+    max_batch: usize,
+) -> thread::JoinHandle<()> {
     thread::Builder::new()
         .name("tidings-store-writer".into())
         .spawn(move || {
@@ -281,9 +300,8 @@ fn revoke_devices(tx: &Transaction<'_>, user: UserId, only: Option<DeviceId>) ->
         .into_iter()
         .filter(|d| only.is_none_or(|o| o == *d))
         .collect();
-    let mut revoke = tx.prepare_cached(
-        "UPDATE devices SET revoked = 1, refresh_hash = x'' WHERE user_id = ?1 AND device_id = ?2",
-    )?;
+    let mut revoke =
+        tx.prepare_cached("UPDATE devices SET revoked = 1, refresh_hash = x'' WHERE user_id = ?1 AND device_id = ?2")?;
     for d in &devices {
         revoke.execute(params![user.0 as i64, d.0 as i64])?;
     }
@@ -421,8 +439,11 @@ fn apply_effect(tx: &Transaction<'_>, room: u64, effect: &Effect) -> rusqlite::R
             tx.prepare_cached("UPDATE rooms SET name = ?2 WHERE room_id = ?1")?.execute(params![room as i64, name])?;
         }
         Effect::SetRole(user, role) => {
-            tx.prepare_cached("UPDATE members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2")?
-                .execute(params![room as i64, user.0 as i64, role_code(*role)])?;
+            tx.prepare_cached("UPDATE members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2")?.execute(params![
+                room as i64,
+                user.0 as i64,
+                role_code(*role)
+            ])?;
         }
         Effect::Edit { target_seq, text, at_ms, .. } => {
             tx.prepare_cached("UPDATE entries SET text = ?3, edited_at_ms = ?4 WHERE room_id = ?1 AND seq = ?2")?
@@ -451,7 +472,6 @@ fn set_receipt(tx: &Transaction<'_>, heads: &mut StreamHeads, r: &ReceiptWrite) 
     if moved == 0 {
         return Ok(Ok(None));
     }
-    let positions =
-        push_events(tx, heads, &r.recipients, receipt_event_kind(r.kind), r.room.0, r.up_to_seq, r.user.0)?;
+    let positions = push_events(tx, heads, &r.recipients, receipt_event_kind(r.kind), r.room.0, r.up_to_seq, r.user.0)?;
     Ok(Ok(Some(positions)))
 }

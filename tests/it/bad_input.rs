@@ -1,0 +1,163 @@
+//! Every kind of bad input gets a typed error with its request id, and the connection survives
+//! where it can.
+
+use tidings_client::tidings_proto::{Encoding, v1 as wire};
+use tidings_client::{ClientError, Connection, Incoming};
+use tokio_tungstenite::tungstenite::Message;
+use wire::client_frame::Request as Req;
+
+use crate::harness::*;
+
+async fn expect_error(conn: &mut Connection) -> wire::Error {
+    loop {
+        match conn.next_within(WAIT).await.unwrap() {
+            Incoming::Error(e) => return e,
+            Incoming::Ephemeral(_) => {}
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+async fn still_alive(conn: &Connection) {
+    conn.request(Req::Ping(wire::PingRequest {})).await.expect("the connection survives");
+}
+
+#[tokio::test]
+async fn malformed_frames_get_typed_errors_and_the_connection_survives() {
+    let server = TestServer::start();
+    let ana = server.user("ana").await;
+    let mut conn = ana.connect().await;
+
+    conn.send_raw(Message::Binary(vec![0xff, 0xff, 0xff, 0x0f].into())).await.unwrap();
+    let e = expect_error(&mut conn).await;
+    assert_eq!(e.code, wire::ErrorCode::BadFrame as i32);
+    still_alive(&conn).await;
+
+    conn.send_raw(Message::Text("{not json".into())).await.unwrap();
+    assert_eq!(expect_error(&mut conn).await.code, wire::ErrorCode::BadFrame as i32);
+
+    // A readable request id is echoed even when the rest is wrong.
+    conn.send_raw(Message::Text(r#"{"requestId":"77","sendMessage":{"roomId":"not a number"}}"#.into())).await.unwrap();
+    let e = expect_error(&mut conn).await;
+    assert_eq!((e.code, e.request_id), (wire::ErrorCode::BadFrame as i32, 77));
+
+    // A frame with no request in it (or one from a newer protocol this server does not know).
+    let empty = wire::ClientFrame { request_id: 5, request: None };
+    let err = {
+        use prost::Message as _;
+        conn.send_raw(Message::Binary(empty.encode_to_vec().into())).await.unwrap();
+        expect_error(&mut conn).await
+    };
+    assert_eq!((err.code, err.request_id), (wire::ErrorCode::UnknownRequest as i32, 5));
+    still_alive(&conn).await;
+}
+
+#[tokio::test]
+async fn invalid_arguments_and_unknown_ids() {
+    let server = TestServer::start_with(|c| c.limits.max_message_bytes = 100);
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let conn = ana.connect().await;
+    let room = conn.create_direct(bob.id()).await.unwrap().room_id;
+
+    let too_long = conn.send_text(room, "1", &"x".repeat(101)).await.unwrap_err();
+    assert_eq!(code_of(&too_long), wire::ErrorCode::PayloadTooLarge);
+    let empty = conn.send_text(room, "2", "   ").await.unwrap_err();
+    assert_eq!(code_of(&empty), wire::ErrorCode::InvalidArgument);
+    let no_room = conn.send_text(0, "3", "hi").await.unwrap_err();
+    assert_eq!(code_of(&no_room), wire::ErrorCode::InvalidArgument);
+    let bad_kind =
+        conn.request(Req::Receipt(wire::ReceiptRequest { room_id: room, kind: 99, up_to_seq: 1 })).await.unwrap_err();
+    assert_eq!(code_of(&bad_kind), wire::ErrorCode::InvalidArgument);
+    let unknown_seq = conn
+        .request(Req::EditMessage(wire::EditMessageRequest { room_id: room, seq: 500, text: "x".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&unknown_seq), wire::ErrorCode::NotFound);
+    let bad_name = conn.create_group("", vec![bob.id()]).await.unwrap_err();
+    assert_eq!(code_of(&bad_name), wire::ErrorCode::InvalidArgument);
+    // The request id of each error matches its request (the client matched them up above).
+    match too_long {
+        ClientError::Server(e) => assert!(e.request_id > 0),
+        other => panic!("{other}"),
+    }
+    still_alive(&conn).await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_the_connection_with_1009() {
+    let server = TestServer::start_with(|c| c.limits.max_frame_bytes = 1024);
+    let ana = server.user("ana").await;
+    let mut conn = ana.connect().await;
+    conn.send_raw(Message::Binary(vec![0u8; 4096].into())).await.unwrap();
+    let e = expect_error(&mut conn).await;
+    assert_eq!(e.code, wire::ErrorCode::PayloadTooLarge as i32);
+    match conn.next_within(WAIT).await.unwrap() {
+        Incoming::Closed(Some((code, _))) => assert_eq!(code, 1009),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn requests_beyond_the_rate_limit_are_refused_with_a_retry_time() {
+    let server = TestServer::start_with(|c| {
+        c.limits.requests_per_second = 5;
+        c.limits.request_burst = 5;
+    });
+    let ana = server.user("ana").await;
+    let conn = ana.connect().await;
+    let mut limited = None;
+    for _ in 0..20 {
+        if let Err(e) = conn.request(Req::Ping(wire::PingRequest {})).await {
+            limited = Some(e);
+            break;
+        }
+    }
+    match limited.expect("the limit should bite within 20 requests") {
+        ClientError::Server(e) => {
+            assert_eq!(e.code, wire::ErrorCode::RateLimited as i32);
+            assert!(e.retry_after_ms > 0);
+        }
+        other => panic!("{other}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    still_alive(&conn).await;
+}
+
+#[tokio::test]
+async fn the_connection_cap_answers_overloaded() {
+    let server = TestServer::start_with(|c| c.limits.max_connections = 2);
+    let ana = server.user("ana").await;
+    let _one = ana.connect().await;
+    let _two = ana.connect().await;
+    let third = Connection::connect(&server.ws_base(), &ana.auth.access_token, Encoding::Protobuf).await.err().unwrap();
+    assert!(matches!(third, ClientError::Http { status: 503, .. }), "{third}");
+    assert_eq!(code_of(&third), wire::ErrorCode::Overloaded);
+    drop(_one);
+    // The slot frees once the first connection is gone.
+    let mut ok = false;
+    for _ in 0..50 {
+        if Connection::connect(&server.ws_base(), &ana.auth.access_token, Encoding::Protobuf).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn bad_http_bodies_are_typed_errors() {
+    let server = TestServer::start();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("http://{}/v1/auth/signup", server.addr))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: wire::HttpError = response.json().await.unwrap();
+    assert_eq!(body.code, wire::ErrorCode::BadFrame as i32);
+}

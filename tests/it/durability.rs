@@ -1,0 +1,164 @@
+//! A message the server acknowledged survives `kill -9`: the real binary is started, killed in the
+//! middle of a send storm, started again on the same data, and every acknowledged message is there,
+//! once, in order.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tidings_client::tidings_proto::{Encoding, v1 as wire};
+use tidings_client::{Connection, Http};
+use wire::client_frame::Request as Req;
+
+use crate::harness::*;
+
+/// Kills the server process when the test ends, passed or failed.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the `tidings` binary on a free port; returns it and its address.
+fn spawn_server(data_dir: &std::path::Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--set", "auth.argon2_memory_kib=1024", "--set", "auth.argon2_iterations=1"])
+        .args(["--set", "limits.requests_per_second=100000", "--set", "limits.request_burst=100000"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the tidings binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v["fields"]["addr"].as_str()
+            {
+                let _ = tx.send(addr.to_owned());
+                sent = true;
+            }
+        }
+    });
+    let server = Server(child);
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the server logs its address");
+    (server, addr)
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_9() {
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_server(data.path());
+    let http = Http::new(format!("http://{addr}"));
+    let ana = http.sign_up("ana", PASSWORD, "phone").await.unwrap();
+    let bob = http.sign_up("bob", PASSWORD, "phone").await.unwrap();
+    let conn = Connection::connect(&format!("ws://{addr}"), &ana.access_token, Encoding::Protobuf).await.unwrap();
+    let room = conn.create_direct(bob.user_id).await.unwrap().room_id;
+
+    // A storm of sends, 16 in flight at a time; the process is killed part-way.
+    const TOTAL: usize = 400;
+    let mut acked: Vec<(String, u64)> = Vec::new();
+    let mut in_flight = Vec::new();
+    let mut killed = false;
+    for i in 0..TOTAL {
+        let id = format!("msg-{i}");
+        let send = Req::SendMessage(wire::SendMessageRequest {
+            room_id: room,
+            client_msg_id: id.clone(),
+            text: format!("text {i}"),
+            reply_to_seq: 0,
+        });
+        match conn.start_request(send).await {
+            Ok(answer) => in_flight.push((id, answer)),
+            Err(_) => break,
+        }
+        if in_flight.len() == 16 {
+            for (id, answer) in in_flight.drain(..) {
+                if let Ok(Ok(wire::reply::Result::Sent(ack))) = answer.await {
+                    acked.push((id, ack.seq));
+                }
+            }
+        }
+        if i == TOTAL / 2 {
+            child.0.kill().unwrap(); // SIGKILL: no shutdown, no flush
+            killed = true;
+        }
+    }
+    for (id, answer) in in_flight.drain(..) {
+        if let Ok(Ok(wire::reply::Result::Sent(ack))) = answer.await {
+            acked.push((id, ack.seq));
+        }
+    }
+    assert!(killed);
+    drop(child);
+    assert!(acked.len() >= TOTAL / 4, "most of the first half should be acknowledged ({})", acked.len());
+
+    // Start again on the same data: the token secret is kept, so the old tokens still work.
+    let (_child, addr) = spawn_server(data.path());
+    let mut reader = Connection::connect(&format!("ws://{addr}"), &bob.access_token, Encoding::Protobuf).await.unwrap();
+    reader.sync(0).await.unwrap();
+    let events = until_caught_up(&mut reader).await;
+    assert_contiguous(&events, 1);
+    let stored: Vec<(String, u64)> = events
+        .iter()
+        .filter_map(|e| match &entry(e).body {
+            Some(wire::room_entry::Body::Text(t)) => Some((t.client_msg_id.clone(), entry(e).seq)),
+            _ => None,
+        })
+        .collect();
+    let stored_ids: HashSet<&String> = stored.iter().map(|(id, _)| id).collect();
+    for (id, seq) in &acked {
+        assert!(stored.contains(&(id.clone(), *seq)), "acknowledged {id} (seq {seq}) was lost");
+    }
+    assert_eq!(stored_ids.len(), stored.len(), "no message is stored twice");
+
+    // The sender retries everything it has no acknowledgement for: each lands exactly once.
+    let acked_ids: HashSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
+    let sender = Connection::connect(&format!("ws://{addr}"), &ana.access_token, Encoding::Protobuf).await.unwrap();
+    for i in 0..TOTAL {
+        let id = format!("msg-{i}");
+        if !acked_ids.contains(&id) {
+            sender.send_text(room, &id, &format!("text {i}")).await.unwrap();
+        }
+    }
+    let history = {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = sender
+                .history(wire::HistoryRequest {
+                    room_id: room,
+                    after_seq: Some(after),
+                    limit: 200,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            after = page.entries.last().map_or(after, |e| e.seq);
+            all.extend(page.entries);
+            if !page.more {
+                break;
+            }
+        }
+        all
+    };
+    let ids: Vec<String> = history
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(wire::room_entry::Body::Text(t)) => Some(t.client_msg_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), TOTAL, "every message exactly once after retries");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), TOTAL);
+}

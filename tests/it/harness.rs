@@ -1,0 +1,184 @@
+//! Starting servers and users for tests.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tidings::config::Config;
+use tidings::store::sqlite::Synchronous;
+use tidings_client::tidings_proto::Encoding;
+use tidings_client::tidings_proto::v1::{self as wire, AuthResponse};
+use tidings_client::{Connection, Http, Incoming};
+use tokio::sync::oneshot;
+
+pub const PASSWORD: &str = "correct horse battery";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in its own thread with its own actix system and data directory.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub data_dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The configuration tests start from: a free port, a private data directory, cheap hashing.
+pub fn test_config(data_dir: &std::path::Path) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.workers = 2;
+    config.server.shutdown_timeout_secs = 5;
+    config.store.data_dir = data_dir.to_path_buf();
+    config.store.synchronous = Synchronous::Normal;
+    config.auth.argon2_memory_kib = 1024;
+    config.auth.argon2_iterations = 1;
+    config.limits.requests_per_second = 10_000;
+    config.limits.request_burst = 10_000;
+    config
+}
+
+impl TestServer {
+    pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = test_config(data_dir.path());
+        adjust(&mut config);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let running = tidings::server::start(config).await.expect("server starts");
+                addr_tx.send(running.local_addr).expect("test is waiting");
+                running
+                    .run_until(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("server runs");
+            });
+        });
+        let addr = addr_rx.recv_timeout(WAIT).expect("server started");
+        Self { addr, data_dir, stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn http(&self) -> Http {
+        Http::new(format!("http://{}", self.addr))
+    }
+
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Signs up a user with one device.
+    pub async fn user(&self, name: &str) -> TestUser {
+        let auth = self.http().sign_up(name, PASSWORD, "phone").await.expect("sign up");
+        TestUser { name: name.into(), auth, ws_base: self.ws_base(), http: self.http() }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct TestUser {
+    pub name: String,
+    pub auth: AuthResponse,
+    pub ws_base: String,
+    pub http: Http,
+}
+
+impl TestUser {
+    pub fn id(&self) -> u64 {
+        self.auth.user_id
+    }
+
+    /// A connection of this device, not yet synced.
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.ws_base, &self.auth.access_token, Encoding::Protobuf).await.expect("connect")
+    }
+
+    /// A connection of this device, synced from `after_pos` and caught up.
+    pub async fn connect_synced(&self, after_pos: u64) -> (Connection, Vec<wire::Event>) {
+        let mut conn = self.connect().await;
+        conn.sync(after_pos).await.expect("sync");
+        let events = until_caught_up(&mut conn).await;
+        (conn, events)
+    }
+
+    /// Logs in again: another device of the same user.
+    pub async fn another_device(&self, device_name: &str) -> TestUser {
+        let auth = self.http.log_in(&self.name, PASSWORD, device_name).await.expect("log in");
+        TestUser { name: self.name.clone(), auth, ws_base: self.ws_base.clone(), http: self.http.clone() }
+    }
+}
+
+/// Collects events until the CAUGHT_UP notice; panics on anything unexpected.
+pub async fn until_caught_up(conn: &mut Connection) -> Vec<wire::Event> {
+    let mut events = Vec::new();
+    loop {
+        match conn.next_within(WAIT).await.expect("caught up in time") {
+            Incoming::Event(e) => events.push(e),
+            Incoming::Notice(n) if n.kind == wire::NoticeKind::CaughtUp as i32 => return events,
+            Incoming::Ephemeral(_) => {}
+            other => panic!("unexpected while catching up: {other:?}"),
+        }
+    }
+}
+
+/// The next stream event, skipping ephemeral ones.
+pub async fn next_event(conn: &mut Connection) -> wire::Event {
+    loop {
+        match conn.next_within(WAIT).await.expect("an event in time") {
+            Incoming::Event(e) => return e,
+            Incoming::Ephemeral(_) => {}
+            Incoming::Notice(n) if n.kind == wire::NoticeKind::CaughtUp as i32 => {}
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// The room entry an event carries.
+pub fn entry(event: &wire::Event) -> &wire::RoomEntry {
+    match &event.kind {
+        Some(wire::event::Kind::Entry(e)) => e,
+        other => panic!("expected a room entry, got {other:?}"),
+    }
+}
+
+/// The text of a message event (panics on anything else).
+pub fn text(event: &wire::Event) -> &str {
+    match &entry(event).body {
+        Some(wire::room_entry::Body::Text(t)) => &t.text,
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Checks positions increase by one from `first`.
+pub fn assert_contiguous(events: &[wire::Event], first: u64) {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.pos,
+            first + i as u64,
+            "positions must be contiguous: {:?}",
+            events.iter().map(|e| e.pos).collect::<Vec<_>>()
+        );
+    }
+}
+
+pub fn code_of(error: &tidings_client::ClientError) -> wire::ErrorCode {
+    error.code().unwrap_or_else(|| panic!("expected a typed error, got {error}"))
+}

@@ -1,0 +1,278 @@
+//! The store conformance suite: the contract of the domain-level store traits, run against every
+//! backend. `store_suite!` instantiates it for a backend given a constructor; the embedded SQLite
+//! backend runs here. (ScyllaDB joins with its backend, behind `TIDINGS_SCYLLA_NODES`.)
+
+use std::sync::Arc;
+
+use tidings::domain::{
+    DeviceId, EntryBody, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, StreamEvent, TextMessage, UserId,
+};
+use tidings::store::{
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, ReceiptWrite, Store,
+    StoreErrorKind,
+};
+
+pub async fn user(store: &dyn Store, id: u64, name: &str) -> UserId {
+    store
+        .create_user(NewUser { id: UserId(id), username: name.into(), password_hash: "h".into(), created_at_ms: 1 })
+        .await
+        .unwrap();
+    UserId(id)
+}
+
+fn entry(room: RoomId, seq: u64, sender: UserId, body: EntryBody) -> RoomEntry {
+    RoomEntry { room, seq, id: seq * 10, sender, sent_at_ms: 1000 + seq as i64, body }
+}
+
+fn text(t: &str, client_id: &str) -> EntryBody {
+    EntryBody::Text(TextMessage { text: t.into(), client_msg_id: client_id.into(), ..Default::default() })
+}
+
+pub async fn group(store: &dyn Store, id: u64, creator: UserId, members: &[UserId]) -> RoomId {
+    let room = RoomId(id);
+    let outcome = store
+        .create_room(NewRoom {
+            id: room,
+            kind: RoomKind::Group,
+            name: "g".into(),
+            creator,
+            members: members.to_vec(),
+            entry: entry(
+                room,
+                1,
+                creator,
+                EntryBody::Created { kind: RoomKind::Group, name: "g".into(), members: members.to_vec() },
+            ),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateRoomOutcome::Created { .. }));
+    room
+}
+
+async fn append(store: &dyn Store, e: RoomEntry, recipients: &[UserId], effect: Effect) -> AppendOutcome {
+    store.submit_append(Append { entry: Arc::new(e), recipients: recipients.to_vec(), effect }).unwrap().await.unwrap()
+}
+
+pub async fn accounts(store: Arc<dyn Store>) {
+    let ana = user(&*store, 1, "ana").await;
+    let dup = store
+        .create_user(NewUser { id: UserId(2), username: "ana".into(), password_hash: "h".into(), created_at_ms: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(dup.kind, StoreErrorKind::Conflict);
+    assert_eq!(store.user_by_name("ana").await.unwrap().unwrap().id, ana);
+    assert!(store.user_by_name("nobody").await.unwrap().is_none());
+    assert_eq!(store.existing_users(vec![ana, UserId(99)]).await.unwrap(), vec![ana]);
+
+    let device = DeviceRecord {
+        user: ana,
+        device: DeviceId(7),
+        name: "phone".into(),
+        refresh_hash: vec![1],
+        refresh_expires_at_ms: 10,
+        created_at_ms: 1,
+        revoked: false,
+    };
+    store.create_device(device.clone()).await.unwrap();
+    store.create_device(DeviceRecord { device: DeviceId(8), ..device.clone() }).await.unwrap();
+    assert_eq!(store.device(ana, DeviceId(7)).await.unwrap().unwrap(), device);
+    assert!(!store.rotate_refresh(ana, DeviceId(7), vec![9], vec![2], 20).await.unwrap(), "wrong old hash");
+    assert!(store.rotate_refresh(ana, DeviceId(7), vec![1], vec![2], 20).await.unwrap());
+    assert!(!store.rotate_refresh(ana, DeviceId(7), vec![1], vec![3], 20).await.unwrap(), "old hash is gone");
+    assert_eq!(store.revoke_devices(ana, Some(DeviceId(7))).await.unwrap(), vec![DeviceId(7)]);
+    assert!(store.device(ana, DeviceId(7)).await.unwrap().unwrap().revoked);
+    assert!(!store.rotate_refresh(ana, DeviceId(7), vec![2], vec![3], 20).await.unwrap(), "revoked");
+    assert_eq!(store.revoke_devices(ana, None).await.unwrap(), vec![DeviceId(8)]);
+
+    store.set_last_seen(ana, 1234).await.unwrap();
+    assert_eq!(store.last_seen(vec![ana]).await.unwrap(), vec![(ana, 1234)]);
+}
+
+pub async fn rooms_and_streams(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (a, b, c) = (user(s, 1, "a").await, user(s, 2, "b").await, user(s, 3, "c").await);
+
+    // Direct rooms are unique per pair, in either order.
+    let direct = |id: u64, x: UserId, y: UserId| NewRoom {
+        id: RoomId(id),
+        kind: RoomKind::Direct,
+        name: String::new(),
+        creator: x,
+        members: vec![x, y],
+        entry: entry(
+            RoomId(id),
+            1,
+            x,
+            EntryBody::Created { kind: RoomKind::Direct, name: String::new(), members: vec![x, y] },
+        ),
+    };
+    assert!(matches!(s.create_room(direct(100, a, b)).await.unwrap(), CreateRoomOutcome::Created { .. }));
+    match s.create_room(direct(101, b, a)).await.unwrap() {
+        CreateRoomOutcome::DirectExists(existing) => assert_eq!(existing, RoomId(100)),
+        other => panic!("{other:?}"),
+    }
+
+    let room = group(s, 200, a, &[a, b]).await;
+    let state = s.load_room(room).await.unwrap().unwrap();
+    assert_eq!(state.last_seq, 1);
+    assert_eq!(state.members.iter().find(|m| m.user == a).unwrap().role, Role::Owner);
+    assert!(s.load_room(RoomId(999)).await.unwrap().is_none());
+
+    // Positions: one per recipient, contiguous per user, across rooms.
+    let out = append(s, entry(room, 2, a, text("hi", "c1")), &[a, b], Effect::None).await;
+    let AppendOutcome::Committed { positions } = out else { panic!("{out:?}") };
+    assert_eq!(positions, vec![(a, 3), (b, 3)], "after two Created entries each");
+    // A retry with the same client id is a duplicate, whatever seq it was given.
+    let dup = append(s, entry(room, 3, a, text("hi", "c1")), &[a, b], Effect::None).await;
+    assert_eq!(dup, AppendOutcome::Duplicate { seq: 2, id: 20, sent_at_ms: 1002 });
+    // The same seq twice is refused (the fence against two owners).
+    let taken = append(s, entry(room, 2, b, text("other", "c2")), &[a, b], Effect::None).await;
+    assert_eq!(taken, AppendOutcome::SeqTaken);
+
+    // Membership effects apply atomically with their entry.
+    append(s, entry(room, 4, a, EntryBody::MembersAdded(vec![c])), &[a, b, c], Effect::AddMembers(vec![c])).await;
+    assert_eq!(s.load_room(room).await.unwrap().unwrap().members.len(), 3);
+    assert_eq!(s.contacts_of(c).await.unwrap().len(), 2);
+    append(s, entry(room, 5, a, EntryBody::MemberRemoved(b)), &[a, b, c], Effect::RemoveMember(b)).await;
+    assert!(s.room_summary(room, b).await.unwrap().is_none(), "b is out");
+    assert_eq!(s.rooms_of(b).await.unwrap().len(), 1, "b keeps only the direct room");
+
+    // Edits and deletes: only standing messages; edits by the sender; deletes by the sender or a moderator.
+    let edit = |seq, editor| Effect::Edit { target_seq: 2, editor, text: "hey".into(), at_ms: 5 + seq as i64 };
+    let body = |seq| entry(room, seq, a, EntryBody::Edited { target_seq: 2, text: "hey".into() });
+    assert_eq!(append(s, body(6), &[a, c], edit(6, c)).await, AppendOutcome::NotAllowed);
+    assert!(matches!(append(s, body(7), &[a, c], edit(7, a)).await, AppendOutcome::Committed { .. }));
+    let missing = Effect::Edit { target_seq: 42, editor: a, text: "x".into(), at_ms: 1 };
+    assert_eq!(append(s, body(8), &[a, c], missing).await, AppendOutcome::TargetNotFound);
+    let del = |seq, by, by_moderator| {
+        (entry(room, seq, by, EntryBody::Deleted { target_seq: 2 }), Effect::Delete { target_seq: 2, by, by_moderator })
+    };
+    let (e, eff) = del(9, c, false);
+    assert_eq!(append(s, e, &[a, c], eff).await, AppendOutcome::NotAllowed);
+    let (e, eff) = del(10, c, true);
+    assert!(matches!(append(s, e, &[a, c], eff).await, AppendOutcome::Committed { .. }));
+    let (e, eff) = del(11, a, false);
+    assert_eq!(append(s, e, &[a, c], eff).await, AppendOutcome::TargetNotFound, "already deleted");
+
+    // Streams replay entries in their current state.
+    let events = s.events_after(a, 0, 100).await.unwrap();
+    let positions: Vec<u64> = events.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, (1..=positions.len() as u64).collect::<Vec<_>>());
+    let message = events.iter().find_map(|(_, e)| match e {
+        StreamEvent::Entry(en) if en.seq == 2 && en.room == room => Some(en.clone()),
+        _ => None,
+    });
+    match &message.unwrap().body {
+        EntryBody::Text(t) => assert!(t.deleted && t.text.is_empty() && t.edited_at_ms > 0),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.stream_head(a).await.unwrap(), *positions.last().unwrap());
+    assert_eq!(s.events_after(a, 2, 2).await.unwrap().iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![3, 4]);
+
+    // Receipts move forward only and reach the recipients' streams.
+    let receipt = |up_to_seq, kind| ReceiptWrite { room, user: c, kind, up_to_seq, recipients: vec![a, c] };
+    let moved = s.set_receipt(receipt(4, ReceiptKind::Read)).await.unwrap().unwrap();
+    assert_eq!(moved.len(), 2);
+    assert!(s.set_receipt(receipt(3, ReceiptKind::Read)).await.unwrap().is_none(), "never backwards");
+    assert!(s.set_receipt(receipt(4, ReceiptKind::Delivered)).await.unwrap().is_none(), "read implies delivered");
+    let last = s.events_after(a, 0, 1000).await.unwrap().pop().unwrap().1;
+    assert!(matches!(last, StreamEvent::Receipt(r) if r.user == c && r.up_to_seq == 4 && r.kind == ReceiptKind::Read));
+
+    // History pages in ascending seq.
+    let (latest, more) = s.history(room, HistoryPage::Latest { limit: 3 }).await.unwrap();
+    assert_eq!(latest.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 7, 10]);
+    assert!(more);
+    let (before, _) = s.history(room, HistoryPage::Before { seq: 5, limit: 10 }).await.unwrap();
+    assert_eq!(before.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2, 4]);
+    let (after, more) = s.history(room, HistoryPage::After { seq: 5, limit: 10 }).await.unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![7, 10]);
+    assert!(!more);
+
+    // Unread counts: messages from others after the read marker.
+    append(s, entry(room, 12, a, text("one", "u1")), &[a, c], Effect::None).await;
+    append(s, entry(room, 13, a, text("two", "u2")), &[a, c], Effect::None).await;
+    let summary = s.room_summary(room, c).await.unwrap().unwrap();
+    assert_eq!((summary.unread_count, summary.read_up_to_seq, summary.last_seq), (2, 4, 13));
+    assert_eq!(s.room_summary(room, a).await.unwrap().unwrap().unread_count, 0);
+}
+
+/// Appends submitted in seq order land in every recipient's stream in seq order, even when many
+/// are in flight at once.
+pub async fn ordered_submission(store: Arc<dyn Store>) {
+    let s = &*store;
+    let (a, b) = (user(s, 1, "a").await, user(s, 2, "b").await);
+    let room = group(s, 300, a, &[a, b]).await;
+    let mut pending = Vec::new();
+    for seq in 2..=500u64 {
+        let e = Arc::new(entry(room, seq, a, text(&format!("m{seq}"), &format!("c{seq}"))));
+        pending.push(s.submit_append(Append { entry: e, recipients: vec![a, b], effect: Effect::None }).unwrap());
+    }
+    for p in pending {
+        assert!(matches!(p.await.unwrap(), AppendOutcome::Committed { .. }));
+    }
+    let events = s.events_after(b, 0, 1000).await.unwrap();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|(_, e)| match e {
+            StreamEvent::Entry(en) => en.seq,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
+}
+
+macro_rules! store_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn accounts() {
+                let (_guard, store) = $make;
+                super::accounts(store).await;
+            }
+
+            #[tokio::test]
+            async fn rooms_and_streams() {
+                let (_guard, store) = $make;
+                super::rooms_and_streams(store).await;
+            }
+
+            #[tokio::test]
+            async fn ordered_submission() {
+                let (_guard, store) = $make;
+                super::ordered_submission(store).await;
+            }
+        }
+    };
+}
+
+fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = tidings::store::sqlite::SqliteOptions::new(dir.path().join("t.db"));
+    let store = tidings::store::sqlite::SqliteStore::open(options).unwrap();
+    (dir, Arc::new(store))
+}
+
+store_suite!(sqlite, sqlite());
+
+/// Reopening the same file keeps everything, and the stream continues where it was.
+#[tokio::test]
+async fn sqlite_data_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let options = tidings::store::sqlite::SqliteOptions::new(dir.path().join("t.db"));
+        Arc::new(tidings::store::sqlite::SqliteStore::open(options).unwrap()) as Arc<dyn Store>
+    };
+    let store = open();
+    let a = user(&*store, 1, "a").await;
+    let room = group(&*store, 5, a, &[a]).await;
+    store.close().await;
+    assert!(store.stream_head(a).await.is_err(), "a closed store refuses work");
+    drop(store);
+    let store = open();
+    assert_eq!(store.stream_head(a).await.unwrap(), 1);
+    let out = append(&*store, entry(room, 2, a, text("again", "x")), &[a], Effect::None).await;
+    assert_eq!(out, AppendOutcome::Committed { positions: vec![(a, 2)] });
+}
