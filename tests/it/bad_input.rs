@@ -161,3 +161,27 @@ async fn bad_http_bodies_are_typed_errors() {
     let body: wire::HttpError = response.json().await.unwrap();
     assert_eq!(body.code, wire::ErrorCode::BadFrame as i32);
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let server = TestServer::start_with(|c| {
+        c.limits.heartbeat_interval_secs = 1;
+        c.limits.idle_timeout_secs = 1;
+    });
+    let ana = server.user("ana").await;
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("{}/v1/ws", server.ws_base()).into_client_request().unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", ana.auth.access_token).parse().unwrap());
+    let (mut silent, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // Not reading means not answering the server's pings.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut close_code = None;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(WAIT, silent.next()).await {
+        if let Message::Close(frame) = message {
+            close_code = frame.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(close_code, Some(1001));
+}
