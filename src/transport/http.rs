@@ -3,6 +3,7 @@
 //! Auth bodies are the protocol's messages, as JSON (proto3 mapping) by default or protobuf when the
 //! request's `Content-Type` is `application/x-protobuf`; the answer uses the same encoding.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -101,43 +102,39 @@ fn session_response(encoding: Encoding, s: Session) -> HttpResponse {
     respond(encoding, actix_web::http::StatusCode::OK, &body)
 }
 
-async fn sign_up(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    let encoding = body_encoding(&req);
-    let result = async {
-        let r: SignUpRequest = parse(encoding, &body)?;
-        state.auth.sign_up(&r.username, &r.password, &r.device_name).await
-    }
-    .await;
+/// Parses an auth request, runs `call`, and answers with the tokens or the error.
+async fn session_call<R, Fut>(req: &HttpRequest, body: &[u8], call: impl FnOnce(R) -> Fut) -> HttpResponse
+where
+    R: Message + Default + DeserializeOwned,
+    Fut: Future<Output = Result<Session, ApiError>>,
+{
+    let encoding = body_encoding(req);
+    let result = match parse::<R>(encoding, body) {
+        Ok(request) => call(request).await,
+        Err(e) => Err(e),
+    };
     match result {
-        Ok(s) => session_response(encoding, s),
+        Ok(session) => session_response(encoding, session),
         Err(e) => error_response(encoding, &e),
     }
+}
+
+async fn sign_up(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    session_call(&req, &body, |r: SignUpRequest| async move {
+        state.auth.sign_up(&r.username, &r.password, &r.device_name).await
+    })
+    .await
 }
 
 async fn log_in(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    let encoding = body_encoding(&req);
-    let result = async {
-        let r: LogInRequest = parse(encoding, &body)?;
+    session_call(&req, &body, |r: LogInRequest| async move {
         state.auth.log_in(&r.username, &r.password, &r.device_name).await
-    }
-    .await;
-    match result {
-        Ok(s) => session_response(encoding, s),
-        Err(e) => error_response(encoding, &e),
-    }
+    })
+    .await
 }
 
 async fn refresh(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    let encoding = body_encoding(&req);
-    let result = async {
-        let r: RefreshRequest = parse(encoding, &body)?;
-        state.auth.refresh(&r.refresh_token).await
-    }
-    .await;
-    match result {
-        Ok(s) => session_response(encoding, s),
-        Err(e) => error_response(encoding, &e),
-    }
+    session_call(&req, &body, |r: RefreshRequest| async move { state.auth.refresh(&r.refresh_token).await }).await
 }
 
 /// The access token of a request: `Authorization: Bearer …`, or `access_token=` in the query (for

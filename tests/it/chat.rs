@@ -88,48 +88,28 @@ async fn group_messages_have_one_order_for_every_member() {
 #[tokio::test]
 async fn a_retried_send_is_acknowledged_again_but_stored_once() {
     let server = TestServer::start();
-    let ana = server.user("ana").await;
-    let bob = server.user("bob").await;
-    let (a, _) = ana.connect_synced(0).await;
-    let (mut b, _) = bob.connect_synced(0).await;
-    let room = a.create_direct(bob.id()).await.unwrap();
-    next_event(&mut b).await;
-    let first = a.send_text(room.room_id, "same-id", "once").await.unwrap();
-    let retry = a.send_text(room.room_id, "same-id", "once").await.unwrap();
+    let DirectPair { a, mut b, room, .. } = direct_pair(&server).await;
+    let first = a.send_text(room, "same-id", "once").await.unwrap();
+    let retry = a.send_text(room, "same-id", "once").await.unwrap();
     assert!(retry.duplicate);
     assert_eq!((retry.seq, retry.message_id), (first.seq, first.message_id));
-    let after = a.send_text(room.room_id, "next-id", "twice").await.unwrap();
+    let after = a.send_text(room, "next-id", "twice").await.unwrap();
     assert!(after.seq > first.seq);
     assert_eq!(text(&next_event(&mut b).await), "once");
     assert_eq!(text(&next_event(&mut b).await), "twice");
-    let history = a.history(wire::HistoryRequest { room_id: room.room_id, ..Default::default() }).await.unwrap();
-    let texts: Vec<_> = history
-        .entries
-        .iter()
-        .filter_map(|e| match &e.body {
-            Some(wire::room_entry::Body::Text(t)) => Some(t.text.clone()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(texts, ["once", "twice"]);
+    let history = a.history(wire::HistoryRequest { room_id: room, ..Default::default() }).await.unwrap();
+    assert_eq!(message_texts(&history.entries), ["once", "twice"]);
 }
 
 #[tokio::test]
 async fn edits_and_deletes_reach_everyone_and_history_shows_tombstones() {
     let server = TestServer::start();
-    let ana = server.user("ana").await;
-    let bob = server.user("bob").await;
-    let (a, _) = ana.connect_synced(0).await;
-    let (mut b, _) = bob.connect_synced(0).await;
-    let room = a.create_direct(bob.id()).await.unwrap();
-    next_event(&mut b).await;
-    let m = a.send_text(room.room_id, "1", "helo").await.unwrap();
+    let DirectPair { a, mut b, bob, room, .. } = direct_pair(&server).await;
+    let m = a.send_text(room, "1", "helo").await.unwrap();
     next_event(&mut b).await;
 
     // Only the sender edits.
-    let edit = |text: &str| {
-        Req::EditMessage(wire::EditMessageRequest { room_id: room.room_id, seq: m.seq, text: text.into() })
-    };
+    let edit = |text: &str| Req::EditMessage(wire::EditMessageRequest { room_id: room, seq: m.seq, text: text.into() });
     let err = b.request(edit("hijack")).await.unwrap_err();
     assert_eq!(code_of(&err), wire::ErrorCode::Forbidden);
     a.request(edit("hello")).await.unwrap();
@@ -137,7 +117,7 @@ async fn edits_and_deletes_reach_everyone_and_history_shows_tombstones() {
         Some(wire::room_entry::Body::Edited(e)) => assert_eq!((e.target_seq, e.text.as_str()), (m.seq, "hello")),
         other => panic!("{other:?}"),
     }
-    let delete = Req::DeleteMessage(wire::DeleteMessageRequest { room_id: room.room_id, seq: m.seq });
+    let delete = Req::DeleteMessage(wire::DeleteMessageRequest { room_id: room, seq: m.seq });
     assert_eq!(code_of(&b.request(delete.clone()).await.unwrap_err()), wire::ErrorCode::Forbidden);
     a.request(delete.clone()).await.unwrap();
     assert!(matches!(entry(&next_event(&mut b).await).body, Some(wire::room_entry::Body::Deleted(_))));
@@ -145,7 +125,7 @@ async fn edits_and_deletes_reach_everyone_and_history_shows_tombstones() {
     assert_eq!(code_of(&a.request(delete).await.unwrap_err()), wire::ErrorCode::NotFound);
     assert_eq!(code_of(&a.request(edit("again")).await.unwrap_err()), wire::ErrorCode::NotFound);
 
-    let history = b.history(wire::HistoryRequest { room_id: room.room_id, ..Default::default() }).await.unwrap();
+    let history = b.history(wire::HistoryRequest { room_id: room, ..Default::default() }).await.unwrap();
     let original = history.entries.iter().find(|e| e.seq == m.seq).unwrap();
     match &original.body {
         Some(wire::room_entry::Body::Text(t)) => {

@@ -159,6 +159,7 @@ async fn acknowledged_messages_survive_kill_9() {
             _ => None,
         })
         .collect();
+    assert_eq!(message_texts(&history).len(), ids.len());
     assert_eq!(ids.len(), TOTAL, "every message exactly once after retries");
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), TOTAL);
 }

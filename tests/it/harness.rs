@@ -182,3 +182,33 @@ pub fn assert_contiguous(events: &[wire::Event], first: u64) {
 pub fn code_of(error: &tidings_client::ClientError) -> wire::ErrorCode {
     error.code().unwrap_or_else(|| panic!("expected a typed error, got {error}"))
 }
+
+/// The texts of the messages among `entries`, in order.
+pub fn message_texts(entries: &[wire::RoomEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(wire::room_entry::Body::Text(t)) => Some(t.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Two users, ana and bob, each with a synced connection, in a direct room that ana opened; bob's
+/// connection has already taken the room's creation event.
+pub struct DirectPair {
+    pub bob: TestUser,
+    pub a: Connection,
+    pub b: Connection,
+    pub room: u64,
+}
+
+pub async fn direct_pair(server: &TestServer) -> DirectPair {
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let (a, _) = ana.connect_synced(0).await;
+    let (mut b, _) = bob.connect_synced(0).await;
+    let room = a.create_direct(bob.id()).await.expect("create direct").room_id;
+    next_event(&mut b).await;
+    DirectPair { bob, a, b, room }
+}
