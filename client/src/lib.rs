@@ -167,6 +167,17 @@ impl Drop for Connection {
 impl Connection {
     /// Connects to `ws_base` (like `ws://127.0.0.1:8080`) with an access token.
     pub async fn connect(ws_base: &str, access_token: &str, encoding: Encoding) -> Result<Self, ClientError> {
+        Self::connect_from(None, ws_base, access_token, encoding).await
+    }
+
+    /// Like `connect`, from a chosen local address: one address gives only ~28k ports, so a swarm
+    /// spreads its connections over 127.0.0.x.
+    pub async fn connect_from(
+        source: Option<std::net::IpAddr>,
+        ws_base: &str,
+        access_token: &str,
+        encoding: Encoding,
+    ) -> Result<Self, ClientError> {
         let query = match encoding {
             Encoding::Protobuf => "",
             Encoding::Json => "?encoding=json",
@@ -177,7 +188,27 @@ impl Connection {
         let bearer =
             format!("Bearer {access_token}").parse().map_err(|_| ClientError::Transport("bad token".into()))?;
         request.headers_mut().insert("authorization", bearer);
-        Self::connect_request(request, encoding).await
+        match source {
+            None => Self::connect_request(request, encoding).await,
+            Some(ip) => {
+                let host = request.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+                let target = tokio::net::lookup_host(&host)
+                    .await
+                    .map_err(|e| ClientError::Transport(e.to_string()))?
+                    .next()
+                    .ok_or_else(|| ClientError::Transport(format!("cannot resolve {host}")))?;
+                let socket = match ip {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                }
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+                socket.bind((ip, 0).into()).map_err(|e| ClientError::Transport(format!("binding {ip}: {e}")))?;
+                let stream = socket.connect(target).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+                let _ = stream.set_nodelay(true);
+                let (socket, _) = tokio_tungstenite::client_async(request, stream).await.map_err(handshake_error)?;
+                Ok(Self::start(socket, encoding))
+            }
+        }
     }
 
     /// Connects with a request built by the caller (tests use it to try bad tokens and URLs).
@@ -185,14 +216,14 @@ impl Connection {
         request: tungstenite::handshake::client::Request,
         encoding: Encoding,
     ) -> Result<Self, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| match e {
-            tungstenite::Error::Http(response) => {
-                let status = response.status().as_u16();
-                let body = response.body().as_ref().and_then(|b| serde_json::from_slice(b).ok());
-                ClientError::Http { status, body }
-            }
-            other => ClientError::Transport(other.to_string()),
-        })?;
+        let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(handshake_error)?;
+        Ok(Self::start(socket, encoding))
+    }
+
+    fn start<S>(socket: tokio_tungstenite::WebSocketStream<S>, encoding: Encoding) -> Self
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sink, mut stream) = socket.split();
         let (outgoing, mut to_send) = mpsc::channel::<Message>(1024);
         let (deliver, incoming) = mpsc::unbounded_channel();
@@ -258,7 +289,7 @@ impl Connection {
             let _ = deliver.send(Incoming::Closed(close));
         });
 
-        Ok(Self {
+        Self {
             encoding,
             outgoing,
             pending,
@@ -266,7 +297,7 @@ impl Connection {
             next_request_id: AtomicU64::new(1),
             request_timeout: Duration::from_secs(10),
             tasks: [reader, writer],
-        })
+        }
     }
 
     fn encode(&self, frame: &ClientFrame) -> Message {
@@ -381,6 +412,17 @@ impl Connection {
             ReplyResult::History(h) => Ok(h),
             other => Err(unexpected(other)),
         }
+    }
+}
+
+fn handshake_error(e: tungstenite::Error) -> ClientError {
+    match e {
+        tungstenite::Error::Http(response) => {
+            let status = response.status().as_u16();
+            let body = response.body().as_ref().and_then(|b| serde_json::from_slice(b).ok());
+            ClientError::Http { status, body }
+        }
+        other => ClientError::Transport(other.to_string()),
     }
 }
 

@@ -1,242 +1,395 @@
-//! `tidings-load`: drives a running tidings server with simulated phones and reports what it
-//! measured. Every loop is bounded in count and time, and only loopback targets are accepted.
-//!
-//! Scenarios (this is the first cut; the full swarm grows from here):
-//! - `idle`: hold N synced connections and read the server's resident memory before and after.
-//! - `chat`: P pairs of users in direct rooms; each sender sends M messages keeping W in flight;
-//!   reports acknowledged messages per second, acknowledgement latency percentiles, and checks that
-//!   every receiver got every message exactly once and in order.
+//! `tidings-load`: points a swarm of simulated phones at one or several tidings nodes, shows a live
+//! progress bar, and ends with a table, a JSON line (`--json-out`) and a PNG latency plot
+//! (`--plot-dir`). Loopback targets only; every run is bounded in time.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use clap::{Parser, Subcommand};
-use tidings_client::tidings_proto::Encoding;
-use tidings_client::tidings_proto::v1::{self as wire, client_frame::Request as Req};
-use tidings_client::{Connection, Http, Incoming};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tidings_loadtest::report::{self, RunReport};
+use tidings_loadtest::scenario;
+use tidings_loadtest::swarm::{self, Behaviour, Faults, Progress, Roster, RosterPlan, ShardResult, Target};
 
 #[derive(Parser)]
-#[command(about = "Load generator for tidings (loopback targets only)")]
-struct Args {
-    /// The server, host:port on 127.0.0.0/8.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    server: String,
-    /// Prefix for the users this run signs up (runs must not share one).
-    #[arg(long, default_value = "load")]
-    prefix: String,
+#[command(about = "The tidings load swarm (loopback targets only)")]
+struct Cli {
+    /// A node, host:port on 127.0.0.0/8; repeat for several nodes (users are spread over them).
+    #[arg(long = "server", default_value = "127.0.0.1:8080")]
+    servers: Vec<String>,
+    /// Connect from 127.0.0.1 .. 127.0.0.N (one address gives only ~28k ports).
+    #[arg(long, default_value_t = 1)]
+    source_ips: u8,
+    /// Prefix of the usernames this run signs up; each run needs its own.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Swarm processes (one process may hold ~20k open files here).
+    #[arg(long, default_value_t = 1)]
+    processes: usize,
+    /// Server process ids, to report the servers' CPU time per delivery (and memory for `idle`).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Append one JSON line per run to this file.
+    #[arg(long, default_value = "loadtest-results.jsonl")]
+    json_out: PathBuf,
+    /// Write a PNG latency plot per run into this directory.
+    #[arg(long, default_value = "loadtest-plots")]
+    plot_dir: PathBuf,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
+#[derive(ClapArgs, Clone)]
+struct BehaviourArgs {
+    /// Messages per second over all senders.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 10.0)]
+    duration_secs: f64,
+    #[arg(long, default_value_t = 64)]
+    body_bytes: usize,
+    /// Device reconnects per second over the swarm.
+    #[arg(long, default_value_t = 0.0)]
+    churn_per_sec: f64,
+    #[arg(long)]
+    typing: bool,
+    #[arg(long)]
+    read_receipts: bool,
+    #[arg(long, default_value_t = 10.0)]
+    drain_secs: f64,
+}
+
+impl BehaviourArgs {
+    fn behaviour(&self, phase: u32, rate: f64) -> Behaviour {
+        Behaviour {
+            rate_per_sec: rate,
+            duration_secs: self.duration_secs,
+            body_bytes: self.body_bytes,
+            churn_per_sec: self.churn_per_sec,
+            typing: self.typing,
+            read_receipts: self.read_receipts,
+            drain_secs: self.drain_secs,
+            phase,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Scenario {
-    /// Hold idle connections and measure the server's memory per connection.
+    /// Hold N idle synced connections; report the servers' memory per connection.
     Idle {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
-        /// The server's process id, to read its memory from /proc.
-        #[arg(long)]
-        server_pid: u32,
         #[arg(long, default_value_t = 3)]
         settle_secs: u64,
     },
-    /// Direct chat between pairs of users at full speed.
-    Chat {
-        #[arg(long, default_value_t = 50)]
+    /// Direct rooms, one sender each, at a fixed total rate.
+    Direct {
+        #[arg(long, default_value_t = 100)]
         pairs: usize,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// R group rooms of K members; every member sends (the total rate is split evenly).
+    Fanout {
         #[arg(long, default_value_t = 200)]
-        messages: usize,
-        #[arg(long, default_value_t = 16)]
-        window: usize,
-        #[arg(long, default_value_t = 64)]
-        body_bytes: usize,
-        /// Give up after this long.
-        #[arg(long, default_value_t = 300)]
-        max_secs: u64,
+        rooms: usize,
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// City bots: local groups, a few celebrities with large fan rooms, typing, receipts, churn.
+    City {
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        cities: usize,
+        #[arg(long, default_value_t = 3)]
+        celebrities: usize,
+        #[arg(long, default_value_t = 200)]
+        fans: usize,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// Fan-out at a rising rate (doubling) until p99 delivery latency passes a bound or anything is
+    /// lost; reports the last rate that held.
+    MaxRate {
+        #[arg(long, default_value_t = 200)]
+        rooms: usize,
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        #[arg(long, default_value_t = 500.0)]
+        start_rate: f64,
+        #[arg(long, default_value_t = 100.0)]
+        p99_bound_ms: f64,
+        #[arg(long, default_value_t = 8)]
+        max_steps: u32,
+        #[command(flatten)]
+        behaviour: BehaviourArgs,
+    },
+    /// Internal: one shard of a multi-process run (reads its roster, prints its result as JSON).
+    #[command(hide = true)]
+    Shard {
+        #[arg(long)]
+        roster: PathBuf,
+        #[arg(long)]
+        behaviour: String,
+        #[arg(long)]
+        shard: usize,
+        #[arg(long)]
+        shards: usize,
     },
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the server's /proc status")?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
-}
-
-async fn sign_up(http: &Http, name: &str) -> anyhow::Result<wire::AuthResponse> {
-    Ok(http.sign_up(name, "load-test-password", "load").await?)
-}
-
-async fn idle(args: &Args, connections: usize, server_pid: u32, settle_secs: u64) -> anyhow::Result<()> {
-    let http = Http::new(format!("http://{}", args.server));
-    let ws = format!("ws://{}", args.server);
-    // A few users, many devices' worth of connections each (a connection costs the same either way).
-    let users = (connections / 50).max(1);
-    let mut tokens = Vec::new();
-    for i in 0..users {
-        tokens.push(sign_up(&http, &format!("{}_idle_{i}", args.prefix)).await?.access_token);
-    }
-    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
-    let before = rss_kib(server_pid)?;
-    let started = Instant::now();
-    let mut held = Vec::with_capacity(connections);
-    for i in 0..connections {
-        let conn = Connection::connect(&ws, &tokens[i % users], Encoding::Protobuf).await?;
-        conn.sync(0).await?;
-        held.push(conn);
-        if (i + 1) % 1000 == 0 {
-            eprintln!("  {} connections", i + 1);
-        }
-    }
-    let connect_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
-    let after = rss_kib(server_pid)?;
-    let per_conn = (after.saturating_sub(before) as f64) * 1024.0 / connections as f64;
-    println!("idle connections: {connections} (over {users} users), opened in {connect_secs:.1} s");
-    println!("server RSS: {before} KiB before, {after} KiB after: {:.1} KiB per connection", per_conn / 1024.0);
-    drop(held);
-    Ok(())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-struct Pair {
-    sender: Connection,
-    receiver: Connection,
-    room: u64,
-}
-
-async fn chat(
-    args: &Args,
-    pairs: usize,
-    messages: usize,
-    window: usize,
-    body_bytes: usize,
-    max_secs: u64,
-) -> anyhow::Result<()> {
-    let http = Http::new(format!("http://{}", args.server));
-    let ws = format!("ws://{}", args.server);
-    let mut setup = Vec::new();
-    for p in 0..pairs {
-        let a = sign_up(&http, &format!("{}_a_{p}", args.prefix)).await?;
-        let b = sign_up(&http, &format!("{}_b_{p}", args.prefix)).await?;
-        let sender = Connection::connect(&ws, &a.access_token, Encoding::Protobuf).await?;
-        let mut receiver = Connection::connect(&ws, &b.access_token, Encoding::Protobuf).await?;
-        receiver.sync(0).await?;
-        while !matches!(receiver.next_within(Duration::from_secs(10)).await?, Incoming::Notice(_)) {}
-        let room = sender.create_direct(b.user_id).await?.room_id;
-        setup.push(Pair { sender, receiver, room });
-    }
-    let body = "x".repeat(body_bytes);
-    let deadline = Duration::from_secs(max_secs);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for (p, pair) in setup.into_iter().enumerate() {
-        let body = body.clone();
-        tasks.push(tokio::spawn(async move { run_pair(p, pair, messages, window, &body, deadline).await }));
-    }
-    let mut latencies = Vec::with_capacity(pairs * messages);
-    let mut delivered = 0usize;
-    for task in tasks {
-        let (lat, got) = task.await??;
-        latencies.extend(lat);
-        delivered += got;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let sent = latencies.len();
-    println!("pairs {pairs}, messages per sender {messages}, window {window}, body {body_bytes} B");
-    println!("acknowledged: {sent} messages in {secs:.2} s = {:.0} messages/s", sent as f64 / secs);
-    println!(
-        "ack latency: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.9).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        percentile(&latencies, 1.0).as_secs_f64() * 1e3,
-    );
-    println!("delivered to receivers: {delivered} (expected {}), in order, no duplicates", pairs * messages);
-    ensure!(delivered == pairs * messages, "deliveries missing");
-    Ok(())
-}
-
-/// One sender's run: returns its acknowledgement latencies and what its receiver got.
-async fn run_pair(
-    p: usize,
-    mut pair: Pair,
-    messages: usize,
-    window: usize,
-    body: &str,
-    deadline: Duration,
-) -> anyhow::Result<(Vec<Duration>, usize)> {
-    let started = Instant::now();
-    let mut latencies = Vec::with_capacity(messages);
-    let mut in_flight = std::collections::VecDeque::new();
-    for i in 0..messages {
-        ensure!(started.elapsed() < deadline, "out of time");
-        let send = Req::SendMessage(wire::SendMessageRequest {
-            room_id: pair.room,
-            client_msg_id: format!("{p}-{i}"),
-            text: body.to_owned(),
-            reply_to_seq: 0,
-        });
-        in_flight.push_back((Instant::now(), pair.sender.start_request(send).await?));
-        if in_flight.len() >= window {
-            let (at, answer) = in_flight.pop_front().unwrap();
-            answer.await?.map_err(|e| anyhow::anyhow!("send failed: {e:?}"))?;
-            latencies.push(at.elapsed());
-        }
-    }
-    for (at, answer) in in_flight {
-        answer.await?.map_err(|e| anyhow::anyhow!("send failed: {e:?}"))?;
-        latencies.push(at.elapsed());
-    }
-    // The receiver's stream: the Created entry, then the messages in order, each once.
-    let mut next_index = 0usize;
-    let mut last_pos = 0;
-    while next_index < messages {
-        let left = deadline.saturating_sub(started.elapsed());
-        match pair.receiver.next_within(left.max(Duration::from_millis(1))).await? {
-            Incoming::Event(e) => {
-                ensure!(e.pos == last_pos + 1, "gap or duplicate at pos {}", e.pos);
-                last_pos = e.pos;
-                if let Some(wire::event::Kind::Entry(wire::RoomEntry {
-                    body: Some(wire::room_entry::Body::Text(t)),
-                    ..
-                })) = e.kind
-                {
-                    ensure!(t.client_msg_id == format!("{p}-{next_index}"), "out of order: {}", t.client_msg_id);
-                    next_index += 1;
-                }
-            }
-            Incoming::Closed(reason) => bail!("receiver closed: {reason:?}"),
-            _ => {}
-        }
-    }
-    Ok((latencies, next_index))
-}
-
 fn check_loopback(server: &str) -> anyhow::Result<()> {
-    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h).trim_matches(['[', ']']);
     let ip: IpAddr = if host == "localhost" { IpAddr::from([127, 0, 0, 1]) } else { host.parse()? };
     ensure!(ip.is_loopback(), "tidings-load only targets loopback addresses (127.0.0.0/8, ::1), not {ip}");
     Ok(())
 }
 
+fn cpu_secs(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces): utime is the 14th field overall.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / 100.0)
+}
+
+fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        total += line.split_whitespace().nth(1).context("bad VmRSS")?.parse::<u64>()?;
+    }
+    Ok(total)
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+struct Session {
+    cli_servers: Vec<String>,
+    target: Target,
+    processes: usize,
+    server_pids: Vec<u32>,
+    json_out: PathBuf,
+    plot_dir: PathBuf,
+}
+
+impl Session {
+    /// Runs one phase on every shard and reports it.
+    async fn phase(&self, name: &str, roster: &Roster, behaviour: Behaviour) -> anyhow::Result<RunReport> {
+        let cpu_before = cpu_secs(&self.server_pids);
+        let shards = if self.processes <= 1 {
+            vec![self.local_shard(roster, &behaviour).await?]
+        } else {
+            self.child_shards(roster, &behaviour).await?
+        };
+        let cpu = cpu_before.zip(cpu_secs(&self.server_pids)).map(|(a, b)| b - a);
+        let (report, delivery) =
+            report::merge(name, behaviour.phase, behaviour.rate_per_sec, behaviour.duration_secs, &shards, cpu);
+        report::print_table(&report);
+        report::append_json(&self.json_out, &report)?;
+        std::fs::create_dir_all(&self.plot_dir)?;
+        let plot = self.plot_dir.join(format!("{name}-{}-phase{}.png", report.unix_time, behaviour.phase));
+        let title = format!("{name}: {:.0} msg/s target, {} connections", behaviour.rate_per_sec, report.connections);
+        match report::plot(&plot, &title, &delivery) {
+            Ok(()) => println!("  {:<28} {}", "plot", plot.display()),
+            Err(e) => eprintln!("  plot failed: {e}"),
+        }
+        Ok(report)
+    }
+
+    async fn local_shard(&self, roster: &Roster, behaviour: &Behaviour) -> anyhow::Result<ShardResult> {
+        let progress = Arc::new(Progress::default());
+        let total = behaviour.duration_secs + behaviour.drain_secs;
+        let bar = spinner("connecting");
+        let run = {
+            let (roster, target, behaviour, progress) =
+                (roster.clone(), self.target.clone(), behaviour.clone(), progress.clone());
+            tokio::spawn(async move {
+                swarm::run_shard(&roster, &target, &behaviour, 0, 1, Faults::default(), progress).await
+            })
+        };
+        let started = Instant::now();
+        while !run.is_finished() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            bar.set_message(format!(
+                "{} connected, {} acked, {} delivered (phase of up to {:.0} s, {:.0} s in)",
+                progress.connected.load(Ordering::Relaxed),
+                progress.acked.load(Ordering::Relaxed),
+                progress.delivered.load(Ordering::Relaxed),
+                total,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        bar.finish_and_clear();
+        run.await?
+    }
+
+    async fn child_shards(&self, roster: &Roster, behaviour: &Behaviour) -> anyhow::Result<Vec<ShardResult>> {
+        let dir = std::env::temp_dir().join(format!("tidings-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let roster_path = dir.join("roster.json");
+        std::fs::write(&roster_path, serde_json::to_vec(roster)?)?;
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::new();
+        for shard in 0..self.processes {
+            let mut cmd = tokio::process::Command::new(&exe);
+            for server in &self.cli_servers {
+                cmd.arg("--server").arg(server);
+            }
+            cmd.arg("--source-ips").arg(self.target.source_ips.len().max(1).to_string());
+            cmd.arg("shard").arg("--roster").arg(&roster_path);
+            cmd.arg("--behaviour").arg(serde_json::to_string(behaviour)?);
+            cmd.arg("--shard").arg(shard.to_string()).arg("--shards").arg(self.processes.to_string());
+            cmd.stdout(Stdio::piped()).kill_on_drop(true);
+            children.push(cmd.spawn().context("starting a swarm process")?);
+        }
+        let bar = spinner(&format!("{} swarm processes running", self.processes));
+        let mut results = Vec::new();
+        for child in children {
+            let output = child.wait_with_output().await?;
+            ensure!(output.status.success(), "a swarm process failed: {}", output.status);
+            results.push(serde_json::from_slice(&output.stdout).context("reading a shard's result")?);
+        }
+        bar.finish_and_clear();
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(results)
+    }
+}
+
+async fn idle(session: &Session, prefix: &str, connections: usize, settle_secs: u64) -> anyhow::Result<()> {
+    ensure!(!session.server_pids.is_empty(), "idle needs --server-pid to read the server's memory");
+    let users = (connections / 50).max(1);
+    let plan = RosterPlan { users, devices_per_user: 1, rooms: Vec::new() };
+    let bar = spinner("signing up");
+    let roster = swarm::setup(&session.target, &plan, prefix, &Progress::default()).await?;
+    bar.finish_and_clear();
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    let before = rss_kib(&session.server_pids)?;
+    let bar = ProgressBar::new(connections as u64);
+    bar.set_style(ProgressStyle::with_template("[{elapsed_precise}] {bar:40} {pos}/{len} connections").expect("valid"));
+    let mut held = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let user = &roster.users[i % users];
+        let ws = format!("ws://{}", session.target.servers[user.server]);
+        let source = (!session.target.source_ips.is_empty())
+            .then(|| session.target.source_ips[i % session.target.source_ips.len()]);
+        let conn = tidings_client::Connection::connect_from(source, &ws, &user.devices[0], Default::default()).await?;
+        conn.sync(0).await?;
+        held.push(conn);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    tokio::time::sleep(Duration::from_secs(settle_secs)).await;
+    let after = rss_kib(&session.server_pids)?;
+    let per = (after.saturating_sub(before)) as f64 / connections as f64;
+    println!("idle connections: {connections} over {users} users");
+    println!("server RSS: {before} KiB before, {after} KiB after: {per:.1} KiB per connection");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    check_loopback(&args.server)?;
-    match args.scenario {
-        Scenario::Idle { connections, server_pid, settle_secs } => {
-            idle(&args, connections, server_pid, settle_secs).await
-        }
-        Scenario::Chat { pairs, messages, window, body_bytes, max_secs } => {
-            chat(&args, pairs, messages, window, body_bytes, max_secs).await
-        }
+    let cli = Cli::parse();
+    for server in &cli.servers {
+        check_loopback(server)?;
     }
+    let source_ips = if cli.source_ips > 1 {
+        (1..=cli.source_ips).map(|i| IpAddr::from([127, 0, 0, i])).collect()
+    } else {
+        Vec::new()
+    };
+    let target = Target { servers: cli.servers.clone(), source_ips };
+    if let Scenario::Shard { roster, behaviour, shard, shards } = &cli.scenario {
+        let roster: Roster = serde_json::from_slice(&std::fs::read(roster)?)?;
+        let behaviour: Behaviour = serde_json::from_str(behaviour)?;
+        let progress = Arc::new(Progress::default());
+        let result =
+            swarm::run_shard(&roster, &target, &behaviour, *shard, *shards, Faults::default(), progress).await?;
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    let prefix = cli.prefix.clone().unwrap_or_else(|| {
+        format!("s{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    });
+    let session = Session {
+        cli_servers: cli.servers.clone(),
+        target,
+        processes: cli.processes.max(1),
+        server_pids: cli.server_pids.clone(),
+        json_out: cli.json_out.clone(),
+        plot_dir: cli.plot_dir.clone(),
+    };
+    let (name, plan, behaviour_args) = match &cli.scenario {
+        Scenario::Idle { connections, settle_secs } => {
+            return idle(&session, &prefix, *connections, *settle_secs).await;
+        }
+        Scenario::Direct { pairs, behaviour } => ("direct", scenario::direct(*pairs), behaviour.clone()),
+        Scenario::Fanout { rooms, members, devices, behaviour } => {
+            ("fanout", scenario::fanout(*rooms, *members, *devices), behaviour.clone())
+        }
+        Scenario::City { users, cities, celebrities, fans, behaviour } => {
+            ("city", scenario::city(*users, *cities, *celebrities, *fans), behaviour.clone())
+        }
+        Scenario::MaxRate { rooms, members, behaviour, .. } => {
+            ("max-rate", scenario::fanout(*rooms, *members, 1), behaviour.clone())
+        }
+        Scenario::Shard { .. } => unreachable!("handled above"),
+    };
+    let bar = spinner(&format!("setting up {} users and {} rooms", plan.users, plan.rooms.len()));
+    let roster = swarm::setup(&session.target, &plan, &prefix, &Progress::default()).await?;
+    bar.finish_and_clear();
+
+    if let Scenario::MaxRate { start_rate, p99_bound_ms, max_steps, .. } = &cli.scenario {
+        let mut rate = *start_rate;
+        let mut best: Option<RunReport> = None;
+        for phase in 0..*max_steps {
+            let report = session.phase(name, &roster, behaviour_args.behaviour(phase, rate)).await?;
+            let held = report.passed && report.delivery_ms.p99 <= *p99_bound_ms;
+            if !held {
+                println!(
+                    "\n  rate {rate:.0} msg/s did not hold (p99 {:.1} ms, passed {})",
+                    report.delivery_ms.p99, report.passed
+                );
+                break;
+            }
+            best = Some(report);
+            rate *= 2.0;
+        }
+        match best {
+            Some(b) => println!(
+                "\nmax rate that held: {:.0} messages/s ({:.0} deliveries/s), p99 {:.1} ms",
+                b.messages_per_sec, b.deliveries_per_sec, b.delivery_ms.p99
+            ),
+            None => bail!("even the starting rate did not hold"),
+        }
+        return Ok(());
+    }
+    let report = session.phase(name, &roster, behaviour_args.behaviour(0, behaviour_args.rate)).await?;
+    ensure!(report.passed, "the run failed its correctness check");
+    Ok(())
 }

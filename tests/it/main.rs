@@ -9,4 +9,5 @@ mod harness;
 mod ops;
 mod rooms;
 mod store_conformance;
+mod swarm;
 mod sync;

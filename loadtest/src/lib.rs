@@ -1,0 +1,18 @@
+//! The tidings load swarm.
+//!
+//! # Layout
+//! - `swarm`: the engine: roster setup, devices as tasks on real WebSocket connections, fixed-rate
+//!   senders, churn, and one shard's results.
+//! - `scenario`: the shapes of the standard scenarios (direct, fan-out, churn, city bots).
+//! - `oracle`: tracks every message to every device that should get it; counts loss, duplicates and
+//!   reordering.
+//! - `stats`: HDR latency histograms that merge across processes.
+//! - `report`: the summary table, the JSON line, the PNG plot.
+//!
+//! Every loop is bounded in count and time, and only loopback targets are accepted.
+
+pub mod oracle;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod swarm;
