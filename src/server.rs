@@ -111,6 +111,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .disable_signals()
         .shutdown_timeout(config.server.shutdown_timeout_secs)
         .max_connections(config.limits.max_connections + 1024)
+        // Chat frames are small and latency-bound: never hold one back waiting for an ACK (Nagle +
+        // delayed ACK added ~40 ms to p90 delivery latency before this).
+        .tcp_nodelay(true)
         .listen(listener)?
         .run();
     let handle = server.handle();

@@ -216,7 +216,9 @@ impl Connection {
         request: tungstenite::handshake::client::Request,
         encoding: Encoding,
     ) -> Result<Self, ClientError> {
-        let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(handshake_error)?;
+        // Small frames, latency-bound: no Nagle.
+        let (socket, _) =
+            tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(handshake_error)?;
         Ok(Self::start(socket, encoding))
     }
 

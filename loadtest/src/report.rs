@@ -23,7 +23,8 @@ pub struct RunReport {
     pub deliveries_per_sec: f64,
     pub ack_ms: Percentiles,
     pub delivery_ms: Percentiles,
-    pub send_errors: u64,
+    pub send_retries: u64,
+    pub send_failures: u64,
     pub reconnects: u64,
     pub verdict: Verdict,
     pub passed: bool,
@@ -65,7 +66,7 @@ pub fn merge(
     let mut sent = SentLog::new();
     let mut ack = Latency::default();
     let mut delivery = Latency::default();
-    let (mut deliveries, mut errors, mut reconnects, mut connections) = (0, 0, 0, 0);
+    let (mut deliveries, mut retries, mut failures, mut reconnects, mut connections) = (0, 0, 0, 0, 0);
     let mut devices: Vec<(Vec<u64>, DeviceLog)> = Vec::new();
     for shard in shards {
         for &(key, count) in &shard.sent {
@@ -74,7 +75,8 @@ pub fn merge(
         ack.merge(&Latency::from_wire(&shard.ack_latency));
         delivery.merge(&Latency::from_wire(&shard.delivery_latency));
         deliveries += shard.deliveries;
-        errors += shard.send_errors;
+        retries += shard.send_retries;
+        failures += shard.send_failures;
         reconnects += shard.reconnects;
         connections += shard.connections;
         for (rooms, log) in &shard.devices {
@@ -96,9 +98,10 @@ pub fn merge(
         deliveries_per_sec: deliveries as f64 / duration_secs.max(1e-9),
         ack_ms: Percentiles::of(&ack),
         delivery_ms: Percentiles::of(&delivery),
-        send_errors: errors,
+        send_retries: retries,
+        send_failures: failures,
         reconnects,
-        passed: verdict.ok() && errors == 0,
+        passed: verdict.ok() && failures == 0,
         verdict,
         server_cpu_us_per_delivery: server_cpu_secs.map(|s| s * 1e6 / deliveries.max(1) as f64),
         unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -125,7 +128,10 @@ pub fn print_table(r: &RunReport) {
     if let Some(cpu) = r.server_cpu_us_per_delivery {
         println!("  {:<28} {:.2} us", "server CPU per delivery", cpu);
     }
-    println!("  {:<28} {} send errors (retried), {} reconnects", "incidents", r.send_errors, r.reconnects);
+    println!(
+        "  {:<28} {} sends retried, {} never acknowledged, {} reconnects",
+        "incidents", r.send_retries, r.send_failures, r.reconnects
+    );
     println!(
         "  {:<28} expected {}, delivered {}, lost {}, duplicated {}, out of order {}",
         "oracle", v.expected, v.delivered, v.lost, v.duplicated, v.out_of_order

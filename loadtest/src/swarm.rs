@@ -106,7 +106,10 @@ pub struct ShardResult {
     pub devices: Vec<DeviceReport>,
     pub ack_latency: LatencyWire,
     pub delivery_latency: LatencyWire,
-    pub send_errors: u64,
+    /// Sends that failed once and were retried (same client_msg_id; the server stores them once).
+    pub send_retries: u64,
+    /// Sends never acknowledged by the end of the run.
+    pub send_failures: u64,
     pub reconnects: u64,
     pub connections: u64,
     pub deliveries: u64,
@@ -190,7 +193,8 @@ struct DeviceOutcome {
     sent: SentLog,
     ack_latency: Latency,
     delivery_latency: Latency,
-    send_errors: u64,
+    send_retries: u64,
+    send_failures: u64,
     reconnects: u64,
     deliveries: u64,
 }
@@ -277,7 +281,8 @@ pub async fn run_shard(
         }
         ack.merge(&outcome.ack_latency);
         delivery.merge(&outcome.delivery_latency);
-        result.send_errors += outcome.send_errors;
+        result.send_retries += outcome.send_retries;
+        result.send_failures += outcome.send_failures;
         result.reconnects += outcome.reconnects;
         result.deliveries += outcome.deliveries;
         result.devices.push((outcome.rooms, outcome.log.into_iter().collect()));
@@ -348,7 +353,8 @@ async fn drive_device(
         sent: SentLog::new(),
         ack_latency: Latency::default(),
         delivery_latency: Latency::default(),
-        send_errors: 0,
+        send_retries: 0,
+        send_failures: 0,
         reconnects: 0,
         deliveries: 0,
     };
@@ -482,10 +488,10 @@ async fn drive_device(
                     progress.acked.fetch_add(1, Ordering::Relaxed);
                 } else if unix_micros() < drain_until {
                     // Retry with the same client_msg_id: the server never stores a message twice.
-                    out.send_errors += 1;
+                    out.send_retries += 1;
                     retry.push((report.room, report.number, report.intended_us));
                 } else {
-                    out.send_errors += 1;
+                    out.send_failures += 1;
                 }
             }
             _ = tokio::time::sleep(Duration::from_micros(wake_us.saturating_sub(unix_micros()))) => {}

@@ -26,6 +26,12 @@ use crate::store::{Append, AppendOutcome, Effect, HistoryPage, ReceiptWrite};
 
 const MAILBOX_CAPACITY: usize = 4096;
 const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
+/// Receipts are pushed to every member only in rooms up to this size. In a larger room every
+/// member reading would send a receipt to every other member (quadratic: a 300-member room where
+/// everyone reads once a second is 90,000 events a second, which the swarm's city scenario showed
+/// swamping a node); there only the reader's own devices get the receipt, and the markers are in
+/// the room list for whoever looks.
+const RECEIPT_BROADCAST_MAX_MEMBERS: usize = 32;
 
 /// A request about this room from one of its (would-be) members.
 #[derive(Message)]
@@ -334,7 +340,9 @@ impl RoomActor {
         if let Err(e) = self.role_of(user).and_then(|_| self.check_seq(up_to_seq)) {
             return replier.error(e);
         }
-        let write = ReceiptWrite { room: self.id, user, kind, up_to_seq, recipients: self.member_list() };
+        let recipients =
+            if self.members.len() <= RECEIPT_BROADCAST_MAX_MEMBERS { self.member_list() } else { vec![user] };
+        let write = ReceiptWrite { room: self.id, user, kind, up_to_seq, recipients };
         let hub = self.hub.clone();
         let room = self.id;
         ctx.spawn(

@@ -193,7 +193,8 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
         End::ClientClosed => None,
         End::Close(reason) => Some(reason),
     };
-    let _ = writer.session.close(reason).await;
+    // A client that stopped reading cannot take a close frame either: bounded, like every write.
+    let _ = tokio::time::timeout(writer.write_timeout, writer.session.close(reason)).await;
     METRICS.connections_open.dec();
     tracing::debug!("disconnected");
 }

@@ -1,6 +1,7 @@
 //! The embedded default backend: one SQLite file in WAL mode, one writer thread with group commit
 //! (`writer.rs`), a pool of read connections (`reads.rs`).
 
+mod checkpointer;
 mod codec;
 mod reads;
 mod schema;
@@ -58,6 +59,7 @@ pub struct SqliteStore {
     readers: Mutex<Vec<Connection>>,
     closed: AtomicBool,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: checkpointer::Checkpointer,
 }
 
 impl SqliteStore {
@@ -71,12 +73,14 @@ impl SqliteStore {
         schema::create_tables(&conn).map_err(sql_error)?;
         let (writes, commands) = mpsc::channel(options.queue_capacity);
         let writer_thread = writer::spawn(conn, commands, options.max_batch);
+        let checkpointer = checkpointer::Checkpointer::start(Self::connect(&options)?);
         Ok(Self {
             options,
             writes,
             readers: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
             writer_thread: Mutex::new(Some(writer_thread)),
+            checkpointer,
         })
     }
 
@@ -248,6 +252,7 @@ impl Store for SqliteStore {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.checkpointer.stop().await;
         let (done, finished) = oneshot::channel();
         if self.writes.send(WriteCmd::Close(done)).await.is_ok() {
             let _ = finished.await;

@@ -95,6 +95,10 @@ CREATE TABLE IF NOT EXISTS events (
 pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(busy_timeout)?;
+    // Small pages (for a new file; an existing one keeps its size). Every message dirties one leaf
+    // of each recipient's stream, and a commit writes whole pages to the WAL: with 4 KiB pages a
+    // 10-member group wrote ~100 KB per message; 1 KiB pages cut that about fourfold.
+    conn.pragma_update(None, "page_size", 1024)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
@@ -102,6 +106,8 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Checkpoints run on their own thread (`checkpointer.rs`), never inside a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
