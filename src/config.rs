@@ -112,7 +112,7 @@ pub struct LimitsConfig {
     pub max_in_flight_requests: usize,
     /// Live events queued for one connection; beyond it the connection is a slow consumer.
     pub outbound_queue_events: usize,
-    /// A slow consumer that has not caught up from the store within this time is told to resync.
+    /// A slow consumer that takes nothing from the store for this long is told to resync.
     pub slow_consumer_grace_secs: u64,
     pub heartbeat_interval_secs: u64,
     /// A connection silent (no frame, no pong) this long is closed.

@@ -84,8 +84,16 @@ pub struct Kick {
 
 enum StreamState {
     NotSynced,
-    CatchingUp { next_pos: u64, reading: bool, behind_since: Instant },
-    Live { next_pos: u64, gap_since: Option<Instant> },
+    /// `behind_since`: when this connection last took a page (or fell behind).
+    CatchingUp {
+        next_pos: u64,
+        reading: bool,
+        behind_since: Instant,
+    },
+    Live {
+        next_pos: u64,
+        gap_since: Option<Instant>,
+    },
 }
 
 struct Conn {
@@ -307,15 +315,15 @@ impl UserActor {
         match conn.outbound.try_send(Outbound::Page(events)) {
             Ok(()) => {
                 METRICS.events_caught_up_total.add(n);
+                // The grace measures time without progress: a long backlog read at the client's
+                // pace is fine; a connection that takes nothing is not.
+                *behind_since = Instant::now();
                 *next_pos = last + 1;
                 let next = *next_pos;
                 conn.held.retain(|pos, _| *pos >= next);
                 self.read_page(conn_id, ctx);
             }
-            Err(_) => {
-                let _ = behind_since;
-                self.retry_or_resync(conn_id, grace, ctx);
-            }
+            Err(_) => self.retry_or_resync(conn_id, grace, ctx),
         }
     }
 
