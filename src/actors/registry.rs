@@ -40,19 +40,11 @@ impl Registry {
     pub fn user_or_start(&self, user: UserId, hub: &Arc<Hub>) -> UserEntry {
         match self.users.entry(user) {
             Entry::Occupied(e) if e.get().addr.connected() => e.get().clone(),
+            // Absent, or an actor that stopped: start a fresh one in its place.
             entry => {
                 let missed = Arc::new(AtomicBool::new(false));
                 let addr = UserActor::new(user, hub.clone(), missed.clone()).start();
-                let fresh = UserEntry { addr, missed };
-                match entry {
-                    Entry::Occupied(mut e) => {
-                        e.insert(fresh.clone());
-                    }
-                    Entry::Vacant(e) => {
-                        e.insert(fresh.clone());
-                    }
-                }
-                fresh
+                entry.insert(UserEntry { addr, missed }).clone()
             }
         }
     }
@@ -70,16 +62,7 @@ impl Registry {
         let state = hub.store.load_room(room).await?.ok_or_else(ApiError::not_a_member)?;
         let addr = match self.rooms.entry(room) {
             Entry::Occupied(e) if e.get().connected() => e.get().clone(),
-            Entry::Occupied(mut e) => {
-                let addr = RoomActor::new(state, hub.clone()).start();
-                e.insert(addr.clone());
-                addr
-            }
-            Entry::Vacant(e) => {
-                let addr = RoomActor::new(state, hub.clone()).start();
-                e.insert(addr.clone());
-                addr
-            }
+            entry => entry.insert(RoomActor::new(state, hub.clone()).start()).clone(),
         };
         Ok(addr)
     }
@@ -92,7 +75,8 @@ impl Registry {
     /// no actor here have no connection here: they get the event when they sync.
     pub fn deliver(&self, positions: &Positions, event: &StreamEvent) {
         for &(user, pos) in positions {
-            if let Some(entry) = self.user(user) {
+            // Under the map's read guard: no clone of the entry per recipient on this hot path.
+            if let Some(entry) = self.users.get(&user).filter(|e| e.addr.connected()) {
                 entry.deliver(Outbound::Event(pos, event.clone()));
             }
         }
@@ -101,14 +85,10 @@ impl Registry {
     /// Hands an ephemeral event to the user actors of `users` on this node; dropped where full.
     pub fn send_ephemeral(&self, users: impl IntoIterator<Item = UserId>, event: super::Ephemeral) {
         for user in users {
-            if let Some(entry) = self.user(user) {
+            if let Some(entry) = self.users.get(&user).filter(|e| e.addr.connected()) {
                 let _ = entry.addr.try_send(super::user::Push(Outbound::Ephemeral(event)));
             }
         }
-    }
-
-    pub fn users_online(&self) -> usize {
-        self.users.len()
     }
 }
 

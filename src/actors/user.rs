@@ -187,7 +187,6 @@ impl UserActor {
                     conn.hold(pos, event.clone());
                     return if first_gap { After::CheckGap } else { After::Nothing };
                 }
-                let next = *next_pos;
                 match conn.outbound.try_send(Outbound::Event(pos, event.clone())) {
                     Ok(()) => {
                         if let StreamState::Live { next_pos, .. } = &mut conn.state {
@@ -195,16 +194,13 @@ impl UserActor {
                         }
                         if conn.drain_held() { After::Nothing } else { Self::behind(conn) }
                     }
-                    Err(_) => {
-                        conn.fall_behind(next);
-                        METRICS.slow_consumers_total.inc();
-                        After::CatchUp
-                    }
+                    Err(_) => Self::behind(conn),
                 }
             }
         }
     }
 
+    /// A live connection could not take an event: it catches up from the store instead.
     fn behind(conn: &mut Conn) -> After {
         if let StreamState::Live { next_pos, .. } = conn.state {
             conn.fall_behind(next_pos);
