@@ -170,10 +170,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     });
     let ana = server.user("ana").await;
     use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("{}/v1/ws", server.ws_base()).into_client_request().unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {}", ana.auth.access_token).parse().unwrap());
-    let (mut silent, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut silent = ana.raw_socket().await;
     // Not reading means not answering the server's pings.
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let mut close_code = None;

@@ -94,6 +94,8 @@ impl Drop for TestServer {
     }
 }
 
+pub type RawSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 pub struct TestUser {
     pub name: String,
     pub auth: AuthResponse,
@@ -117,6 +119,16 @@ impl TestUser {
         conn.sync(after_pos).await.expect("sync");
         let events = until_caught_up(&mut conn).await;
         (conn, events)
+    }
+
+    /// A bare WebSocket of this device, outside the client library: it reads (and so answers
+    /// pings) only when the test polls it, which is how tests play a client that stops reading.
+    pub async fn raw_socket(&self) -> RawSocket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}/v1/ws", self.ws_base).into_client_request().expect("ws url");
+        let bearer = format!("Bearer {}", self.auth.access_token).parse().expect("header value");
+        request.headers_mut().insert("authorization", bearer);
+        tokio_tungstenite::connect_async(request).await.expect("raw connect").0
     }
 
     /// Logs in again: another device of the same user.

@@ -147,10 +147,8 @@ async fn a_client_that_stops_reading_is_given_up_on_and_loses_nothing() {
     // Bob connects with a raw socket, syncs, then never reads again.
     use futures_util::SinkExt;
     use prost::Message as _;
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
-    let mut request = format!("{}/v1/ws", server.ws_base()).into_client_request().unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {}", bob.auth.access_token).parse().unwrap());
-    let (mut stalled, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    use tokio_tungstenite::tungstenite::Message;
+    let mut stalled = bob.raw_socket().await;
     let sync = wire::ClientFrame { request_id: 1, request: Some(Req::Sync(wire::SyncRequest { after_pos: 0 })) };
     stalled.send(Message::Binary(sync.encode_to_vec().into())).await.unwrap();
 
