@@ -17,6 +17,9 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
+    pub push: PushConfig,
+    pub apns: ApnsConfig,
+    pub fcm: FcmConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -145,6 +148,102 @@ impl Default for LimitsConfig {
             room_idle_secs: 300,
             catch_up_page_events: 256,
             max_history_page: 200,
+        }
+    }
+}
+
+/// When and how offline users are reached by push (`src/push/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// A push waits this long before it is sent; if a device of the user receives the message (or
+    /// it is read elsewhere) meanwhile, it is not sent. Messages arriving meanwhile are coalesced
+    /// into the same push ("5 new messages").
+    pub grace_ms: u64,
+    /// Characters of message text shown in a notification.
+    pub preview_chars: usize,
+    /// Attempts before a push that keeps failing with 429 / 5xx is given up and recorded.
+    pub max_attempts: u32,
+    /// Exponential backoff between attempts: base, doubled per attempt up to max, with jitter.
+    /// A provider's Retry-After wins.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// How long a claimed push stays leased to its sender; a crash mid-send frees it after this.
+    pub lease_secs: u64,
+    /// Providers discard a notification not delivered within this long (APNs expiration, FCM ttl).
+    pub ttl_secs: u64,
+    /// Timeout of one request to a provider.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: 3000,
+            preview_chars: 120,
+            max_attempts: 8,
+            retry_base_ms: 1000,
+            retry_max_ms: 5 * 60 * 1000,
+            lease_secs: 120,
+            ttl_secs: 24 * 3600,
+            request_timeout_secs: 20,
+        }
+    }
+}
+
+/// Apple Push Notification service with token (.p8) authentication. Disabled while `key_file` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The .p8 signing key downloaded from the Apple developer account.
+    pub key_file: PathBuf,
+    /// The key's 10-character Key ID.
+    pub key_id: String,
+    /// The 10-character Team ID of the developer account.
+    pub team_id: String,
+    /// Where production and sandbox (development build) tokens are sent.
+    pub production_url: String,
+    pub sandbox_url: String,
+    /// Requests in flight at once (HTTP/2 streams); the server's own stream limit also applies.
+    pub concurrency: usize,
+}
+
+impl Default for ApnsConfig {
+    fn default() -> Self {
+        Self {
+            key_file: PathBuf::new(),
+            key_id: String::new(),
+            team_id: String::new(),
+            production_url: "https://api.push.apple.com".into(),
+            sandbox_url: "https://api.sandbox.push.apple.com".into(),
+            concurrency: 100,
+        }
+    }
+}
+
+/// Firebase Cloud Messaging, HTTP v1 API, with a service account. Disabled while
+/// `service_account_file` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The service account key (JSON) of the Firebase project.
+    pub service_account_file: PathBuf,
+    /// Empty: the key file's `project_id`.
+    pub project_id: String,
+    pub base_url: String,
+    /// Where OAuth2 access tokens come from. Empty: the key file's `token_uri`.
+    pub token_url: String,
+    pub concurrency: usize,
+}
+
+impl Default for FcmConfig {
+    fn default() -> Self {
+        Self {
+            service_account_file: PathBuf::new(),
+            project_id: String::new(),
+            base_url: "https://fcm.googleapis.com".into(),
+            token_url: String::new(),
+            concurrency: 100,
         }
     }
 }

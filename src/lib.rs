@@ -8,6 +8,7 @@
 //! - `actors`: one actor per online user (its device connections and their stream positions), one
 //!   per active room (orders and persists its entries, fans them out), and the registry that finds them.
 //! - `auth`: accounts, passwords, access and refresh tokens.
+//! - `push`: reaching users with no live session through APNs and FCM, from a durable queue.
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
 //! - `metrics`, `error`: counters for `/metrics`; the error codes clients see.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod metrics;
+pub mod push;
 pub mod server;
 pub mod store;
 pub mod transport;

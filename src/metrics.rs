@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 pub struct Counter(AtomicU64);
 
 impl Counter {
+    pub const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
     pub fn inc(&self) {
         self.add(1);
     }
@@ -55,6 +59,7 @@ macro_rules! metrics {
                     let _ = writeln!(out, "# TYPE tidings_{} {}", stringify!($name), kind);
                     let _ = writeln!(out, "tidings_{} {}", stringify!($name), self.$name.get());
                 )*
+                crate::push::PUSH_METRICS.render(&mut out);
                 out
             }
         }

@@ -2,8 +2,8 @@
 //!
 //! `start(config)` opens the store, binds the listener and starts the HTTP workers; it returns a
 //! `Running` server whose `run_until(signal)` serves until the signal, then shuts down in order:
-//! readiness off, connections told GOING_AWAY and closed, HTTP workers stopped, store flushed and
-//! closed. Tests start servers the same way, on `127.0.0.1:0`.
+//! readiness off, connections told GOING_AWAY and closed, HTTP workers stopped, push sends in
+//! flight finished, store flushed and closed. Tests start servers the same way, on `127.0.0.1:0`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::actors::Hub;
 use crate::auth::AuthService;
 use crate::config::Config;
+use crate::push::{PushWorker, gate_for, providers_from};
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::transport::http::{AppState, routes};
@@ -31,6 +32,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
     connection_slots: Arc<Semaphore>,
+    push_worker: PushWorker,
     config: Config,
 }
 
@@ -84,9 +86,16 @@ fn raise_open_files_limit() {
 /// Starts serving. Must run inside an actix system (`actix_web::rt::System`).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     raise_open_files_limit();
+    // The one TLS backend of every HTTP client (push providers): ring, never aws-lc or openssl.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let store = open_store(&config)?;
     let secret = token_secret(&config)?;
-    let hub = Hub::new(store.clone(), config.limits.clone());
+    let providers = providers_from(&config)?;
+    let gate = Arc::new(gate_for(store.clone(), &providers, &config));
+    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone());
+    let presence_hub = hub.clone();
+    let online = Arc::new(move |user| presence_hub.registry.user(user).is_some());
+    let push_worker = PushWorker::start(store.clone(), gate, online, providers, config.push.clone());
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -120,7 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let server_task = actix_web::rt::spawn(server);
     ready.store(true, Ordering::Release);
     tracing::info!(addr = %local_addr, data_dir = %config.store.data_dir.display(), "tidings is listening");
-    Ok(Running { local_addr, hub, handle, server_task, shutdown, ready, connection_slots, config })
+    Ok(Running { local_addr, hub, handle, server_task, shutdown, ready, connection_slots, push_worker, config })
 }
 
 impl Running {
@@ -149,6 +158,7 @@ impl Running {
         let left = all - self.connection_slots.available_permits();
         tracing::info!(connections_left = left, "connections told to go away");
         self.handle.stop(true).await;
+        self.push_worker.stop().await;
         self.hub.store.close().await;
         tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store flushed; bye");
     }

@@ -58,6 +58,9 @@ pub struct Http {
 impl Http {
     /// `base` is like `http://127.0.0.1:8080`.
     pub fn new(base: impl Into<String>) -> Self {
+        // Where reqwest is built with rustls (it is, in this workspace), it needs a crypto provider
+        // installed first; installing one that is installed already is a harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self { base: base.into(), client: reqwest::Client::new() }
     }
 
@@ -414,6 +417,22 @@ impl Connection {
             ReplyResult::History(h) => Ok(h),
             other => Err(unexpected(other)),
         }
+    }
+
+    pub async fn set_push_token(&self, request: wire::SetPushTokenRequest) -> Result<(), ClientError> {
+        self.request(Req::SetPushToken(request)).await.map(|_| ())
+    }
+
+    pub async fn clear_push_token(&self) -> Result<(), ClientError> {
+        self.request(Req::ClearPushToken(wire::ClearPushTokenRequest {})).await.map(|_| ())
+    }
+
+    pub async fn mute_room(&self, room_id: u64, until_ms: i64) -> Result<(), ClientError> {
+        self.request(Req::MuteRoom(wire::MuteRoomRequest { room_id, until_ms })).await.map(|_| ())
+    }
+
+    pub async fn set_do_not_disturb(&self, until_ms: i64) -> Result<(), ClientError> {
+        self.request(Req::SetDoNotDisturb(wire::SetDoNotDisturbRequest { until_ms })).await.map(|_| ())
     }
 }
 

@@ -22,7 +22,9 @@ mod user;
 
 pub use create::{create_direct, create_group, require_existing};
 pub use hub::Hub;
-pub use protocol::{Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, Request, RoomOp, SentAck};
+pub use protocol::{
+    Answer, Ephemeral, Notice, Outbound, PresenceInfo, PushTarget, Replier, ReplyBody, Request, RoomOp, SentAck,
+};
 pub use registry::{Registry, UserEntry};
 pub use room::{RoomActor, RoomRequest};
 pub use user::{Attach, Detach, Kick, StreamAck, SyncFrom, UserActor};

@@ -2,7 +2,7 @@
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::domain::{ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
+use crate::domain::{Platform, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
 use crate::error::ApiError;
 use crate::store::HistoryPage;
 
@@ -17,6 +17,20 @@ pub enum Request {
     ListRooms,
     Presence { users: Vec<UserId> },
     Room { room: RoomId, op: RoomOp },
+    SetPushToken(PushTarget),
+    ClearPushToken,
+    MuteRoom { room: RoomId, until_ms: i64 },
+    SetDoNotDisturb { until_ms: i64 },
+}
+
+/// A device's push token as the device sends it (the server adds who and which device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    pub platform: Platform,
+    pub token: String,
+    pub app_id: String,
+    pub locale: String,
+    pub sandbox: bool,
 }
 
 /// A request about one room, handled by that room's actor.

@@ -250,7 +250,10 @@ impl RoomActor {
             sent_at_ms,
             body: planned.body,
         });
-        let append = Append { entry: entry.clone(), recipients: planned.recipients, effect: planned.effect };
+        let registry = &self.hub.registry;
+        let push = self.hub.push.fanout(&entry, &planned.recipients, |u| registry.user(u).is_some());
+        let pushed_to = push.as_ref().map(|p| p.users.clone());
+        let append = Append { entry: entry.clone(), recipients: planned.recipients, effect: planned.effect, push };
         let committed = match self.hub.store.submit_append(append) {
             Ok(future) => future,
             Err(e) => {
@@ -262,6 +265,9 @@ impl RoomActor {
         self.last_seq = entry.seq;
         let on_commit = planned.on_commit;
         ctx.spawn(committed.into_actor(self).map(move |outcome, act, ctx| {
+            if let (Ok(AppendOutcome::Committed { .. }), Some(users)) = (&outcome, &pushed_to) {
+                act.hub.push.queued(users);
+            }
             act.on_committed(entry, outcome, on_commit, replier, ctx);
         }));
     }

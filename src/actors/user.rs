@@ -458,8 +458,11 @@ impl Handler<StreamAck> for UserActor {
     type Result = ();
 
     fn handle(&mut self, msg: StreamAck, _ctx: &mut Context<Self>) {
-        if let Some(conn) = self.conns.get_mut(&msg.conn) {
-            conn.acked_pos = conn.acked_pos.max(msg.pos);
+        if let Some(conn) = self.conns.get_mut(&msg.conn)
+            && msg.pos > conn.acked_pos
+        {
+            conn.acked_pos = msg.pos;
+            self.hub.push.delivered(self.user, msg.pos);
         }
         msg.replier.ok();
     }

@@ -2,9 +2,11 @@
 //! transport layer converts them to and from `tidings_proto` at the edge.
 
 mod ids;
+mod push;
 mod room;
 mod stream;
 
 pub use ids::{ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
+pub use push::{Platform, PushKind, PushRegistration};
 pub use room::{EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage};
 pub use stream::{Receipt, ReceiptKind, StreamEvent};

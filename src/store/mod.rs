@@ -20,10 +20,10 @@ use futures_util::future::BoxFuture;
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, Positions,
-    ReceiptWrite, UserRecord,
+    PushContext, PushFanout, PushJob, PushJobEnd, ReceiptWrite, UserRecord,
 };
 
-use crate::domain::{DeviceId, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
+use crate::domain::{DeviceId, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
 
 /// How many seqs share one partition of a room's log in partitioned backends.
 pub const ENTRY_BUCKET_SIZE: u64 = 16_384;
@@ -49,7 +49,8 @@ pub trait AccountStore: Send + Sync {
         new_hash: Vec<u8>,
         new_expires_at_ms: i64,
     ) -> StoreResult<bool>;
-    /// Revokes one device, or all of the user's; returns the devices that were live.
+    /// Revokes one device, or all of the user's, with their push tokens and queued pushes; returns
+    /// the devices that were live.
     async fn revoke_devices(&self, user: UserId, only: Option<DeviceId>) -> StoreResult<Vec<DeviceId>>;
     async fn set_last_seen(&self, user: UserId, at_ms: i64) -> StoreResult<()>;
     async fn last_seen(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, i64)>>;
@@ -69,7 +70,8 @@ pub trait RoomStore: Send + Sync {
     /// The returned future resolves once the append is durable.
     fn submit_append(&self, append: Append) -> StoreResult<BoxFuture<'static, StoreResult<AppendOutcome>>>;
     /// Advances a member's delivered or read marker; when it moved, puts the receipt in each
-    /// recipient's stream. `None` when the marker was already there.
+    /// recipient's stream and cancels the member's pending pushes for the room up to that seq.
+    /// `None` when the marker was already there.
     async fn set_receipt(&self, receipt: ReceiptWrite) -> StoreResult<Option<Positions>>;
     async fn history(&self, room: RoomId, page: HistoryPage) -> StoreResult<(Vec<crate::domain::RoomEntry>, bool)>;
     /// The rooms `user` is a member of, with last entry and unread count.
@@ -88,9 +90,40 @@ pub trait StreamStore: Send + Sync {
     async fn stream_head(&self, user: UserId) -> StoreResult<u64>;
 }
 
+/// Push tokens, preferences and the durable push queue.
+///
+/// Jobs are queued by `RoomStore::submit_append` (atomically with their entry), one per device and
+/// room, and live through: pending (a new entry for the same device and room merges into it) ->
+/// claimed (leased to one sender; a lease that runs out makes it claimable again, so a crash loses
+/// nothing) -> finished (deleted, or kept as failed).
+#[async_trait]
+pub trait PushStore: Send + Sync {
+    /// Registers or replaces the device's token. A token registered by another device moves here.
+    async fn set_push_token(&self, registration: PushRegistration) -> StoreResult<()>;
+    /// Forgets the device's token and its queued pushes.
+    async fn clear_push_token(&self, user: UserId, device: DeviceId) -> StoreResult<()>;
+    /// Mutes pushes for one room until `until_ms` (0 unmutes).
+    async fn set_room_mute(&self, user: UserId, room: RoomId, until_ms: i64) -> StoreResult<()>;
+    /// No pushes at all until `until_ms` (0 turns it off).
+    async fn set_do_not_disturb(&self, user: UserId, until_ms: i64) -> StoreResult<()>;
+    /// A device of `user` received its stream up to `pos`: cancels the pending pushes it covers.
+    /// Returns how many pending pushes the user still has.
+    async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64>;
+    /// Claims up to `limit` jobs due by `now_ms`, leased until `now_ms + lease_ms`, oldest due first.
+    async fn claim_push_jobs(&self, now_ms: i64, lease_ms: i64, limit: usize) -> StoreResult<Vec<PushJob>>;
+    /// When the next unclaimed or lease-expired job falls due, if any.
+    async fn next_push_due(&self) -> StoreResult<Option<i64>>;
+    async fn push_context(&self, job: PushJob) -> StoreResult<PushContext>;
+    async fn finish_push_job(&self, job: PushJob, end: PushJobEnd) -> StoreResult<()>;
+    /// Users with pending (unclaimed) pushes.
+    async fn users_with_pending_pushes(&self) -> StoreResult<Vec<UserId>>;
+    /// The device's registered token, if any.
+    async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>>;
+}
+
 /// Everything the server needs from a backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + StreamStore {
+pub trait Store: AccountStore + RoomStore + StreamStore + PushStore {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;
     /// Finishes queued writes and releases the backend. Later calls fail with `Unavailable`.

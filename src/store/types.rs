@@ -1,6 +1,6 @@
 //! Arguments and results of the store traits.
 
-use crate::domain::{DeviceId, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, UserId};
+use crate::domain::{DeviceId, Platform, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, UserId};
 
 #[derive(Debug, Clone)]
 pub struct NewUser {
@@ -60,6 +60,82 @@ pub struct Append {
     /// Whose streams receive the entry.
     pub recipients: Vec<UserId>,
     pub effect: Effect,
+    /// Recipients to reach by push (they had no live session), queued atomically with the entry.
+    pub push: Option<PushFanout>,
+}
+
+/// Push jobs to queue with an append: one per registered device of each user (on an enabled
+/// platform), merged into that device's pending job for the room if there is one.
+#[derive(Debug, Clone)]
+pub struct PushFanout {
+    pub users: Vec<UserId>,
+    pub kind: PushKind,
+    /// A short preview of the entry (message text, or what happened).
+    pub preview: String,
+    /// When a new job is sent, unless it is cancelled first (the grace window).
+    pub due_at_ms: i64,
+    pub platforms: Vec<Platform>,
+}
+
+/// One device's queued push, claimed for sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushJob {
+    /// Stable for the job's whole life: the idempotency key sent to the provider.
+    pub id: u64,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub room: RoomId,
+    pub kind: PushKind,
+    /// How many entries this job stands for (a burst coalesced into one push).
+    pub count: u32,
+    /// The newest entry's seq and its position in the user's stream.
+    pub last_seq: u64,
+    pub last_pos: u64,
+    /// The newest entry's sender, and whether the coalesced entries came from several senders.
+    pub sender: UserId,
+    pub many_senders: bool,
+    pub preview: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub created_at_ms: i64,
+    pub platform: Platform,
+    pub token: String,
+    pub app_id: String,
+    pub locale: String,
+    pub sandbox: bool,
+}
+
+/// What a push needs from the store besides the job, read when it is about to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushContext {
+    pub room_kind: RoomKind,
+    pub room_name: String,
+    pub sender_name: String,
+    /// The user's unread messages over all rooms: the app icon's badge.
+    pub badge: u32,
+    /// How far the user has read / received this room.
+    pub read_up_to_seq: u64,
+    pub delivered_up_to_seq: u64,
+    pub muted_until_ms: i64,
+    pub dnd_until_ms: i64,
+    /// The user is still a member of the room.
+    pub member: bool,
+}
+
+/// How a claimed push job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushJobEnd {
+    /// The provider accepted it.
+    Sent,
+    /// Not needed any more (delivered, read, muted, do-not-disturb, user left the room).
+    Dropped,
+    /// Try again at `at_ms`.
+    Retry { at_ms: i64, error: String },
+    /// Given up: recorded with the reason.
+    Failed { reason: String },
+    /// The provider says the token is dead: forget it (if the device has not registered a new one
+    /// since) and every job queued for it.
+    TokenDead { token: String, reason: String },
 }
 
 /// What an entry changes besides the log.

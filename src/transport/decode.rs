@@ -3,10 +3,13 @@
 
 use prost::Message;
 use tidings_proto::Encoding;
-use tidings_proto::v1::{ClientFrame, HistoryRequest, ReceiptKind, Role as WireRole, client_frame::Request as Wire};
+use tidings_proto::v1::{
+    ClientFrame, HistoryRequest, PushPlatform, ReceiptKind, Role as WireRole, SetPushTokenRequest,
+    client_frame::Request as Wire,
+};
 
-use crate::actors::{Request, RoomOp};
-use crate::domain::{ReceiptKind as DomainReceiptKind, Role, RoomId, UserId};
+use crate::actors::{PushTarget, Request, RoomOp};
+use crate::domain::{Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId};
 use crate::error::{ApiError, Code};
 use crate::store::HistoryPage;
 
@@ -62,6 +65,38 @@ fn history_page(h: &HistoryRequest, max: usize) -> Result<HistoryPage, ApiError>
     }
 }
 
+/// Longest push token accepted (APNs tokens are 64 hex digits, FCM tokens ~160 characters).
+const MAX_PUSH_TOKEN_CHARS: usize = 1024;
+const MAX_APP_ID_CHARS: usize = 255;
+const MAX_LOCALE_CHARS: usize = 35;
+
+fn push_target(r: SetPushTokenRequest) -> Result<PushTarget, ApiError> {
+    let platform = match PushPlatform::try_from(r.platform) {
+        Ok(PushPlatform::Ios) => Platform::Ios,
+        Ok(PushPlatform::Android) => Platform::Android,
+        _ => return Err(ApiError::invalid("platform must be PUSH_PLATFORM_IOS or PUSH_PLATFORM_ANDROID")),
+    };
+    let token = r.token.trim();
+    if token.is_empty() || token.chars().count() > MAX_PUSH_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
+        return Err(ApiError::invalid(format!("token must be 1 to {MAX_PUSH_TOKEN_CHARS} characters without spaces")));
+    }
+    if platform == Platform::Ios && r.app_id.trim().is_empty() {
+        return Err(ApiError::invalid("app_id (the APNs topic, your bundle id) is required for iOS"));
+    }
+    if r.app_id.chars().count() > MAX_APP_ID_CHARS || r.locale.chars().count() > MAX_LOCALE_CHARS {
+        return Err(ApiError::invalid(format!(
+            "app_id has at most {MAX_APP_ID_CHARS} characters and locale at most {MAX_LOCALE_CHARS}"
+        )));
+    }
+    Ok(PushTarget {
+        platform,
+        token: token.to_owned(),
+        app_id: r.app_id.trim().to_owned(),
+        locale: r.locale,
+        sandbox: r.sandbox,
+    })
+}
+
 /// Turns a decoded frame into a domain request.
 pub fn to_request(frame: ClientFrame, max_history_page: usize) -> Result<(u64, Request), Rejected> {
     let id = frame.request_id;
@@ -114,6 +149,10 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, ApiError> {
             };
             room_op(r.room_id, RoomOp::Receipt { kind, up_to_seq: r.up_to_seq })
         }
+        Wire::SetPushToken(r) => Ok(Request::SetPushToken(push_target(r)?)),
+        Wire::ClearPushToken(_) => Ok(Request::ClearPushToken),
+        Wire::MuteRoom(m) => Ok(Request::MuteRoom { room: room(m.room_id)?, until_ms: m.until_ms.max(0) }),
+        Wire::SetDoNotDisturb(d) => Ok(Request::SetDoNotDisturb { until_ms: d.until_ms.max(0) }),
     }
 }
 

@@ -11,8 +11,8 @@ use crate::actors::{
     create_group, require_existing,
 };
 use crate::auth::Authenticated;
-use crate::domain::{ConnId, UserId, now_ms};
-use crate::error::ApiResult;
+use crate::domain::{ConnId, PushRegistration, UserId, now_ms};
+use crate::error::{ApiError, ApiResult};
 
 /// Who is asking, on which connection.
 pub struct Caller {
@@ -52,6 +52,38 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
             let hub = hub.clone();
             actix::spawn(async move { replier.reply(presence(&hub, me, users).await) });
         }
+        Request::SetPushToken(target) => {
+            let registration = PushRegistration {
+                user: me,
+                device: caller.auth.device,
+                platform: target.platform,
+                token: target.token,
+                app_id: target.app_id,
+                locale: target.locale,
+                sandbox: target.sandbox,
+            };
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(ok(hub.store.set_push_token(registration).await)) });
+        }
+        Request::ClearPushToken => {
+            let (hub, device) = (hub.clone(), caller.auth.device);
+            actix::spawn(async move { replier.reply(ok(hub.store.clear_push_token(me, device).await)) });
+        }
+        Request::MuteRoom { room, until_ms } => {
+            let hub = hub.clone();
+            actix::spawn(async move {
+                let muted = async {
+                    hub.store.room_summary(room, me).await?.ok_or_else(ApiError::not_a_member)?;
+                    hub.store.set_room_mute(me, room, until_ms).await?;
+                    Ok(ReplyBody::Ok)
+                };
+                replier.reply(muted.await);
+            });
+        }
+        Request::SetDoNotDisturb { until_ms } => {
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(ok(hub.store.set_do_not_disturb(me, until_ms).await)) });
+        }
         Request::Room { room, op } => {
             if let RoomOp::AddMembers(users) = &op
                 && let Err(e) = require_existing(hub, users.clone()).await
@@ -66,6 +98,10 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
             }
         }
     }
+}
+
+fn ok(result: crate::store::StoreResult<()>) -> ApiResult<ReplyBody> {
+    result.map(|()| ReplyBody::Ok).map_err(Into::into)
 }
 
 /// Presence of the asked-for users who share a room with `me`; the others are left out.

@@ -14,7 +14,7 @@ use wire::client_frame::Request as Req;
 use crate::harness::*;
 
 /// Kills the server process when the test ends, passed or failed.
-struct Server(Child);
+pub struct Server(pub Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -25,8 +25,19 @@ impl Drop for Server {
 
 /// Starts the `tidings` binary on a free port; returns it and its address.
 fn spawn_server(data_dir: &std::path::Path) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"])
+    spawn_server_with(data_dir, &[])
+}
+
+/// Starts the `tidings` binary with extra `--set key=value` settings.
+pub fn spawn_server_with(data_dir: &std::path::Path, settings: &[String]) -> (Server, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+    for setting in settings {
+        command.args(["--set", setting]);
+    }
+    // `TEST_SERVER_LOG=tidings=debug` shows more of the spawned servers' logs (on stderr).
+    let level = std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "info".into());
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", &level])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--set", "auth.argon2_memory_kib=1024", "--set", "auth.argon2_iterations=1"])
@@ -40,7 +51,11 @@ fn spawn_server(data_dir: &std::path::Path) -> (Server, String) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
+        let echo = std::env::var_os("TEST_SERVER_LOG").is_some();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if echo {
+                eprintln!("{line}");
+            }
             if !sent
                 && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && let Some(addr) = v["fields"]["addr"].as_str()

@@ -42,6 +42,13 @@ impl TestServer {
     }
 
     pub fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        // `RUST_LOG=tidings=debug cargo test ...` shows the servers' logs.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(data_dir.path());
         adjust(&mut config);

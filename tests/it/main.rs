@@ -7,6 +7,7 @@ mod chat;
 mod durability;
 mod harness;
 mod ops;
+mod push;
 mod rooms;
 mod store_conformance;
 mod swarm;

@@ -51,7 +51,11 @@ pub async fn group(store: &dyn Store, id: u64, creator: UserId, members: &[UserI
 }
 
 async fn append(store: &dyn Store, e: RoomEntry, recipients: &[UserId], effect: Effect) -> AppendOutcome {
-    store.submit_append(Append { entry: Arc::new(e), recipients: recipients.to_vec(), effect }).unwrap().await.unwrap()
+    store
+        .submit_append(Append { entry: Arc::new(e), recipients: recipients.to_vec(), effect, push: None })
+        .unwrap()
+        .await
+        .unwrap()
 }
 
 pub async fn accounts(store: Arc<dyn Store>) {
@@ -206,7 +210,9 @@ pub async fn ordered_submission(store: Arc<dyn Store>) {
     let mut pending = Vec::new();
     for seq in 2..=500u64 {
         let e = Arc::new(entry(room, seq, a, text(&format!("m{seq}"), &format!("c{seq}"))));
-        pending.push(s.submit_append(Append { entry: e, recipients: vec![a, b], effect: Effect::None }).unwrap());
+        pending.push(
+            s.submit_append(Append { entry: e, recipients: vec![a, b], effect: Effect::None, push: None }).unwrap(),
+        );
     }
     for p in pending {
         assert!(matches!(p.await.unwrap(), AppendOutcome::Committed { .. }));

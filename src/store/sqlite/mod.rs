@@ -3,6 +3,7 @@
 
 mod checkpointer;
 mod codec;
+mod push;
 mod reads;
 mod schema;
 mod writer;
@@ -23,9 +24,10 @@ use writer::WriteCmd;
 
 use super::{
     AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, HistoryPage, NewRoom, NewUser, Positions,
-    ReceiptWrite, RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    PushContext, PushJob, PushJobEnd, PushStore, ReceiptWrite, RoomStore, Store, StoreError, StoreErrorKind,
+    StoreResult, StreamStore, UserRecord,
 };
-use crate::domain::{DeviceId, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
+use crate::domain::{DeviceId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
 
 /// Settings of the SQLite backend.
 #[derive(Debug, Clone)]
@@ -239,6 +241,53 @@ impl StreamStore for SqliteStore {
 
     async fn stream_head(&self, user: UserId) -> StoreResult<u64> {
         self.read(move |c| reads::stream_head(c, user)).await
+    }
+}
+
+#[async_trait]
+impl PushStore for SqliteStore {
+    async fn set_push_token(&self, registration: PushRegistration) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::SetPushToken(registration, reply)).await
+    }
+
+    async fn clear_push_token(&self, user: UserId, device: DeviceId) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::ClearPushToken { user, device, reply }).await
+    }
+
+    async fn set_room_mute(&self, user: UserId, room: RoomId, until_ms: i64) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::SetRoomMute { user, room, until_ms, reply }).await
+    }
+
+    async fn set_do_not_disturb(&self, user: UserId, until_ms: i64) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::SetDoNotDisturb { user, until_ms, reply }).await
+    }
+
+    async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64> {
+        self.write(|reply| WriteCmd::CancelDeliveredPushes { user, up_to_pos, reply }).await
+    }
+
+    async fn claim_push_jobs(&self, now_ms: i64, lease_ms: i64, limit: usize) -> StoreResult<Vec<PushJob>> {
+        self.write(|reply| WriteCmd::ClaimPushJobs { now_ms, lease_ms, limit, reply }).await
+    }
+
+    async fn next_push_due(&self) -> StoreResult<Option<i64>> {
+        self.read(push::next_due).await
+    }
+
+    async fn push_context(&self, job: PushJob) -> StoreResult<PushContext> {
+        self.read(move |c| push::context(c, &job)).await
+    }
+
+    async fn finish_push_job(&self, job: PushJob, end: PushJobEnd) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::FinishPushJob(job, end, reply)).await
+    }
+
+    async fn users_with_pending_pushes(&self) -> StoreResult<Vec<UserId>> {
+        self.read(push::users_with_pending).await
+    }
+
+    async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>> {
+        self.read(move |c| push::token(c, user, device)).await
     }
 }
 

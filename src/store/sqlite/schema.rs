@@ -89,6 +89,52 @@ CREATE TABLE IF NOT EXISTS events (
     actor_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, pos)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS push_tokens (
+    user_id INTEGER NOT NULL,
+    device_id INTEGER NOT NULL,
+    platform INTEGER NOT NULL,
+    token TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    locale TEXT NOT NULL,
+    sandbox INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS push_tokens_by_token ON push_tokens (platform, token);
+CREATE TABLE IF NOT EXISTS push_prefs (
+    user_id INTEGER PRIMARY KEY,
+    dnd_until_ms INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS room_mutes (
+    user_id INTEGER NOT NULL,
+    room_id INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, room_id)
+) WITHOUT ROWID;
+-- state: 0 pending (mergeable), 1 claimed (leased until due_ms), 2 failed (kept for inspection).
+-- AUTOINCREMENT: a job id is the idempotency key sent to providers and is never reused.
+CREATE TABLE IF NOT EXISTS push_jobs (
+    job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    device_id INTEGER NOT NULL,
+    room_id INTEGER NOT NULL,
+    platform INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    kind INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_pos INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL,
+    many_senders INTEGER NOT NULL DEFAULT 0,
+    preview TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS push_jobs_pending ON push_jobs (user_id, device_id, room_id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS push_jobs_due ON push_jobs (due_ms) WHERE state < 2;
+CREATE INDEX IF NOT EXISTS push_jobs_by_room ON push_jobs (user_id, room_id) WHERE state = 0;
 ";
 
 /// Opens (creating if needed) the database with WAL and the given durability.

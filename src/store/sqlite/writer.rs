@@ -12,11 +12,12 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{EVENT_ENTRY, entry_columns, receipt_event_kind, role_code, room_kind_code};
-use crate::domain::{DeviceId, EntryBody, ReceiptKind, Role, RoomKind, UserId};
+use super::push;
+use crate::domain::{DeviceId, EntryBody, PushRegistration, ReceiptKind, Role, RoomId, RoomKind, UserId, now_ms};
 use crate::metrics::METRICS;
 use crate::store::{
-    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewRoom, NewUser, Positions, ReceiptWrite,
-    StoreError, StoreErrorKind, StoreResult,
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewRoom, NewUser, Positions, PushJob, PushJobEnd,
+    ReceiptWrite, StoreError, StoreErrorKind, StoreResult,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -46,6 +47,35 @@ pub(super) enum WriteCmd {
     CreateRoom(NewRoom, Reply<CreateRoomOutcome>),
     Append(Append, Reply<AppendOutcome>),
     Receipt(ReceiptWrite, Reply<Option<Positions>>),
+    SetPushToken(PushRegistration, Reply<()>),
+    ClearPushToken {
+        user: UserId,
+        device: DeviceId,
+        reply: Reply<()>,
+    },
+    SetRoomMute {
+        user: UserId,
+        room: RoomId,
+        until_ms: i64,
+        reply: Reply<()>,
+    },
+    SetDoNotDisturb {
+        user: UserId,
+        until_ms: i64,
+        reply: Reply<()>,
+    },
+    CancelDeliveredPushes {
+        user: UserId,
+        up_to_pos: u64,
+        reply: Reply<u64>,
+    },
+    ClaimPushJobs {
+        now_ms: i64,
+        lease_ms: i64,
+        limit: usize,
+        reply: Reply<Vec<PushJob>>,
+    },
+    FinishPushJob(PushJob, PushJobEnd, Reply<()>),
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -150,6 +180,26 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::CreateRoom(room, reply) => run!(reply, |tx, heads| create_room(tx, heads, &room)),
         WriteCmd::Append(append, reply) => run!(reply, |tx, heads| append_entry(tx, heads, &append)),
         WriteCmd::Receipt(receipt, reply) => run!(reply, |tx, heads| set_receipt(tx, heads, &receipt)),
+        WriteCmd::SetPushToken(registration, reply) => {
+            run!(reply, |tx, _| push::set_token(tx, &registration, now_ms()))
+        }
+        WriteCmd::ClearPushToken { user, device, reply } => run!(reply, |tx, _| {
+            push::clear_token(tx, user, device)?;
+            Ok(Ok(()))
+        }),
+        WriteCmd::SetRoomMute { user, room, until_ms, reply } => {
+            run!(reply, |tx, _| push::set_room_mute(tx, user, room, until_ms))
+        }
+        WriteCmd::SetDoNotDisturb { user, until_ms, reply } => {
+            run!(reply, |tx, _| push::set_do_not_disturb(tx, user, until_ms))
+        }
+        WriteCmd::CancelDeliveredPushes { user, up_to_pos, reply } => {
+            run!(reply, |tx, _| push::cancel_delivered(tx, user, up_to_pos))
+        }
+        WriteCmd::ClaimPushJobs { now_ms, lease_ms, limit, reply } => {
+            run!(reply, |tx, _| push::claim(tx, now_ms, lease_ms, limit))
+        }
+        WriteCmd::FinishPushJob(job, end, reply) => run!(reply, |tx, _| push::finish(tx, &job, &end)),
         WriteCmd::Close(done) => {
             let _ = done.send(());
             Box::new(|_| {})
@@ -304,6 +354,8 @@ fn revoke_devices(tx: &Transaction<'_>, user: UserId, only: Option<DeviceId>) ->
         tx.prepare_cached("UPDATE devices SET revoked = 1, refresh_hash = x'' WHERE user_id = ?1 AND device_id = ?2")?;
     for d in &devices {
         revoke.execute(params![user.0 as i64, d.0 as i64])?;
+        // A logged-out device must not be woken by pushes meant for whoever uses the app next.
+        push::clear_token(tx, user, *d)?;
     }
     Ok(Ok(devices))
 }
@@ -418,6 +470,9 @@ fn append_entry(tx: &Transaction<'_>, heads: &mut StreamHeads, append: &Append) 
     }
     apply_effect(tx, room, &append.effect)?;
     let positions = push_events(tx, heads, &append.recipients, EVENT_ENTRY, room, entry.seq, 0)?;
+    if let Some(fanout) = &append.push {
+        push::enqueue(tx, fanout, entry.room, entry.seq, entry.sender, &positions, entry.sent_at_ms)?;
+    }
     Ok(Ok(AppendOutcome::Committed { positions }))
 }
 
@@ -472,6 +527,7 @@ fn set_receipt(tx: &Transaction<'_>, heads: &mut StreamHeads, r: &ReceiptWrite) 
     if moved == 0 {
         return Ok(Ok(None));
     }
+    push::cancel_covered_by_receipt(tx, r.user, r.room, r.up_to_seq)?;
     let positions = push_events(tx, heads, &r.recipients, receipt_event_kind(r.kind), r.room.0, r.up_to_seq, r.user.0)?;
     Ok(Ok(Some(positions)))
 }

@@ -1,0 +1,71 @@
+//! Push notification targets: a device's token with a provider, and what a notification is about.
+
+use super::{DeviceId, UserId};
+
+/// Which provider reaches a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// Apple Push Notification service.
+    Ios,
+    /// Firebase Cloud Messaging (HTTP v1).
+    Android,
+}
+
+impl Platform {
+    pub const ALL: [Platform; 2] = [Platform::Ios, Platform::Android];
+
+    /// The stable number stored with a token.
+    pub fn code(self) -> i64 {
+        match self {
+            Platform::Ios => 1,
+            Platform::Android => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.code() == code)
+    }
+
+    pub fn provider_name(self) -> &'static str {
+        match self {
+            Platform::Ios => "apns",
+            Platform::Android => "fcm",
+        }
+    }
+}
+
+/// A device's push token, as the device registered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRegistration {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub platform: Platform,
+    pub token: String,
+    /// The APNs topic (bundle id) or the Android package name.
+    pub app_id: String,
+    pub locale: String,
+    /// An APNs sandbox token (development build).
+    pub sandbox: bool,
+}
+
+/// What a queued push tells its device about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushKind {
+    /// New messages in a room.
+    Message,
+    /// The user was added to a group.
+    AddedToRoom,
+}
+
+impl PushKind {
+    pub fn code(self) -> i64 {
+        match self {
+            PushKind::Message => 1,
+            PushKind::AddedToRoom => 2,
+        }
+    }
+
+    pub fn from_code(code: i64) -> Self {
+        if code == 2 { PushKind::AddedToRoom } else { PushKind::Message }
+    }
+}

@@ -1,0 +1,114 @@
+//! The part of push the actors touch: deciding, on the append path, who is queued for push, and
+//! cancelling queued pushes when a device acknowledges its stream.
+//!
+//! Deciding is cheap (no store access): the jobs themselves are written by the append, in the same
+//! transaction as the entry, so a message the server acknowledged never loses its push.
+
+use std::sync::Arc;
+
+use dashmap::DashSet;
+use tokio::sync::Notify;
+
+use super::notification::preview;
+use crate::config::PushConfig;
+use crate::domain::{EntryBody, Platform, PushKind, RoomEntry, UserId, now_ms};
+use crate::store::{PushFanout, Store};
+
+pub struct PushGate {
+    store: Arc<dyn Store>,
+    /// Providers configured on this node; no job is queued for the others.
+    platforms: Vec<Platform>,
+    grace_ms: i64,
+    preview_chars: usize,
+    /// Users who may have pending pushes: an ack from one of them is worth a store write. Filled
+    /// when this node queues a push and at start from the store; a user missing here (queued by
+    /// another node) is still checked when the push falls due.
+    pending: DashSet<UserId>,
+    /// Wakes the push worker when a new push is queued.
+    pub(super) wake: Notify,
+}
+
+impl PushGate {
+    pub fn new(store: Arc<dyn Store>, platforms: Vec<Platform>, config: &PushConfig) -> Self {
+        Self {
+            store,
+            platforms,
+            grace_ms: config.grace_ms as i64,
+            preview_chars: config.preview_chars,
+            pending: DashSet::new(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Push disabled: nothing is ever queued.
+    pub fn disabled(store: Arc<dyn Store>) -> Self {
+        Self::new(store, Vec::new(), &PushConfig::default())
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.platforms.is_empty()
+    }
+
+    /// Which recipients of `entry` to reach by push: those `online` says have no live session,
+    /// never the sender. `None` when the entry is not worth a notification.
+    pub fn fanout(
+        &self,
+        entry: &RoomEntry,
+        recipients: &[UserId],
+        online: impl Fn(UserId) -> bool,
+    ) -> Option<PushFanout> {
+        if !self.enabled() {
+            return None;
+        }
+        let (kind, preview, candidates): (_, _, &[UserId]) = match &entry.body {
+            EntryBody::Text(message) => (PushKind::Message, preview(&message.text, self.preview_chars), recipients),
+            EntryBody::MembersAdded(added) => (PushKind::AddedToRoom, String::new(), added),
+            _ => return None,
+        };
+        let users: Vec<UserId> = candidates.iter().copied().filter(|&u| u != entry.sender && !online(u)).collect();
+        if users.is_empty() {
+            return None;
+        }
+        Some(PushFanout {
+            users,
+            kind,
+            preview,
+            due_at_ms: now_ms() + self.grace_ms,
+            platforms: self.platforms.clone(),
+        })
+    }
+
+    /// The append carrying a fan-out to `users` committed: their pushes are queued.
+    pub fn queued(&self, users: &[UserId]) {
+        for &user in users {
+            self.pending.insert(user);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Remembers users with pending pushes found in the store at start.
+    pub(super) fn remember_pending(&self, users: Vec<UserId>) {
+        for user in users {
+            self.pending.insert(user);
+        }
+    }
+
+    /// A device of `user` acknowledged its stream up to `pos`: its pending pushes up to there are
+    /// not needed any more.
+    pub fn delivered(self: &Arc<Self>, user: UserId, pos: u64) {
+        if !self.pending.contains(&user) {
+            return;
+        }
+        let gate = self.clone();
+        actix::spawn(async move {
+            match gate.store.cancel_delivered_pushes(user, pos).await {
+                Ok(0) => {
+                    gate.pending.remove(&user);
+                }
+                Ok(_) => {}
+                // The push is still checked against the delivered marker when it falls due.
+                Err(e) => tracing::warn!(%user, error = %e, "could not cancel delivered pushes"),
+            }
+        });
+    }
+}

@@ -1,0 +1,96 @@
+//! What a push says: built from a queued job and the store's view of the room, the same for both
+//! providers (each then puts it in its own payload).
+
+use crate::domain::{PushKind, RoomKind};
+use crate::store::{PushContext, PushJob};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// The job id as a UUID: APNs' `apns-id` and the `push_id` data field. The same on every retry,
+    /// so a device (or a provider log) can tell a retried push from a new one.
+    pub push_id: String,
+    pub title: String,
+    pub body: String,
+    /// Unread messages over all rooms.
+    pub badge: u32,
+    pub room_id: u64,
+    pub seq: u64,
+    /// Notifications of one room replace each other on the device (APNs collapse id, FCM tag).
+    pub collapse_id: String,
+    /// Notifications of one room are grouped together (APNs thread id).
+    pub thread_id: String,
+    pub kind: PushKind,
+}
+
+impl Notification {
+    pub fn new(job: &PushJob, context: &PushContext) -> Self {
+        let sender = if context.sender_name.is_empty() { "Someone" } else { context.sender_name.as_str() };
+        let group = context.room_kind == RoomKind::Group;
+        let (title, body) = match job.kind {
+            PushKind::AddedToRoom => {
+                (context.room_name.clone(), format!("{sender} added you to {}", context.room_name))
+            }
+            PushKind::Message if job.count <= 1 => {
+                let title = if group { format!("{sender} in {}", context.room_name) } else { sender.to_owned() };
+                (title, job.preview.clone())
+            }
+            PushKind::Message => {
+                let title = if group { context.room_name.clone() } else { sender.to_owned() };
+                let body = if job.many_senders {
+                    format!("{} new messages", job.count)
+                } else {
+                    format!("{} new messages from {sender}", job.count)
+                };
+                (title, body)
+            }
+        };
+        Self {
+            push_id: uuid_of(job.id),
+            title,
+            body,
+            badge: context.badge,
+            room_id: job.room.0,
+            seq: job.last_seq,
+            collapse_id: format!("room-{}", job.room.0),
+            thread_id: format!("room-{}", job.room.0),
+            kind: job.kind,
+        }
+    }
+}
+
+/// A job id as a UUID (version 4 layout, the id in the last 12 hex digits): APNs wants `apns-id`
+/// in this form.
+pub fn uuid_of(job_id: u64) -> String {
+    let high = (job_id >> 48) & 0xfff;
+    let low = job_id & 0xffff_ffff_ffff;
+    format!("00000000-0000-4000-8{high:03x}-{low:012x}")
+}
+
+/// The first `max_chars` characters of a text, with an ellipsis when cut.
+pub fn preview(text: &str, max_chars: usize) -> String {
+    let mut chars = text.char_indices();
+    match chars.nth(max_chars) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}…", text[..cut].trim_end()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_cut_on_characters() {
+        assert_eq!(preview("hello", 10), "hello");
+        assert_eq!(preview("héllo wörld", 5), "héllo…");
+        assert_eq!(preview("", 5), "");
+    }
+
+    #[test]
+    fn push_ids_are_uuids_and_distinct() {
+        let a = uuid_of(1);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a, "00000000-0000-4000-8000-000000000001");
+        assert_ne!(uuid_of(1 << 48), uuid_of(0));
+    }
+}

@@ -1,0 +1,278 @@
+//! The push worker: claims due jobs from the store's queue, decides whether each is still needed,
+//! sends it through its provider and records how it ended.
+//!
+//! Exactly-once as far as it can be had: a job is claimed under a lease in the same store that
+//! queued it; it is deleted only after the provider accepted it; a crash mid-send leaves the lease
+//! to run out and the job is sent again with the same push id (APNs `apns-id`, FCM `push_id`), which
+//! also collapses on the device. Retries back off exponentially with jitter and honour Retry-After.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+
+use super::apns::ApnsClient;
+use super::fcm::FcmClient;
+use super::gate::PushGate;
+use super::metrics::PUSH_METRICS;
+use super::notification::Notification;
+use super::provider::{Delivery, backoff};
+use crate::config::PushConfig;
+use crate::domain::{Platform, UserId, now_ms};
+use crate::store::{PushContext, PushJob, PushJobEnd, Store};
+
+/// Most jobs claimed by one store write.
+const CLAIM_BATCH: usize = 256;
+/// The worker looks at the queue at least this often, for jobs queued by other nodes.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long shutdown waits for sends in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a user has a live session (anywhere the node can tell).
+pub type Presence = Arc<dyn Fn(UserId) -> bool + Send + Sync>;
+
+pub struct Providers {
+    pub apns: Option<ApnsClient>,
+    pub fcm: Option<FcmClient>,
+    pub apns_concurrency: usize,
+    pub fcm_concurrency: usize,
+}
+
+struct Worker {
+    store: Arc<dyn Store>,
+    gate: Arc<PushGate>,
+    online: Presence,
+    config: PushConfig,
+    apns: Option<(ApnsClient, Semaphore)>,
+    fcm: Option<(FcmClient, Semaphore)>,
+    /// Jobs this worker is sending now: a lease that runs out while one waits is not sent twice.
+    in_flight: Mutex<HashSet<u64>>,
+}
+
+/// A running push worker.
+pub struct PushWorker {
+    stop: watch::Sender<bool>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PushWorker {
+    pub fn start(
+        store: Arc<dyn Store>,
+        gate: Arc<PushGate>,
+        online: Presence,
+        providers: Providers,
+        config: PushConfig,
+    ) -> Self {
+        let worker = Arc::new(Worker {
+            store,
+            gate,
+            online,
+            config,
+            apns: providers.apns.map(|c| (c, Semaphore::new(providers.apns_concurrency.max(1)))),
+            fcm: providers.fcm.map(|c| (c, Semaphore::new(providers.fcm_concurrency.max(1)))),
+            in_flight: Mutex::new(HashSet::new()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let done = tokio::spawn(worker.run(stopped));
+        Self { stop, done: Some(done) }
+    }
+
+    /// Stops claiming and waits (bounded) for the sends in flight.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+}
+
+impl Worker {
+    fn capacity(&self) -> usize {
+        fn permits<C>(provider: &Option<(C, Semaphore)>) -> usize {
+            provider.as_ref().map_or(0, |(_, s)| s.available_permits())
+        }
+        permits(&self.apns) + permits(&self.fcm)
+    }
+
+    async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        match self.store.users_with_pending_pushes().await {
+            Ok(users) => self.gate.remember_pending(users),
+            Err(e) => tracing::warn!(error = %e, "could not read pending pushes"),
+        }
+        let total = self.capacity();
+        let sends = Arc::new(Semaphore::new(total));
+        let lease_ms = (self.config.lease_secs * 1000) as i64;
+        while !*stop.borrow() {
+            let free = sends.available_permits().min(CLAIM_BATCH);
+            if free == 0 {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    permit = sends.acquire() => drop(permit),
+                }
+                continue;
+            }
+            let jobs = match self.store.claim_push_jobs(now_ms(), lease_ms, free).await {
+                Ok(jobs) => {
+                    if !jobs.is_empty() {
+                        tracing::debug!(jobs = ?jobs.iter().map(|j| j.id).collect::<Vec<_>>(), "claimed pushes");
+                    }
+                    jobs
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim push jobs; retrying");
+                    Self::pause(&mut stop, IDLE_POLL).await;
+                    continue;
+                }
+            };
+            let full = jobs.len() == free;
+            for job in jobs {
+                if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id) {
+                    continue;
+                }
+                let Ok(permit) = sends.clone().try_acquire_owned() else { break };
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    worker.process(job).await;
+                    drop(permit);
+                });
+            }
+            if full {
+                continue;
+            }
+            let wait = match self.store.next_push_due().await {
+                Ok(Some(due)) => Duration::from_millis((due - now_ms()).max(0) as u64).min(IDLE_POLL),
+                _ => IDLE_POLL,
+            };
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = self.gate.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Drain: wait for what is in flight; anything unfinished is resent after its lease.
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, sends.acquire_many(total as u32)).await;
+    }
+
+    async fn pause(stop: &mut watch::Receiver<bool>, how_long: Duration) {
+        tokio::select! {
+            _ = stop.changed() => {}
+            _ = tokio::time::sleep(how_long) => {}
+        }
+    }
+
+    async fn process(&self, job: PushJob) {
+        let platform = job.platform;
+        let end = self.attempt(&job).await;
+        let metrics = PUSH_METRICS.of(platform);
+        match &end {
+            PushJobEnd::Sent => {
+                tracing::debug!(job = job.id, user = %job.user, provider = platform.provider_name(), "push sent");
+                metrics.sent.inc();
+                PUSH_METRICS.latency.observe(Duration::from_millis((now_ms() - job.created_at_ms).max(0) as u64));
+            }
+            PushJobEnd::Dropped => metrics.dropped.inc(),
+            PushJobEnd::Retry { error, .. } => {
+                metrics.retried.inc();
+                tracing::debug!(job = job.id, attempts = job.attempts + 1, %error, "push will be retried");
+            }
+            PushJobEnd::Failed { reason } => {
+                metrics.failed.inc();
+                tracing::warn!(job = job.id, user = %job.user, provider = platform.provider_name(), %reason, "push failed");
+            }
+            PushJobEnd::TokenDead { reason, .. } => {
+                metrics.tokens_removed.inc();
+                tracing::info!(user = %job.user, device = %job.device, provider = platform.provider_name(), %reason,
+                    "push token is dead; removed");
+            }
+        }
+        let id = job.id;
+        if let Err(e) = self.store.finish_push_job(job, end).await {
+            // The lease runs out and the job is tried again.
+            tracing::warn!(job = id, error = %e, "could not record the end of a push");
+        }
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    async fn attempt(&self, job: &PushJob) -> PushJobEnd {
+        let context = match self.store.push_context(job.clone()).await {
+            Ok(context) => context,
+            Err(e) => return self.retry(job, None, format!("reading the push's context: {e}")),
+        };
+        if let Some(reason) = self.not_needed(job, &context) {
+            tracing::debug!(job = job.id, user = %job.user, reason, "push not needed");
+            return PushJobEnd::Dropped;
+        }
+        let notification = Notification::new(job, &context);
+        let delivery = match platform_client(job.platform, &self.apns, &self.fcm) {
+            Client::Apns(client, permits) => {
+                let _permit = permits.acquire().await;
+                client.send(job, &notification).await
+            }
+            Client::Fcm(client, permits) => {
+                let _permit = permits.acquire().await;
+                client.send(job, &notification).await
+            }
+            Client::None => {
+                Delivery::Rejected { reason: format!("{} is not configured", job.platform.provider_name()) }
+            }
+        };
+        match delivery {
+            Delivery::Accepted => PushJobEnd::Sent,
+            Delivery::Retry { after, reason } => self.retry(job, after, reason),
+            Delivery::TokenDead { reason } => PushJobEnd::TokenDead { token: job.token.clone(), reason },
+            Delivery::Rejected { reason } => PushJobEnd::Failed { reason },
+        }
+    }
+
+    fn retry(&self, job: &PushJob, after: Option<Duration>, reason: String) -> PushJobEnd {
+        if job.attempts + 1 >= self.config.max_attempts {
+            return PushJobEnd::Failed { reason: format!("gave up after {} attempts: {reason}", job.attempts + 1) };
+        }
+        let wait = after.unwrap_or_else(|| {
+            backoff(
+                job.attempts,
+                Duration::from_millis(self.config.retry_base_ms),
+                Duration::from_millis(self.config.retry_max_ms),
+            )
+        });
+        PushJobEnd::Retry { at_ms: now_ms() + wait.as_millis() as i64, error: reason }
+    }
+
+    /// Why a due push should not go out, if it should not.
+    fn not_needed(&self, job: &PushJob, context: &PushContext) -> Option<&'static str> {
+        let now = now_ms();
+        if !context.member {
+            Some("no longer a member of the room")
+        } else if job.last_seq <= context.delivered_up_to_seq {
+            // The read marker implies the delivered one.
+            Some("delivered or read on another device")
+        } else if (self.online)(job.user) {
+            Some("the user is connected")
+        } else if context.muted_until_ms > now {
+            Some("room muted")
+        } else if context.dnd_until_ms > now {
+            Some("do not disturb")
+        } else {
+            None
+        }
+    }
+}
+
+enum Client<'a> {
+    Apns(&'a ApnsClient, &'a Semaphore),
+    Fcm(&'a FcmClient, &'a Semaphore),
+    None,
+}
+
+fn platform_client<'a>(
+    platform: Platform,
+    apns: &'a Option<(ApnsClient, Semaphore)>,
+    fcm: &'a Option<(FcmClient, Semaphore)>,
+) -> Client<'a> {
+    match (platform, apns, fcm) {
+        (Platform::Ios, Some((client, permits)), _) => Client::Apns(client, permits),
+        (Platform::Android, _, Some((client, permits))) => Client::Fcm(client, permits),
+        _ => Client::None,
+    }
+}

@@ -1,0 +1,328 @@
+//! Push tokens, preferences and the push queue in SQLite: the writes the writer thread runs (inside
+//! its transaction) and the reads the read pool runs.
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::codec::room_kind_from;
+use super::reads::UNREAD_COUNT_CAP;
+use crate::domain::{DeviceId, Platform, PushKind, PushRegistration, RoomId, UserId};
+use crate::push::PUSH_METRICS;
+use crate::store::{Positions, PushContext, PushFanout, PushJob, PushJobEnd, StoreError, StoreErrorKind, StoreResult};
+
+/// The badge never claims more than this many unread messages.
+const BADGE_CAP: u32 = 9_999;
+
+type CmdResult<T> = rusqlite::Result<StoreResult<T>>;
+
+pub(super) fn set_token(tx: &Transaction<'_>, r: &PushRegistration, now_ms: i64) -> CmdResult<()> {
+    let live = tx
+        .prepare_cached("SELECT 1 FROM devices WHERE user_id = ?1 AND device_id = ?2 AND revoked = 0")?
+        .query_row(params![r.user.0 as i64, r.device.0 as i64], |_| Ok(()))
+        .optional()?;
+    if live.is_none() {
+        return Ok(Err(StoreError::new(StoreErrorKind::Conflict, "the device is logged out")));
+    }
+    // A token belongs to one app install: if another device (a reinstall, another account on the
+    // same phone) registered it before, it is that device's no longer.
+    let previous = tx
+        .prepare_cached("SELECT user_id, device_id FROM push_tokens WHERE platform = ?1 AND token = ?2")?
+        .query_row(params![r.platform.code(), r.token], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+        .optional()?;
+    if let Some((user, device)) = previous
+        && (user as u64, device as u64) != (r.user.0, r.device.0)
+    {
+        clear_token(tx, UserId(user as u64), DeviceId(device as u64))?;
+    }
+    tx.prepare_cached(
+        "INSERT INTO push_tokens (user_id, device_id, platform, token, app_id, locale, sandbox, updated_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (user_id, device_id) DO UPDATE SET platform = excluded.platform, token = excluded.token,
+             app_id = excluded.app_id, locale = excluded.locale, sandbox = excluded.sandbox,
+             updated_at_ms = excluded.updated_at_ms",
+    )?
+    .execute(params![
+        r.user.0 as i64,
+        r.device.0 as i64,
+        r.platform.code(),
+        r.token,
+        r.app_id,
+        r.locale,
+        r.sandbox,
+        now_ms
+    ])?;
+    // Jobs already queued name the device, not the token: they go to the new token.
+    Ok(Ok(()))
+}
+
+fn token_of(tx: &Transaction<'_>, user: UserId, device: DeviceId) -> rusqlite::Result<Option<String>> {
+    tx.prepare_cached("SELECT token FROM push_tokens WHERE user_id = ?1 AND device_id = ?2")?
+        .query_row(params![user.0 as i64, device.0 as i64], |r| r.get(0))
+        .optional()
+}
+
+/// Forgets a device's token and every push queued for it.
+pub(super) fn clear_token(tx: &Transaction<'_>, user: UserId, device: DeviceId) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM push_tokens WHERE user_id = ?1 AND device_id = ?2")?
+        .execute(params![user.0 as i64, device.0 as i64])?;
+    tx.prepare_cached("DELETE FROM push_jobs WHERE user_id = ?1 AND device_id = ?2 AND state < 2")?
+        .execute(params![user.0 as i64, device.0 as i64])?;
+    Ok(())
+}
+
+pub(super) fn set_room_mute(tx: &Transaction<'_>, user: UserId, room: RoomId, until_ms: i64) -> CmdResult<()> {
+    if until_ms <= 0 {
+        tx.prepare_cached("DELETE FROM room_mutes WHERE user_id = ?1 AND room_id = ?2")?
+            .execute(params![user.0 as i64, room.0 as i64])?;
+    } else {
+        tx.prepare_cached(
+            "INSERT INTO room_mutes (user_id, room_id, until_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, room_id) DO UPDATE SET until_ms = excluded.until_ms",
+        )?
+        .execute(params![user.0 as i64, room.0 as i64, until_ms])?;
+    }
+    Ok(Ok(()))
+}
+
+pub(super) fn set_do_not_disturb(tx: &Transaction<'_>, user: UserId, until_ms: i64) -> CmdResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO push_prefs (user_id, dnd_until_ms) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET dnd_until_ms = excluded.dnd_until_ms",
+    )?
+    .execute(params![user.0 as i64, until_ms.max(0)])?;
+    Ok(Ok(()))
+}
+
+/// Queues (or merges into the pending job) one push per registered device of each fan-out user.
+pub(super) fn enqueue(
+    tx: &Transaction<'_>,
+    fanout: &PushFanout,
+    room: RoomId,
+    seq: u64,
+    sender: UserId,
+    positions: &Positions,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    let platforms: i64 = fanout.platforms.iter().map(|p| 1i64 << p.code()).sum();
+    if platforms == 0 {
+        return Ok(());
+    }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO push_jobs (user_id, device_id, room_id, platform, state, due_ms, kind, count, last_seq, last_pos,
+                                sender_id, preview, created_at_ms)
+         SELECT user_id, device_id, ?3, platform, 0, ?4, ?5, 1, ?6, ?7, ?8, ?9, ?10 FROM push_tokens
+         WHERE user_id = ?1 AND ((?2 >> platform) & 1) = 1
+         ON CONFLICT (user_id, device_id, room_id) WHERE state = 0 DO UPDATE SET
+             count = count + 1, kind = excluded.kind, last_seq = excluded.last_seq, last_pos = excluded.last_pos,
+             many_senders = many_senders OR sender_id != excluded.sender_id, sender_id = excluded.sender_id,
+             preview = excluded.preview
+         RETURNING platform",
+    )?;
+    for user in &fanout.users {
+        let Some(&(_, pos)) = positions.iter().find(|(u, _)| u == user) else { continue };
+        let mut queued = upsert.query(params![
+            user.0 as i64,
+            platforms,
+            room.0 as i64,
+            fanout.due_at_ms,
+            fanout.kind.code(),
+            seq as i64,
+            pos as i64,
+            sender.0 as i64,
+            fanout.preview,
+            now_ms
+        ])?;
+        while let Some(row) = queued.next()? {
+            if let Some(platform) = Platform::from_code(row.get(0)?) {
+                PUSH_METRICS.of(platform).queued.inc();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A delivered or read marker moved to `up_to_seq`: pending pushes it covers are not needed.
+pub(super) fn cancel_covered_by_receipt(
+    tx: &Transaction<'_>,
+    user: UserId,
+    room: RoomId,
+    up_to_seq: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM push_jobs WHERE user_id = ?1 AND room_id = ?2 AND state = 0 AND last_seq <= ?3")?
+        .execute(params![user.0 as i64, room.0 as i64, up_to_seq as i64])?;
+    Ok(())
+}
+
+pub(super) fn cancel_delivered(tx: &Transaction<'_>, user: UserId, up_to_pos: u64) -> CmdResult<u64> {
+    tx.prepare_cached("DELETE FROM push_jobs WHERE user_id = ?1 AND state = 0 AND last_pos <= ?2")?
+        .execute(params![user.0 as i64, up_to_pos as i64])?;
+    let left: i64 = tx
+        .prepare_cached("SELECT count(*) FROM push_jobs WHERE user_id = ?1 AND state = 0")?
+        .query_row([user.0 as i64], |r| r.get(0))?;
+    Ok(Ok(left as u64))
+}
+
+const JOB_COLUMNS: &str = "j.job_id, j.user_id, j.device_id, j.room_id, j.kind, j.count, j.last_seq, j.last_pos,
+    j.sender_id, j.many_senders, j.preview, j.attempts, j.created_at_ms, t.platform, t.token, t.app_id, t.locale,
+    t.sandbox";
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<PushJob> {
+    let platform: i64 = r.get(13)?;
+    Ok(PushJob {
+        id: r.get::<_, i64>(0)? as u64,
+        user: UserId(r.get::<_, i64>(1)? as u64),
+        device: DeviceId(r.get::<_, i64>(2)? as u64),
+        room: RoomId(r.get::<_, i64>(3)? as u64),
+        kind: PushKind::from_code(r.get(4)?),
+        count: r.get::<_, i64>(5)? as u32,
+        last_seq: r.get::<_, i64>(6)? as u64,
+        last_pos: r.get::<_, i64>(7)? as u64,
+        sender: UserId(r.get::<_, i64>(8)? as u64),
+        many_senders: r.get(9)?,
+        preview: r.get(10)?,
+        attempts: r.get::<_, i64>(11)? as u32,
+        created_at_ms: r.get(12)?,
+        platform: Platform::from_code(platform).ok_or(rusqlite::Error::IntegralValueOutOfRange(13, platform))?,
+        token: r.get(14)?,
+        app_id: r.get(15)?,
+        locale: r.get(16)?,
+        sandbox: r.get(17)?,
+    })
+}
+
+/// Leases due jobs to the caller. A job whose device has no token any more is dropped here.
+pub(super) fn claim(tx: &Transaction<'_>, now_ms: i64, lease_ms: i64, limit: usize) -> CmdResult<Vec<PushJob>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM push_jobs j LEFT JOIN push_tokens t USING (user_id, device_id)
+         WHERE j.state < 2 AND j.due_ms <= ?1 ORDER BY j.due_ms LIMIT ?2"
+    );
+    let mut select = tx.prepare_cached(&sql)?;
+    let mut rows = select.query(params![now_ms, limit as i64])?;
+    let mut jobs = Vec::new();
+    let mut orphans = Vec::new();
+    while let Some(row) = rows.next()? {
+        match row.get::<_, Option<i64>>(13)? {
+            Some(_) => jobs.push(job_from_row(row)?),
+            None => orphans.push(row.get::<_, i64>(0)?),
+        }
+    }
+    drop(rows);
+    let mut lease = tx.prepare_cached("UPDATE push_jobs SET state = 1, due_ms = ?2 WHERE job_id = ?1")?;
+    for job in &jobs {
+        lease.execute(params![job.id as i64, now_ms + lease_ms])?;
+    }
+    let mut delete = tx.prepare_cached("DELETE FROM push_jobs WHERE job_id = ?1")?;
+    for id in orphans {
+        delete.execute([id])?;
+    }
+    Ok(Ok(jobs))
+}
+
+pub(super) fn finish(tx: &Transaction<'_>, job: &PushJob, end: &PushJobEnd) -> CmdResult<()> {
+    let id = job.id as i64;
+    match end {
+        PushJobEnd::Sent | PushJobEnd::Dropped => {
+            tx.prepare_cached("DELETE FROM push_jobs WHERE job_id = ?1")?.execute([id])?;
+        }
+        PushJobEnd::Retry { at_ms, error } => {
+            tx.prepare_cached(
+                "UPDATE push_jobs SET state = 1, due_ms = ?2, attempts = attempts + 1, last_error = ?3
+                 WHERE job_id = ?1",
+            )?
+            .execute(params![id, at_ms, error])?;
+        }
+        PushJobEnd::Failed { reason } => {
+            tx.prepare_cached(
+                "UPDATE push_jobs SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE job_id = ?1",
+            )?
+            .execute(params![id, reason])?;
+        }
+        PushJobEnd::TokenDead { token, .. } => {
+            // Only if the device still has that token: it may have registered a fresh one meanwhile.
+            if token_of(tx, job.user, job.device)?.as_deref() == Some(token.as_str()) {
+                clear_token(tx, job.user, job.device)?;
+            }
+            tx.prepare_cached("DELETE FROM push_jobs WHERE job_id = ?1")?.execute([id])?;
+        }
+    }
+    Ok(Ok(()))
+}
+
+pub(super) fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT min(due_ms) FROM push_jobs WHERE state < 2")?.query_row([], |r| r.get(0))
+}
+
+pub(super) fn users_with_pending(conn: &Connection) -> rusqlite::Result<Vec<UserId>> {
+    conn.prepare_cached("SELECT DISTINCT user_id FROM push_jobs WHERE state = 0")?
+        .query_map([], |r| r.get::<_, i64>(0).map(|u| UserId(u as u64)))?
+        .collect()
+}
+
+pub(super) fn token(conn: &Connection, user: UserId, device: DeviceId) -> rusqlite::Result<Option<PushRegistration>> {
+    conn.prepare_cached(
+        "SELECT platform, token, app_id, locale, sandbox FROM push_tokens WHERE user_id = ?1 AND device_id = ?2",
+    )?
+    .query_row(params![user.0 as i64, device.0 as i64], |r| {
+        let platform: i64 = r.get(0)?;
+        Ok(PushRegistration {
+            user,
+            device,
+            platform: Platform::from_code(platform).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, platform))?,
+            token: r.get(1)?,
+            app_id: r.get(2)?,
+            locale: r.get(3)?,
+            sandbox: r.get(4)?,
+        })
+    })
+    .optional()
+}
+
+pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<PushContext> {
+    let (user, room) = (job.user.0 as i64, job.room.0 as i64);
+    let (kind, room_name): (i64, String) = conn
+        .prepare_cached("SELECT kind, name FROM rooms WHERE room_id = ?1")?
+        .query_row([room], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let sender_name: String = conn
+        .prepare_cached("SELECT username FROM users WHERE user_id = ?1")?
+        .query_row([job.sender.0 as i64], |r| r.get(0))
+        .optional()?
+        .unwrap_or_default();
+    let marks: Option<(i64, i64)> = conn
+        .prepare_cached("SELECT read_seq, delivered_seq FROM members WHERE room_id = ?1 AND user_id = ?2")?
+        .query_row(params![room, user], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let muted_until_ms: i64 = conn
+        .prepare_cached("SELECT until_ms FROM room_mutes WHERE user_id = ?1 AND room_id = ?2")?
+        .query_row(params![user, room], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let dnd_until_ms: i64 = conn
+        .prepare_cached("SELECT dnd_until_ms FROM push_prefs WHERE user_id = ?1")?
+        .query_row([user], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    Ok(PushContext {
+        room_kind: room_kind_from(kind),
+        room_name,
+        sender_name,
+        badge: unread_total(conn, job.user)?,
+        read_up_to_seq: marks.map_or(0, |m| m.0 as u64),
+        delivered_up_to_seq: marks.map_or(0, |m| m.1 as u64),
+        muted_until_ms,
+        dnd_until_ms,
+        member: marks.is_some(),
+    })
+}
+
+/// Unread messages from others over all of the user's rooms (each room counted up to its cap).
+fn unread_total(conn: &Connection, user: UserId) -> rusqlite::Result<u32> {
+    let per_room: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM entries e WHERE e.room_id = m.room_id AND e.seq > m.read_seq
+                     AND e.kind = 1 AND e.deleted = 0 AND e.sender_id != ?1 LIMIT ?2))
+             FROM user_rooms ur JOIN members m ON m.room_id = ur.room_id AND m.user_id = ur.user_id
+             WHERE ur.user_id = ?1",
+        )?
+        .query_map(params![user.0 as i64, UNREAD_COUNT_CAP as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(per_room.into_iter().map(|n| n as u32).sum::<u32>().min(BADGE_CAP))
+}
