@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use tidings::domain::{
-    DeviceId, EntryBody, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, StreamEvent, TextMessage, UserId,
+    DeviceId, EntryBody, Platform, PushKind, PushRegistration, ReceiptKind, Role, RoomEntry, RoomId, RoomKind,
+    StreamEvent, TextMessage, UserId,
 };
 use tidings::store::{
-    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, ReceiptWrite, Store,
-    StoreErrorKind,
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, PushFanout,
+    PushJobEnd, ReceiptWrite, Store, StoreErrorKind,
 };
 
 pub async fn user(store: &dyn Store, id: u64, name: &str) -> UserId {
@@ -228,6 +229,146 @@ pub async fn ordered_submission(store: Arc<dyn Store>) {
     assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
 }
 
+async fn device(store: &dyn Store, user: UserId, id: u64) -> DeviceId {
+    let record = DeviceRecord {
+        user,
+        device: DeviceId(id),
+        name: "phone".into(),
+        refresh_hash: vec![1],
+        refresh_expires_at_ms: i64::MAX,
+        created_at_ms: 1,
+        revoked: false,
+    };
+    store.create_device(record).await.unwrap();
+    DeviceId(id)
+}
+
+fn registration(user: UserId, device: DeviceId, platform: Platform, token: &str) -> PushRegistration {
+    PushRegistration {
+        user,
+        device,
+        platform,
+        token: token.into(),
+        app_id: "app".into(),
+        locale: "en".into(),
+        sandbox: false,
+    }
+}
+
+async fn append_pushed(store: &dyn Store, e: RoomEntry, recipients: &[UserId], push_to: &[UserId]) -> AppendOutcome {
+    let push = PushFanout {
+        users: push_to.to_vec(),
+        kind: PushKind::Message,
+        preview: format!("preview {}", e.seq),
+        due_at_ms: 0,
+        platforms: Platform::ALL.to_vec(),
+    };
+    store
+        .submit_append(Append {
+            entry: Arc::new(e),
+            recipients: recipients.to_vec(),
+            effect: Effect::None,
+            push: Some(push),
+        })
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+/// Push tokens and the push queue: queued with the append, merged per device and room, leased,
+/// finished, cancelled by receipts and acks, and forgotten with dead tokens and logouts.
+pub async fn push_queue(store: Arc<dyn Store>) {
+    let s = &*store;
+    let ana = user(s, 1, "ana").await;
+    let bob = user(s, 2, "bob").await;
+    let (phone, tablet) = (device(s, bob, 10).await, device(s, bob, 11).await);
+    s.set_push_token(registration(bob, phone, Platform::Ios, "tok-phone")).await.unwrap();
+    s.set_push_token(registration(bob, tablet, Platform::Android, "tok-tablet")).await.unwrap();
+    assert_eq!(s.push_token(bob, phone).await.unwrap().unwrap().token, "tok-phone");
+    let room = group(s, 100, ana, &[ana, bob]).await;
+
+    // Three messages: one pending job per device, merged.
+    for seq in 2..=4 {
+        append_pushed(s, entry(room, seq, ana, text("hi", &format!("c{seq}"))), &[ana, bob], &[bob]).await;
+    }
+    assert_eq!(s.users_with_pending_pushes().await.unwrap(), vec![bob]);
+    let jobs = s.claim_push_jobs(10, 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        assert_eq!((job.count, job.last_seq, job.sender, job.preview.as_str()), (3, 4, ana, "preview 4"));
+        assert_eq!(job.attempts, 0);
+    }
+    let ios = jobs.iter().find(|j| j.platform == Platform::Ios).unwrap().clone();
+    let android = jobs.iter().find(|j| j.platform == Platform::Android).unwrap().clone();
+    assert_eq!((ios.token.as_str(), android.token.as_str()), ("tok-phone", "tok-tablet"));
+    assert!(s.claim_push_jobs(20, 60_000, 10).await.unwrap().is_empty(), "leased jobs are not claimed again");
+
+    // A message while the jobs are leased starts new pending jobs rather than changing sent ones.
+    append_pushed(s, entry(room, 5, ana, text("more", "c5")), &[ana, bob], &[bob]).await;
+    let context = s.push_context(ios.clone()).await.unwrap();
+    assert_eq!(context.sender_name, "ana");
+    assert_eq!(context.badge, 4, "four unread messages");
+    assert!(context.member);
+
+    s.finish_push_job(ios.clone(), PushJobEnd::Sent).await.unwrap();
+    s.finish_push_job(android.clone(), PushJobEnd::Retry { at_ms: 1_000, error: "503".into() }).await.unwrap();
+    let again = s.claim_push_jobs(2_000, 60_000, 10).await.unwrap();
+    assert_eq!(again.len(), 3, "the retried job and the two new ones: {again:?}");
+    let retried = again.iter().find(|j| j.id == android.id).unwrap();
+    assert_eq!(retried.attempts, 1);
+    assert_eq!(s.next_push_due().await.unwrap(), Some(62_000));
+
+    // A lease that runs out (the sender crashed) makes the job claimable again, same id.
+    let reclaimed = s.claim_push_jobs(62_000, 60_000, 10).await.unwrap();
+    assert_eq!(reclaimed.iter().map(|j| j.id).collect::<Vec<_>>().len(), 3);
+    for job in reclaimed {
+        s.finish_push_job(job, PushJobEnd::Dropped).await.unwrap();
+    }
+    assert_eq!(s.next_push_due().await.unwrap(), None);
+
+    // A read receipt cancels pending jobs it covers; an ack of the stream does too.
+    append_pushed(s, entry(room, 6, ana, text("r", "c6")), &[ana, bob], &[bob]).await;
+    let receipt = ReceiptWrite { room, user: bob, kind: ReceiptKind::Read, up_to_seq: 6, recipients: vec![bob] };
+    s.set_receipt(receipt).await.unwrap();
+    assert!(s.claim_push_jobs(i64::MAX / 2, 1, 10).await.unwrap().is_empty(), "read on another device");
+    let positions = match append_pushed(s, entry(room, 7, ana, text("a", "c7")), &[ana, bob], &[bob]).await {
+        AppendOutcome::Committed { positions } => positions,
+        other => panic!("{other:?}"),
+    };
+    let bob_pos = positions.iter().find(|(u, _)| *u == bob).unwrap().1;
+    assert_eq!(s.cancel_delivered_pushes(bob, bob_pos - 1).await.unwrap(), 2, "not yet delivered");
+    assert_eq!(s.cancel_delivered_pushes(bob, bob_pos).await.unwrap(), 0);
+
+    // A dead token is forgotten with its jobs, unless the device registered a new one meanwhile.
+    append_pushed(s, entry(room, 8, ana, text("d", "c8")), &[ana, bob], &[bob]).await;
+    let jobs = s.claim_push_jobs(i64::MAX / 2, 1, 10).await.unwrap();
+    let ios = jobs.iter().find(|j| j.platform == Platform::Ios).unwrap().clone();
+    let android = jobs.iter().find(|j| j.platform == Platform::Android).unwrap().clone();
+    s.set_push_token(registration(bob, tablet, Platform::Android, "tok-tablet-2")).await.unwrap();
+    let dead = |job: &tidings::store::PushJob| PushJobEnd::TokenDead { token: job.token.clone(), reason: "410".into() };
+    s.finish_push_job(ios.clone(), dead(&ios)).await.unwrap();
+    s.finish_push_job(android.clone(), dead(&android)).await.unwrap();
+    assert!(s.push_token(bob, phone).await.unwrap().is_none(), "the dead token is gone");
+    assert_eq!(s.push_token(bob, tablet).await.unwrap().unwrap().token, "tok-tablet-2", "the new token stays");
+
+    // Mute and do-not-disturb are in the context; a revoked device loses its token.
+    s.set_room_mute(bob, room, 5_000).await.unwrap();
+    s.set_do_not_disturb(bob, 6_000).await.unwrap();
+    append_pushed(s, entry(room, 9, ana, text("m", "c9")), &[ana, bob], &[bob]).await;
+    let job = s.claim_push_jobs(i64::MAX / 2, 1, 10).await.unwrap().pop().unwrap();
+    let context = s.push_context(job).await.unwrap();
+    assert_eq!((context.muted_until_ms, context.dnd_until_ms), (5_000, 6_000));
+    s.revoke_devices(bob, Some(tablet)).await.unwrap();
+    assert!(s.push_token(bob, tablet).await.unwrap().is_none());
+    let err = s.set_push_token(registration(bob, tablet, Platform::Android, "t")).await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Conflict, "a logged-out device cannot register");
+    // A token moves to the device that registers it last.
+    let other = device(s, ana, 12).await;
+    s.set_push_token(registration(bob, phone, Platform::Ios, "shared")).await.unwrap();
+    s.set_push_token(registration(ana, other, Platform::Ios, "shared")).await.unwrap();
+    assert!(s.push_token(bob, phone).await.unwrap().is_none());
+}
+
 macro_rules! store_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -249,6 +390,12 @@ macro_rules! store_suite {
             async fn ordered_submission() {
                 let (_guard, store) = $make;
                 super::ordered_submission(store).await;
+            }
+
+            #[tokio::test]
+            async fn push_queue() {
+                let (_guard, store) = $make;
+                super::push_queue(store).await;
             }
         }
     };
