@@ -25,6 +25,7 @@ pub struct ApnsPush {
     pub collapse_id: String,
     pub expiration: String,
     pub payload: Value,
+    pub accepted_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -229,6 +230,7 @@ async fn handle(state: &Mutex<State>, key: &DecodingKey, request: Received) -> R
         collapse_id,
         expiration,
         payload,
+        accepted_at: std::time::Instant::now(),
     };
     state.lock().unwrap().accepted.push(push);
     reply(200, &[("apns-id", apns_id)], Value::Null)

@@ -24,6 +24,7 @@ const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 pub struct FcmPush {
     pub token: String,
     pub message: Value,
+    pub accepted_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -194,7 +195,7 @@ fn handle(state: &Mutex<State>, key: &DecodingKey, token_url: &str, request: Rec
         }
         return answer;
     }
-    s.accepted.push(FcmPush { token: token.to_owned(), message: message.clone() });
+    s.accepted.push(FcmPush { token: token.to_owned(), message: message.clone(), accepted_at: std::time::Instant::now() });
     let name = format!("projects/{PROJECT_ID}/messages/{}", s.accepted.len());
     reply(200, &[], json!({ "name": name }))
 }

@@ -8,10 +8,14 @@
 //!   reordering.
 //! - `stats`: HDR latency histograms that merge across processes.
 //! - `report`: the summary table, the JSON line, the PNG plot.
+//! - `push_bench`: the push pipeline benchmark against fake APNs and FCM servers.
+//! - `procfs`: a server process's CPU time and memory.
 //!
 //! Every loop is bounded in count and time, and only loopback targets are accepted.
 
 pub mod oracle;
+pub mod procfs;
+pub mod push_bench;
 pub mod report;
 pub mod scenario;
 pub mod stats;

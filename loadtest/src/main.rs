@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use tidings_loadtest::push_bench;
 use tidings_loadtest::report::{self, RunReport};
+use tidings_loadtest::procfs::{cpu_secs, rss_kib};
 use tidings_loadtest::scenario;
 use tidings_loadtest::swarm::{self, Behaviour, Faults, Progress, Roster, RosterPlan, ShardResult, Target};
 
@@ -135,6 +137,26 @@ enum Scenario {
         #[command(flatten)]
         behaviour: BehaviourArgs,
     },
+    /// The push pipeline against fake APNs and FCM servers: starts its own tidings process (from
+    /// --tidings-bin) wired to fakes in this process, queues one push per offline recipient, and
+    /// measures notifications/s and send-to-provider latency. Ignores --server.
+    Push {
+        #[arg(long, default_value = "target/release/tidings")]
+        tidings_bin: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        recipients: usize,
+        /// Every fake provider answer waits this long (real APNs answers in tens of ms).
+        #[arg(long, default_value_t = 0)]
+        provider_delay_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        apns_concurrency: usize,
+        #[arg(long, default_value_t = 100)]
+        fcm_concurrency: usize,
+        #[arg(long, default_value_t = 100)]
+        grace_ms: u64,
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+    },
     /// Internal: one shard of a multi-process run (reads its roster, prints its result as JSON).
     #[command(hide = true)]
     Shard {
@@ -154,31 +176,6 @@ fn check_loopback(server: &str) -> anyhow::Result<()> {
     let ip: IpAddr = if host == "localhost" { IpAddr::from([127, 0, 0, 1]) } else { host.parse()? };
     ensure!(ip.is_loopback(), "tidings-load only targets loopback addresses (127.0.0.0/8, ::1), not {ip}");
     Ok(())
-}
-
-fn cpu_secs(pids: &[u32]) -> Option<f64> {
-    if pids.is_empty() {
-        return None;
-    }
-    let mut ticks = 0u64;
-    for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces): utime is the 14th field overall.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    }
-    Some(ticks as f64 / 100.0)
-}
-
-fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for pid in pids {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-        total += line.split_whitespace().nth(1).context("bad VmRSS")?.parse::<u64>()?;
-    }
-    Ok(total)
 }
 
 fn spinner(message: &str) -> ProgressBar {
@@ -312,6 +309,32 @@ async fn idle(session: &Session, prefix: &str, connections: usize, settle_secs: 
     Ok(())
 }
 
+async fn push(bench: &push_bench::PushBench) -> anyhow::Result<()> {
+    let bar = ProgressBar::new(bench.recipients as u64);
+    bar.set_style(ProgressStyle::with_template("[{elapsed_precise}] {msg:8} {bar:40} {pos}/{len}").expect("template"));
+    let report = push_bench::run(bench, |phase, done, _| {
+        bar.set_message(phase.to_owned());
+        bar.set_position(done as u64);
+    })
+    .await?;
+    bar.finish_and_clear();
+    let row = |name: &str, value: String| println!("  {name:<34} {value}");
+    println!("push pipeline against fake APNs + FCM");
+    row("recipients (iOS / Android)", format!("{} ({} / {})", report.recipients, report.apns, report.fcm));
+    row("provider delay", format!("{} ms", bench.provider_delay.as_millis()));
+    row("concurrency (APNs / FCM)", format!("{} / {}", bench.apns_concurrency, bench.fcm_concurrency));
+    row("grace window", format!("{} ms", bench.grace_ms));
+    row("sends acknowledged in", format!("{:.2} s", report.send_secs));
+    row("first to last push", format!("{:.2} s", report.push_secs));
+    row("notifications/s", format!("{:.0}", report.notifications_per_sec));
+    let l = &report.latency;
+    row("send ack -> provider (ms)", format!("p50 {:.0}  p99 {:.0}  max {:.0}", l.ms(0.5), l.ms(0.99), l.max_ms()));
+    if let Some(cpu) = report.server_cpu_secs {
+        row("server CPU per push", format!("{:.0} us", cpu * 1e6 / report.recipients as f64));
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -347,6 +370,26 @@ async fn main() -> anyhow::Result<()> {
     let (name, plan, behaviour_args) = match &cli.scenario {
         Scenario::Idle { connections, settle_secs } => {
             return idle(&session, &prefix, *connections, *settle_secs).await;
+        }
+        Scenario::Push {
+            tidings_bin,
+            recipients,
+            provider_delay_ms,
+            apns_concurrency,
+            fcm_concurrency,
+            grace_ms,
+            timeout_secs,
+        } => {
+            let bench = push_bench::PushBench {
+                tidings_bin: tidings_bin.clone(),
+                recipients: *recipients,
+                provider_delay: Duration::from_millis(*provider_delay_ms),
+                apns_concurrency: *apns_concurrency,
+                fcm_concurrency: *fcm_concurrency,
+                grace_ms: *grace_ms,
+                timeout: Duration::from_secs(*timeout_secs),
+            };
+            return push(&bench).await;
         }
         Scenario::Direct { pairs, behaviour } => ("direct", scenario::direct(*pairs), behaviour.clone()),
         Scenario::Fanout { rooms, members, devices, behaviour } => {

@@ -1,0 +1,225 @@
+//! The push pipeline benchmark: a real `tidings` process, fake APNs and FCM servers in this
+//! process, N offline recipients (half iOS, half Android) and one sender who messages each of
+//! them once, as fast as the server acknowledges. Measures how fast notifications reach the
+//! providers (notifications/s from the first to the last) and each one's latency from the
+//! acknowledged send to the provider accepting it (the grace window included).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use tidings_client::tidings_proto::{Encoding, v1 as wire};
+use tidings_client::{Connection, Http};
+use tidings_fakes::{APNS_KEY_ID, APNS_TEAM_ID, FakeApns, FakeFcm};
+
+use crate::procfs::cpu_secs;
+use crate::stats::Latency;
+
+pub struct PushBench {
+    pub tidings_bin: PathBuf,
+    pub recipients: usize,
+    /// Every provider answer waits this long (real APNs answers in tens of ms).
+    pub provider_delay: Duration,
+    pub apns_concurrency: usize,
+    pub fcm_concurrency: usize,
+    pub grace_ms: u64,
+    pub timeout: Duration,
+}
+
+pub struct PushBenchReport {
+    pub recipients: usize,
+    pub apns: usize,
+    pub fcm: usize,
+    pub send_secs: f64,
+    /// From the first notification accepted to the last.
+    pub push_secs: f64,
+    pub notifications_per_sec: f64,
+    /// From the sender's acknowledgement to the provider accepting the push.
+    pub latency: Latency,
+    /// Server CPU seconds from the first send to the last push.
+    pub server_cpu_secs: Option<f64>,
+}
+
+/// Kills the server when the benchmark ends.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(bench: &PushBench, data: &std::path::Path, settings: &[String]) -> anyhow::Result<(ServerProcess, String)> {
+    let mut command = Command::new(&bench.tidings_bin);
+    command.args(["--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info,tidings::push=warn"]);
+    command.arg("--data-dir").arg(data);
+    for setting in settings {
+        command.args(["--set", setting]);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {} (build it with cargo build --release)", bench.tidings_bin.display()))?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(addr) = v["fields"]["addr"].as_str()
+            {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let server = ServerProcess(child);
+    let addr = rx.recv_timeout(Duration::from_secs(30)).context("the server did not log its address")?;
+    Ok((server, addr))
+}
+
+pub async fn run(bench: &PushBench, progress: impl Fn(&str, usize, usize)) -> anyhow::Result<PushBenchReport> {
+    let apns = FakeApns::start().await;
+    let fcm = FakeFcm::start().await;
+    apns.set_delay(bench.provider_delay);
+    let data = std::env::temp_dir().join(format!("tidings-push-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&data)?;
+    let settings = vec![
+        format!("apns.key_file={}", tidings_fakes::apns_key_file().display()),
+        format!("apns.key_id={APNS_KEY_ID}"),
+        format!("apns.team_id={APNS_TEAM_ID}"),
+        format!("apns.production_url={}", apns.url()),
+        format!("apns.sandbox_url={}", apns.url()),
+        format!("apns.concurrency={}", bench.apns_concurrency),
+        format!("fcm.service_account_file={}", fcm.write_service_account(&data).display()),
+        format!("fcm.base_url={}", fcm.url()),
+        format!("fcm.concurrency={}", bench.fcm_concurrency),
+        format!("push.grace_ms={}", bench.grace_ms),
+        "store.synchronous=normal".into(),
+        "auth.argon2_memory_kib=1024".into(),
+        "auth.argon2_iterations=1".into(),
+        "limits.requests_per_second=100000".into(),
+        "limits.request_burst=100000".into(),
+    ];
+    let (server, addr) = spawn_server(bench, &data.join("db"), &settings)?;
+    let report = measure(bench, &addr, server.0.id(), &apns, &fcm, &progress).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data);
+    report
+}
+
+async fn measure(
+    bench: &PushBench,
+    addr: &str,
+    server_pid: u32,
+    apns: &FakeApns,
+    fcm: &FakeFcm,
+    progress: &impl Fn(&str, usize, usize),
+) -> anyhow::Result<PushBenchReport> {
+    let http = Http::new(format!("http://{addr}"));
+    let ws = format!("ws://{addr}");
+    let sender = http.sign_up("sender", "bench-password", "phone").await?;
+    let sender_conn = Connection::connect(&ws, &sender.access_token, Encoding::Protobuf).await?;
+    // Recipients sign up, register a token and leave, 32 at a time.
+    let n = bench.recipients;
+    let recipients: Vec<anyhow::Result<u64>> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (http, ws) = (http.clone(), ws.clone());
+            async move {
+                let auth = http.sign_up(&format!("r{i:06}"), "bench-password", "phone").await?;
+                let conn = Connection::connect(&ws, &auth.access_token, Encoding::Protobuf).await?;
+                let registration = if i % 2 == 0 {
+                    wire::SetPushTokenRequest {
+                        platform: wire::PushPlatform::Ios as i32,
+                        token: format!("{:064x}", i + 1),
+                        app_id: "app.tidings.bench".into(),
+                        ..Default::default()
+                    }
+                } else {
+                    wire::SetPushTokenRequest {
+                        platform: wire::PushPlatform::Android as i32,
+                        token: format!("fcm-bench-{i}"),
+                        ..Default::default()
+                    }
+                };
+                conn.set_push_token(registration).await?;
+                conn.close().await;
+                Ok(auth.user_id)
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    let recipients: Vec<u64> = recipients.into_iter().collect::<anyhow::Result<_>>()?;
+    let mut rooms = Vec::with_capacity(n);
+    for (i, id) in recipients.iter().enumerate() {
+        rooms.push(sender_conn.create_direct(*id).await?.room_id);
+        if i % 100 == 0 {
+            progress("rooms", i, n);
+        }
+    }
+    // Let the recipients' sessions end on the server.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Send one message per room, 64 in flight; remember when each was acknowledged.
+    let cpu_before = cpu_secs(&[server_pid]);
+    let send_started = Instant::now();
+    let acked: Vec<anyhow::Result<(u64, Instant)>> = futures_util::stream::iter(rooms.iter().copied().enumerate())
+        .map(|(i, room)| {
+            let conn = &sender_conn;
+            async move {
+                conn.send_text(room, &format!("m{i}"), "push bench message").await?;
+                Ok((room, Instant::now()))
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let acked: HashMap<u64, Instant> = acked.into_iter().collect::<anyhow::Result<_>>()?;
+    let send_secs = send_started.elapsed().as_secs_f64();
+
+    let deadline = Instant::now() + bench.timeout;
+    loop {
+        let done = apns.accepted_count() + fcm.accepted_count();
+        progress("pushes", done, n);
+        if done >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {n} pushes arrived within {:?}", bench.timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server_cpu_secs = cpu_before.zip(cpu_secs(&[server_pid])).map(|(a, b)| b - a);
+    let mut latency = Latency::default();
+    let mut times = Vec::with_capacity(n);
+    let room_of = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
+    let apns_pushes = apns.accepted();
+    let fcm_pushes = fcm.accepted();
+    let accepted = apns_pushes
+        .iter()
+        .map(|p| (room_of(&p.payload["room_id"]), p.accepted_at))
+        .chain(fcm_pushes.iter().map(|p| (room_of(&p.message["data"]["room_id"]), p.accepted_at)));
+    for (room, at) in accepted {
+        let sent = room.and_then(|r| acked.get(&r)).context("a push for a room nobody sent to")?;
+        latency.record_micros(at.saturating_duration_since(*sent).as_micros() as u64);
+        times.push(at);
+    }
+    let first = times.iter().min().copied().context("no pushes")?;
+    let last = times.iter().max().copied().context("no pushes")?;
+    let push_secs = last.duration_since(first).as_secs_f64().max(1e-3);
+    Ok(PushBenchReport {
+        recipients: n,
+        apns: apns_pushes.len(),
+        fcm: fcm_pushes.len(),
+        send_secs,
+        push_secs,
+        notifications_per_sec: n as f64 / push_secs,
+        latency,
+        server_cpu_secs,
+    })
+}
