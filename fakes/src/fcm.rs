@@ -195,7 +195,11 @@ fn handle(state: &Mutex<State>, key: &DecodingKey, token_url: &str, request: Rec
         }
         return answer;
     }
-    s.accepted.push(FcmPush { token: token.to_owned(), message: message.clone(), accepted_at: std::time::Instant::now() });
+    s.accepted.push(FcmPush {
+        token: token.to_owned(),
+        message: message.clone(),
+        accepted_at: std::time::Instant::now(),
+    });
     let name = format!("projects/{PROJECT_ID}/messages/{}", s.accepted.len());
     reply(200, &[], json!({ "name": name }))
 }

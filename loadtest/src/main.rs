@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use tidings_loadtest::procfs::{cpu_secs, rss_kib};
 use tidings_loadtest::push_bench;
 use tidings_loadtest::report::{self, RunReport};
-use tidings_loadtest::procfs::{cpu_secs, rss_kib};
 use tidings_loadtest::scenario;
 use tidings_loadtest::swarm::{self, Behaviour, Faults, Progress, Roster, RosterPlan, ShardResult, Target};
 
@@ -329,8 +329,12 @@ async fn push(bench: &push_bench::PushBench) -> anyhow::Result<()> {
     row("notifications/s", format!("{:.0}", report.notifications_per_sec));
     let l = &report.latency;
     row("send ack -> provider (ms)", format!("p50 {:.0}  p99 {:.0}  max {:.0}", l.ms(0.5), l.ms(0.99), l.max_ms()));
-    if let Some(cpu) = report.server_cpu_secs {
-        row("server CPU per push", format!("{:.0} us", cpu * 1e6 / report.recipients as f64));
+    let per = |cpu: f64| format!("{:.0} us", cpu * 1e6 / report.recipients as f64);
+    if let Some(cpu) = report.server_cpu_send_secs {
+        row("server CPU per send (while sending)", per(cpu));
+    }
+    if let Some(cpu) = report.server_cpu_push_secs {
+        row("server CPU per push (after sending)", per(cpu));
     }
     Ok(())
 }

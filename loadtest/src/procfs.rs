@@ -28,4 +28,3 @@ pub fn rss_kib(pids: &[u32]) -> anyhow::Result<u64> {
     }
     Ok(total)
 }
-
