@@ -174,6 +174,8 @@ pub struct PushConfig {
     pub ttl_secs: u64,
     /// Timeout of one request to a provider.
     pub request_timeout_secs: u64,
+    /// Failed pushes are kept (with their last error, for inspection) this long.
+    pub keep_failed_days: u64,
 }
 
 impl Default for PushConfig {
@@ -187,6 +189,7 @@ impl Default for PushConfig {
             lease_secs: 120,
             ttl_secs: 24 * 3600,
             request_timeout_secs: 20,
+            keep_failed_days: 7,
         }
     }
 }

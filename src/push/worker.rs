@@ -26,6 +26,8 @@ use crate::store::{PushContext, PushJob, PushJobEnd, Store};
 const CLAIM_BATCH: usize = 256;
 /// The worker looks at the queue at least this often, for jobs queued by other nodes.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often failed jobs past their keeping time are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How long shutdown waits for sends in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,7 +105,12 @@ impl Worker {
         let total = self.capacity();
         let sends = Arc::new(Semaphore::new(total));
         let lease_ms = (self.config.lease_secs * 1000) as i64;
+        let mut next_purge = tokio::time::Instant::now();
         while !*stop.borrow() {
+            if tokio::time::Instant::now() >= next_purge {
+                next_purge += PURGE_EVERY;
+                self.purge_failed().await;
+            }
             let free = sends.available_permits().min(CLAIM_BATCH);
             if free == 0 {
                 tokio::select! {
@@ -152,6 +159,15 @@ impl Worker {
         }
         // Drain: wait for what is in flight; anything unfinished is resent after its lease.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, sends.acquire_many(total as u32)).await;
+    }
+
+    async fn purge_failed(&self) {
+        let keep = Duration::from_secs(self.config.keep_failed_days * 24 * 3600);
+        match self.store.purge_failed_pushes(now_ms() - keep.as_millis() as i64).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "deleted failed pushes past push.keep_failed_days"),
+            Err(e) => tracing::warn!(error = %e, "could not purge failed pushes"),
+        }
     }
 
     async fn pause(stop: &mut watch::Receiver<bool>, how_long: Duration) {

@@ -117,6 +117,8 @@ pub trait PushStore: Send + Sync {
     async fn finish_push_job(&self, job: PushJob, end: PushJobEnd) -> StoreResult<()>;
     /// Users with pending (unclaimed) pushes.
     async fn users_with_pending_pushes(&self) -> StoreResult<Vec<UserId>>;
+    /// Deletes failed jobs that failed before `before_ms`; returns how many.
+    async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64>;
     /// The device's registered token, if any.
     async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>>;
 }

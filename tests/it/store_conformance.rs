@@ -351,6 +351,15 @@ pub async fn push_queue(store: Arc<dyn Store>) {
     assert!(s.push_token(bob, phone).await.unwrap().is_none(), "the dead token is gone");
     assert_eq!(s.push_token(bob, tablet).await.unwrap().unwrap().token, "tok-tablet-2", "the new token stays");
 
+    // A job given up is kept (not claimable) until purged.
+    append_pushed(s, entry(room, 100, ana, text("f", "c100")), &[ana, bob], &[bob]).await;
+    let failing = s.claim_push_jobs(i64::MAX / 2, 1, 10).await.unwrap();
+    assert_eq!(failing.len(), 1, "only the Android device has a token now");
+    s.finish_push_job(failing[0].clone(), PushJobEnd::Failed { reason: "400 BadTopic".into() }).await.unwrap();
+    assert!(s.claim_push_jobs(i64::MAX / 2, 1, 10).await.unwrap().is_empty(), "failed jobs are not retried");
+    assert_eq!(s.purge_failed_pushes(0).await.unwrap(), 0, "kept until its time");
+    assert_eq!(s.purge_failed_pushes(i64::MAX).await.unwrap(), 1);
+
     // Mute and do-not-disturb are in the context; a revoked device loses its token.
     s.set_room_mute(bob, room, 5_000).await.unwrap();
     s.set_do_not_disturb(bob, 6_000).await.unwrap();

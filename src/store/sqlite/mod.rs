@@ -286,6 +286,10 @@ impl PushStore for SqliteStore {
         self.read(push::users_with_pending).await
     }
 
+    async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64> {
+        self.write(|reply| WriteCmd::PurgeFailedPushes { before_ms, reply }).await
+    }
+
     async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>> {
         self.read(move |c| push::token(c, user, device)).await
     }

@@ -231,10 +231,12 @@ pub(super) fn finish(tx: &Transaction<'_>, job: &PushJob, end: &PushJobEnd) -> C
             .execute(params![id, at_ms, error])?;
         }
         PushJobEnd::Failed { reason } => {
+            // due_ms becomes the time it failed, which is what purging goes by.
             tx.prepare_cached(
-                "UPDATE push_jobs SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE job_id = ?1",
+                "UPDATE push_jobs SET state = 2, attempts = attempts + 1, last_error = ?2, due_ms = ?3
+                 WHERE job_id = ?1",
             )?
-            .execute(params![id, reason])?;
+            .execute(params![id, reason, crate::domain::now_ms()])?;
         }
         PushJobEnd::TokenDead { token, .. } => {
             // Only if the device still has that token: it may have registered a fresh one meanwhile.
@@ -245,6 +247,11 @@ pub(super) fn finish(tx: &Transaction<'_>, job: &PushJob, end: &PushJobEnd) -> C
         }
     }
     Ok(Ok(()))
+}
+
+pub(super) fn purge_failed(tx: &Transaction<'_>, before_ms: i64) -> CmdResult<u64> {
+    let purged = tx.prepare_cached("DELETE FROM push_jobs WHERE state = 2 AND due_ms < ?1")?.execute([before_ms])?;
+    Ok(Ok(purged as u64))
 }
 
 pub(super) fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {

@@ -135,6 +135,7 @@ CREATE TABLE IF NOT EXISTS push_jobs (
 CREATE UNIQUE INDEX IF NOT EXISTS push_jobs_pending ON push_jobs (user_id, device_id, room_id) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS push_jobs_due ON push_jobs (due_ms) WHERE state < 2;
 CREATE INDEX IF NOT EXISTS push_jobs_by_room ON push_jobs (user_id, room_id) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS push_jobs_failed ON push_jobs (due_ms) WHERE state = 2;
 ";
 
 /// Opens (creating if needed) the database with WAL and the given durability.

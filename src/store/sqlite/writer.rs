@@ -76,6 +76,10 @@ pub(super) enum WriteCmd {
         reply: Reply<Vec<PushJob>>,
     },
     FinishPushJob(PushJob, PushJobEnd, Reply<()>),
+    PurgeFailedPushes {
+        before_ms: i64,
+        reply: Reply<u64>,
+    },
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -200,6 +204,7 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
             run!(reply, |tx, _| push::claim(tx, now_ms, lease_ms, limit))
         }
         WriteCmd::FinishPushJob(job, end, reply) => run!(reply, |tx, _| push::finish(tx, &job, &end)),
+        WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
         WriteCmd::Close(done) => {
             let _ = done.send(());
             Box::new(|_| {})
