@@ -20,6 +20,7 @@ pub struct Config {
     pub push: PushConfig,
     pub apns: ApnsConfig,
     pub fcm: FcmConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +149,36 @@ impl Default for LimitsConfig {
             room_idle_secs: 300,
             catch_up_page_events: 256,
             max_history_page: 200,
+        }
+    }
+}
+
+/// Several nodes bridged by Redis (`src/cluster/`). Off while `redis_url` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// e.g. `redis://127.0.0.1:6379`. Empty: a single node, no Redis.
+    pub redis_url: String,
+    /// This node's name in the cluster; empty: a random one per start.
+    pub node_id: String,
+    /// Where other nodes reach this one (host:port); empty: the listen address.
+    pub advertise: String,
+    /// How often this node renews its membership; it is considered dead after `node_ttl_ms`.
+    pub heartbeat_ms: u64,
+    pub node_ttl_ms: u64,
+    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            node_id: String::new(),
+            advertise: String::new(),
+            heartbeat_ms: 1000,
+            node_ttl_ms: 5000,
+            key_prefix: "tidings".into(),
         }
     }
 }

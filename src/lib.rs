@@ -8,6 +8,7 @@
 //! - `actors`: one actor per online user (its device connections and their stream positions), one
 //!   per active room (orders and persists its entries, fans them out), and the registry that finds them.
 //! - `auth`: accounts, passwords, access and refresh tokens.
+//! - `cluster`: several nodes bridged by Redis (membership, presence, room ownership, the bridge).
 //! - `push`: reaching users with no live session through APNs and FCM, from a durable queue.
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
@@ -17,6 +18,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -82,6 +82,11 @@ metrics! {
     events_delivered_total: Counter = "Stream events written to connections (live and catch-up).",
     events_caught_up_total: Counter = "Stream events sent from the store rather than live.",
     slow_consumers_total: Counter = "Times a connection fell behind and was moved to catch-up or told to resync.",
+    bridge_published_total: Counter = "Messages published to other nodes through Redis.",
+    bridge_publish_failures_total: Counter = "Publishes to Redis that failed (receivers catch up from the store).",
+    bridge_received_total: Counter = "Messages received from other nodes through Redis.",
+    forwarded_requests_total: Counter = "Room requests forwarded to the room's owning node and answered.",
+    ownership_changes_total: Counter = "Cluster membership changes seen (each moves some rooms).",
     store_batches_total: Counter = "Store write batches committed (one fsync each).",
     store_batched_writes_total: Counter = "Store writes committed in those batches.",
 }

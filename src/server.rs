@@ -18,8 +18,9 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::actors::Hub;
 use crate::auth::AuthService;
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::push::{PushWorker, gate_for, providers_from};
+use crate::push::{Presence, PushWorker, gate_for, providers_from};
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::transport::http::{AppState, routes};
@@ -92,9 +93,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let secret = token_secret(&config)?;
     let providers = providers_from(&config)?;
     let gate = Arc::new(gate_for(store.clone(), &providers, &config));
-    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone());
+    let listener = std::net::TcpListener::bind(&config.server.listen)
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let local_addr = listener.local_addr()?;
+    let cluster = match config.cluster.redis_url.is_empty() {
+        true => None,
+        false => Some(Cluster::join(&config.cluster, &local_addr.to_string(), &secret).await?),
+    };
+    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), cluster.clone());
+    if let Some(cluster) = &cluster {
+        cluster.start(hub.clone());
+    }
     let presence_hub = hub.clone();
-    let online = Arc::new(move |user| presence_hub.registry.user(user).is_some());
+    let online: Presence = Arc::new(move |user| {
+        let hub = presence_hub.clone();
+        Box::pin(async move {
+            if hub.registry.user(user).is_some() {
+                return true;
+            }
+            match &hub.cluster {
+                Some(cluster) => cluster.online_elsewhere(user).await,
+                None => false,
+            }
+        })
+    });
     let push_worker = PushWorker::start(store.clone(), gate, online, providers, config.push.clone());
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -108,9 +130,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown: shutdown_rx,
     });
 
-    let listener = std::net::TcpListener::bind(&config.server.listen)
-        .with_context(|| format!("binding {}", config.server.listen))?;
-    let local_addr = listener.local_addr()?;
     let workers = match config.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -149,6 +168,10 @@ impl Running {
         let started = Instant::now();
         tracing::info!("shutting down: readiness off");
         self.ready.store(false, Ordering::Release);
+        // Rooms move to the other nodes now, before this node's clients reconnect to them.
+        if let Some(cluster) = &self.hub.cluster {
+            cluster.leave().await;
+        }
         let _ = self.shutdown.send(true);
         let deadline = Duration::from_secs(self.config.server.shutdown_timeout_secs);
         let all = self.config.limits.max_connections;

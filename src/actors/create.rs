@@ -63,7 +63,7 @@ async fn create(
     let new_room = NewRoom { id, kind, name, creator: me, members, entry: (*entry).clone() };
     let room = match hub.store.create_room(new_room).await? {
         CreateRoomOutcome::Created { positions } => {
-            hub.registry.deliver(&positions, &StreamEvent::Entry(entry));
+            hub.deliver(&positions, &StreamEvent::Entry(entry));
             id
         }
         CreateRoomOutcome::DirectExists(existing) => existing,

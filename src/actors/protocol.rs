@@ -53,13 +53,22 @@ pub enum RoomOp {
 #[derive(Debug, Clone)]
 pub enum ReplyBody {
     Ok,
-    SyncStarted { head_pos: u64 },
-    Pong { server_time_ms: i64 },
+    SyncStarted {
+        head_pos: u64,
+    },
+    Pong {
+        server_time_ms: i64,
+    },
     Room(Box<RoomSummary>),
     Rooms(Vec<RoomSummary>),
     Sent(SentAck),
-    History { entries: Vec<RoomEntry>, more: bool },
+    History {
+        entries: Vec<RoomEntry>,
+        more: bool,
+    },
     Presence(Vec<PresenceInfo>),
+    /// An answer the room's owning node built (cluster forwarding), passed on as it is.
+    Relayed(Box<tidings_proto::v1::Reply>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

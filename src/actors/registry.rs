@@ -67,6 +67,15 @@ impl Registry {
         Ok(addr)
     }
 
+    /// Forgets the room actors `keep` says no: the next request for such a room loads a fresh actor
+    /// from the store (the forgotten one finishes what it has in flight and idles out). Called when
+    /// room ownership moves to other nodes.
+    pub fn release_rooms(&self, keep: impl Fn(RoomId) -> bool) -> usize {
+        let before = self.rooms.len();
+        self.rooms.retain(|room, _| keep(*room));
+        before - self.rooms.len()
+    }
+
     pub(super) fn forget_room(&self, room: RoomId, addr: &Addr<RoomActor>) {
         self.rooms.remove_if(&room, |_, a| a == addr);
     }
@@ -79,6 +88,13 @@ impl Registry {
             if let Some(entry) = self.users.get(&user).filter(|e| e.addr.connected()) {
                 entry.deliver(Outbound::Event(pos, event.clone()));
             }
+        }
+    }
+
+    /// The user's actor here, if any, re-reads its connections' streams from the store.
+    pub fn mark_missed(&self, user: UserId) {
+        if let Some(entry) = self.users.get(&user) {
+            entry.missed.store(true, Ordering::Release);
         }
     }
 

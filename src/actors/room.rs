@@ -291,7 +291,7 @@ impl RoomActor {
                     OnCommit::Ok => ReplyBody::Ok,
                 };
                 replier.reply(Ok(answer));
-                self.hub.registry.deliver(&positions, &StreamEvent::Entry(entry));
+                self.hub.deliver(&positions, &StreamEvent::Entry(entry));
             }
             Ok(AppendOutcome::Duplicate { seq, id, sent_at_ms }) => {
                 replier.reply(Ok(sent(seq, id, sent_at_ms, true)));
@@ -337,8 +337,8 @@ impl RoomActor {
         if let Err(e) = self.role_of(user) {
             return replier.error(e);
         }
-        let others = self.members.keys().copied().filter(|&m| m != user);
-        self.hub.registry.send_ephemeral(others, Ephemeral::Typing { room: self.id, user, active });
+        let others: Vec<UserId> = self.members.keys().copied().filter(|&m| m != user).collect();
+        self.hub.send_ephemeral(&others, Ephemeral::Typing { room: self.id, user, active });
         replier.ok();
     }
 
@@ -357,7 +357,7 @@ impl RoomActor {
                     Ok(Some(positions)) => {
                         replier.ok();
                         let receipt = Receipt { room, user, kind, up_to_seq };
-                        hub.registry.deliver(&positions, &StreamEvent::Receipt(receipt));
+                        hub.deliver(&positions, &StreamEvent::Receipt(receipt));
                     }
                     // The marker was already there: nothing new to tell anyone.
                     Ok(None) => replier.ok(),

@@ -75,6 +75,14 @@ pub struct StreamAck {
 #[rtype(result = "()")]
 pub struct Push(pub Outbound);
 
+/// Events up to `pos` are in the user's stream (written by another node; the bridge says so):
+/// connections that have not had them read them from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wake {
+    pub pos: u64,
+}
+
 /// Close the connections of logged-out devices.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -102,7 +110,8 @@ struct Conn {
     state: StreamState,
     /// Live events that arrived ahead of `next_pos`.
     held: BTreeMap<u64, StreamEvent>,
-    /// Held events were dropped: catching up must not stop before reading past them.
+    /// Held events were dropped, or events were announced while a page was being read: catching up
+    /// must read once more before it stops.
     dropped_held: bool,
     /// The highest position the client acknowledged (for push decisions).
     acked_pos: u64,
@@ -355,9 +364,9 @@ impl UserActor {
                 tracing::warn!(%user, error = %e, "could not record last seen");
             }
             match hub.store.contacts_of(user).await {
-                Ok(contacts) => hub
-                    .registry
-                    .send_ephemeral(contacts, Ephemeral::Presence(PresenceInfo { user, online, last_seen_ms })),
+                Ok(contacts) => {
+                    hub.send_ephemeral(&contacts, Ephemeral::Presence(PresenceInfo { user, online, last_seen_ms }))
+                }
                 Err(e) => tracing::warn!(%user, error = %e, "could not announce presence"),
             }
         });
@@ -386,11 +395,17 @@ impl Actor for UserActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         METRICS.users_online.inc();
+        if let Some(cluster) = &self.hub.cluster {
+            cluster.user_arrived(self.user);
+        }
         ctx.run_interval(TICK, |act, ctx| act.recover_missed(ctx));
     }
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
         METRICS.users_online.dec();
+        if let Some(cluster) = &self.hub.cluster {
+            cluster.user_left(self.user);
+        }
         self.hub.registry.forget_user(self.user, &ctx.address());
     }
 }
@@ -482,6 +497,28 @@ impl Handler<Push> for UserActor {
                 }
             }
             Outbound::Page(_) | Outbound::Notice(_) => {}
+        }
+    }
+}
+
+impl Handler<Wake> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Wake, ctx: &mut Context<Self>) {
+        let mut read = Vec::new();
+        for (&id, conn) in self.conns.iter_mut() {
+            match conn.state {
+                StreamState::Live { next_pos, .. } if next_pos <= msg.pos => {
+                    conn.fall_behind(next_pos);
+                    read.push(id);
+                }
+                // A page being read may have been read before the event was there.
+                StreamState::CatchingUp { .. } => conn.dropped_held = true,
+                _ => {}
+            }
+        }
+        for id in read {
+            self.read_page(id, ctx);
         }
     }
 }

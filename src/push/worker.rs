@@ -31,8 +31,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How long shutdown waits for sends in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether a user has a live session (anywhere the node can tell).
-pub type Presence = Arc<dyn Fn(UserId) -> bool + Send + Sync>;
+/// Whether a user has a live session (on this node, or on any node of its cluster).
+pub type Presence = Arc<dyn Fn(UserId) -> futures_util::future::BoxFuture<'static, bool> + Send + Sync>;
 
 pub struct Providers {
     pub apns: Option<ApnsClient>,
@@ -215,7 +215,8 @@ impl Worker {
             Ok(context) => context,
             Err(e) => return self.retry(job, None, format!("reading the push's context: {e}")),
         };
-        if let Some(reason) = self.not_needed(job, &context) {
+        let online = (self.online)(job.user).await;
+        if let Some(reason) = self.not_needed(job, &context, online) {
             tracing::debug!(job = job.id, user = %job.user, reason, "push not needed");
             return PushJobEnd::Dropped;
         }
@@ -256,14 +257,14 @@ impl Worker {
     }
 
     /// Why a due push should not go out, if it should not.
-    fn not_needed(&self, job: &PushJob, context: &PushContext) -> Option<&'static str> {
+    fn not_needed(&self, job: &PushJob, context: &PushContext, online: bool) -> Option<&'static str> {
         let now = now_ms();
         if !context.member {
             Some("no longer a member of the room")
         } else if job.last_seq <= context.delivered_up_to_seq {
             // The read marker implies the delivered one.
             Some("delivered or read on another device")
-        } else if (self.online)(job.user) {
+        } else if online {
             Some("the user is connected")
         } else if context.muted_until_ms > now {
             Some("room muted")

@@ -24,6 +24,27 @@ pub fn wire_code(code: Code) -> ErrorCode {
     }
 }
 
+/// The reverse of `wire_code`, for answers another node built (unknown numbers read as INTERNAL).
+pub fn code_from_wire(code: i32) -> Code {
+    const ALL: [Code; 14] = [
+        Code::BadFrame,
+        Code::UnknownRequest,
+        Code::PayloadTooLarge,
+        Code::InvalidArgument,
+        Code::Unauthenticated,
+        Code::TokenExpired,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::Conflict,
+        Code::RateLimited,
+        Code::Overloaded,
+        Code::Unavailable,
+        Code::Internal,
+        Code::NotAMember,
+    ];
+    ALL.into_iter().find(|c| wire_code(*c) as i32 == code).unwrap_or(Code::Internal)
+}
+
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::BadFrame | Code::UnknownRequest | Code::InvalidArgument => StatusCode::BAD_REQUEST,

@@ -6,12 +6,16 @@
 
 use std::sync::Arc;
 
+use tidings_proto::v1::server_frame::Frame;
+use tidings_proto::v1::{ClientFrame, ServerFrame};
+
+use super::codes::code_from_wire;
 use crate::actors::{
     Hub, PresenceInfo, Replier, ReplyBody, Request, RoomOp, RoomRequest, StreamAck, SyncFrom, UserEntry, create_direct,
     create_group, require_existing,
 };
 use crate::auth::Authenticated;
-use crate::domain::{ConnId, PushRegistration, UserId, now_ms};
+use crate::domain::{ConnId, PushRegistration, RoomId, UserId, now_ms};
 use crate::error::{ApiError, ApiResult};
 
 /// Who is asking, on which connection.
@@ -22,7 +26,9 @@ pub struct Caller {
     pub user_actor: UserEntry,
 }
 
-pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
+/// `frame` is the request as the client sent it, kept in a cluster so that a room request can be
+/// forwarded to the room's owning node.
+pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, frame: Option<ClientFrame>) {
     let hub = &caller.hub;
     let me = caller.auth.user;
     match request {
@@ -85,18 +91,45 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
             actix::spawn(async move { replier.reply(ok(hub.store.set_do_not_disturb(me, until_ms).await)) });
         }
         Request::Room { room, op } => {
-            if let RoomOp::AddMembers(users) = &op
-                && let Err(e) = require_existing(hub, users.clone()).await
+            if let (Some(cluster), Some(frame)) = (&hub.cluster, frame)
+                && let Some(owner) = cluster.remote_owner(room)
             {
-                return replier.error(e);
-            }
-            match hub.registry.room(room, hub).await {
-                Ok(addr) => {
-                    let _ = addr.send(RoomRequest { user: me, op, replier }).await;
+                // Awaited, not spawned: a client's requests to one room keep their order.
+                if let Some(answer) = cluster.forward(&owner, me, caller.auth.device, frame).await {
+                    return relay(replier, answer);
                 }
-                Err(e) => replier.error(e),
+                // The owner is unreachable: handle it here (the store fences seqs).
             }
+            room_request(hub, me, room, op, replier).await;
         }
+    }
+}
+
+/// Hands a request to the room's actor on this node (loading the room if needed).
+pub async fn room_request(hub: &Arc<Hub>, me: UserId, room: RoomId, op: RoomOp, replier: Replier) {
+    if let RoomOp::AddMembers(users) = &op
+        && let Err(e) = require_existing(hub, users.clone()).await
+    {
+        return replier.error(e);
+    }
+    match hub.registry.room(room, hub).await {
+        Ok(addr) => {
+            let _ = addr.send(RoomRequest { user: me, op, replier }).await;
+        }
+        Err(e) => replier.error(e),
+    }
+}
+
+/// Passes on the answer another node built.
+fn relay(replier: Replier, answer: ServerFrame) {
+    match answer.frame {
+        Some(Frame::Reply(reply)) => replier.reply(Ok(ReplyBody::Relayed(Box::new(reply)))),
+        Some(Frame::Error(e)) => replier.error(ApiError {
+            code: code_from_wire(e.code),
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        }),
+        _ => replier.error(ApiError::internal()),
     }
 }
 
@@ -116,6 +149,12 @@ async fn presence(hub: &Arc<Hub>, me: UserId, users: Vec<UserId>) -> ApiResult<R
             online: hub.registry.user(user).is_some(),
             last_seen_ms: last_seen.iter().find(|(u, _)| *u == user).map_or(0, |(_, at)| *at),
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut infos = infos;
+    if let Some(cluster) = &hub.cluster {
+        for info in infos.iter_mut().filter(|i| !i.online) {
+            info.online = cluster.online_elsewhere(info.user).await;
+        }
+    }
     Ok(ReplyBody::Presence(infos))
 }

@@ -59,6 +59,10 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
             R::History(wire::History { entries: entries.iter().map(entry).collect(), more: *more })
         }
         ReplyBody::Presence(users) => R::Presence(wire::PresenceList { users: users.iter().map(presence).collect() }),
+        ReplyBody::Relayed(reply) => {
+            let reply = wire::Reply { request_id: answer.request_id, ..(**reply).clone() };
+            return ServerFrame { frame: Some(Frame::Reply(reply)) };
+        }
     };
     ServerFrame { frame: Some(Frame::Reply(wire::Reply { request_id: answer.request_id, result: Some(result) })) }
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod chat;
+mod cluster;
 mod durability;
 mod harness;
 mod ops;

@@ -1,0 +1,211 @@
+//! The bridge: one Redis pub/sub connection per node, one channel per user with a live session on
+//! the node. Subscriptions follow local interest (a user's actor starting and stopping here).
+//!
+//! Pub/sub is at-most-once, so the bridge carries only what the durable stream can make good:
+//! "user U's stream has events up to P" (the user's actor then reads them from the store, like any
+//! connection that missed something), plus ephemeral typing and presence, and logouts. After any
+//! disconnect the task reconnects with backoff, resubscribes one channel per command (a cluster's
+//! sharded channels may live in different slots, and a multi-channel SUBSCRIBE across slots is
+//! refused with CROSSSLOT), and every local user re-reads its stream from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::Cluster;
+use crate::actors::{Ephemeral, Hub, Kick, PresenceInfo, Wake};
+use crate::domain::{DeviceId, RoomId, UserId};
+use crate::metrics::METRICS;
+
+/// What one node tells the nodes holding a user's sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "k")]
+pub enum Envelope {
+    /// The user's stream has events up to `pos`.
+    Wake {
+        origin: String,
+        pos: u64,
+    },
+    Typing {
+        origin: String,
+        room: u64,
+        user: u64,
+        active: bool,
+    },
+    Presence {
+        origin: String,
+        user: u64,
+        online: bool,
+        last_seen_ms: i64,
+    },
+    /// These devices logged out: close their connections.
+    Kick {
+        origin: String,
+        devices: Vec<u64>,
+    },
+}
+
+impl Envelope {
+    fn origin(&self) -> &str {
+        match self {
+            Envelope::Wake { origin, .. }
+            | Envelope::Typing { origin, .. }
+            | Envelope::Presence { origin, .. }
+            | Envelope::Kick { origin, .. } => origin,
+        }
+    }
+
+    pub fn ephemeral(origin: &str, event: &Ephemeral) -> Self {
+        let origin = origin.to_owned();
+        match *event {
+            Ephemeral::Typing { room, user, active } => Envelope::Typing { origin, room: room.0, user: user.0, active },
+            Ephemeral::Presence(p) => {
+                Envelope::Presence { origin, user: p.user.0, online: p.online, last_seen_ms: p.last_seen_ms }
+            }
+        }
+    }
+}
+
+pub enum Interest {
+    Subscribe(UserId),
+    Unsubscribe(UserId),
+}
+
+/// Runs until the node stops: keeps the subscriptions, hands what arrives to local actors.
+pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc::UnboundedReceiver<Interest>) {
+    // Users with an actor on this node, counted (an actor may start before the last one's stop
+    // arrives here).
+    let mut local: HashMap<UserId, usize> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let pubsub = match cluster.client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                cluster.set_bridge_up(false);
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "bridge: cannot reach Redis");
+                // Keep the interest set current while disconnected.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        change = interest.recv() => match change {
+                            Some(change) => apply(&mut local, change),
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ok = true;
+        for user in local.keys() {
+            if let Err(e) = sink.subscribe(cluster.keys.user_channel(*user)).await {
+                tracing::warn!(error = %e, "bridge: resubscribing failed");
+                ok = false;
+                break;
+            }
+        }
+        if !ok {
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        cluster.set_bridge_up(true);
+        if !first {
+            // Whatever was published while we were away is lost: every local user re-reads its
+            // stream from the store. Redis may have restarted empty: record presence again.
+            tracing::info!(users = local.len(), "bridge: reconnected; local users catch up from the store");
+            for user in local.keys() {
+                hub.registry.mark_missed(*user);
+            }
+            cluster.record_presence(local.keys().copied().collect()).await;
+        }
+        first = false;
+        loop {
+            tokio::select! {
+                change = interest.recv() => {
+                    let Some(change) = change else { return };
+                    let result = match &change {
+                        Interest::Subscribe(user) if !local.contains_key(user) => {
+                            sink.subscribe(cluster.keys.user_channel(*user)).await
+                        }
+                        Interest::Unsubscribe(user) if local.get(user) == Some(&1) => {
+                            sink.unsubscribe(cluster.keys.user_channel(*user)).await
+                        }
+                        _ => Ok(()),
+                    };
+                    apply(&mut local, change);
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "bridge: subscription change failed; reconnecting");
+                        break;
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        tracing::warn!("bridge: Redis connection lost; reconnecting");
+                        break;
+                    };
+                    let Some(user) = cluster.keys.user_of_channel(message.get_channel_name()) else { continue };
+                    match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
+                        Ok(envelope) => deliver(&cluster, &hub, user, envelope),
+                        Err(e) => tracing::warn!(error = %e, "bridge: undecodable message"),
+                    }
+                }
+            }
+        }
+        cluster.set_bridge_up(false);
+    }
+}
+
+fn apply(local: &mut HashMap<UserId, usize>, change: Interest) {
+    match change {
+        Interest::Subscribe(user) => *local.entry(user).or_default() += 1,
+        Interest::Unsubscribe(user) => {
+            if let Some(n) = local.get_mut(&user) {
+                *n -= 1;
+                if *n == 0 {
+                    local.remove(&user);
+                }
+            }
+        }
+    }
+}
+
+/// Hands an envelope to the user's actor on this node (our own publications were delivered
+/// locally already).
+fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
+    if envelope.origin() == cluster.node_id {
+        return;
+    }
+    METRICS.bridge_received_total.inc();
+    match envelope {
+        Envelope::Wake { pos, .. } => {
+            if let Some(entry) = hub.registry.user(user)
+                && entry.addr.try_send(Wake { pos }).is_err()
+            {
+                entry.missed.store(true, Ordering::Release);
+            }
+        }
+        Envelope::Typing { room, user: typist, active, .. } => {
+            let event = Ephemeral::Typing { room: RoomId(room), user: UserId(typist), active };
+            hub.registry.send_ephemeral([user], event);
+        }
+        Envelope::Presence { user: who, online, last_seen_ms, .. } => {
+            let event = Ephemeral::Presence(PresenceInfo { user: UserId(who), online, last_seen_ms });
+            hub.registry.send_ephemeral([user], event);
+        }
+        Envelope::Kick { devices, .. } => {
+            if let Some(entry) = hub.registry.user(user) {
+                entry.addr.do_send(Kick { devices: devices.into_iter().map(DeviceId).collect() });
+            }
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! Several nodes bridged by Redis: membership, presence, room ownership and the event bridge.
+//!
+//! - `membership` (here): each node renews `{prefix}:nodes` (a sorted set scored by expiry) every
+//!   heartbeat and reads the live set back; that view decides room ownership.
+//! - `ownership.rs`: rendezvous hashing of rooms over the live nodes.
+//! - `bridge.rs`: one pub/sub connection per node, one channel per locally connected user.
+//! - `forward.rs`: a request about a room owned by another node is sent to that node.
+//! - Presence: `{prefix}:node-users:{node}` holds the users with a session on each node, so any
+//!   node can tell whether a user is connected anywhere (push goes only to users connected nowhere).
+//!
+//! Redis is an accelerator, never the truth: the store is shared, every event is durable before it
+//! is announced, and whatever the bridge drops is read from the store. With Redis down, each node
+//! keeps serving its own connections and its last membership view.
+
+mod bridge;
+mod forward;
+mod keys;
+mod ownership;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
+
+pub use bridge::{Envelope, Interest};
+pub use forward::{FORWARD_PATH, NODE_SECRET_HEADER};
+pub use keys::Keys;
+pub use ownership::owner;
+
+use crate::actors::{Ephemeral, Hub};
+use crate::config::ClusterConfig;
+use crate::domain::{DeviceId, RoomId, UserId, now_ms};
+use crate::metrics::METRICS;
+use crate::store::Positions;
+
+/// A live node: its id and where other nodes reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    pub addr: String,
+}
+
+pub struct Cluster {
+    pub node_id: String,
+    advertise: String,
+    keys: Keys,
+    client: redis::Client,
+    redis: ConnectionManager,
+    config: ClusterConfig,
+    /// The live nodes as of the last heartbeat (this one included), sorted by id.
+    view: RwLock<Arc<Vec<Node>>>,
+    redis_up: AtomicBool,
+    bridge_up: AtomicBool,
+    interest: mpsc::UnboundedSender<Interest>,
+    interest_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
+    /// Proves to other nodes that a forwarded request comes from a node of this cluster.
+    node_secret: String,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Connects to Redis and joins the cluster (the first heartbeat runs before this returns, so
+    /// the node is in the view when it starts serving).
+    pub async fn join(config: &ClusterConfig, listen: &str, token_secret: &[u8]) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| anyhow::anyhow!("cluster.redis_url {:?}: {e}", config.redis_url))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let redis = client
+            .get_connection_manager_with_config(manager_config)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to Redis at {}: {e}", config.redis_url))?;
+        let node_id = if config.node_id.is_empty() {
+            format!("node-{:08x}", rand::random::<u32>())
+        } else {
+            config.node_id.clone()
+        };
+        let advertise = if config.advertise.is_empty() { listen.to_owned() } else { config.advertise.clone() };
+        let (interest, interest_rx) = mpsc::unbounded_channel();
+        let node_secret = forward::node_secret(token_secret);
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let cluster = Arc::new(Self {
+            node_id,
+            advertise,
+            keys: Keys::new(&config.key_prefix),
+            client,
+            redis,
+            config: config.clone(),
+            view: RwLock::new(Arc::new(Vec::new())),
+            redis_up: AtomicBool::new(false),
+            bridge_up: AtomicBool::new(false),
+            interest,
+            interest_rx: std::sync::Mutex::new(Some(interest_rx)),
+            node_secret,
+            http,
+        });
+        // A node that restarts under the same id starts with no sessions.
+        let _: redis::RedisResult<()> = redis::cmd("DEL")
+            .arg(cluster.keys.node_users(&cluster.node_id))
+            .query_async(&mut cluster.redis.clone())
+            .await;
+        cluster.heartbeat().await?;
+        tracing::info!(node = %cluster.node_id, advertise = %cluster.advertise, nodes = cluster.view().len(), "joined the cluster");
+        Ok(cluster)
+    }
+
+    /// Starts the heartbeat and the bridge.
+    pub fn start(self: &Arc<Self>, hub: Arc<Hub>) {
+        let interest = self.interest_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(interest) = interest {
+            tokio::spawn(bridge::run(self.clone(), hub.clone(), interest));
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_millis(cluster.config.heartbeat_ms.max(50));
+            loop {
+                tokio::time::sleep(every).await;
+                let before = cluster.view();
+                let beat = cluster.heartbeat().await;
+                if !Arc::ptr_eq(&before, &cluster.view()) {
+                    let released = hub.registry.release_rooms(|room| cluster.remote_owner(room).is_none());
+                    if released > 0 {
+                        tracing::info!(rooms = released, "released rooms now owned by other nodes");
+                    }
+                }
+                if let Err(e) = beat
+                    && cluster.redis_up.swap(false, Ordering::AcqRel)
+                {
+                    tracing::warn!(error = %e, "cluster: Redis unreachable; serving local connections only");
+                }
+            }
+        });
+    }
+
+    /// Renews this node's membership and reads the live nodes back.
+    async fn heartbeat(&self) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut redis = self.redis.clone();
+        let (ids, addrs): (Vec<String>, Vec<Option<String>>) = {
+            let (_, _, _, ids): ((), (), (), Vec<String>) = redis::pipe()
+                .cmd("ZADD")
+                .arg(self.keys.nodes())
+                .arg(now + self.config.node_ttl_ms as i64)
+                .arg(&self.node_id)
+                .cmd("HSET")
+                .arg(self.keys.node_addrs())
+                .arg(&self.node_id)
+                .arg(&self.advertise)
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(self.keys.nodes())
+                .arg("-inf")
+                .arg(now)
+                .cmd("ZRANGEBYSCORE")
+                .arg(self.keys.nodes())
+                .arg(now)
+                .arg("+inf")
+                .query_async(&mut redis)
+                .await?;
+            let addrs: Vec<Option<String>> = if ids.is_empty() {
+                Vec::new()
+            } else {
+                redis::cmd("HMGET").arg(self.keys.node_addrs()).arg(&ids).query_async(&mut redis).await?
+            };
+            (ids, addrs)
+        };
+        let mut nodes: Vec<Node> =
+            ids.into_iter().zip(addrs).filter_map(|(id, addr)| addr.map(|addr| Node { id, addr })).collect();
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let previous = self.view();
+        if *previous != nodes {
+            let joined: Vec<&str> = nodes.iter().filter(|n| !previous.contains(n)).map(|n| n.id.as_str()).collect();
+            let left: Vec<&str> = previous.iter().filter(|n| !nodes.contains(n)).map(|n| n.id.as_str()).collect();
+            if !previous.is_empty() {
+                tracing::info!(?joined, ?left, nodes = nodes.len(), "cluster membership changed; rooms move");
+                METRICS.ownership_changes_total.inc();
+            }
+            *self.view.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(nodes);
+        }
+        if !self.redis_up.swap(true, Ordering::AcqRel) {
+            tracing::info!("cluster: Redis reachable");
+        }
+        Ok(())
+    }
+
+    pub fn view(&self) -> Arc<Vec<Node>> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The node that owns `room`, unless it is this one (or no view is known yet).
+    pub fn remote_owner(&self, room: RoomId) -> Option<Node> {
+        let view = self.view();
+        let owner = ownership::owner(room, view.iter().map(|n| n.id.as_str()))?;
+        if owner == self.node_id { None } else { view.iter().find(|n| n.id == owner).cloned() }
+    }
+
+    /// Redis answers and the bridge is subscribed (for `/readyz`).
+    pub fn healthy(&self) -> bool {
+        self.redis_up.load(Ordering::Acquire) && self.bridge_up.load(Ordering::Acquire)
+    }
+
+    fn set_bridge_up(&self, up: bool) {
+        self.bridge_up.store(up, Ordering::Release);
+    }
+
+    /// A user's first session on this node opened: subscribe to its channel, mark it present.
+    pub fn user_arrived(self: &Arc<Self>, user: UserId) {
+        let _ = self.interest.send(Interest::Subscribe(user));
+        self.presence_change("SADD", user);
+    }
+
+    /// A user's last session on this node closed.
+    pub fn user_left(self: &Arc<Self>, user: UserId) {
+        let _ = self.interest.send(Interest::Unsubscribe(user));
+        self.presence_change("SREM", user);
+    }
+
+    fn presence_change(self: &Arc<Self>, command: &'static str, user: UserId) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let key = cluster.keys.node_users(&cluster.node_id);
+            let result: redis::RedisResult<()> =
+                redis::cmd(command).arg(key).arg(user.0).query_async(&mut cluster.redis.clone()).await;
+            if let Err(e) = result {
+                tracing::debug!(%user, error = %e, "cluster: presence not recorded");
+            }
+        });
+    }
+
+    /// Records these users as present on this node (after Redis came back, possibly empty).
+    async fn record_presence(&self, users: Vec<UserId>) {
+        if users.is_empty() {
+            return;
+        }
+        let key = self.keys.node_users(&self.node_id);
+        let ids: Vec<u64> = users.iter().map(|u| u.0).collect();
+        let result: redis::RedisResult<()> =
+            redis::cmd("SADD").arg(key).arg(ids).query_async(&mut self.redis.clone()).await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cluster: could not record presence again");
+        }
+    }
+
+    /// Whether `user` has a live session on another live node.
+    pub async fn online_elsewhere(&self, user: UserId) -> bool {
+        let others: Vec<Node> = self.view().iter().filter(|n| n.id != self.node_id).cloned().collect();
+        if others.is_empty() {
+            return false;
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("SISMEMBER").arg(self.keys.node_users(&node.id)).arg(user.0);
+        }
+        let answers: redis::RedisResult<Vec<bool>> = pipe.query_async(&mut self.redis.clone()).await;
+        answers.is_ok_and(|a| a.into_iter().any(|present| present))
+    }
+
+    /// Tells the other nodes that these users' streams grew (fire and forget: a lost wake-up is
+    /// made good by the store).
+    pub fn publish_wake(self: &Arc<Self>, positions: &Positions) {
+        if positions.is_empty() {
+            return;
+        }
+        let messages: Vec<(String, Vec<u8>)> = positions
+            .iter()
+            .map(|&(user, pos)| {
+                let envelope = Envelope::Wake { origin: self.node_id.clone(), pos };
+                (self.keys.user_channel(user), serde_json::to_vec(&envelope).expect("envelopes serialise"))
+            })
+            .collect();
+        self.publish(messages);
+    }
+
+    pub fn publish_ephemeral(self: &Arc<Self>, users: &[UserId], event: &Ephemeral) {
+        let payload = serde_json::to_vec(&Envelope::ephemeral(&self.node_id, event)).expect("envelopes serialise");
+        self.publish(users.iter().map(|u| (self.keys.user_channel(*u), payload.clone())).collect());
+    }
+
+    pub fn publish_kick(self: &Arc<Self>, user: UserId, devices: &[DeviceId]) {
+        let envelope = Envelope::Kick { origin: self.node_id.clone(), devices: devices.iter().map(|d| d.0).collect() };
+        self.publish(vec![(self.keys.user_channel(user), serde_json::to_vec(&envelope).expect("serialises"))]);
+    }
+
+    fn publish(self: &Arc<Self>, messages: Vec<(String, Vec<u8>)>) {
+        if messages.is_empty() {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut pipe = redis::pipe();
+            for (channel, payload) in &messages {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
+            }
+            match pipe.query_async::<()>(&mut cluster.redis.clone()).await {
+                Ok(()) => METRICS.bridge_published_total.add(messages.len() as u64),
+                Err(e) => {
+                    METRICS.bridge_publish_failures_total.inc();
+                    tracing::debug!(error = %e, "bridge: publish failed (receivers catch up from the store)");
+                }
+            }
+        });
+    }
+
+    /// Leaves the cluster at once (graceful drain): rooms move to the other nodes now rather than
+    /// when the membership would expire.
+    pub async fn leave(&self) {
+        let mut redis = self.redis.clone();
+        let result: redis::RedisResult<()> = redis::pipe()
+            .cmd("ZREM")
+            .arg(self.keys.nodes())
+            .arg(&self.node_id)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.keys.node_users(&self.node_id))
+            .ignore()
+            .query_async(&mut redis)
+            .await;
+        match result {
+            Ok(()) => tracing::info!(node = %self.node_id, "left the cluster"),
+            Err(e) => tracing::warn!(error = %e, "could not leave the cluster cleanly; membership expires by itself"),
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Several nodes bridged by a private `redis-server` (started on a free port, so tests never share
+//! state), sharing one store: chat, typing, presence and receipts across nodes, a node leaving,
+//! Redis restarting.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tidings::config::Config;
+use tidings_client::Connection;
+use tidings_client::tidings_proto::v1::{self as wire, client_frame::Request as Req};
+
+use crate::harness::*;
+
+/// A `redis-server` of this test's own, on a free port.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Self { child: None, port, _dir: tempfile::tempdir().unwrap() };
+        server.run();
+        server
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn cluster_config(config: &mut Config, redis: &RedisServer, node: &str, data: &std::path::Path) {
+    config.store.data_dir = data.to_path_buf();
+    config.cluster.redis_url = redis.url();
+    config.cluster.node_id = node.into();
+    config.cluster.heartbeat_ms = 100;
+    config.cluster.node_ttl_ms = 600;
+}
+
+/// Three nodes on one Redis and one store.
+struct ThreeNodes {
+    nodes: Vec<TestServer>,
+    _redis: RedisServer,
+    _data: TempDir,
+}
+
+async fn three_nodes() -> ThreeNodes {
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let nodes: Vec<TestServer> = ["n1", "n2", "n3"]
+        .into_iter()
+        .map(|node| TestServer::start_with(|c| cluster_config(c, &redis, node, data.path())))
+        .collect();
+    wait_for_members(&redis, 3).await;
+    ThreeNodes { nodes, _redis: redis, _data: data }
+}
+
+/// Waits until Redis lists `n` live nodes and every node had a heartbeat to see them.
+async fn wait_for_members(redis: &RedisServer, n: usize) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = tidings::domain::now_ms();
+        let live: Vec<String> =
+            redis::cmd("ZRANGEBYSCORE").arg("tidings:nodes").arg(now).arg("+inf").query_async(&mut conn).await.unwrap();
+        if live.len() == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected {n} nodes, Redis lists {live:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two heartbeats: every node's view includes the others.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// A user signed up on `server`, with a synced connection to it.
+async fn on(server: &TestServer, name: &str) -> (TestUser, Connection) {
+    let user = server.user(name).await;
+    let (conn, _) = user.connect_synced(0).await;
+    (user, conn)
+}
+
+fn texts(events: &[wire::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(wire::event::Kind::Entry(entry)) => match &entry.body {
+                Some(wire::room_entry::Body::Text(t)) => Some(t.text.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Collects stream events until `n` messages arrived (skipping everything else).
+async fn messages(conn: &mut Connection, n: usize) -> Vec<wire::Event> {
+    let mut events = Vec::new();
+    while texts(&events).len() < n {
+        events.push(next_event(conn).await);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_on_different_nodes_chat_as_on_one() {
+    let cluster = three_nodes().await;
+    let (_ana, mut a) = on(&cluster.nodes[0], "ana").await;
+    let (bob, mut b) = on(&cluster.nodes[1], "bob").await;
+    let (carol, mut c) = on(&cluster.nodes[2], "carol").await;
+
+    // Direct: the room's creation and each message cross nodes.
+    let direct = a.create_direct(bob.id()).await.unwrap().room_id;
+    next_event(&mut a).await;
+    next_event(&mut b).await;
+    a.send_text(direct, "d1", "hi bob, from node 1").await.unwrap();
+    b.send_text(direct, "d2", "hi ana, from node 2").await.unwrap();
+    let at_b = messages(&mut b, 2).await;
+    let at_a = messages(&mut a, 2).await;
+    assert_eq!(texts(&at_a), ["hi bob, from node 1", "hi ana, from node 2"]);
+    assert_eq!(texts(&at_b), texts(&at_a), "one order for everyone");
+
+    // A group across the three nodes: everyone sends, everyone sees one order.
+    let group = a.create_group("three nodes", vec![bob.id(), carol.id()]).await.unwrap().room_id;
+    for conn in [&mut a, &mut b, &mut c] {
+        next_event(conn).await;
+    }
+    for i in 0..5 {
+        a.send_text(group, &format!("a{i}"), &format!("ana {i}")).await.unwrap();
+        b.send_text(group, &format!("b{i}"), &format!("bob {i}")).await.unwrap();
+        c.send_text(group, &format!("c{i}"), &format!("carol {i}")).await.unwrap();
+    }
+    let seen_a = texts(&messages(&mut a, 15).await);
+    let seen_b = texts(&messages(&mut b, 15).await);
+    let seen_c = texts(&messages(&mut c, 15).await);
+    assert_eq!(seen_a.len(), 15);
+    assert_eq!(seen_a, seen_b);
+    assert_eq!(seen_a, seen_c);
+
+    // Typing, presence and receipts cross nodes too.
+    a.request(Req::Typing(wire::TypingRequest { room_id: group, active: true })).await.unwrap();
+    for conn in [&mut b, &mut c] {
+        let typing = loop {
+            match conn.next_within(WAIT).await.unwrap() {
+                tidings_client::Incoming::Ephemeral(e) => match e.kind {
+                    Some(wire::ephemeral::Kind::Typing(t)) => break t,
+                    _ => continue,
+                },
+                _ => continue,
+            }
+        };
+        assert_eq!((typing.room_id, typing.active), (group, true));
+    }
+    let presence = b.request(Req::Presence(wire::PresenceRequest { user_ids: vec![carol.id()] })).await.unwrap();
+    let wire::reply::Result::Presence(list) = presence else { panic!("{presence:?}") };
+    assert!(list.users[0].online, "carol is online on node 3, asked on node 2");
+
+    let last_seq = c.list_rooms().await.unwrap().iter().find(|r| r.room_id == group).unwrap().last_seq;
+    let read = wire::ReceiptRequest { room_id: group, kind: wire::ReceiptKind::Read as i32, up_to_seq: last_seq };
+    c.request(Req::Receipt(read)).await.unwrap();
+    let receipt = loop {
+        let event = next_event(&mut a).await;
+        if let Some(wire::event::Kind::Receipt(r)) = event.kind {
+            break r;
+        }
+    };
+    assert_eq!((receipt.user_id, receipt.up_to_seq), (carol.id(), last_seq));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_its_clients_and_rooms_over_with_nothing_lost() {
+    let mut cluster = three_nodes().await;
+    let (ana, mut a) = on(&cluster.nodes[0], "ana").await;
+    let (bob, mut b) = on(&cluster.nodes[1], "bob").await;
+    let group = a.create_group("drain", vec![bob.id()]).await.unwrap().room_id;
+    next_event(&mut a).await;
+    next_event(&mut b).await;
+    for i in 0..10 {
+        a.send_text(group, &format!("before{i}"), &format!("before {i}")).await.unwrap();
+    }
+    let before = messages(&mut b, 10).await;
+    let last_pos = before.last().unwrap().pos;
+
+    // Node 2 drains: its clients are told to go away; bob resumes on node 3.
+    cluster.nodes[1].stop();
+    for i in 0..10 {
+        a.send_text(group, &format!("during{i}"), &format!("during {i}")).await.unwrap();
+    }
+    let bob_on_3 = TestUser { ws_base: cluster.nodes[2].ws_base(), ..bob };
+    let (mut b3, missed) = bob_on_3.connect_synced(last_pos).await;
+    assert_contiguous(&missed, last_pos + 1);
+    let mut got = texts(&missed);
+    a.send_text(group, "after", "after the drain").await.unwrap();
+    while got.len() < 11 {
+        got.extend(texts(&[next_event(&mut b3).await]));
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("during {i}")).chain(["after the drain".into()]).collect();
+    assert_eq!(got, expected, "exactly what bob missed, in order, then live");
+    drop(ana);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing_across_nodes() {
+    let redis_holder;
+    let (nodes, _data) = {
+        let redis = RedisServer::start();
+        let data = tempfile::tempdir().unwrap();
+        let nodes: Vec<TestServer> = ["n1", "n2"]
+            .into_iter()
+            .map(|node| TestServer::start_with(|c| cluster_config(c, &redis, node, data.path())))
+            .collect();
+        wait_for_members(&redis, 2).await;
+        redis_holder = redis;
+        (nodes, data)
+    };
+    let mut redis = redis_holder;
+    let ana = nodes[0].user("ana").await;
+    let bob = nodes[0].user("bob").await;
+    let room = {
+        let (a, _) = ana.connect_synced(0).await;
+        a.create_direct(bob.id()).await.unwrap().room_id
+    };
+    // Ana on the room's owner, bob elsewhere: every message reaches bob only through the bridge.
+    let owner = tidings::cluster::owner(tidings::domain::RoomId(room), ["n1", "n2"]).unwrap();
+    let (ana_node, bob_node) = if owner == "n1" { (&nodes[0], &nodes[1]) } else { (&nodes[1], &nodes[0]) };
+    let (a, _) = TestUser { ws_base: ana_node.ws_base(), ..ana }.connect_synced(0).await;
+    let (mut b, _) = TestUser { ws_base: bob_node.ws_base(), ..bob }.connect_synced(0).await;
+    a.send_text(room, "m0", "before").await.unwrap();
+    assert_eq!(texts(&messages(&mut b, 1).await), ["before"]);
+
+    // Redis goes away: sends still work (forwarding is node to node, the store is shared), but
+    // the bridge cannot tell bob's node.
+    redis.stop();
+    for i in 1..=5 {
+        a.send_text(room, &format!("m{i}"), &format!("while redis was down {i}")).await.unwrap();
+    }
+    redis.restart();
+    // Back: the bridge resubscribes and bob's node reads what it missed from the store.
+    let got = texts(&messages(&mut b, 5).await);
+    let expected: Vec<String> = (1..=5).map(|i| format!("while redis was down {i}")).collect();
+    assert_eq!(got, expected);
+    a.send_text(room, "m6", "live again").await.unwrap();
+    assert_eq!(texts(&messages(&mut b, 1).await), ["live again"]);
+}
