@@ -281,3 +281,179 @@ async fn a_redis_restart_loses_nothing_across_nodes() {
     a.send_text(room, "m6", "live again").await.unwrap();
     assert_eq!(texts(&messages(&mut b, 1).await), ["live again"]);
 }
+
+/// Sends `n` messages, one at a time, through whichever of `servers` answers; a send that fails is
+/// retried with the same client_msg_id (on a fresh connection if the node died).
+async fn persistent_sender(
+    servers: Vec<String>,
+    token: String,
+    room: u64,
+    prefix: &'static str,
+    n: usize,
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<String> {
+    use tidings_client::tidings_proto::Encoding;
+    let mut node = 0;
+    let mut conn = Connection::connect(&servers[node], &token, Encoding::Protobuf).await.unwrap();
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}{i}");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            assert!(attempts < 100, "{id} never got through");
+            match conn.send_text(room, &id, &format!("{prefix} {i}")).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(wire::ErrorCode::Unavailable) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(_) => {
+                    // The node is gone: resume on the next one.
+                    node = (node + 1) % servers.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Ok(fresh) = Connection::connect(&servers[node], &token, Encoding::Protobuf).await {
+                        conn = fresh;
+                    }
+                }
+            }
+        }
+        sent.push(id);
+        acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_rooms_owner_mid_storm_loses_nothing() {
+    use crate::durability::spawn_server_with;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tidings_client::Http;
+    use tidings_client::tidings_proto::Encoding;
+
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let settings = |node: &str| {
+        vec![
+            format!("cluster.redis_url={}", redis.url()),
+            format!("cluster.node_id={node}"),
+            "cluster.heartbeat_ms=100".into(),
+            "cluster.node_ttl_ms=600".into(),
+        ]
+    };
+    let names = ["n1", "n2", "n3"];
+    let mut processes: Vec<Option<crate::durability::Server>> = Vec::new();
+    let mut addrs = Vec::new();
+    for node in names {
+        let (process, addr) = spawn_server_with(data.path(), &settings(node));
+        processes.push(Some(process));
+        addrs.push(addr);
+    }
+    wait_for_members(&redis, 3).await;
+    let http = Http::new(format!("http://{}", addrs[0]));
+    let ana = http.sign_up("ana", PASSWORD, "phone").await.unwrap();
+    let bob = http.sign_up("bob", PASSWORD, "phone").await.unwrap();
+    let carol = http.sign_up("carol", PASSWORD, "phone").await.unwrap();
+    let ws = |i: usize| format!("ws://{}", addrs[i]);
+    let room = {
+        let a = Connection::connect(&ws(0), &ana.access_token, Encoding::Protobuf).await.unwrap();
+        a.create_group("storm", vec![bob.user_id, carol.user_id]).await.unwrap().room_id
+    };
+    let owner = tidings::cluster::owner(tidings::domain::RoomId(room), names).unwrap();
+    let owner_index = names.iter().position(|n| *n == owner).unwrap();
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner_index).collect();
+
+    // Carol watches from a node that survives; bob sends from the owner; ana from the other one.
+    let mut c = Connection::connect(&ws(others[1]), &carol.access_token, Encoding::Protobuf).await.unwrap();
+    c.sync(0).await.unwrap();
+    until_caught_up(&mut c).await;
+    const EACH: usize = 60;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let bob_servers = vec![ws(owner_index), ws(others[0]), ws(others[1])];
+    let ana_servers = vec![ws(others[0]), ws(others[1])];
+    let bob_task =
+        tokio::spawn(persistent_sender(bob_servers, bob.access_token.clone(), room, "bob", EACH, acked.clone()));
+    let ana_task =
+        tokio::spawn(persistent_sender(ana_servers, ana.access_token.clone(), room, "ana", EACH, acked.clone()));
+    let deadline = Instant::now() + WAIT;
+    while acked.load(Ordering::Relaxed) < EACH / 2 {
+        assert!(Instant::now() < deadline, "the storm started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut victim = processes[owner_index].take().unwrap();
+    victim.0.kill().unwrap(); // SIGKILL: no drain, no goodbye
+    drop(victim);
+    let bob_sent = bob_task.await.unwrap();
+    let ana_sent = ana_task.await.unwrap();
+
+    // Carol saw every message once, in one order, with contiguous positions.
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while texts(&events).len() < 2 * EACH {
+        assert!(Instant::now() < deadline, "carol got {} of {}", texts(&events).len(), 2 * EACH);
+        if let Ok(tidings_client::Incoming::Event(e)) = c.next_within(Duration::from_secs(1)).await {
+            events.push(e);
+        }
+    }
+    let first = events[0].pos;
+    assert_contiguous(&events, first);
+    let seen = texts(&events);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 2 * EACH, "no duplicates: {seen:?}");
+    for (prefix, sent) in [("ana", &ana_sent), ("bob", &bob_sent)] {
+        let order: Vec<&String> = seen.iter().filter(|t| t.starts_with(prefix)).collect();
+        let expected: Vec<String> = (0..EACH).map(|i| format!("{prefix} {i}")).collect();
+        assert_eq!(order, expected.iter().collect::<Vec<_>>(), "{prefix}'s messages in the order sent");
+        assert_eq!(sent.len(), EACH);
+    }
+    // The room's log has each message once under one seq.
+    let reader = Connection::connect(&ws(others[0]), &carol.access_token, Encoding::Protobuf).await.unwrap();
+    let page = reader
+        .history(wire::HistoryRequest { room_id: room, after_seq: Some(0), limit: 200, ..Default::default() })
+        .await
+        .unwrap();
+    // Seqs are unique and increasing (a retried send answered as a duplicate may leave a number
+    // unused: the protocol says seqs may be skipped).
+    let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs are unique and increasing: {seqs:?}");
+    assert_eq!(message_texts(&page.entries).len(), 2 * EACH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_takes_over_rooms_and_nothing_is_lost() {
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let n1 = TestServer::start_with(|c| cluster_config(c, &redis, "n1", data.path()));
+    let n2 = TestServer::start_with(|c| cluster_config(c, &redis, "n2", data.path()));
+    wait_for_members(&redis, 2).await;
+    let (_ana, a) = on(&n1, "ana").await;
+    let (bob, mut b) = on(&n2, "bob").await;
+    let room = a.create_group("moving", vec![bob.id()]).await.unwrap().room_id;
+    next_event(&mut b).await;
+    // A third node whose id wins this room: ownership moves to it when it joins.
+    let room_id = tidings::domain::RoomId(room);
+    let newcomer = (0..)
+        .map(|i| format!("n3-{i}"))
+        .find(|id| tidings::cluster::owner(room_id, ["n1", "n2", id.as_str()]) == Some(id.as_str()))
+        .unwrap();
+    for i in 0..5 {
+        a.send_text(room, &format!("x{i}"), &format!("before join {i}")).await.unwrap();
+    }
+    let n3 = TestServer::start_with(|c| cluster_config(c, &redis, &newcomer, data.path()));
+    wait_for_members(&redis, 3).await;
+    for i in 0..5 {
+        a.send_text(room, &format!("y{i}"), &format!("after join {i}")).await.unwrap();
+        b.send_text(room, &format!("z{i}"), &format!("bob after join {i}")).await.unwrap();
+    }
+    let got = texts(&messages(&mut b, 15).await);
+    assert_eq!(got.len(), 15);
+    assert_eq!(got.iter().collect::<std::collections::HashSet<_>>().len(), 15, "{got:?}");
+    let history = a
+        .history(wire::HistoryRequest { room_id: room, after_seq: Some(0), limit: 100, ..Default::default() })
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = history.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), 16);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one seq per entry across the move: {seqs:?}");
+    drop(n3);
+}

@@ -438,3 +438,46 @@ async fn sqlite_data_survives_reopening() {
     let out = append(&*store, entry(room, 2, a, text("again", "x")), &[a], Effect::None).await;
     assert_eq!(out, AppendOutcome::Committed { positions: vec![(a, 2)] });
 }
+
+/// Two processes' stores on one file (what a cluster's nodes share): when both believe they own a
+/// room and append the same seq, exactly one commits; the other is told its seq is taken.
+#[tokio::test]
+async fn sqlite_two_writers_never_share_a_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let options = tidings::store::sqlite::SqliteOptions::new(dir.path().join("t.db"));
+        Arc::new(tidings::store::sqlite::SqliteStore::open(options).unwrap()) as Arc<dyn Store>
+    };
+    let (one, two) = (open(), open());
+    let a = user(&*one, 1, "a").await;
+    let room = group(&*one, 5, a, &[a]).await;
+    let mut committed = 0;
+    for seq in 2..=50 {
+        let first = one.submit_append(Append {
+            entry: Arc::new(entry(room, seq, a, text("from one", &format!("one{seq}")))),
+            recipients: vec![a],
+            effect: Effect::None,
+            push: None,
+        });
+        let second = two.submit_append(Append {
+            entry: Arc::new(entry(room, seq, a, text("from two", &format!("two{seq}")))),
+            recipients: vec![a],
+            effect: Effect::None,
+            push: None,
+        });
+        let (first, second) = (first.unwrap().await.unwrap(), second.unwrap().await.unwrap());
+        let outcomes = [&first, &second];
+        let wins = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Committed { .. })).count();
+        let fenced = outcomes.iter().filter(|o| matches!(o, AppendOutcome::SeqTaken)).count();
+        assert_eq!((wins, fenced), (1, 1), "seq {seq}: {first:?} / {second:?}");
+        committed += wins;
+    }
+    let (entries, _) = two.history(room, HistoryPage::After { seq: 0, limit: 200 }).await.unwrap();
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "every seq once");
+    assert_eq!(committed, 49);
+    // Every stream position was given once, too.
+    let events = one.events_after(a, 0, 1000).await.unwrap();
+    let positions: Vec<u64> = events.iter().map(|(p, _)| *p).collect();
+    assert_eq!(positions, (1..=50).collect::<Vec<_>>());
+}
