@@ -59,9 +59,25 @@ fn token_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
     }
     std::fs::create_dir_all(&config.store.data_dir)?;
     let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a new access-token secret");
-    Ok(secret.into_bytes())
+    match write_private(&path, &secret) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "generated a new access-token secret");
+            Ok(secret.into_bytes())
+        }
+        // Another node sharing this data directory wrote it first: use theirs. (It is written in
+        // one small write, so a reader that finds it empty retries.)
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            for _ in 0..50 {
+                let existing = std::fs::read_to_string(&path)?;
+                if !existing.trim().is_empty() {
+                    return Ok(existing.trim().as_bytes().to_vec());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            anyhow::bail!("{} exists but stays empty", path.display())
+        }
+        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+    }
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
