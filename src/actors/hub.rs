@@ -32,7 +32,7 @@ impl Hub {
     pub fn deliver(&self, positions: &Positions, event: &StreamEvent) {
         self.registry.deliver(positions, event);
         if let Some(cluster) = &self.cluster {
-            cluster.publish_wake(positions);
+            cluster.publish_event(positions, event);
         }
     }
 

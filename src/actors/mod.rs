@@ -27,4 +27,4 @@ pub use protocol::{
 };
 pub use registry::{Registry, UserEntry};
 pub use room::{RoomActor, RoomRequest};
-pub use user::{Attach, Detach, Kick, StreamAck, SyncFrom, UserActor, Wake};
+pub use user::{Attach, Detach, Kick, StreamAck, SyncFrom, UserActor};

@@ -75,14 +75,6 @@ pub struct StreamAck {
 #[rtype(result = "()")]
 pub struct Push(pub Outbound);
 
-/// Events up to `pos` are in the user's stream (written by another node; the bridge says so):
-/// connections that have not had them read them from the store.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Wake {
-    pub pos: u64,
-}
-
 /// Close the connections of logged-out devices.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -110,8 +102,7 @@ struct Conn {
     state: StreamState,
     /// Live events that arrived ahead of `next_pos`.
     held: BTreeMap<u64, StreamEvent>,
-    /// Held events were dropped, or events were announced while a page was being read: catching up
-    /// must read once more before it stops.
+    /// Held events were dropped: catching up must not stop before reading past them.
     dropped_held: bool,
     /// The highest position the client acknowledged (for push decisions).
     acked_pos: u64,
@@ -497,28 +488,6 @@ impl Handler<Push> for UserActor {
                 }
             }
             Outbound::Page(_) | Outbound::Notice(_) => {}
-        }
-    }
-}
-
-impl Handler<Wake> for UserActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Wake, ctx: &mut Context<Self>) {
-        let mut read = Vec::new();
-        for (&id, conn) in self.conns.iter_mut() {
-            match conn.state {
-                StreamState::Live { next_pos, .. } if next_pos <= msg.pos => {
-                    conn.fall_behind(next_pos);
-                    read.push(id);
-                }
-                // A page being read may have been read before the event was there.
-                StreamState::CatchingUp { .. } => conn.dropped_held = true,
-                _ => {}
-            }
-        }
-        for id in read {
-            self.read_page(id, ctx);
         }
     }
 }

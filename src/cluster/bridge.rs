@@ -1,16 +1,16 @@
 //! The bridge: one Redis pub/sub connection per node, one channel per user with a live session on
 //! the node. Subscriptions follow local interest (a user's actor starting and stopping here).
 //!
-//! Pub/sub is at-most-once, so the bridge carries only what the durable stream can make good:
-//! "user U's stream has events up to P" (the user's actor then reads them from the store, like any
-//! connection that missed something), plus ephemeral typing and presence, and logouts. After any
+//! It carries stream events (encoded once by the node that wrote them, with each recipient's
+//! position), ephemeral typing and presence, and logouts. Pub/sub is at-most-once, which the stream
+//! makes good: a user actor that sees a position skipped catches up from the store, as it does for
+//! any missing event. After any
 //! disconnect the task reconnects with backoff, resubscribes one channel per command (a cluster's
 //! sharded channels may live in different slots, and a multi-channel SUBSCRIBE across slots is
 //! refused with CROSSSLOT), and every local user re-reads its stream from the store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,18 +18,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::Cluster;
-use crate::actors::{Ephemeral, Hub, Kick, PresenceInfo, Wake};
+use crate::actors::{Ephemeral, Hub, Kick, PresenceInfo};
 use crate::domain::{DeviceId, RoomId, UserId};
 use crate::metrics::METRICS;
+use crate::transport::wire_event::from_wire;
 
 /// What one node tells the nodes holding a user's sessions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "k")]
 pub enum Envelope {
-    /// The user's stream has events up to `pos`.
-    Wake {
+    /// A durable event at `pos` in the user's stream, in its wire form (`tidings.v1.Event`).
+    Event {
         origin: String,
         pos: u64,
+        event: tidings_proto::v1::Event,
     },
     Typing {
         origin: String,
@@ -53,7 +55,7 @@ pub enum Envelope {
 impl Envelope {
     fn origin(&self) -> &str {
         match self {
-            Envelope::Wake { origin, .. }
+            Envelope::Event { origin, .. }
             | Envelope::Typing { origin, .. }
             | Envelope::Presence { origin, .. }
             | Envelope::Kick { origin, .. } => origin,
@@ -187,13 +189,14 @@ fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
     }
     METRICS.bridge_received_total.inc();
     match envelope {
-        Envelope::Wake { pos, .. } => {
-            if let Some(entry) = hub.registry.user(user)
-                && entry.addr.try_send(Wake { pos }).is_err()
-            {
-                entry.missed.store(true, Ordering::Release);
+        Envelope::Event { pos, event, .. } => match from_wire(event) {
+            Some(event) => hub.registry.deliver(&vec![(user, pos)], &event),
+            None => {
+                // From a newer node: read it from the store instead.
+                tracing::warn!(%user, pos, "bridge: an event this node does not understand");
+                hub.registry.mark_missed(user);
             }
-        }
+        },
         Envelope::Typing { room, user: typist, active, .. } => {
             let event = Ephemeral::Typing { room: RoomId(room), user: UserId(typist), active };
             hub.registry.send_ephemeral([user], event);

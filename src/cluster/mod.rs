@@ -3,7 +3,8 @@
 //! - `membership` (here): each node renews `{prefix}:nodes` (a sorted set scored by expiry) every
 //!   heartbeat and reads the live set back; that view decides room ownership.
 //! - `ownership.rs`: rendezvous hashing of rooms over the live nodes.
-//! - `bridge.rs`: one pub/sub connection per node, one channel per locally connected user.
+//! - `bridge.rs`: one pub/sub connection per node, one channel per locally connected user; events
+//!   cross it encoded once, with each recipient's position.
 //! - `forward.rs`: a request about a room owned by another node is sent to that node.
 //! - Presence: `{prefix}:node-users:{node}` holds the users with a session on each node, so any
 //!   node can tell whether a user is connected anywhere (push goes only to users connected nowhere).
@@ -31,9 +32,10 @@ pub use ownership::owner;
 
 use crate::actors::{Ephemeral, Hub};
 use crate::config::ClusterConfig;
-use crate::domain::{DeviceId, RoomId, UserId, now_ms};
+use crate::domain::{DeviceId, RoomId, StreamEvent, UserId, now_ms};
 use crate::metrics::METRICS;
 use crate::store::Positions;
+use crate::transport::wire_event::to_wire;
 
 /// A live node: its id and where other nodes reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,18 +261,17 @@ impl Cluster {
         answers.is_ok_and(|a| a.into_iter().any(|present| present))
     }
 
-    /// Tells the other nodes that these users' streams grew (fire and forget: a lost wake-up is
-    /// made good by the store).
-    pub fn publish_wake(self: &Arc<Self>, positions: &Positions) {
+    /// Sends a durable event to the recipients' sessions on other nodes: encoded once, then one
+    /// message per recipient with its position (fire and forget: the stream makes a loss good).
+    pub fn publish_event(self: &Arc<Self>, positions: &Positions, event: &StreamEvent) {
         if positions.is_empty() {
             return;
         }
+        let encoded = serde_json::to_string(&to_wire(event)).expect("events serialise");
+        let origin = serde_json::to_string(&self.node_id).expect("strings serialise");
         let messages: Vec<(String, Vec<u8>)> = positions
             .iter()
-            .map(|&(user, pos)| {
-                let envelope = Envelope::Wake { origin: self.node_id.clone(), pos };
-                (self.keys.user_channel(user), serde_json::to_vec(&envelope).expect("envelopes serialise"))
-            })
+            .map(|&(user, pos)| (self.keys.user_channel(user), event_payload(&origin, pos, &encoded)))
             .collect();
         self.publish(messages);
     }
@@ -323,5 +324,34 @@ impl Cluster {
             Ok(()) => tracing::info!(node = %self.node_id, "left the cluster"),
             Err(e) => tracing::warn!(error = %e, "could not leave the cluster cleanly; membership expires by itself"),
         }
+    }
+}
+
+/// `Envelope::Event` as JSON, written around an event encoded once for all its recipients.
+fn event_payload(origin_json: &str, pos: u64, event_json: &str) -> Vec<u8> {
+    format!(r#"{{"k":"Event","origin":{origin_json},"pos":{pos},"event":{event_json}}}"#).into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{EntryBody, RoomEntry, TextMessage};
+
+    #[test]
+    fn the_hand_built_event_envelope_is_an_envelope() {
+        let event = StreamEvent::Entry(Arc::new(RoomEntry {
+            room: RoomId(1),
+            seq: 2,
+            id: 3,
+            sender: UserId(4),
+            sent_at_ms: 5,
+            body: EntryBody::Text(TextMessage { text: "hé \"quoted\"".into(), ..Default::default() }),
+        }));
+        let encoded = serde_json::to_string(&to_wire(&event)).unwrap();
+        let payload = event_payload(&serde_json::to_string("node-\"1\"").unwrap(), 42, &encoded);
+        let parsed: Envelope = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(parsed, Envelope::Event { origin: "node-\"1\"".into(), pos: 42, event: to_wire(&event) });
     }
 }

@@ -15,3 +15,4 @@ pub mod dispatch;
 pub mod encode;
 pub mod http;
 pub mod rate_limit;
+pub mod wire_event;
