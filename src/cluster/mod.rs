@@ -85,7 +85,11 @@ impl Cluster {
         let advertise = if config.advertise.is_empty() { listen.to_owned() } else { config.advertise.clone() };
         let (interest, interest_rx) = mpsc::unbounded_channel();
         let node_secret = forward::node_secret(token_secret);
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        // A dead owner refuses connections at once; a hung one costs its clients at most this.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(5))
+            .build()?;
         let cluster = Arc::new(Self {
             node_id,
             advertise,
