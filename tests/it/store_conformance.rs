@@ -481,3 +481,25 @@ async fn sqlite_two_writers_never_share_a_seq() {
     let positions: Vec<u64> = events.iter().map(|(p, _)| *p).collect();
     assert_eq!(positions, (1..=50).collect::<Vec<_>>());
 }
+
+/// Nodes of a cluster starting together open one fresh file at the same moment: all succeed.
+#[tokio::test]
+async fn sqlite_stores_opened_together_on_a_fresh_file_all_open() {
+    // The race is narrow: try it on several fresh files.
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let options = tidings::store::sqlite::SqliteOptions::new(path);
+                    tidings::store::sqlite::SqliteStore::open(options).map(|_| ())
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().unwrap().expect("every store opens");
+        }
+    }
+}

@@ -71,8 +71,7 @@ impl SqliteStore {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::unavailable(format!("creating {}: {e}", parent.display())))?;
         }
-        let conn = Self::connect(&options)?;
-        schema::create_tables(&conn).map_err(sql_error)?;
+        let conn = Self::open_and_create(&options)?;
         let (writes, commands) = mpsc::channel(options.queue_capacity);
         let writer_thread = writer::spawn(conn, commands, options.max_batch);
         let checkpointer = checkpointer::Checkpointer::start(Self::connect(&options)?);
@@ -88,6 +87,27 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.options.path
+    }
+
+    /// Opens the writer's connection and creates the tables. Nodes of a cluster starting together
+    /// on a fresh file race to switch it to WAL and create the schema; SQLite answers "locked"
+    /// without waiting for those, so the loser retries within the busy timeout.
+    fn open_and_create(options: &SqliteOptions) -> StoreResult<Connection> {
+        let deadline = std::time::Instant::now() + options.busy_timeout;
+        loop {
+            let attempt = schema::open(&options.path, options.synchronous, options.busy_timeout)
+                .and_then(|conn| schema::create_tables(&conn).map(|()| conn));
+            match attempt {
+                Ok(conn) => return Ok(conn),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(sql_error(e)),
+            }
+        }
     }
 
     fn connect(options: &SqliteOptions) -> StoreResult<Connection> {
