@@ -204,6 +204,16 @@ async fn people_on_different_nodes_chat_as_on_one() {
         }
     };
     assert_eq!((receipt.user_id, receipt.up_to_seq), (carol.id(), last_seq));
+
+    // Logging out through node 1 closes the device's connection on node 3.
+    cluster.nodes[0].http().log_out(&carol.auth.access_token, false).await.unwrap();
+    loop {
+        match c.next_within(WAIT).await.unwrap() {
+            tidings_client::Incoming::Notice(n) if n.kind == wire::NoticeKind::LoggedOut as i32 => break,
+            tidings_client::Incoming::Closed(reason) => panic!("closed before LOGGED_OUT: {reason:?}"),
+            _ => continue,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
