@@ -252,7 +252,7 @@ impl RoomActor {
         });
         let registry = &self.hub.registry;
         let push = self.hub.push.fanout(&entry, &planned.recipients, |u| registry.user(u).is_some());
-        let pushed_to = push.as_ref().map(|p| p.users.clone());
+        let pushed_to = push.as_ref().map(|p| (p.users.clone(), p.due_at_ms));
         let append = Append { entry: entry.clone(), recipients: planned.recipients, effect: planned.effect, push };
         let committed = match self.hub.store.submit_append(append) {
             Ok(future) => future,
@@ -265,8 +265,8 @@ impl RoomActor {
         self.last_seq = entry.seq;
         let on_commit = planned.on_commit;
         ctx.spawn(committed.into_actor(self).map(move |outcome, act, ctx| {
-            if let (Ok(AppendOutcome::Committed { .. }), Some(users)) = (&outcome, &pushed_to) {
-                act.hub.push.queued(users);
+            if let (Ok(AppendOutcome::Committed { .. }), Some((users, due_at_ms))) = (&outcome, &pushed_to) {
+                act.hub.push.queued(users, *due_at_ms);
             }
             act.on_committed(entry, outcome, on_commit, replier, ctx);
         }));

@@ -5,6 +5,7 @@
 //! transaction as the entry, so a message the server acknowledged never loses its push.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use dashmap::DashSet;
 use tokio::sync::Notify;
@@ -24,8 +25,10 @@ pub struct PushGate {
     /// when this node queues a push and at start from the store; a user missing here (queued by
     /// another node) is still checked when the push falls due.
     pending: DashSet<UserId>,
-    /// Wakes the push worker when a new push is queued.
+    /// Wakes the push worker when a push is queued that is due before the worker means to look.
     pub(super) wake: Notify,
+    /// When the worker will look at the queue next (Unix ms); it sets this before it sleeps.
+    pub(super) next_look_ms: AtomicI64,
 }
 
 impl PushGate {
@@ -37,6 +40,7 @@ impl PushGate {
             preview_chars: config.preview_chars,
             pending: DashSet::new(),
             wake: Notify::new(),
+            next_look_ms: AtomicI64::new(0),
         }
     }
 
@@ -78,12 +82,16 @@ impl PushGate {
         })
     }
 
-    /// The append carrying a fan-out to `users` committed: their pushes are queued.
-    pub fn queued(&self, users: &[UserId]) {
+    /// The append carrying a fan-out to `users` committed: their pushes are queued, due at `due_at_ms`.
+    /// The worker is woken only if it would otherwise look too late (a burst of messages would
+    /// otherwise cost one queue scan each).
+    pub fn queued(&self, users: &[UserId], due_at_ms: i64) {
         for &user in users {
             self.pending.insert(user);
         }
-        self.wake.notify_one();
+        if due_at_ms < self.next_look_ms.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
     }
 
     /// Remembers users with pending pushes found in the store at start.

@@ -7,6 +7,7 @@
 //! also collapses on the device. Retries back off exponentially with jitter and honour Retry-After.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,10 +148,14 @@ impl Worker {
             if full {
                 continue;
             }
+            // Say when we will look next before looking at the queue, so that a push queued
+            // meanwhile that is due earlier wakes us (see `PushGate::queued`).
+            self.gate.next_look_ms.store(now_ms() + IDLE_POLL.as_millis() as i64, Ordering::Release);
             let wait = match self.store.next_push_due().await {
                 Ok(Some(due)) => Duration::from_millis((due - now_ms()).max(0) as u64).min(IDLE_POLL),
                 _ => IDLE_POLL,
             };
+            self.gate.next_look_ms.fetch_min(now_ms() + wait.as_millis() as i64, Ordering::AcqRel);
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = self.gate.wake.notified() => {}
