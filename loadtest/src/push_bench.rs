@@ -203,6 +203,8 @@ async fn measure(
     let cpu_pushed = cpu_secs(&[server_pid]);
     let server_cpu_send_secs = cpu_before.zip(cpu_sent).map(|(a, b)| b - a);
     let server_cpu_push_secs = cpu_sent.zip(cpu_pushed).map(|(a, b)| b - a);
+    // Exactly once: after a moment for stragglers, one push per recipient and no more.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut latency = Latency::default();
     let mut times = Vec::with_capacity(n);
     let room_of = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok());
@@ -216,6 +218,14 @@ async fn measure(
         let sent = room.and_then(|r| acked.get(&r)).context("a push for a room nobody sent to")?;
         latency.record_micros(at.saturating_duration_since(*sent).as_micros() as u64);
         times.push(at);
+    }
+    let rooms: std::collections::HashSet<Option<u64>> = apns_pushes
+        .iter()
+        .map(|p| room_of(&p.payload["room_id"]))
+        .chain(fcm_pushes.iter().map(|p| room_of(&p.message["data"]["room_id"])))
+        .collect();
+    if times.len() != n || rooms.len() != n {
+        bail!("expected exactly {n} pushes to {n} rooms, got {} pushes to {} rooms", times.len(), rooms.len());
     }
     let first = times.iter().min().copied().context("no pushes")?;
     let last = times.iter().max().copied().context("no pushes")?;
