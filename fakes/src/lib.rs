@@ -46,5 +46,19 @@ pub fn apns_key_file() -> PathBuf {
     keys_dir().join("apns-test-key.p8")
 }
 
+/// `section.key=value` settings (for `tidings --set`) that point a tidings server at these fakes;
+/// the FCM service-account file is written into `dir`.
+pub fn server_settings(apns: &FakeApns, fcm: &FakeFcm, dir: &std::path::Path) -> Vec<String> {
+    vec![
+        format!("apns.key_file={}", apns_key_file().display()),
+        format!("apns.key_id={APNS_KEY_ID}"),
+        format!("apns.team_id={APNS_TEAM_ID}"),
+        format!("apns.production_url={}", apns.url()),
+        format!("apns.sandbox_url={}", apns.url()),
+        format!("fcm.service_account_file={}", fcm.write_service_account(dir).display()),
+        format!("fcm.base_url={}", fcm.url()),
+    ]
+}
+
 pub const APNS_KEY_ID: &str = "FAKEKEY001";
 pub const APNS_TEAM_ID: &str = "FAKETEAM01";

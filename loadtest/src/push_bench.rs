@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use tidings_client::tidings_proto::{Encoding, v1 as wire};
 use tidings_client::{Connection, Http};
-use tidings_fakes::{APNS_KEY_ID, APNS_TEAM_ID, FakeApns, FakeFcm};
+use tidings_fakes::{FakeApns, FakeFcm};
 
 use crate::procfs::cpu_secs;
 use crate::stats::Latency;
@@ -93,15 +93,9 @@ pub async fn run(bench: &PushBench, progress: impl Fn(&str, usize, usize)) -> an
     apns.set_delay(bench.provider_delay);
     let data = std::env::temp_dir().join(format!("tidings-push-bench-{}", std::process::id()));
     std::fs::create_dir_all(&data)?;
-    let settings = vec![
-        format!("apns.key_file={}", tidings_fakes::apns_key_file().display()),
-        format!("apns.key_id={APNS_KEY_ID}"),
-        format!("apns.team_id={APNS_TEAM_ID}"),
-        format!("apns.production_url={}", apns.url()),
-        format!("apns.sandbox_url={}", apns.url()),
+    let mut settings = tidings_fakes::server_settings(&apns, &fcm, &data);
+    settings.extend([
         format!("apns.concurrency={}", bench.apns_concurrency),
-        format!("fcm.service_account_file={}", fcm.write_service_account(&data).display()),
-        format!("fcm.base_url={}", fcm.url()),
         format!("fcm.concurrency={}", bench.fcm_concurrency),
         format!("push.grace_ms={}", bench.grace_ms),
         "store.synchronous=normal".into(),
@@ -109,7 +103,7 @@ pub async fn run(bench: &PushBench, progress: impl Fn(&str, usize, usize)) -> an
         "auth.argon2_iterations=1".into(),
         "limits.requests_per_second=100000".into(),
         "limits.request_burst=100000".into(),
-    ];
+    ]);
     let (server, addr) = spawn_server(bench, &data.join("db"), &settings)?;
     let report = measure(bench, &addr, server.0.id(), &apns, &fcm, &progress).await;
     drop(server);

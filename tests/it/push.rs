@@ -439,17 +439,8 @@ async fn queued_pushes_survive_kill_9_and_go_out_once() {
     let apns = FakeApns::start().await;
     let fcm = FakeFcm::start().await;
     let data = tempfile::tempdir().unwrap();
-    let settings = vec![
-        format!("apns.key_file={}", tidings_fakes::apns_key_file().display()),
-        format!("apns.key_id={APNS_KEY_ID}"),
-        format!("apns.team_id={APNS_TEAM_ID}"),
-        format!("apns.production_url={}", apns.url()),
-        format!("apns.sandbox_url={}", apns.url()),
-        format!("fcm.service_account_file={}", fcm.write_service_account(data.path()).display()),
-        format!("fcm.base_url={}", fcm.url()),
-        "push.grace_ms=300".into(),
-        "push.lease_secs=2".into(),
-    ];
+    let mut settings = tidings_fakes::server_settings(&apns, &fcm, data.path());
+    settings.extend(["push.grace_ms=300".to_string(), "push.lease_secs=2".to_string()]);
     // APNs is down for the whole first run: every push is queued, tried and retried, never sent.
     apns.fail_next(std::iter::repeat_n(Failure::unavailable(Some(1)), 100_000));
     let (mut child, addr) = spawn_server_with(data.path(), &settings);
