@@ -157,8 +157,11 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// e.g. `redis://127.0.0.1:6379`. Empty: a single node, no Redis.
+    /// e.g. `redis://127.0.0.1:6379`. Empty: a single node, no Redis. With `redis_cluster`, the
+    /// seed nodes of a Redis Cluster, comma-separated.
     pub redis_url: String,
+    /// Redis runs as a Redis Cluster: sharded pub/sub, commands routed by slot.
+    pub redis_cluster: bool,
     /// This node's name in the cluster; empty: a random one per start.
     pub node_id: String,
     /// Where other nodes reach this one (host:port); empty: the listen address.
@@ -174,6 +177,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            redis_cluster: false,
             node_id: String::new(),
             advertise: String::new(),
             heartbeat_ms: 1000,

@@ -85,8 +85,9 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
     let mut local: HashMap<UserId, usize> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
+    let Some(client) = cluster.client.clone() else { return };
     loop {
-        let pubsub = match cluster.client.get_async_pubsub().await {
+        let pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(e) => {
                 cluster.set_bridge_up(false);
@@ -167,7 +168,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
     }
 }
 
-fn apply(local: &mut HashMap<UserId, usize>, change: Interest) {
+pub(super) fn apply(local: &mut HashMap<UserId, usize>, change: Interest) {
     match change {
         Interest::Subscribe(user) => *local.entry(user).or_default() += 1,
         Interest::Unsubscribe(user) => {
@@ -183,7 +184,7 @@ fn apply(local: &mut HashMap<UserId, usize>, change: Interest) {
 
 /// Hands an envelope to the user's actor on this node (our own publications were delivered
 /// locally already).
-fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
+pub(super) fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
     if envelope.origin() == cluster.node_id {
         return;
     }

@@ -12,19 +12,22 @@ impl Keys {
         Self { prefix: prefix.to_owned() }
     }
 
+    // Membership and presence keys share one hash tag, so on a Redis Cluster they live in one slot
+    // and can go in one pipeline; user channels have none, so they spread over the shards.
+
     /// Sorted set: node id -> when its membership expires (Unix ms).
     pub fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        format!("{{{}}}:nodes", self.prefix)
     }
 
     /// Hash: node id -> the address other nodes reach it at.
     pub fn node_addrs(&self) -> String {
-        format!("{}:node-addrs", self.prefix)
+        format!("{{{}}}:node-addrs", self.prefix)
     }
 
     /// Set: the users with a live session on `node`.
     pub fn node_users(&self, node: &str) -> String {
-        format!("{}:node-users:{node}", self.prefix)
+        format!("{{{}}}:node-users:{node}", self.prefix)
     }
 
     /// Channel: events for one user's sessions, wherever they are.

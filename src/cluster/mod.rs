@@ -14,18 +14,21 @@
 //! keeps serving its own connections and its last membership view.
 
 mod bridge;
+mod commands;
 mod forward;
 mod keys;
 mod ownership;
+mod resp;
+mod sharded;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::mpsc;
 
 pub use bridge::{Envelope, Interest};
+use commands::Commands;
 pub use forward::{FORWARD_PATH, NODE_SECRET_HEADER};
 pub use keys::Keys;
 pub use ownership::owner;
@@ -48,8 +51,8 @@ pub struct Cluster {
     pub node_id: String,
     advertise: String,
     keys: Keys,
-    client: redis::Client,
-    redis: ConnectionManager,
+    client: Option<redis::Client>,
+    redis: Commands,
     config: ClusterConfig,
     /// The live nodes as of the last heartbeat (this one included), sorted by id.
     view: RwLock<Arc<Vec<Node>>>,
@@ -66,17 +69,14 @@ impl Cluster {
     /// Connects to Redis and joins the cluster (the first heartbeat runs before this returns, so
     /// the node is in the view when it starts serving).
     pub async fn join(config: &ClusterConfig, listen: &str, token_secret: &[u8]) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| anyhow::anyhow!("cluster.redis_url {:?}: {e}", config.redis_url))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(1));
-        let redis = client
-            .get_connection_manager_with_config(manager_config)
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to Redis at {}: {e}", config.redis_url))?;
+        let urls: Vec<String> =
+            config.redis_url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
+        let redis = Commands::connect(&urls, config.redis_cluster).await?;
+        // The single-Redis bridge subscribes through redis-rs; the sharded one speaks RESP itself.
+        let client = match config.redis_cluster {
+            true => None,
+            false => Some(redis::Client::open(urls[0].as_str())?),
+        };
         let node_id = if config.node_id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
         } else {
@@ -119,7 +119,11 @@ impl Cluster {
     pub fn start(self: &Arc<Self>, hub: Arc<Hub>) {
         let interest = self.interest_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(interest) = interest {
-            tokio::spawn(bridge::run(self.clone(), hub.clone(), interest));
+            if self.redis.is_cluster() {
+                tokio::spawn(sharded::run(self.clone(), hub.clone(), interest));
+            } else {
+                tokio::spawn(bridge::run(self.clone(), hub.clone(), interest));
+            }
         }
         let cluster = self.clone();
         tokio::spawn(async move {
@@ -296,12 +300,25 @@ impl Cluster {
         }
         let cluster = self.clone();
         tokio::spawn(async move {
-            let mut pipe = redis::pipe();
-            for (channel, payload) in &messages {
-                pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
-            }
-            match pipe.query_async::<()>(&mut cluster.redis.clone()).await {
-                Ok(()) => METRICS.bridge_published_total.add(messages.len() as u64),
+            let count = messages.len() as u64;
+            let result: redis::RedisResult<()> = if cluster.redis.is_cluster() {
+                // Sharded: each channel goes to the master of its slot, one command each.
+                let sends = messages.iter().map(|(channel, payload)| {
+                    let mut redis = cluster.redis.clone();
+                    async move {
+                        redis::cmd("SPUBLISH").arg(channel).arg(payload.as_slice()).query_async::<()>(&mut redis).await
+                    }
+                });
+                futures_util::future::join_all(sends).await.into_iter().collect()
+            } else {
+                let mut pipe = redis::pipe();
+                for (channel, payload) in &messages {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
+                }
+                pipe.query_async::<()>(&mut cluster.redis.clone()).await
+            };
+            match result {
+                Ok(()) => METRICS.bridge_published_total.add(count),
                 Err(e) => {
                     METRICS.bridge_publish_failures_total.inc();
                     tracing::debug!(error = %e, "bridge: publish failed (receivers catch up from the store)");

@@ -16,13 +16,19 @@ use crate::harness::*;
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    extra: Vec<String>,
     _dir: TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = Self { child: None, port, _dir: tempfile::tempdir().unwrap() };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut server = Self { child: None, port, extra, _dir: tempfile::tempdir().unwrap() };
         server.run();
         server
     }
@@ -30,6 +36,7 @@ impl RedisServer {
     fn run(&mut self) {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(self._dir.path())
             .stdout(Stdio::null())
@@ -100,8 +107,13 @@ async fn wait_for_members(redis: &RedisServer, n: usize) {
     let deadline = Instant::now() + WAIT;
     loop {
         let now = tidings::domain::now_ms();
-        let live: Vec<String> =
-            redis::cmd("ZRANGEBYSCORE").arg("tidings:nodes").arg(now).arg("+inf").query_async(&mut conn).await.unwrap();
+        let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg("{tidings}:nodes")
+            .arg(now)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         if live.len() == n {
             break;
         }
@@ -466,4 +478,149 @@ async fn a_joining_node_takes_over_rooms_and_nothing_is_lost() {
     assert_eq!(seqs.len(), 16);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one seq per entry across the move: {seqs:?}");
     drop(n3);
+}
+
+/// A three-master Redis Cluster of this test's own (no replicas), on free ports.
+struct RedisCluster {
+    masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    fn start() -> Self {
+        let masters: Vec<RedisServer> =
+            (0..3).map(|_| RedisServer::start_with(&["--cluster-enabled", "yes"])).collect();
+        let addrs: Vec<String> = masters.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is installed");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + WAIT;
+        for m in &masters {
+            loop {
+                let info =
+                    Command::new("redis-cli").args(["-p", &m.port.to_string(), "cluster", "info"]).output().unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the Redis Cluster did not become ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Self { masters }
+    }
+
+    fn urls(&self) -> String {
+        self.masters.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Drops every pub/sub connection on every master (the bridge must resubscribe by itself).
+    fn kill_subscribers(&self) {
+        for m in &self.masters {
+            let killed = Command::new("redis-cli")
+                .args(["-p", &m.port.to_string(), "client", "kill", "type", "pubsub"])
+                .output()
+                .unwrap();
+            assert!(killed.status.success());
+        }
+    }
+
+    /// Which third of the slots (one master each, as `--cluster create` splits them) this channel's
+    /// slot is in.
+    fn master_of(&self, channel: &str) -> u16 {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.masters[0].port.to_string(), "cluster", "keyslot", channel])
+            .output()
+            .unwrap();
+        let slot: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        slot / 5462
+    }
+}
+
+async fn wait_for_members_on_cluster(cluster: &RedisCluster, n: usize) {
+    let seeds: Vec<String> = cluster.masters.iter().map(RedisServer::url).collect();
+    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    let mut conn = client.get_async_connection().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = tidings::domain::now_ms();
+        let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg("{tidings}:nodes")
+            .arg(now)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if live.len() == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected {n} nodes, the Redis Cluster lists {live:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_bridge_uses_sharded_channels_and_survives_resubscription() {
+    let redis = RedisCluster::start();
+    let data = tempfile::tempdir().unwrap();
+    let nodes: Vec<TestServer> = ["n1", "n2"]
+        .into_iter()
+        .map(|node| {
+            TestServer::start_with(|c| {
+                c.store.data_dir = data.path().to_path_buf();
+                c.cluster.redis_url = redis.urls();
+                c.cluster.redis_cluster = true;
+                c.cluster.node_id = node.into();
+                c.cluster.heartbeat_ms = 100;
+                c.cluster.node_ttl_ms = 600;
+            })
+        })
+        .collect();
+    wait_for_members_on_cluster(&redis, 2).await;
+
+    // Pairs whose rooms' owners are not the receiver's node, with receivers' channels on several
+    // shards: every delivery crosses the sharded bridge.
+    let mut pairs = Vec::new();
+    let mut shards = std::collections::HashSet::new();
+    for i in 0..12 {
+        let sender = nodes[0].user(&format!("sender{i}")).await;
+        let receiver = nodes[0].user(&format!("receiver{i}")).await;
+        let receiver_id = receiver.id();
+        let room = {
+            let (s, _) = sender.connect_synced(0).await;
+            s.create_direct(receiver_id).await.unwrap().room_id
+        };
+        let owner = tidings::cluster::owner(tidings::domain::RoomId(room), ["n1", "n2"]).unwrap();
+        let (own, other) = if owner == "n1" { (&nodes[0], &nodes[1]) } else { (&nodes[1], &nodes[0]) };
+        let (s, _) = TestUser { ws_base: own.ws_base(), ..sender }.connect_synced(0).await;
+        let (r, _) = TestUser { ws_base: other.ws_base(), ..receiver }.connect_synced(0).await;
+        shards.insert(redis.master_of(&format!("tidings:u:{receiver_id}")));
+        pairs.push((s, r, room));
+    }
+    assert!(shards.len() >= 2, "the receivers' channels should sit on several shards: {shards:?}");
+    for (i, (s, r, room)) in pairs.iter_mut().enumerate() {
+        s.send_text(*room, &format!("a{i}"), "over the shards").await.unwrap();
+        assert_eq!(texts(&messages(r, 1).await), ["over the shards"]);
+    }
+
+    // Every subscriber connection is dropped: the bridge reconnects and resubscribes, one channel
+    // per command (a batched SSUBSCRIBE across slots would be refused with CROSSSLOT), and what was
+    // published meanwhile is read from the store.
+    redis.kill_subscribers();
+    for (i, (s, _, room)) in pairs.iter().enumerate() {
+        s.send_text(*room, &format!("b{i}"), "after the drop").await.unwrap();
+    }
+    for (_, r, _) in pairs.iter_mut() {
+        assert_eq!(texts(&messages(r, 1).await), ["after the drop"]);
+    }
+    for (i, (s, r, room)) in pairs.iter_mut().enumerate() {
+        s.send_text(*room, &format!("c{i}"), "live again").await.unwrap();
+        assert_eq!(texts(&messages(r, 1).await), ["live again"]);
+    }
 }

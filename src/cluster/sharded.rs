@@ -1,0 +1,208 @@
+//! The bridge on a Redis Cluster: sharded pub/sub (SSUBSCRIBE / SPUBLISH), so each user's channel
+//! lives on the master that owns its slot and publishing spreads over the shards.
+//!
+//! One subscriber connection per master. Every subscription is its own SSUBSCRIBE on the master
+//! that owns the channel's slot: channels of different slots in one command are refused with
+//! CROSSSLOT, which is how a batched resubscription silently leaves rooms dead. After any
+//! disconnect, or when Redis moves a slot we listen on (it then sends `sunsubscribe` on its own),
+//! the shard map is read again and everything is resubscribed, one channel per command, and every
+//! local user re-reads its stream from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::Value;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+use super::Cluster;
+use super::bridge::{Envelope, Interest, apply, deliver};
+use super::resp::{self, slot};
+use crate::actors::Hub;
+use crate::domain::UserId;
+
+/// Slot ranges and the address of the master serving each.
+struct ShardMap(Vec<(u16, u16, String)>);
+
+impl ShardMap {
+    fn master_of(&self, channel: &str) -> Option<&str> {
+        let slot = slot(channel.as_bytes());
+        self.0.iter().find(|(start, end, _)| (*start..=*end).contains(&slot)).map(|(_, _, addr)| addr.as_str())
+    }
+}
+
+enum Incoming {
+    Message(Vec<u8>, Vec<u8>),
+    /// Redis dropped a subscription by itself (a slot moved) or confirmed one of ours.
+    Unsubscribed(Vec<u8>),
+    /// A subscriber connection ended.
+    Gone(String),
+}
+
+async fn shard_map(cluster: &Cluster) -> anyhow::Result<ShardMap> {
+    let slots: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut cluster.redis.clone()).await?;
+    let Value::Array(ranges) = slots else { anyhow::bail!("CLUSTER SLOTS: unexpected {slots:?}") };
+    let mut map = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else { continue };
+        let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+            (fields.first(), fields.get(1), fields.get(2))
+        else {
+            continue;
+        };
+        let host = match master.first() {
+            Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+            Some(Value::SimpleString(h)) => h.clone(),
+            _ => continue,
+        };
+        let Some(Value::Int(port)) = master.get(1) else { continue };
+        map.push((*start as u16, *end as u16, format!("{host}:{port}")));
+    }
+    anyhow::ensure!(!map.is_empty(), "CLUSTER SLOTS listed no masters");
+    Ok(ShardMap(map))
+}
+
+pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc::UnboundedReceiver<Interest>) {
+    let mut local: HashMap<UserId, usize> = HashMap::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    'reconnect: loop {
+        if !first {
+            // Keep the interest set current while waiting to reconnect.
+            let pause = tokio::time::sleep(backoff);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = &mut pause => break,
+                    change = interest.recv() => match change {
+                        Some(change) => apply(&mut local, change),
+                        None => return,
+                    },
+                }
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        let was_first = std::mem::replace(&mut first, false);
+        cluster.set_bridge_up(false);
+        let map = match shard_map(&cluster).await {
+            Ok(map) => map,
+            Err(e) => {
+                tracing::warn!(error = %e, "bridge: cannot read the Redis Cluster's shards");
+                continue;
+            }
+        };
+        let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
+        let mut writers: HashMap<String, OwnedWriteHalf> = HashMap::new();
+        let mut masters: Vec<&str> = map.0.iter().map(|(_, _, addr)| addr.as_str()).collect();
+        masters.sort_unstable();
+        masters.dedup();
+        for addr in masters {
+            let stream = match TcpStream::connect(addr).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "bridge: cannot reach a Redis Cluster master");
+                    continue 'reconnect;
+                }
+            };
+            let (mut reader, writer) = resp::split(stream);
+            writers.insert(addr.to_owned(), writer);
+            let tx = incoming_tx.clone();
+            let addr = addr.to_owned();
+            tokio::spawn(async move {
+                loop {
+                    let reply = match resp::read(&mut reader).await {
+                        Ok(reply) => reply,
+                        Err(_) => {
+                            let _ = tx.send(Incoming::Gone(addr));
+                            return;
+                        }
+                    };
+                    let Some((kind, channel, payload)) = reply.pubsub() else { continue };
+                    let event = match kind {
+                        b"smessage" => match payload.and_then(|p| p.bytes()) {
+                            Some(payload) => Incoming::Message(channel.to_vec(), payload.to_vec()),
+                            None => continue,
+                        },
+                        b"sunsubscribe" => Incoming::Unsubscribed(channel.to_vec()),
+                        _ => continue,
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(incoming_tx);
+        for user in local.keys() {
+            if subscribe(&map, &mut writers, &cluster, *user, b"SSUBSCRIBE").await.is_err() {
+                continue 'reconnect;
+            }
+        }
+        backoff = Duration::from_millis(100);
+        cluster.set_bridge_up(true);
+        if !was_first {
+            tracing::info!(users = local.len(), "bridge: resubscribed on the Redis Cluster; local users catch up");
+            for user in local.keys() {
+                hub.registry.mark_missed(*user);
+            }
+            cluster.record_presence(local.keys().copied().collect()).await;
+        }
+        loop {
+            tokio::select! {
+                change = interest.recv() => {
+                    let Some(change) = change else { return };
+                    let command: Option<(UserId, &[u8])> = match &change {
+                        Interest::Subscribe(user) if !local.contains_key(user) => Some((*user, b"SSUBSCRIBE")),
+                        Interest::Unsubscribe(user) if local.get(user) == Some(&1) => Some((*user, b"SUNSUBSCRIBE")),
+                        _ => None,
+                    };
+                    apply(&mut local, change);
+                    if let Some((user, command)) = command
+                        && subscribe(&map, &mut writers, &cluster, user, command).await.is_err()
+                    {
+                        continue 'reconnect;
+                    }
+                }
+                event = incoming.recv() => match event {
+                    Some(Incoming::Message(channel, payload)) => {
+                        let Ok(channel) = std::str::from_utf8(&channel) else { continue };
+                        let Some(user) = cluster.keys.user_of_channel(channel) else { continue };
+                        match serde_json::from_slice::<Envelope>(&payload) {
+                            Ok(envelope) => deliver(&cluster, &hub, user, envelope),
+                            Err(e) => tracing::warn!(error = %e, "bridge: undecodable message"),
+                        }
+                    }
+                    Some(Incoming::Unsubscribed(channel)) => {
+                        let user = std::str::from_utf8(&channel).ok().and_then(|c| cluster.keys.user_of_channel(c));
+                        if user.is_some_and(|u| local.contains_key(&u)) {
+                            tracing::info!("bridge: Redis dropped a subscription (a slot moved); resubscribing");
+                            continue 'reconnect;
+                        }
+                    }
+                    Some(Incoming::Gone(addr)) => {
+                        tracing::warn!(%addr, "bridge: a Redis Cluster subscriber connection ended; reconnecting");
+                        continue 'reconnect;
+                    }
+                    None => continue 'reconnect,
+                },
+            }
+        }
+    }
+}
+
+/// One SSUBSCRIBE or SUNSUBSCRIBE, for one channel, on the master that owns its slot.
+async fn subscribe(
+    map: &ShardMap,
+    writers: &mut HashMap<String, OwnedWriteHalf>,
+    cluster: &Cluster,
+    user: UserId,
+    command: &[u8],
+) -> std::io::Result<()> {
+    let channel = cluster.keys.user_channel(user);
+    let Some(writer) = map.master_of(&channel).and_then(|addr| writers.get_mut(addr)) else {
+        return Err(std::io::ErrorKind::NotConnected.into());
+    };
+    resp::send(writer, &[command, channel.as_bytes()]).await
+}
