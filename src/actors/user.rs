@@ -163,11 +163,13 @@ pub struct UserActor {
     hub: Arc<Hub>,
     missed: Arc<AtomicBool>,
     conns: HashMap<ConnId, Conn>,
+    /// An ack has cancelled this user's delivered pushes in the store during this actor's life.
+    acked_once: bool,
 }
 
 impl UserActor {
     pub fn new(user: UserId, hub: Arc<Hub>, missed: Arc<AtomicBool>) -> Self {
-        Self { user, hub, missed, conns: HashMap::new() }
+        Self { user, hub, missed, conns: HashMap::new(), acked_once: false }
     }
 
     fn offer(conn: &mut Conn, pos: u64, event: &StreamEvent) -> After {
@@ -468,7 +470,9 @@ impl Handler<StreamAck> for UserActor {
             && msg.pos > conn.acked_pos
         {
             conn.acked_pos = msg.pos;
-            self.hub.push.delivered(self.user, msg.pos);
+            // In a cluster another node may have queued the push: the first ack asks the store.
+            let check_store = self.hub.cluster.is_some() && !std::mem::replace(&mut self.acked_once, true);
+            self.hub.push.delivered(self.user, msg.pos, check_store);
         }
         msg.replier.ok();
     }

@@ -103,8 +103,11 @@ impl PushGate {
 
     /// A device of `user` acknowledged its stream up to `pos`: its pending pushes up to there are
     /// not needed any more.
-    pub fn delivered(self: &Arc<Self>, user: UserId, pos: u64) {
-        if !self.pending.contains(&user) {
+    ///
+    /// `check_store` skips the hint: in a cluster a push may have been queued by another node, so a
+    /// session's first ack asks the store whatever the hint says (once per session, not per ack).
+    pub fn delivered(self: &Arc<Self>, user: UserId, pos: u64, check_store: bool) {
+        if !self.enabled() || !(check_store || self.pending.contains(&user)) {
             return;
         }
         let gate = self.clone();

@@ -624,3 +624,58 @@ async fn on_a_redis_cluster_the_bridge_uses_sharded_channels_and_survives_resubs
         assert_eq!(texts(&messages(r, 1).await), ["live again"]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_in_a_cluster_goes_once_and_an_ack_on_any_node_cancels_it() {
+    use crate::push::{apns_token, ios, wait_offline, wire_push};
+    use tidings_fakes::{FakeApns, FakeFcm};
+
+    let apns = FakeApns::start().await;
+    let fcm = FakeFcm::start().await;
+    let keys = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let nodes: Vec<TestServer> = ["n1", "n2"]
+        .into_iter()
+        .map(|node| {
+            TestServer::start_with(|c| {
+                cluster_config(c, &redis, node, data.path());
+                wire_push(c, &apns, &fcm, keys.path());
+                c.push.grace_ms = 1500;
+            })
+        })
+        .collect();
+    wait_for_members(&redis, 2).await;
+    let ana = nodes[0].user("ana").await;
+    let bob = nodes[0].user("bob").await;
+    let room = {
+        let (a, _) = ana.connect_synced(0).await;
+        a.create_direct(bob.id()).await.unwrap().room_id
+    };
+    // Ana on the room's owner (which queues the push); bob's phone comes back on the other node.
+    let owner = tidings::cluster::owner(tidings::domain::RoomId(room), ["n1", "n2"]).unwrap();
+    let (own, other) = if owner == "n1" { (&nodes[0], &nodes[1]) } else { (&nodes[1], &nodes[0]) };
+    let (a, _) = TestUser { ws_base: own.ws_base(), ..ana }.connect_synced(0).await;
+    let bob = TestUser { ws_base: other.ws_base(), ..bob };
+    {
+        let b = bob.connect().await;
+        b.set_push_token(ios(&apns_token("bob"))).await.unwrap();
+    }
+    wait_offline(&a, bob.id()).await;
+
+    a.send_text(room, "m1", "read me on the other node").await.unwrap();
+    let (b, events) = bob.connect_synced(0).await;
+    b.ack(events.last().unwrap().pos).await.unwrap();
+    b.close().await;
+    drop(b);
+    wait_offline(&a, bob.id()).await;
+    tokio::time::sleep(Duration::from_millis(1500 + 1200)).await;
+    assert!(apns.attempts().is_empty(), "acked on another node: no push");
+
+    // Not acked anywhere: exactly one push, though both nodes' workers share the queue.
+    a.send_text(room, "m2", "now push me").await.unwrap();
+    let pushes = apns.wait_for(1, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(apns.accepted_count(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].payload["aps"]["alert"]["body"], "now push me");
+}

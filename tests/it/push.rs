@@ -24,7 +24,7 @@ struct PushRig {
     _keys: TempDir,
 }
 
-fn wire_push(config: &mut Config, apns: &FakeApns, fcm: &FakeFcm, keys: &std::path::Path) {
+pub fn wire_push(config: &mut Config, apns: &FakeApns, fcm: &FakeFcm, keys: &std::path::Path) {
     config.apns.key_file = tidings_fakes::apns_key_file();
     config.apns.key_id = APNS_KEY_ID.into();
     config.apns.team_id = APNS_TEAM_ID.into();
@@ -54,12 +54,12 @@ impl PushRig {
 }
 
 /// A 64-hex-digit APNs device token, different per name.
-fn apns_token(name: &str) -> String {
+pub fn apns_token(name: &str) -> String {
     let seed: u64 = name.bytes().fold(1469598103934665603, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
     format!("{seed:016x}").repeat(4)
 }
 
-fn ios(token: &str) -> wire::SetPushTokenRequest {
+pub fn ios(token: &str) -> wire::SetPushTokenRequest {
     wire::SetPushTokenRequest {
         platform: wire::PushPlatform::Ios as i32,
         token: token.into(),
@@ -89,7 +89,7 @@ async fn register_and_leave(user: &TestUser, registration: wire::SetPushTokenReq
 }
 
 /// Waits until `observer` (who shares a room with `user`) sees `user` offline.
-async fn wait_offline(observer: &Connection, user: u64) {
+pub async fn wait_offline(observer: &Connection, user: u64) {
     let deadline = Instant::now() + WAIT;
     loop {
         let reply = observer.request(Req::Presence(wire::PresenceRequest { user_ids: vec![user] })).await.unwrap();
