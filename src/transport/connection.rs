@@ -152,13 +152,8 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
                     }
                 };
                 METRICS.requests_total.inc();
-                let decoded = decode_frame(payload.0, &payload.1);
-                // In a cluster a room request may go to the room's owner as the client sent it.
-                let forwardable = match (&decoded, &caller.hub.cluster) {
-                    (Ok(frame), Some(_)) => Some(frame.clone()),
-                    _ => None,
-                };
-                let request = decoded.and_then(|frame| to_request(frame, limits.max_history_page));
+                let request = decode_frame(payload.0, &payload.1)
+                    .and_then(|frame| to_request(frame, limits.max_history_page));
                 let (request_id, request) = match request {
                     Ok(ok) => ok,
                     Err((request_id, e)) => {
@@ -180,7 +175,9 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
                     unreachable!("reading is paused while no permit is free");
                 };
-                dispatch(&caller, request, Replier::new(request_id, answers_tx.clone(), permit), forwardable).await;
+                // The frame as sent goes along: a room request may be forwarded to the room's owner.
+                let sent = (payload.0, payload.1.as_ref());
+                dispatch(&caller, request, Replier::new(request_id, answers_tx.clone(), permit), sent).await;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > idle_timeout {

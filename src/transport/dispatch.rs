@@ -6,10 +6,12 @@
 
 use std::sync::Arc;
 
+use tidings_proto::Encoding;
+use tidings_proto::v1::ServerFrame;
 use tidings_proto::v1::server_frame::Frame;
-use tidings_proto::v1::{ClientFrame, ServerFrame};
 
 use super::codes::code_from_wire;
+use super::decode::decode_frame;
 use crate::actors::{
     Hub, PresenceInfo, Replier, ReplyBody, Request, RoomOp, RoomRequest, StreamAck, SyncFrom, UserEntry, create_direct,
     create_group, require_existing,
@@ -26,9 +28,9 @@ pub struct Caller {
     pub user_actor: UserEntry,
 }
 
-/// `frame` is the request as the client sent it, kept in a cluster so that a room request can be
-/// forwarded to the room's owning node.
-pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, frame: Option<ClientFrame>) {
+/// `sent` is the frame as the client sent it: in a cluster a room request owned by another node is
+/// forwarded there (decoded again only then, so other requests pay nothing for it).
+pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, sent: (Encoding, &[u8])) {
     let hub = &caller.hub;
     let me = caller.auth.user;
     match request {
@@ -91,8 +93,9 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, frame
             actix::spawn(async move { replier.reply(ok(hub.store.set_do_not_disturb(me, until_ms).await)) });
         }
         Request::Room { room, op } => {
-            if let (Some(cluster), Some(frame)) = (&hub.cluster, frame)
+            if let Some(cluster) = &hub.cluster
                 && let Some(owner) = cluster.remote_owner(room)
+                && let Ok(frame) = decode_frame(sent.0, sent.1)
             {
                 // Awaited, not spawned: a client's requests to one room keep their order.
                 if let Some(answer) = cluster.forward(&owner, me, caller.auth.device, frame).await {
@@ -146,7 +149,7 @@ async fn presence(hub: &Arc<Hub>, me: UserId, users: Vec<UserId>) -> ApiResult<R
         .into_iter()
         .map(|user| PresenceInfo {
             user,
-            online: hub.registry.user(user).is_some(),
+            online: hub.registry.is_online(user),
             last_seen_ms: last_seen.iter().find(|(u, _)| *u == user).map_or(0, |(_, at)| *at),
         })
         .collect::<Vec<_>>();
