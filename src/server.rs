@@ -124,7 +124,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let online: Presence = Arc::new(move |user| {
         let hub = presence_hub.clone();
         Box::pin(async move {
-            if hub.registry.user(user).is_some() {
+            if hub.registry.is_online(user) {
                 return true;
             }
             match &hub.cluster {

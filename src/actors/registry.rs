@@ -36,6 +36,12 @@ impl Registry {
         self.users.get(&user).map(|e| e.clone()).filter(|e| e.addr.connected())
     }
 
+    /// Whether the user has a live session on this node (a lookup, no clone: it runs per recipient
+    /// on the send path).
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.users.get(&user).is_some_and(|e| e.addr.connected())
+    }
+
     /// The user's actor, started if needed (on the calling thread's arbiter).
     pub fn user_or_start(&self, user: UserId, hub: &Arc<Hub>) -> UserEntry {
         match self.users.entry(user) {

@@ -251,7 +251,7 @@ impl RoomActor {
             body: planned.body,
         });
         let registry = &self.hub.registry;
-        let push = self.hub.push.fanout(&entry, &planned.recipients, |u| registry.user(u).is_some());
+        let push = self.hub.push.fanout(&entry, &planned.recipients, |u| registry.is_online(u));
         let pushed_to = push.as_ref().map(|p| (p.users.clone(), p.due_at_ms));
         let append = Append { entry: entry.clone(), recipients: planned.recipients, effect: planned.effect, push };
         let committed = match self.hub.store.submit_append(append) {
