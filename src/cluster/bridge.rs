@@ -78,11 +78,82 @@ pub enum Interest {
     Unsubscribe(UserId),
 }
 
+/// The users with an actor on this node, counted (an actor may start before the last one's stop
+/// arrives here): the channels the bridge must listen on. Shared by both bridges.
+#[derive(Default)]
+pub(super) struct LocalUsers(HashMap<UserId, usize>);
+
+impl LocalUsers {
+    /// Records a change; returns the subscription it calls for: `(user, true)` to subscribe the
+    /// user's channel, `(user, false)` to unsubscribe it, or nothing.
+    pub(super) fn apply(&mut self, change: Interest) -> Option<(UserId, bool)> {
+        match change {
+            Interest::Subscribe(user) => {
+                let n = self.0.entry(user).or_default();
+                *n += 1;
+                (*n == 1).then_some((user, true))
+            }
+            Interest::Unsubscribe(user) => {
+                let n = self.0.get_mut(&user)?;
+                *n -= 1;
+                if *n > 0 {
+                    return None;
+                }
+                self.0.remove(&user);
+                Some((user, false))
+            }
+        }
+    }
+
+    pub(super) fn users(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.0.keys().copied()
+    }
+
+    pub(super) fn contains(&self, user: UserId) -> bool {
+        self.0.contains_key(&user)
+    }
+
+    /// Waits out a reconnect pause, keeping the set current. False when the node is stopping.
+    pub(super) async fn pause(&mut self, interest: &mut mpsc::UnboundedReceiver<Interest>, pause: Duration) -> bool {
+        let pause = tokio::time::sleep(pause);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => return true,
+                change = interest.recv() => match change {
+                    Some(change) => {
+                        self.apply(change);
+                    }
+                    None => return false,
+                },
+            }
+        }
+    }
+
+    /// After a reconnect: whatever was published while the bridge was away is lost, so every local
+    /// user re-reads its stream from the store; Redis may have restarted empty, so presence is
+    /// recorded again.
+    pub(super) async fn resync(&self, cluster: &Cluster, hub: &Hub) {
+        tracing::info!(users = self.0.len(), "bridge: resubscribed; local users catch up from the store");
+        for user in self.users() {
+            hub.registry.mark_missed(user);
+        }
+        cluster.record_presence(self.users().collect()).await;
+    }
+}
+
+/// A message that arrived on a user's channel.
+pub(super) fn receive(cluster: &Cluster, hub: &Hub, channel: &str, payload: &[u8]) {
+    let Some(user) = cluster.keys.user_of_channel(channel) else { return };
+    match serde_json::from_slice::<Envelope>(payload) {
+        Ok(envelope) => deliver(cluster, hub, user, envelope),
+        Err(e) => tracing::warn!(error = %e, "bridge: undecodable message"),
+    }
+}
+
 /// Runs until the node stops: keeps the subscriptions, hands what arrives to local actors.
 pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc::UnboundedReceiver<Interest>) {
-    // Users with an actor on this node, counted (an actor may start before the last one's stop
-    // arrives here).
-    let mut local: HashMap<UserId, usize> = HashMap::new();
+    let mut local = LocalUsers::default();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     let Some(client) = cluster.client.clone() else { return };
@@ -92,17 +163,8 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
             Err(e) => {
                 cluster.set_bridge_up(false);
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "bridge: cannot reach Redis");
-                // Keep the interest set current while disconnected.
-                let deadline = tokio::time::sleep(backoff);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        _ = &mut deadline => break,
-                        change = interest.recv() => match change {
-                            Some(change) => apply(&mut local, change),
-                            None => return,
-                        },
-                    }
+                if !local.pause(&mut interest, backoff).await {
+                    return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -110,8 +172,8 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
         };
         let (mut sink, mut stream) = pubsub.split();
         let mut ok = true;
-        for user in local.keys() {
-            if let Err(e) = sink.subscribe(cluster.keys.user_channel(*user)).await {
+        for user in local.users() {
+            if let Err(e) = sink.subscribe(cluster.keys.user_channel(user)).await {
                 tracing::warn!(error = %e, "bridge: resubscribing failed");
                 ok = false;
                 break;
@@ -123,29 +185,18 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
         backoff = Duration::from_millis(100);
         cluster.set_bridge_up(true);
         if !first {
-            // Whatever was published while we were away is lost: every local user re-reads its
-            // stream from the store. Redis may have restarted empty: record presence again.
-            tracing::info!(users = local.len(), "bridge: reconnected; local users catch up from the store");
-            for user in local.keys() {
-                hub.registry.mark_missed(*user);
-            }
-            cluster.record_presence(local.keys().copied().collect()).await;
+            local.resync(&cluster, &hub).await;
         }
         first = false;
         loop {
             tokio::select! {
                 change = interest.recv() => {
                     let Some(change) = change else { return };
-                    let result = match &change {
-                        Interest::Subscribe(user) if !local.contains_key(user) => {
-                            sink.subscribe(cluster.keys.user_channel(*user)).await
-                        }
-                        Interest::Unsubscribe(user) if local.get(user) == Some(&1) => {
-                            sink.unsubscribe(cluster.keys.user_channel(*user)).await
-                        }
-                        _ => Ok(()),
+                    let result = match local.apply(change) {
+                        Some((user, true)) => sink.subscribe(cluster.keys.user_channel(user)).await,
+                        Some((user, false)) => sink.unsubscribe(cluster.keys.user_channel(user)).await,
+                        None => Ok(()),
                     };
-                    apply(&mut local, change);
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "bridge: subscription change failed; reconnecting");
                         break;
@@ -156,11 +207,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
                         tracing::warn!("bridge: Redis connection lost; reconnecting");
                         break;
                     };
-                    let Some(user) = cluster.keys.user_of_channel(message.get_channel_name()) else { continue };
-                    match serde_json::from_slice::<Envelope>(message.get_payload_bytes()) {
-                        Ok(envelope) => deliver(&cluster, &hub, user, envelope),
-                        Err(e) => tracing::warn!(error = %e, "bridge: undecodable message"),
-                    }
+                    receive(&cluster, &hub, message.get_channel_name(), message.get_payload_bytes());
                 }
             }
         }
@@ -168,23 +215,9 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
     }
 }
 
-pub(super) fn apply(local: &mut HashMap<UserId, usize>, change: Interest) {
-    match change {
-        Interest::Subscribe(user) => *local.entry(user).or_default() += 1,
-        Interest::Unsubscribe(user) => {
-            if let Some(n) = local.get_mut(&user) {
-                *n -= 1;
-                if *n == 0 {
-                    local.remove(&user);
-                }
-            }
-        }
-    }
-}
-
 /// Hands an envelope to the user's actor on this node (our own publications were delivered
 /// locally already).
-pub(super) fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
+fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
     if envelope.origin() == cluster.node_id {
         return;
     }

@@ -18,7 +18,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::Cluster;
-use super::bridge::{Envelope, Interest, apply, deliver};
+use super::bridge::{Interest, LocalUsers, receive};
 use super::resp::{self, slot};
 use crate::actors::Hub;
 use crate::domain::UserId;
@@ -65,22 +65,13 @@ async fn shard_map(cluster: &Cluster) -> anyhow::Result<ShardMap> {
 }
 
 pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc::UnboundedReceiver<Interest>) {
-    let mut local: HashMap<UserId, usize> = HashMap::new();
+    let mut local = LocalUsers::default();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     'reconnect: loop {
         if !first {
-            // Keep the interest set current while waiting to reconnect.
-            let pause = tokio::time::sleep(backoff);
-            tokio::pin!(pause);
-            loop {
-                tokio::select! {
-                    _ = &mut pause => break,
-                    change = interest.recv() => match change {
-                        Some(change) => apply(&mut local, change),
-                        None => return,
-                    },
-                }
+            if !local.pause(&mut interest, backoff).await {
+                return;
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
@@ -135,48 +126,36 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
             });
         }
         drop(incoming_tx);
-        for user in local.keys() {
-            if subscribe(&map, &mut writers, &cluster, *user, b"SSUBSCRIBE").await.is_err() {
+        for user in local.users() {
+            if subscribe(&map, &mut writers, &cluster, user, b"SSUBSCRIBE").await.is_err() {
                 continue 'reconnect;
             }
         }
         backoff = Duration::from_millis(100);
         cluster.set_bridge_up(true);
         if !was_first {
-            tracing::info!(users = local.len(), "bridge: resubscribed on the Redis Cluster; local users catch up");
-            for user in local.keys() {
-                hub.registry.mark_missed(*user);
-            }
-            cluster.record_presence(local.keys().copied().collect()).await;
+            local.resync(&cluster, &hub).await;
         }
         loop {
             tokio::select! {
                 change = interest.recv() => {
                     let Some(change) = change else { return };
-                    let command: Option<(UserId, &[u8])> = match &change {
-                        Interest::Subscribe(user) if !local.contains_key(user) => Some((*user, b"SSUBSCRIBE")),
-                        Interest::Unsubscribe(user) if local.get(user) == Some(&1) => Some((*user, b"SUNSUBSCRIBE")),
-                        _ => None,
-                    };
-                    apply(&mut local, change);
-                    if let Some((user, command)) = command
-                        && subscribe(&map, &mut writers, &cluster, user, command).await.is_err()
-                    {
-                        continue 'reconnect;
+                    if let Some((user, on)) = local.apply(change) {
+                        let command: &[u8] = if on { b"SSUBSCRIBE" } else { b"SUNSUBSCRIBE" };
+                        if subscribe(&map, &mut writers, &cluster, user, command).await.is_err() {
+                            continue 'reconnect;
+                        }
                     }
                 }
                 event = incoming.recv() => match event {
                     Some(Incoming::Message(channel, payload)) => {
-                        let Ok(channel) = std::str::from_utf8(&channel) else { continue };
-                        let Some(user) = cluster.keys.user_of_channel(channel) else { continue };
-                        match serde_json::from_slice::<Envelope>(&payload) {
-                            Ok(envelope) => deliver(&cluster, &hub, user, envelope),
-                            Err(e) => tracing::warn!(error = %e, "bridge: undecodable message"),
+                        if let Ok(channel) = std::str::from_utf8(&channel) {
+                            receive(&cluster, &hub, channel, &payload);
                         }
                     }
                     Some(Incoming::Unsubscribed(channel)) => {
                         let user = std::str::from_utf8(&channel).ok().and_then(|c| cluster.keys.user_of_channel(c));
-                        if user.is_some_and(|u| local.contains_key(&u)) {
+                        if user.is_some_and(|u| local.contains(u)) {
                             tracing::info!("bridge: Redis dropped a subscription (a slot moved); resubscribing");
                             continue 'reconnect;
                         }
