@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::serve::{Protocol, Received, Reply, header, reply, serve};
+use crate::serve::{Protocol, Received, Reply, header, reply, serve, wait_until};
 use crate::{APNS_KEY_ID, APNS_TEAM_ID, Failure, keys_dir};
 
 /// A notification the fake accepted.
@@ -140,14 +140,8 @@ impl FakeApns {
 
     /// Waits until at least `n` notifications were accepted, or `timeout` passes; returns them.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ApnsPush> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.changed.notified();
-            if self.accepted_count() >= n || tokio::time::Instant::now() >= deadline {
-                return self.accepted();
-            }
-            let _ = tokio::time::timeout_at(deadline, changed).await;
-        }
+        wait_until(&self.changed, timeout, || self.accepted_count() >= n).await;
+        self.accepted()
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::serve::{Protocol, Received, Reply, header, reply, serve};
+use crate::serve::{Protocol, Received, Reply, header, reply, serve, wait_until};
 use crate::{Failure, keys_dir};
 
 pub const PROJECT_ID: &str = "tidings-fake";
@@ -139,14 +139,8 @@ impl FakeFcm {
     }
 
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<FcmPush> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let changed = self.changed.notified();
-            if self.accepted_count() >= n || tokio::time::Instant::now() >= deadline {
-                return self.accepted();
-            }
-            let _ = tokio::time::timeout_at(deadline, changed).await;
-        }
+        wait_until(&self.changed, timeout, || self.accepted_count() >= n).await;
+        self.accepted()
     }
 }
 

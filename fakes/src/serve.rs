@@ -92,3 +92,15 @@ pub fn reply(status: u16, headers: &[(&str, String)], body: serde_json::Value) -
 pub fn header(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
+
+/// Waits until `done` holds or `timeout` passes, re-checking whenever `changed` is notified.
+pub async fn wait_until(changed: &tokio::sync::Notify, timeout: std::time::Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = changed.notified();
+        if done() || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+    }
+}

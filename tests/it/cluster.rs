@@ -103,7 +103,17 @@ async fn three_nodes() -> ThreeNodes {
 /// Waits until Redis lists `n` live nodes and every node had a heartbeat to see them.
 async fn wait_for_members(redis: &RedisServer, n: usize) {
     let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    wait_until_listed(client.get_multiplexed_async_connection().await.unwrap(), n).await;
+}
+
+/// The same on a Redis Cluster.
+async fn wait_for_members_on_cluster(cluster: &RedisCluster, n: usize) {
+    let seeds: Vec<String> = cluster.masters.iter().map(RedisServer::url).collect();
+    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    wait_until_listed(client.get_async_connection().await.unwrap(), n).await;
+}
+
+async fn wait_until_listed(mut conn: impl redis::aio::ConnectionLike, n: usize) {
     let deadline = Instant::now() + WAIT;
     loop {
         let now = tidings::domain::now_ms();
@@ -540,29 +550,6 @@ impl RedisCluster {
         let slot: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
         slot / 5462
     }
-}
-
-async fn wait_for_members_on_cluster(cluster: &RedisCluster, n: usize) {
-    let seeds: Vec<String> = cluster.masters.iter().map(RedisServer::url).collect();
-    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
-    let mut conn = client.get_async_connection().await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let now = tidings::domain::now_ms();
-        let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg("{tidings}:nodes")
-            .arg(now)
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if live.len() == n {
-            break;
-        }
-        assert!(Instant::now() < deadline, "expected {n} nodes, the Redis Cluster lists {live:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
