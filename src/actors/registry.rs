@@ -15,7 +15,6 @@ use super::user::UserActor;
 use super::{Hub, Outbound};
 use crate::domain::{RoomId, StreamEvent, UserId};
 use crate::error::{ApiError, ApiResult};
-use crate::store::Positions;
 
 #[derive(Clone)]
 pub struct UserEntry {
@@ -88,7 +87,7 @@ impl Registry {
 
     /// Hands a durable event to the user actors of its recipients that are on this node. Users with
     /// no actor here have no connection here: they get the event when they sync.
-    pub fn deliver(&self, positions: &Positions, event: &StreamEvent) {
+    pub fn deliver(&self, positions: &[(UserId, u64)], event: &StreamEvent) {
         for &(user, pos) in positions {
             // Under the map's read guard: no clone of the entry per recipient on this hot path.
             if let Some(entry) = self.users.get(&user).filter(|e| e.addr.connected()) {

@@ -224,7 +224,7 @@ fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
     METRICS.bridge_received_total.inc();
     match envelope {
         Envelope::Event { pos, event, .. } => match from_wire(event) {
-            Some(event) => hub.registry.deliver(&vec![(user, pos)], &event),
+            Some(event) => hub.registry.deliver(&[(user, pos)], &event),
             None => {
                 // From a newer node: read it from the store instead.
                 tracing::warn!(%user, pos, "bridge: an event this node does not understand");

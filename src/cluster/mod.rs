@@ -27,10 +27,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-pub use bridge::{Envelope, Interest};
+use bridge::{Envelope, Interest};
 use commands::Commands;
 pub use forward::{FORWARD_PATH, NODE_SECRET_HEADER};
-pub use keys::Keys;
+use keys::Keys;
 pub use ownership::owner;
 
 use crate::actors::{Ephemeral, Hub};

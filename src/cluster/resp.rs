@@ -45,7 +45,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn text(&self) -> Option<&[u8]> {
+    /// The bytes of a bulk or simple string.
+    pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Reply::Bulk(Some(b)) => Some(b),
             Reply::Simple(s) => Some(s.as_bytes()),
@@ -56,11 +57,7 @@ impl Reply {
     /// `(kind, channel, payload)` of a pub/sub array such as `smessage`, `ssubscribe`, `sunsubscribe`.
     pub fn pubsub(&self) -> Option<(&[u8], &[u8], Option<&Reply>)> {
         let Reply::Array(items) = self else { return None };
-        Some((items.first()?.text()?, items.get(1)?.text()?, items.get(2)))
-    }
-
-    pub fn bytes(&self) -> Option<&[u8]> {
-        self.text()
+        Some((items.first()?.bytes()?, items.get(1)?.bytes()?, items.get(2)))
     }
 }
 

@@ -44,11 +44,6 @@ impl PushGate {
         }
     }
 
-    /// Push disabled: nothing is ever queued.
-    pub fn disabled(store: Arc<dyn Store>) -> Self {
-        Self::new(store, Vec::new(), &PushConfig::default())
-    }
-
     pub fn enabled(&self) -> bool {
         !self.platforms.is_empty()
     }

@@ -24,7 +24,6 @@ pub use apns::ApnsClient;
 pub use fcm::FcmClient;
 pub use gate::PushGate;
 pub use metrics::PUSH_METRICS;
-pub use notification::{Notification, uuid_of};
 pub use worker::{Presence, Providers, PushWorker};
 
 use crate::config::Config;
