@@ -11,6 +11,7 @@ use tidings_client::Connection;
 use tidings_client::tidings_proto::v1::{self as wire, client_frame::Request as Req};
 
 use crate::harness::*;
+use crate::prerequisites::{Prerequisite, require};
 
 /// A `redis-server` of this test's own, on a free port.
 pub struct RedisServer {
@@ -165,6 +166,7 @@ async fn messages(conn: &mut Connection, n: usize) -> Vec<wire::Event> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn people_on_different_nodes_chat_as_on_one() {
+    require!(Prerequisite::Redis);
     let cluster = three_nodes().await;
     let (_ana, mut a) = on(&cluster.nodes[0], "ana").await;
     let (bob, mut b) = on(&cluster.nodes[1], "bob").await;
@@ -240,6 +242,7 @@ async fn people_on_different_nodes_chat_as_on_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_hands_its_clients_and_rooms_over_with_nothing_lost() {
+    require!(Prerequisite::Redis);
     let mut cluster = three_nodes().await;
     let (ana, mut a) = on(&cluster.nodes[0], "ana").await;
     let (bob, mut b) = on(&cluster.nodes[1], "bob").await;
@@ -272,6 +275,7 @@ async fn a_draining_node_hands_its_clients_and_rooms_over_with_nothing_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_nothing_across_nodes() {
+    require!(Prerequisite::Redis);
     let redis_holder;
     let (nodes, _data) = {
         let redis = RedisServer::start();
@@ -357,6 +361,7 @@ async fn persistent_sender(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_rooms_owner_mid_storm_loses_nothing() {
+    require!(Prerequisite::Redis);
     use crate::durability::spawn_server_with;
     use std::collections::HashSet;
     use std::sync::Arc;
@@ -453,6 +458,7 @@ async fn killing_a_rooms_owner_mid_storm_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_takes_over_rooms_and_nothing_is_lost() {
+    require!(Prerequisite::Redis);
     let redis = RedisServer::start();
     let data = tempfile::tempdir().unwrap();
     let n1 = TestServer::start_with(|c| cluster_config(c, &redis, "n1", data.path()));
@@ -554,6 +560,7 @@ impl RedisCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_redis_cluster_the_bridge_uses_sharded_channels_and_survives_resubscription() {
+    require!(Prerequisite::Redis);
     let redis = RedisCluster::start();
     let data = tempfile::tempdir().unwrap();
     let nodes: Vec<TestServer> = ["n1", "n2"]
@@ -614,6 +621,7 @@ async fn on_a_redis_cluster_the_bridge_uses_sharded_channels_and_survives_resubs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_in_a_cluster_goes_once_and_an_ack_on_any_node_cancels_it() {
+    require!(Prerequisite::Redis);
     use crate::push::{apns_token, ios, wait_offline, wire_push};
     use tidings_fakes::{FakeApns, FakeFcm};
 

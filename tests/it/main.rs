@@ -8,6 +8,7 @@ mod cluster;
 mod durability;
 mod harness;
 mod ops;
+mod prerequisites;
 mod push;
 mod rooms;
 mod store_conformance;
