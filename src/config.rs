@@ -74,9 +74,12 @@ impl StoreConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Secret that signs access tokens (HS256). Empty: one is generated on first start and kept in
-    /// `<data_dir>/token-secret`, so tokens survive restarts. Nodes of a cluster must share it.
+    /// Secret that signs access tokens (HS256), at least 32 bytes. Prefer `token_secret_file` or
+    /// the environment to this setting on a command line. Empty (and no file): one is generated on
+    /// first start and kept in `<data_dir>/token-secret`. Nodes of a cluster must share it.
     pub token_secret: String,
+    /// A file holding the token secret (surrounding whitespace ignored).
+    pub token_secret_file: PathBuf,
     pub access_token_ttl_secs: u64,
     pub refresh_token_ttl_days: u64,
     /// Argon2id cost. The defaults are OWASP's recommendation (19 MiB, 2 passes).
@@ -89,6 +92,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             token_secret: String::new(),
+            token_secret_file: PathBuf::new(),
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_days: 60,
             argon2_memory_kib: 19 * 1024,
@@ -169,8 +173,14 @@ pub struct ClusterConfig {
     /// How often this node renews its membership; it is considered dead after `node_ttl_ms`.
     pub heartbeat_ms: u64,
     pub node_ttl_ms: u64,
-    /// Prefix of every Redis key and channel, so several clusters can share one Redis.
+    /// Prefix of every Redis key and channel. Give each cluster its own Redis (or an ACL user
+    /// limited to its prefix): anyone who can write to a cluster's Redis can disturb it.
     pub key_prefix: String,
+    /// Key the nodes authenticate each other's requests with, at least 32 bytes, separate from the
+    /// token secret. Empty (and no file): generated into `<data_dir>/node-key`, which suits nodes
+    /// sharing one data directory; nodes on several hosts must be given the same key.
+    pub node_key: String,
+    pub node_key_file: PathBuf,
 }
 
 impl Default for ClusterConfig {
@@ -183,6 +193,8 @@ impl Default for ClusterConfig {
             heartbeat_ms: 1000,
             node_ttl_ms: 5000,
             key_prefix: "tidings".into(),
+            node_key: String::new(),
+            node_key_file: PathBuf::new(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod push;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod transport;

@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use crate::auth::AuthService;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::push::{Presence, PushWorker, gate_for, providers_from};
+use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::transport::http::{AppState, routes};
@@ -39,54 +39,44 @@ pub struct Running {
 
 /// Opens the configured store.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let dir = &config.store.data_dir;
+    private_dir(dir).with_context(|| format!("creating {} (mode 0700)", dir.display()))?;
     let mut options = SqliteOptions::new(config.store.database_path());
     options.synchronous = config.store.synchronous;
     options.max_batch = config.store.max_batch.max(1);
     options.busy_timeout = Duration::from_millis(config.store.busy_timeout_ms);
     let store =
         SqliteStore::open(options).with_context(|| format!("opening {}", config.store.database_path().display()))?;
+    // SQLite gives the WAL and shared-memory files the database file's mode.
+    let database = config.store.database_path();
+    let companions = ["-wal", "-shm"].map(|suffix| {
+        let mut name = database.clone().into_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    });
+    private_files(std::iter::once(database.as_path()).chain(companions.iter().map(|p| p.as_path())))
+        .with_context(|| format!("making {} private (mode 0600)", database.display()))?;
     Ok(Arc::new(store))
 }
 
-/// The access-token secret: configured, or generated once and kept beside the database.
+/// The access-token secret: configured, from a file, or generated once beside the database.
 fn token_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
-    if !config.auth.token_secret.is_empty() {
-        return Ok(config.auth.token_secret.as_bytes().to_vec());
-    }
-    let path = config.store.data_dir.join("token-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        return Ok(existing.trim().as_bytes().to_vec());
-    }
-    std::fs::create_dir_all(&config.store.data_dir)?;
-    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-    match write_private(&path, &secret) {
-        Ok(()) => {
-            tracing::info!(path = %path.display(), "generated a new access-token secret");
-            Ok(secret.into_bytes())
-        }
-        // Another node sharing this data directory wrote it first: use theirs. (It is written in
-        // one small write, so a reader that finds it empty retries.)
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            for _ in 0..50 {
-                let existing = std::fs::read_to_string(&path)?;
-                if !existing.trim().is_empty() {
-                    return Ok(existing.trim().as_bytes().to_vec());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            anyhow::bail!("{} exists but stays empty", path.display())
-        }
-        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
-    }
+    crate::secrets::load(SecretSource {
+        setting: "auth.token_secret",
+        value: &config.auth.token_secret,
+        file: &config.auth.token_secret_file,
+        generated: config.store.data_dir.join("token-secret"),
+    })
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents.as_bytes())
+/// The cluster's node-to-node key, likewise.
+fn node_key(config: &Config) -> anyhow::Result<Vec<u8>> {
+    crate::secrets::load(SecretSource {
+        setting: "cluster.node_key",
+        value: &config.cluster.node_key,
+        file: &config.cluster.node_key_file,
+        generated: config.store.data_dir.join("node-key"),
+    })
 }
 
 /// Raises the soft open-files limit to the hard limit: every connection is a file.
@@ -114,7 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let local_addr = listener.local_addr()?;
     let cluster = match config.cluster.redis_url.is_empty() {
         true => None,
-        false => Some(Cluster::join(&config.cluster, &local_addr.to_string(), &secret).await?),
+        false => Some(Cluster::join(&config.cluster, &local_addr.to_string(), &node_key(&config)?).await?),
     };
     let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), cluster.clone());
     if let Some(cluster) = &cluster {

@@ -16,9 +16,10 @@ use crate::metrics::METRICS;
 pub const FORWARD_PATH: &str = "/internal/v1/forward";
 pub const NODE_SECRET_HEADER: &str = "x-tidings-node-secret";
 
-/// What nodes show each other: derived from the shared token secret, never the secret itself.
-pub(super) fn node_secret(token_secret: &[u8]) -> String {
-    let digest = Sha256::new().chain_update(b"tidings node secret\0").chain_update(token_secret).finalize();
+/// What nodes show each other: derived from the cluster's node key (not the token secret, so
+/// that the key that signs users' tokens is never a node credential), never the key itself.
+pub(super) fn node_secret(node_key: &[u8]) -> String {
+    let digest = Sha256::new().chain_update(b"tidings node secret\0").chain_update(node_key).finalize();
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -68,7 +68,7 @@ pub struct Cluster {
 impl Cluster {
     /// Connects to Redis and joins the cluster (the first heartbeat runs before this returns, so
     /// the node is in the view when it starts serving).
-    pub async fn join(config: &ClusterConfig, listen: &str, token_secret: &[u8]) -> anyhow::Result<Arc<Self>> {
+    pub async fn join(config: &ClusterConfig, listen: &str, node_key: &[u8]) -> anyhow::Result<Arc<Self>> {
         let urls: Vec<String> =
             config.redis_url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
         let redis = Commands::connect(&urls, config.redis_cluster).await?;
@@ -84,7 +84,7 @@ impl Cluster {
         };
         let advertise = if config.advertise.is_empty() { listen.to_owned() } else { config.advertise.clone() };
         let (interest, interest_rx) = mpsc::unbounded_channel();
-        let node_secret = forward::node_secret(token_secret);
+        let node_secret = forward::node_secret(node_key);
         // A dead owner refuses connections at once; a hung one costs its clients at most this.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))

@@ -11,6 +11,7 @@ mod ops;
 mod prerequisites;
 mod push;
 mod rooms;
+mod security;
 mod store_conformance;
 mod swarm;
 mod sync;
