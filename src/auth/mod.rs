@@ -10,5 +10,5 @@ mod service;
 mod tokens;
 
 pub use password::PasswordHasher;
-pub use service::{AuthService, Authenticated, Session};
+pub use service::{AuthService, Authenticated, Refreshed, Session};
 pub use tokens::TokenKeys;

@@ -7,7 +7,7 @@ use super::{PasswordHasher, TokenKeys};
 use crate::config::AuthConfig;
 use crate::domain::{DeviceId, UserId, new_random_id, now_ms};
 use crate::error::{ApiError, ApiResult, Code};
-use crate::store::{DeviceRecord, NewUser, Store};
+use crate::store::{DeviceRecord, NewUser, RefreshRotation, Store};
 
 const MAX_PASSWORD_BYTES: usize = 1024;
 const MAX_DEVICE_NAME_CHARS: usize = 64;
@@ -20,6 +20,17 @@ pub struct Session {
     pub access_token: String,
     pub refresh_token: String,
     pub access_expires_at_ms: i64,
+}
+
+/// What a refresh gave.
+#[derive(Debug, Clone)]
+pub enum Refreshed {
+    Session(Session),
+    /// The token had been traded before: these devices (the one it names) are logged out.
+    Reused {
+        user: UserId,
+        revoked: Vec<DeviceId>,
+    },
 }
 
 /// Who is calling, once their access token checked out.
@@ -112,8 +123,10 @@ impl AuthService {
         Session { user, device, access_token, refresh_token, access_expires_at_ms }
     }
 
-    /// Trades a refresh token for new tokens; the old refresh token stops working.
-    pub async fn refresh(&self, refresh_token: &str) -> ApiResult<Session> {
+    /// Trades a refresh token for new tokens; the old refresh token stops working. Presenting a
+    /// device's previous token again (one of two holders stole it) revokes the device: the answer
+    /// is `Reused`, and the caller closes the device's connections.
+    pub async fn refresh(&self, refresh_token: &str) -> ApiResult<Refreshed> {
         let invalid = || ApiError::new(Code::Unauthenticated, "invalid refresh token");
         let (user, device) = parse_refresh_token(refresh_token).ok_or_else(invalid)?;
         let now = now_ms();
@@ -125,19 +138,19 @@ impl AuthService {
             return Err(ApiError::new(Code::TokenExpired, "refresh token expired; log in again"));
         }
         let old_hash = hash_refresh_token(refresh_token);
-        if old_hash != record.refresh_hash {
-            return Err(invalid());
-        }
         let next = new_refresh_token(user, device);
-        let rotated = self
+        let rotation = self
             .store
             .rotate_refresh(user, device, old_hash, hash_refresh_token(&next), now + self.refresh_ttl_ms())
             .await?;
-        if !rotated {
-            // Another refresh with the same token won the race.
-            return Err(invalid());
+        match rotation {
+            RefreshRotation::Rotated => Ok(Refreshed::Session(self.session(user, device, next, now))),
+            RefreshRotation::Reused { revoked } => {
+                tracing::warn!(%user, %device, "a refresh token was used twice; the device is logged out");
+                Ok(Refreshed::Reused { user, revoked })
+            }
+            RefreshRotation::Unknown => Err(invalid()),
         }
-        Ok(self.session(user, device, next, now))
     }
 
     /// Revokes the caller's device, or all of the user's devices; returns those revoked.

@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, Positions,
-    PushContext, PushFanout, PushJob, PushJobEnd, ReceiptWrite, UserRecord,
+    PushContext, PushFanout, PushJob, PushJobEnd, ReceiptWrite, RefreshRotation, UserRecord,
 };
 
 use crate::domain::{DeviceId, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
@@ -40,7 +40,9 @@ pub trait AccountStore: Send + Sync {
     async fn existing_users(&self, users: Vec<UserId>) -> StoreResult<Vec<UserId>>;
     async fn create_device(&self, device: DeviceRecord) -> StoreResult<()>;
     async fn device(&self, user: UserId, device: DeviceId) -> StoreResult<Option<DeviceRecord>>;
-    /// Replaces the refresh token hash if it still is `old_hash` and the device is live.
+    /// Replaces the refresh token hash if it still is `old_hash` and the device is live, keeping
+    /// `old_hash` as the device's previous one. A device presenting its previous hash again is
+    /// revoked in the same write (reuse detection: one of the two holders stole it).
     async fn rotate_refresh(
         &self,
         user: UserId,
@@ -48,7 +50,7 @@ pub trait AccountStore: Send + Sync {
         old_hash: Vec<u8>,
         new_hash: Vec<u8>,
         new_expires_at_ms: i64,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<RefreshRotation>;
     /// Revokes one device, or all of the user's, with their push tokens and queued pushes; returns
     /// the devices that were live.
     async fn revoke_devices(&self, user: UserId, only: Option<DeviceId>) -> StoreResult<Vec<DeviceId>>;

@@ -29,6 +29,18 @@ pub struct DeviceRecord {
     pub revoked: bool,
 }
 
+/// What presenting a refresh token did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshRotation {
+    Rotated,
+    /// The device's previous token, already traded: the device is now revoked.
+    Reused {
+        revoked: Vec<DeviceId>,
+    },
+    /// Neither the current nor the previous token (or the device is revoked).
+    Unknown,
+}
+
 /// Stream positions assigned to each recipient by one write.
 pub type Positions = Vec<(UserId, u64)>;
 

@@ -22,9 +22,9 @@ use super::decode::to_request;
 use super::dispatch::room_request;
 use super::encode::{answer_frame, error_frame};
 use crate::actors::{Hub, Kick, Replier, Request};
-use crate::auth::{AuthService, Authenticated, Session};
+use crate::auth::{AuthService, Authenticated, Refreshed, Session};
 use crate::cluster::NODE_SECRET_HEADER;
-use crate::domain::UserId;
+use crate::domain::{DeviceId, UserId};
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 
@@ -141,7 +141,26 @@ async fn log_in(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
 }
 
 async fn refresh(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    session_call(&req, &body, |r: RefreshRequest| async move { state.auth.refresh(&r.refresh_token).await }).await
+    session_call(&req, &body, |r: RefreshRequest| async move {
+        match state.auth.refresh(&r.refresh_token).await? {
+            Refreshed::Session(session) => Ok(session),
+            Refreshed::Reused { user, revoked } => {
+                close_devices(&state, user, &revoked).await;
+                Err(ApiError::new(Code::Unauthenticated, "refresh token reused; this device was logged out"))
+            }
+        }
+    })
+    .await
+}
+
+/// Closes the live connections of these devices, on this node and on the others.
+async fn close_devices(state: &AppState, user: UserId, devices: &[DeviceId]) {
+    if let Some(actor) = state.hub.registry.user(user) {
+        let _ = actor.addr.send(Kick { devices: devices.to_vec() }).await;
+    }
+    if let Some(cluster) = &state.hub.cluster {
+        cluster.publish_kick(user, devices);
+    }
 }
 
 /// The access token of a request: `Authorization: Bearer …`, or `access_token=` in the query (for
@@ -174,12 +193,7 @@ async fn log_out(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>)
         let r: LogOutRequest = if body.is_empty() { LogOutRequest::default() } else { parse(encoding, &body)? };
         let caller = authenticate(&req, &state).await?;
         let devices = state.auth.log_out(caller, r.all_devices).await?;
-        if let Some(user) = state.hub.registry.user(caller.user) {
-            let _ = user.addr.send(Kick { devices: devices.clone() }).await;
-        }
-        if let Some(cluster) = &state.hub.cluster {
-            cluster.publish_kick(caller.user, &devices);
-        }
+        close_devices(&state, caller.user, &devices).await;
         Ok::<_, ApiError>(())
     }
     .await;

@@ -35,6 +35,9 @@ async fn sign_up_log_in_refresh_and_log_out() {
     assert_eq!(refreshed.device_id, tablet.device_id);
     assert_eq!(code_of(&http.refresh(&tablet.refresh_token).await.unwrap_err()), wire::ErrorCode::Unauthenticated);
     assert_eq!(code_of(&http.refresh("garbage").await.unwrap_err()), wire::ErrorCode::Unauthenticated);
+    // Presenting the traded token again was reuse: the tablet was logged out, and logs in again.
+    assert_eq!(code_of(&http.refresh(&refreshed.refresh_token).await.unwrap_err()), wire::ErrorCode::Unauthenticated);
+    let refreshed = http.log_in("ana", PASSWORD, "tablet").await.unwrap();
 
     // Logging the tablet out closes its live connection and revokes its tokens; the phone stays.
     let mut tablet_conn =

@@ -6,8 +6,8 @@ use std::path::Path;
 use tidings::auth::TokenKeys;
 use tidings::config::Config;
 use tidings::domain::{DeviceId, UserId, now_ms};
-use tidings_client::Connection;
-use tidings_client::tidings_proto::Encoding;
+use tidings_client::tidings_proto::{Encoding, v1 as wire};
+use tidings_client::{Connection, Incoming};
 
 use crate::harness::*;
 
@@ -80,4 +80,33 @@ async fn the_data_directory_and_its_files_are_private() {
     for file in ["tidings.db", "tidings.db-wal", "tidings.db-shm", "token-secret"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
+}
+
+#[tokio::test]
+async fn a_stolen_refresh_token_used_first_by_the_thief_logs_the_device_out_when_the_victim_refreshes() {
+    let server = TestServer::start();
+    let ana = server.user("ana").await;
+    let (mut conn, _) = ana.connect_synced(0).await;
+    let http = server.http();
+    let stolen = ana.auth.refresh_token.clone();
+    let thief = http.refresh(&stolen).await.expect("the thief trades the stolen token first");
+
+    // The victim's app refreshes with the token it holds: reuse, and the device is logged out.
+    let reused = http.refresh(&stolen).await.unwrap_err();
+    assert_eq!(code_of(&reused), wire::ErrorCode::Unauthenticated);
+    assert!(reused.to_string().contains("reused"), "{reused}");
+    let thiefs_next = http.refresh(&thief.refresh_token).await.unwrap_err();
+    assert_eq!(code_of(&thiefs_next), wire::ErrorCode::Unauthenticated, "the thief's tokens die with the device");
+    for token in [&thief.access_token, &ana.auth.access_token] {
+        assert!(Connection::connect(&server.ws_base(), token, Encoding::Json).await.is_err());
+    }
+    // The victim's open socket is closed too.
+    loop {
+        match conn.next_within(WAIT).await.expect("the connection closes") {
+            Incoming::Closed(_) => break,
+            _ => continue,
+        }
+    }
+    // Logging in again works.
+    http.log_in("ana", PASSWORD, "phone").await.unwrap();
 }

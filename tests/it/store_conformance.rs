@@ -60,6 +60,7 @@ async fn append(store: &dyn Store, e: RoomEntry, recipients: &[UserId], effect: 
 }
 
 pub async fn accounts(store: Arc<dyn Store>) {
+    use tidings::store::RefreshRotation::{Reused, Rotated, Unknown};
     let ana = user(&*store, 1, "ana").await;
     let dup = store
         .create_user(NewUser { id: UserId(2), username: "ana".into(), password_hash: "h".into(), created_at_ms: 1 })
@@ -82,13 +83,20 @@ pub async fn accounts(store: Arc<dyn Store>) {
     store.create_device(device.clone()).await.unwrap();
     store.create_device(DeviceRecord { device: DeviceId(8), ..device.clone() }).await.unwrap();
     assert_eq!(store.device(ana, DeviceId(7)).await.unwrap().unwrap(), device);
-    assert!(!store.rotate_refresh(ana, DeviceId(7), vec![9], vec![2], 20).await.unwrap(), "wrong old hash");
-    assert!(store.rotate_refresh(ana, DeviceId(7), vec![1], vec![2], 20).await.unwrap());
-    assert!(!store.rotate_refresh(ana, DeviceId(7), vec![1], vec![3], 20).await.unwrap(), "old hash is gone");
+    assert_eq!(store.rotate_refresh(ana, DeviceId(7), vec![9], vec![2], 20).await.unwrap(), Unknown, "wrong old hash");
+    assert_eq!(store.rotate_refresh(ana, DeviceId(7), vec![1], vec![2], 20).await.unwrap(), Rotated);
+    assert_eq!(store.rotate_refresh(ana, DeviceId(7), vec![2], vec![3], 20).await.unwrap(), Rotated);
+    assert_eq!(store.rotate_refresh(ana, DeviceId(7), vec![1], vec![4], 20).await.unwrap(), Unknown, "two back");
+    // Device 8's token traded, then presented again: the device is revoked in the same write.
+    assert_eq!(store.rotate_refresh(ana, DeviceId(8), vec![1], vec![5], 20).await.unwrap(), Rotated);
+    let reused = store.rotate_refresh(ana, DeviceId(8), vec![1], vec![6], 20).await.unwrap();
+    assert_eq!(reused, Reused { revoked: vec![DeviceId(8)] });
+    assert!(store.device(ana, DeviceId(8)).await.unwrap().unwrap().revoked);
+    assert_eq!(store.rotate_refresh(ana, DeviceId(8), vec![5], vec![6], 20).await.unwrap(), Unknown, "revoked");
     assert_eq!(store.revoke_devices(ana, Some(DeviceId(7))).await.unwrap(), vec![DeviceId(7)]);
     assert!(store.device(ana, DeviceId(7)).await.unwrap().unwrap().revoked);
-    assert!(!store.rotate_refresh(ana, DeviceId(7), vec![2], vec![3], 20).await.unwrap(), "revoked");
-    assert_eq!(store.revoke_devices(ana, None).await.unwrap(), vec![DeviceId(8)]);
+    assert_eq!(store.rotate_refresh(ana, DeviceId(7), vec![3], vec![4], 20).await.unwrap(), Unknown, "revoked");
+    assert_eq!(store.revoke_devices(ana, None).await.unwrap(), Vec::<DeviceId>::new());
 
     store.set_last_seen(ana, 1234).await.unwrap();
     assert_eq!(store.last_seen(vec![ana]).await.unwrap(), vec![(ana, 1234)]);

@@ -24,8 +24,8 @@ use writer::WriteCmd;
 
 use super::{
     AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, HistoryPage, NewRoom, NewUser, Positions,
-    PushContext, PushJob, PushJobEnd, PushStore, ReceiptWrite, RoomStore, Store, StoreError, StoreErrorKind,
-    StoreResult, StreamStore, UserRecord,
+    PushContext, PushJob, PushJobEnd, PushStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError,
+    StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::domain::{DeviceId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
 
@@ -185,7 +185,7 @@ impl AccountStore for SqliteStore {
         old_hash: Vec<u8>,
         new_hash: Vec<u8>,
         new_expires_at_ms: i64,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<RefreshRotation> {
         self.write(|reply| WriteCmd::RotateRefresh {
             user,
             device,

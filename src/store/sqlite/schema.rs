@@ -37,6 +37,13 @@ CREATE TABLE IF NOT EXISTS devices (
     revoked INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, device_id)
 ) WITHOUT ROWID;
+-- The refresh token hash each device traded last: presented again, it gives a theft away.
+CREATE TABLE IF NOT EXISTS refresh_previous (
+    user_id INTEGER NOT NULL,
+    device_id INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rooms (
     room_id INTEGER PRIMARY KEY,
     kind INTEGER NOT NULL,

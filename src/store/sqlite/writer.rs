@@ -17,7 +17,7 @@ use crate::domain::{DeviceId, EntryBody, PushRegistration, ReceiptKind, Role, Ro
 use crate::metrics::METRICS;
 use crate::store::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewRoom, NewUser, Positions, PushJob, PushJobEnd,
-    ReceiptWrite, StoreError, StoreErrorKind, StoreResult,
+    ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -32,7 +32,7 @@ pub(super) enum WriteCmd {
         old_hash: Vec<u8>,
         new_hash: Vec<u8>,
         expires_at_ms: i64,
-        reply: Reply<bool>,
+        reply: Reply<RefreshRotation>,
     },
     RevokeDevices {
         user: UserId,
@@ -336,14 +336,32 @@ fn rotate_refresh(
     old_hash: &[u8],
     new_hash: &[u8],
     expires_at_ms: i64,
-) -> CmdResult<bool> {
+) -> CmdResult<RefreshRotation> {
     let changed = tx
         .prepare_cached(
             "UPDATE devices SET refresh_hash = ?4, refresh_expires_at_ms = ?5
              WHERE user_id = ?1 AND device_id = ?2 AND refresh_hash = ?3 AND revoked = 0",
         )?
         .execute(params![user.0 as i64, device.0 as i64, old_hash, new_hash, expires_at_ms])?;
-    Ok(Ok(changed == 1))
+    if changed == 1 {
+        tx.prepare_cached(
+            "INSERT INTO refresh_previous (user_id, device_id, hash) VALUES (?1, ?2, ?3)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET hash = excluded.hash",
+        )?
+        .execute(params![user.0 as i64, device.0 as i64, old_hash])?;
+        return Ok(Ok(RefreshRotation::Rotated));
+    }
+    let reused = tx
+        .prepare_cached("SELECT 1 FROM refresh_previous WHERE user_id = ?1 AND device_id = ?2 AND hash = ?3")?
+        .exists(params![user.0 as i64, device.0 as i64, old_hash])?;
+    if !reused {
+        return Ok(Ok(RefreshRotation::Unknown));
+    }
+    let revoked = match revoke_devices(tx, user, Some(device))? {
+        Ok(revoked) => revoked,
+        Err(e) => return Ok(Err(e)),
+    };
+    Ok(Ok(RefreshRotation::Reused { revoked }))
 }
 
 fn revoke_devices(tx: &Transaction<'_>, user: UserId, only: Option<DeviceId>) -> CmdResult<Vec<DeviceId>> {
@@ -359,6 +377,8 @@ fn revoke_devices(tx: &Transaction<'_>, user: UserId, only: Option<DeviceId>) ->
         tx.prepare_cached("UPDATE devices SET revoked = 1, refresh_hash = x'' WHERE user_id = ?1 AND device_id = ?2")?;
     for d in &devices {
         revoke.execute(params![user.0 as i64, d.0 as i64])?;
+        tx.prepare_cached("DELETE FROM refresh_previous WHERE user_id = ?1 AND device_id = ?2")?
+            .execute(params![user.0 as i64, d.0 as i64])?;
         // A logged-out device must not be woken by pushes meant for whoever uses the app next.
         push::clear_token(tx, user, *d)?;
     }
