@@ -86,6 +86,14 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub min_password_chars: usize,
+    /// Sign-up, log-in and refresh attempts allowed per client IP address a minute (a burst of as
+    /// many, then a steady rate); beyond it 429 RATE_LIMITED with Retry-After. 0: no limit.
+    pub attempts_per_minute_per_ip: u32,
+    /// Log-in attempts allowed per username a minute, from any address. 0: no limit.
+    pub attempts_per_minute_per_username: u32,
+    /// Password hashes computed at once (each takes `argon2_memory_kib`); others wait up to 2 s,
+    /// then get 503 OVERLOADED with Retry-After. 0: one per core.
+    pub max_concurrent_hashes: usize,
 }
 
 impl Default for AuthConfig {
@@ -98,6 +106,9 @@ impl Default for AuthConfig {
             argon2_memory_kib: 19 * 1024,
             argon2_iterations: 2,
             min_password_chars: 8,
+            attempts_per_minute_per_ip: 60,
+            attempts_per_minute_per_username: 10,
+            max_concurrent_hashes: 0,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The account operations behind `/v1/auth/*` and the WebSocket upgrade.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::hashing::HashingPool;
 use super::tokens::{hash_refresh_token, new_refresh_token, parse_refresh_token};
-use super::{PasswordHasher, TokenKeys};
+use super::{AttemptLimiter, PasswordHasher, TokenKeys};
 use crate::config::AuthConfig;
 use crate::domain::{DeviceId, UserId, new_random_id, now_ms};
 use crate::error::{ApiError, ApiResult, Code};
@@ -42,22 +45,50 @@ pub struct Authenticated {
 
 pub struct AuthService {
     store: Arc<dyn Store>,
-    hasher: PasswordHasher,
+    /// Every password hash and check runs here, a few at a time (`auth.max_concurrent_hashes`).
+    hashing: HashingPool,
+    per_ip: AttemptLimiter,
+    per_username: AttemptLimiter,
     keys: TokenKeys,
     config: AuthConfig,
 }
 
 impl AuthService {
     pub fn new(store: Arc<dyn Store>, config: AuthConfig, secret: &[u8]) -> Self {
+        let hashes = match config.max_concurrent_hashes {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         Self {
             store,
-            hasher: PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations),
+            hashing: HashingPool::new(hashes, PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations)),
+            per_ip: AttemptLimiter::new(config.attempts_per_minute_per_ip),
+            per_username: AttemptLimiter::new(config.attempts_per_minute_per_username),
             keys: TokenKeys::new(secret),
             config,
         }
     }
 
-    pub async fn sign_up(&self, username: &str, password: &str, device_name: &str) -> ApiResult<Session> {
+    /// Counts an attempt from `client` (and, for log-in, on `username`) against the limits.
+    fn admit(&self, client: Option<IpAddr>, username: Option<&str>) -> ApiResult<()> {
+        let now = Instant::now();
+        if let Some(ip) = client {
+            self.per_ip.attempt(&format!("ip:{ip}"), now)?;
+        }
+        if let Some(name) = username {
+            self.per_username.attempt(&format!("user:{name}"), now)?;
+        }
+        Ok(())
+    }
+
+    pub async fn sign_up(
+        &self,
+        client: Option<IpAddr>,
+        username: &str,
+        password: &str,
+        device_name: &str,
+    ) -> ApiResult<Session> {
+        self.admit(client, None)?;
         validate_username(username)?;
         if password.chars().count() < self.config.min_password_chars || password.len() > MAX_PASSWORD_BYTES {
             return Err(ApiError::invalid(format!(
@@ -65,10 +96,8 @@ impl AuthService {
                 self.config.min_password_chars
             )));
         }
-        let hasher = self.hasher.clone();
         let password = password.to_owned();
-        let password_hash =
-            tokio::task::spawn_blocking(move || hasher.hash(&password)).await.map_err(|_| ApiError::internal())?;
+        let password_hash = self.hashing.run(move |hasher| hasher.hash(&password)).await?;
         let user = UserId(new_random_id());
         self.store
             .create_user(NewUser { id: user, username: username.to_owned(), password_hash, created_at_ms: now_ms() })
@@ -80,14 +109,20 @@ impl AuthService {
         self.new_device(user, device_name).await
     }
 
-    pub async fn log_in(&self, username: &str, password: &str, device_name: &str) -> ApiResult<Session> {
+    pub async fn log_in(
+        &self,
+        client: Option<IpAddr>,
+        username: &str,
+        password: &str,
+        device_name: &str,
+    ) -> ApiResult<Session> {
+        // Only well-formed names get a bucket, so the map cannot be filled with junk keys.
+        let bucket = validate_username(username).is_ok().then_some(username);
+        self.admit(client, bucket)?;
         let record = self.store.user_by_name(username).await?;
-        let hasher = self.hasher.clone();
         let password = password.to_owned();
         let stored = record.as_ref().map(|r| r.password_hash.clone());
-        let ok = tokio::task::spawn_blocking(move || hasher.verify(&password, stored.as_deref()))
-            .await
-            .map_err(|_| ApiError::internal())?;
+        let ok = self.hashing.run(move |hasher| hasher.verify(&password, stored.as_deref())).await?;
         match record {
             Some(record) if ok => self.new_device(record.id, device_name).await,
             _ => Err(ApiError::new(Code::Unauthenticated, "wrong username or password")),
@@ -126,7 +161,8 @@ impl AuthService {
     /// Trades a refresh token for new tokens; the old refresh token stops working. Presenting a
     /// device's previous token again (one of two holders stole it) revokes the device: the answer
     /// is `Reused`, and the caller closes the device's connections.
-    pub async fn refresh(&self, refresh_token: &str) -> ApiResult<Refreshed> {
+    pub async fn refresh(&self, client: Option<IpAddr>, refresh_token: &str) -> ApiResult<Refreshed> {
+        self.admit(client, None)?;
         let invalid = || ApiError::new(Code::Unauthenticated, "invalid refresh token");
         let (user, device) = parse_refresh_token(refresh_token).ok_or_else(invalid)?;
         let now = now_ms();

@@ -127,22 +127,25 @@ where
 }
 
 async fn sign_up(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let client = client_ip(&req);
     session_call(&req, &body, |r: SignUpRequest| async move {
-        state.auth.sign_up(&r.username, &r.password, &r.device_name).await
+        state.auth.sign_up(client, &r.username, &r.password, &r.device_name).await
     })
     .await
 }
 
 async fn log_in(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let client = client_ip(&req);
     session_call(&req, &body, |r: LogInRequest| async move {
-        state.auth.log_in(&r.username, &r.password, &r.device_name).await
+        state.auth.log_in(client, &r.username, &r.password, &r.device_name).await
     })
     .await
 }
 
 async fn refresh(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    let client = client_ip(&req);
     session_call(&req, &body, |r: RefreshRequest| async move {
-        match state.auth.refresh(&r.refresh_token).await? {
+        match state.auth.refresh(client, &r.refresh_token).await? {
             Refreshed::Session(session) => Ok(session),
             Refreshed::Reused { user, revoked } => {
                 close_devices(&state, user, &revoked).await;
@@ -161,6 +164,12 @@ async fn close_devices(state: &AppState, user: UserId, devices: &[DeviceId]) {
     if let Some(cluster) = &state.hub.cluster {
         cluster.publish_kick(user, devices);
     }
+}
+
+/// The address the request came from (the TCP peer: a proxy in front must do its own limiting or
+/// be given its own limits).
+fn client_ip(req: &HttpRequest) -> Option<std::net::IpAddr> {
+    req.peer_addr().map(|a| a.ip())
 }
 
 /// The access token of a request: `Authorization: Bearer …`, or `access_token=` in the query (for

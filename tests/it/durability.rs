@@ -28,12 +28,10 @@ fn spawn_server(data_dir: &std::path::Path) -> (Server, String) {
     spawn_server_with(data_dir, &[])
 }
 
-/// Starts the `tidings` binary with extra `--set key=value` settings.
+/// Starts the `tidings` binary with extra `--set key=value` settings (they win over the cheap
+/// test defaults).
 pub fn spawn_server_with(data_dir: &std::path::Path, settings: &[String]) -> (Server, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
-    for setting in settings {
-        command.args(["--set", setting]);
-    }
     // `TEST_SERVER_LOG=tidings=debug` shows more of the spawned servers' logs (on stderr).
     let level = std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "info".into());
     let mut child = command
@@ -41,7 +39,9 @@ pub fn spawn_server_with(data_dir: &std::path::Path, settings: &[String]) -> (Se
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--set", "auth.argon2_memory_kib=1024", "--set", "auth.argon2_iterations=1"])
+        .args(["--set", "auth.attempts_per_minute_per_ip=0", "--set", "auth.attempts_per_minute_per_username=0"])
         .args(["--set", "limits.requests_per_second=100000", "--set", "limits.request_burst=100000"])
+        .args(settings.iter().flat_map(|s| ["--set", s.as_str()]))
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

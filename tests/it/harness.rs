@@ -31,6 +31,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.store.synchronous = Synchronous::Normal;
     config.auth.argon2_memory_kib = 1024;
     config.auth.argon2_iterations = 1;
+    config.auth.attempts_per_minute_per_ip = 0;
+    config.auth.attempts_per_minute_per_username = 0;
     config.limits.requests_per_second = 10_000;
     config.limits.request_burst = 10_000;
     config

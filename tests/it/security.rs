@@ -110,3 +110,65 @@ async fn a_stolen_refresh_token_used_first_by_the_thief_logs_the_device_out_when
     // Logging in again works.
     http.log_in("ana", PASSWORD, "phone").await.unwrap();
 }
+
+async fn log_in_status(base: &str, username: &str, password: &str) -> (u16, Option<u64>) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/auth/login"))
+        .json(&serde_json::json!({ "username": username, "password": password, "deviceName": "phone" }))
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok());
+    (response.status().as_u16(), retry_after)
+}
+
+#[tokio::test]
+async fn a_password_guesser_gets_429_with_retry_after_per_username_and_per_address() {
+    let server = TestServer::start_with(|c| {
+        c.auth.attempts_per_minute_per_username = 5;
+        c.auth.attempts_per_minute_per_ip = 12;
+    });
+    server.user("ana").await;
+    let base = format!("http://{}", server.addr);
+    for _ in 0..5 {
+        assert_eq!(log_in_status(&base, "ana", "wrong password").await.0, 401);
+    }
+    let (status, retry_after) = log_in_status(&base, "ana", "wrong password").await;
+    assert_eq!(status, 429, "the 6th guess on one name in a minute");
+    assert!(retry_after.is_some_and(|s| (1..=12).contains(&s)), "Retry-After: {retry_after:?}");
+    assert_eq!(log_in_status(&base, "ana", PASSWORD).await.0, 429, "not even the right password gets a guess in");
+    // The address has used 1 sign-up + 7 log-ins of its 12; the rest go to other names, then 429.
+    for name in ["bob", "cy", "dee", "eve"] {
+        assert_eq!(log_in_status(&base, name, "wrong password").await.0, 401);
+    }
+    assert_eq!(log_in_status(&base, "fay", "wrong password").await.0, 429, "the 13th attempt from one address");
+}
+
+#[tokio::test]
+async fn concurrent_logins_are_capped_and_the_servers_memory_stays_bounded() {
+    let data = tempfile::tempdir().unwrap();
+    // The real argon2 cost (19 MiB, 2 passes), two hashes at a time.
+    let settings =
+        ["auth.argon2_memory_kib=19456", "auth.argon2_iterations=2", "auth.max_concurrent_hashes=2"].map(String::from);
+    let (server, addr) = crate::durability::spawn_server_with(data.path(), &settings);
+    let base = format!("http://{addr}");
+    tidings_client::Http::new(base.clone()).sign_up("ana", PASSWORD, "phone").await.unwrap();
+    let attempts = (0..128).map(|_| {
+        let base = base.clone();
+        tokio::spawn(async move { log_in_status(&base, "ana", "wrong password").await.0 })
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts).await.into_iter().map(|s| s.unwrap()).collect();
+    // Each waits up to 2 s for one of the two hashing slots, then is shed with 503.
+    assert!(statuses.iter().all(|&s| s == 401 || s == 503), "{statuses:?}");
+    assert!(statuses.contains(&401));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.0.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let shed = statuses.iter().filter(|&&s| s == 503).count();
+    eprintln!("128 concurrent logins: {shed} shed with 503, peak RSS {peak_kib} KiB");
+    // Before the cap: 2.7 GB for 128 concurrent logins.
+    assert!(peak_kib < 512 * 1024, "peak RSS {peak_kib} KiB");
+}
