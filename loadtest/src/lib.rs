@@ -6,6 +6,7 @@
 //! - `scenario`: the shapes of the standard scenarios (direct, fan-out, churn, city bots).
 //! - `oracle`: tracks every message to every device that should get it; counts loss, duplicates and
 //!   reordering.
+//! - `outbox`: a device's unacknowledged sends, resent in order on its next connection.
 //! - `stats`: HDR latency histograms that merge across processes.
 //! - `report`: the summary table, the JSON line, the PNG plot.
 //! - `push_bench`: the push pipeline benchmark against fake APNs and FCM servers.
@@ -14,6 +15,7 @@
 //! Every loop is bounded in count and time, and only loopback targets are accepted.
 
 pub mod oracle;
+pub mod outbox;
 pub mod procfs;
 pub mod push_bench;
 pub mod report;

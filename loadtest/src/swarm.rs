@@ -22,6 +22,7 @@ use tidings_client::{Connection, Http, Incoming};
 use tokio::sync::mpsc;
 
 use crate::oracle::{DeviceLog, SentLog};
+use crate::outbox::{Answer, Outbox, Send};
 use crate::stats::{Latency, LatencyWire};
 
 /// Where the swarm connects, and from where.
@@ -331,8 +332,20 @@ fn parse_text(text: &str, phase: u32) -> Option<(u64, u64)> {
 struct AckReport {
     room: u64,
     number: u64,
-    intended_us: u64,
+    /// The outbox's tag for the connection the send went out on.
+    tag: u64,
     ok: bool,
+}
+
+/// Puts the outbox's resends ahead of whatever was queued on the old connection (those are in
+/// the resends too if they had gone out; queued ones keep their place after them).
+fn resend_first(retry: &mut Vec<Send>, resends: Vec<Send>) {
+    let queued: Vec<Send> = std::mem::replace(retry, resends);
+    for send in queued {
+        if !retry.contains(&send) {
+            retry.push(send);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -367,9 +380,10 @@ async fn drive_device(
     // Stagger the senders so that they do not all fire at once.
     let offset = (device.user as u64 * 7919) % interval_us.max(1);
     let mut next_number: HashMap<u64, u64> = device.sends_to.iter().map(|&r| (r, 0)).collect();
-    let mut retry: Vec<(u64, u64, u64)> = Vec::new();
+    // Sends to make now, in order: resends after a reconnect first, then retries, then new ones.
+    let mut retry: Vec<Send> = Vec::new();
     let (acks_tx, mut acks) = mpsc::unbounded_channel::<AckReport>();
-    let mut in_flight = 0u64;
+    let mut outbox = Outbox::default();
     let mut latest_seq: HashMap<u64, u64> = HashMap::new();
     let mut last_receipt = Instant::now();
     let seed = device.user_id ^ (device.token.len() as u64).rotate_left(17) ^ device.source.map_or(0, ip_bits);
@@ -377,7 +391,7 @@ async fn drive_device(
 
     loop {
         let now = unix_micros();
-        if now >= drain_until && in_flight == 0 {
+        if now >= drain_until && outbox.is_empty() {
             break;
         }
         // Sends that are due (fixed rate: each keeps its intended time, however late).
@@ -386,23 +400,24 @@ async fn drive_device(
                 let number = next_number[&room];
                 let intended = start_us + offset + number * interval_us;
                 if intended <= now && intended < end_us {
-                    retry.push((room, number, intended));
+                    retry.push(Send { room, number, intended_us: intended });
                     *next_number.get_mut(&room).expect("known room") += 1;
                 }
             }
         }
-        for (room, number, intended) in std::mem::take(&mut retry) {
+        for send in std::mem::take(&mut retry) {
+            let Send { room, number, intended_us: intended } = send;
             if behaviour.typing && number % 5 == 0 {
                 let _ = conn.start_request(Req::Typing(wire::TypingRequest { room_id: room, active: true })).await;
             }
-            let send = Req::SendMessage(wire::SendMessageRequest {
+            let request = Req::SendMessage(wire::SendMessageRequest {
                 room_id: room,
                 client_msg_id: format!("{}.{}.{}.{}", behaviour.phase, device.user_id, room, number),
                 text: message_text(behaviour.phase, number, intended, behaviour.body_bytes),
                 reply_to_seq: 0,
             });
-            in_flight += 1;
-            match conn.start_request(send).await {
+            let tag = outbox.sent(send);
+            match conn.start_request(request).await {
                 Ok(answer) => {
                     let acks_tx = acks_tx.clone();
                     tokio::spawn(async move {
@@ -410,11 +425,11 @@ async fn drive_device(
                             tokio::time::timeout(Duration::from_secs(30), answer).await,
                             Ok(Ok(Ok(wire::reply::Result::Sent(_))))
                         );
-                        let _ = acks_tx.send(AckReport { room, number, intended_us: intended, ok });
+                        let _ = acks_tx.send(AckReport { room, number, tag, ok });
                     });
                 }
                 Err(_) => {
-                    let _ = acks_tx.send(AckReport { room, number, intended_us: intended, ok: false });
+                    let _ = acks_tx.send(AckReport { room, number, tag, ok: false });
                 }
             }
         }
@@ -424,6 +439,7 @@ async fn drive_device(
             out.reconnects += 1;
             tokio::time::sleep(Duration::from_millis(50 + now % 150)).await;
             conn = reconnect(&device, last_pos).await?;
+            resend_first(&mut retry, outbox.reconnected());
             next_churn_us = next_churn(churn_mean_secs, unix_micros(), seed);
         }
         if behaviour.read_receipts && last_receipt.elapsed() >= Duration::from_secs(1) {
@@ -472,28 +488,32 @@ async fn drive_device(
                     latest_seq.insert(entry.room_id, entry.seq);
                 }
                 Some(Incoming::Closed(_)) | None => {
-                    if unix_micros() >= drain_until && in_flight == 0 {
+                    if unix_micros() >= drain_until && outbox.is_empty() {
                         break;
                     }
                     out.reconnects += 1;
                     conn = reconnect(&device, last_pos).await?;
+                    resend_first(&mut retry, outbox.reconnected());
                 }
                 Some(_) => {}
             },
-            Some(report) = acks.recv() => {
-                in_flight -= 1;
-                if report.ok {
-                    *out.sent.entry((report.room, device.user_id)).or_default() += 1;
-                    out.ack_latency.record_micros(unix_micros().saturating_sub(report.intended_us));
+            Some(report) = acks.recv() => match outbox.answered(report.room, report.number, report.tag, report.ok) {
+                Answer::Acked(send) => {
+                    *out.sent.entry((send.room, device.user_id)).or_default() += 1;
+                    out.ack_latency.record_micros(unix_micros().saturating_sub(send.intended_us));
                     progress.acked.fetch_add(1, Ordering::Relaxed);
-                } else if unix_micros() < drain_until {
+                }
+                Answer::Failed(send) if unix_micros() < drain_until => {
                     // Retry with the same client_msg_id: the server never stores a message twice.
                     out.send_retries += 1;
-                    retry.push((report.room, report.number, report.intended_us));
-                } else {
-                    out.send_failures += 1;
+                    retry.push(send);
                 }
-            }
+                Answer::Failed(send) => {
+                    out.send_failures += 1;
+                    outbox.give_up(send);
+                }
+                Answer::Stale => {}
+            },
             _ = tokio::time::sleep(Duration::from_micros(wake_us.saturating_sub(unix_micros()))) => {}
         }
     }
