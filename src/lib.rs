@@ -13,6 +13,8 @@
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
 //! - `metrics`, `error`: counters for `/metrics`; the error codes clients see.
+//! - `jws`: signed tokens (HS256 access tokens, ES256 APNs provider tokens) with ring.
+//! - `secrets`: the token secret and node key, and the private data directory.
 //!
 //! ARCHITECTURE.md has the bird's-eye view and the invariants.
 
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod jws;
 pub mod metrics;
 pub mod push;
 pub mod secrets;

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::public_key::PublicKey;
 use crate::serve::{Protocol, Received, Reply, header, reply, serve, wait_until};
 use crate::{APNS_KEY_ID, APNS_TEAM_ID, Failure, keys_dir};
 
@@ -63,7 +65,7 @@ impl FakeApns {
 
     pub async fn start_with_streams(max_concurrent_streams: u32) -> Self {
         let public = std::fs::read(keys_dir().join("apns-test-key.pub.pem")).expect("reading the APNs test key");
-        let key = Arc::new(DecodingKey::from_ec_pem(&public).expect("the APNs test public key"));
+        let key = Arc::new(PublicKey::es256(&public).expect("the APNs test public key"));
         let state = Arc::new(Mutex::new(State::default()));
         let changed = Arc::new(Notify::new());
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -145,7 +147,7 @@ impl FakeApns {
     }
 }
 
-async fn handle(state: &Mutex<State>, key: &DecodingKey, request: Received) -> Reply {
+async fn handle(state: &Mutex<State>, key: &PublicKey, request: Received) -> Reply {
     let refuse = |status: u16, reason: &str, token: &str| {
         state.lock().unwrap().refused.push((reason.to_owned(), token.to_owned()));
         reply(status, &[], json!({ "reason": reason }))
@@ -231,21 +233,29 @@ async fn handle(state: &Mutex<State>, key: &DecodingKey, request: Received) -> R
 }
 
 /// Apple's checks of a provider token: ES256, the right key id and team, issued within the hour.
-fn check_provider_token(key: &DecodingKey, authorization: Option<String>) -> Result<(), &'static str> {
+fn check_provider_token(key: &PublicKey, authorization: Option<String>) -> Result<(), &'static str> {
     let Some(jwt) = authorization.as_deref().and_then(|a| a.strip_prefix("bearer ").or(a.strip_prefix("Bearer ")))
     else {
         return Err("MissingProviderToken");
     };
-    let header = jsonwebtoken::decode_header(jwt).map_err(|_| "InvalidProviderToken")?;
-    if header.alg != Algorithm::ES256 || header.kid.as_deref() != Some(APNS_KEY_ID) {
+    let [header, claims, signature] = jwt.split('.').collect::<Vec<_>>()[..] else {
+        return Err("InvalidProviderToken");
+    };
+    let json = |segment: &str| -> Result<HashMap<String, Value>, &'static str> {
+        let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| "InvalidProviderToken")?;
+        serde_json::from_slice(&bytes).map_err(|_| "InvalidProviderToken")
+    };
+    let fields = json(header)?;
+    if fields.get("alg").and_then(Value::as_str) != Some("ES256")
+        || fields.get("kid").and_then(Value::as_str) != Some(APNS_KEY_ID)
+    {
         return Err("InvalidProviderToken");
     }
-    let mut validation = Validation::new(Algorithm::ES256);
-    validation.required_spec_claims.clear();
-    validation.validate_exp = false;
-    let claims = jsonwebtoken::decode::<HashMap<String, Value>>(jwt, key, &validation)
-        .map_err(|_| "InvalidProviderToken")?
-        .claims;
+    let signing_input = &jwt[..header.len() + 1 + claims.len()];
+    if !key.verifies(signing_input.as_bytes(), signature) {
+        return Err("InvalidProviderToken");
+    }
+    let claims = json(claims)?;
     if claims.get("iss").and_then(Value::as_str) != Some(APNS_TEAM_ID) {
         return Err("InvalidProviderToken");
     }

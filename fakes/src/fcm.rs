@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::public_key::PublicKey;
 use crate::serve::{Protocol, Received, Reply, header, reply, serve, wait_until};
 use crate::{Failure, keys_dir};
 
@@ -56,7 +56,7 @@ impl Drop for FakeFcm {
 impl FakeFcm {
     pub async fn start() -> Self {
         let public = std::fs::read(keys_dir().join("fcm-test-key.pub.pem")).expect("reading the FCM test key");
-        let key = Arc::new(DecodingKey::from_rsa_pem(&public).expect("the FCM test public key"));
+        let key = Arc::new(PublicKey::rs256(&public).expect("the FCM test public key"));
         let state = Arc::new(Mutex::new(State::default()));
         let changed = Arc::new(Notify::new());
         // The assertion's audience is the token URL, which needs the port: set once bound.
@@ -144,7 +144,7 @@ impl FakeFcm {
     }
 }
 
-fn handle(state: &Mutex<State>, key: &DecodingKey, token_url: &str, request: Received) -> Reply {
+fn handle(state: &Mutex<State>, key: &PublicKey, token_url: &str, request: Received) -> Reply {
     if request.method != hyper::Method::POST {
         return google_error(405, "METHOD_NOT_ALLOWED", "", "POST only");
     }
@@ -199,7 +199,7 @@ fn handle(state: &Mutex<State>, key: &DecodingKey, token_url: &str, request: Rec
 }
 
 /// The OAuth2 JWT-bearer grant: checks the service account's RS256 assertion like Google does.
-fn issue_token(state: &Mutex<State>, key: &DecodingKey, token_url: &str, request: &Received) -> Reply {
+fn issue_token(state: &Mutex<State>, key: &PublicKey, token_url: &str, request: &Received) -> Reply {
     let oauth_error = |status: u16, error: &str, description: &str| {
         state.lock().unwrap().refused.push(format!("token: {description}"));
         reply(status, &[], json!({ "error": error, "error_description": description }))
@@ -230,7 +230,7 @@ fn issue_token(state: &Mutex<State>, key: &DecodingKey, token_url: &str, request
 
 /// Verifies an RS256 assertion the way Google does: base64url segments with or without padding
 /// (gcp_auth pads), the signature over the segments as sent, then issuer, audience and expiry.
-fn check_assertion(assertion: &str, key: &DecodingKey, token_url: &str) -> Result<HashMap<String, Value>, String> {
+fn check_assertion(assertion: &str, key: &PublicKey, token_url: &str) -> Result<HashMap<String, Value>, String> {
     use base64::Engine;
     let parts: Vec<&str> = assertion.split('.').collect();
     let [header, claims, signature] = parts[..] else { return Err("not a JWT".into()) };
@@ -240,10 +240,7 @@ fn check_assertion(assertion: &str, key: &DecodingKey, token_url: &str) -> Resul
         return Err(format!("alg {} is not RS256", header["alg"]));
     }
     let message = format!("{}.{}", parts[0], parts[1]);
-    let valid =
-        jsonwebtoken::crypto::verify(signature.trim_end_matches('='), message.as_bytes(), key, Algorithm::RS256)
-            .map_err(|e| e.to_string())?;
-    if !valid {
+    if !key.verifies(message.as_bytes(), signature) {
         return Err("InvalidSignature".into());
     }
     let claims: HashMap<String, Value> =

@@ -11,6 +11,7 @@
 
 mod apns;
 mod fcm;
+mod public_key;
 mod serve;
 
 use std::path::PathBuf;

@@ -9,12 +9,12 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
 use super::notification::Notification;
 use super::provider::{Delivery, retry_after};
 use crate::config::ApnsConfig;
+use crate::jws::Es256;
 use crate::store::PushJob;
 
 /// Apple accepts a provider token for an hour and refuses one renewed more often than every 20
@@ -25,7 +25,7 @@ pub struct ApnsClient {
     http: reqwest::Client,
     production_url: String,
     sandbox_url: String,
-    key: EncodingKey,
+    key: Es256,
     key_id: String,
     team_id: String,
     ttl: Duration,
@@ -37,7 +37,7 @@ impl ApnsClient {
     pub fn new(config: &ApnsConfig, request_timeout: Duration, ttl: Duration) -> anyhow::Result<Self> {
         let pem = std::fs::read(&config.key_file)
             .map_err(|e| anyhow::anyhow!("reading apns.key_file {}: {e}", config.key_file.display()))?;
-        let key = EncodingKey::from_ec_pem(&pem).map_err(|e| {
+        let key = Es256::from_pem(&pem).map_err(|e| {
             anyhow::anyhow!("apns.key_file {} is not a .p8 (EC P-256) key: {e}", config.key_file.display())
         })?;
         if config.key_id.is_empty() || config.team_id.is_empty() {
@@ -71,10 +71,8 @@ impl ApnsClient {
         {
             return Ok(token.clone());
         }
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.key_id.clone());
         let claims = json!({ "iss": self.team_id, "iat": unix_now() });
-        let token = jsonwebtoken::encode(&header, &claims, &self.key)?;
+        let token = self.key.sign(&self.key_id, &claims)?;
         *cached = Some((token.clone(), Instant::now()));
         Ok(token)
     }
