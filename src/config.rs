@@ -140,7 +140,8 @@ pub struct LimitsConfig {
     pub write_timeout_secs: u64,
     /// A room actor with no traffic for this long stops (it reloads from the store on demand).
     pub room_idle_secs: u64,
-    /// Events per store read when a connection catches up.
+    /// Events per store read when a connection catches up; at most two such pages are queued
+    /// per connection, so a socket that syncs from 0 and never reads holds two pages, not its stream.
     pub catch_up_page_events: usize,
     pub max_history_page: usize,
 }

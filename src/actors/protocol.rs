@@ -146,12 +146,13 @@ impl Drop for Replier {
 }
 
 /// What a user actor sends a connection, besides answers.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Outbound {
     /// One live event.
     Event(u64, StreamEvent),
-    /// A page of events read from the store while catching up.
-    Page(Vec<(u64, StreamEvent)>),
+    /// A page of events read from the store while catching up, with the permit that bounds the
+    /// pages queued for the connection (released when the page is dropped, written or not).
+    Page(Vec<(u64, StreamEvent)>, tokio::sync::OwnedSemaphorePermit),
     Ephemeral(Ephemeral),
     Notice(Notice),
 }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::{Ephemeral, Hub, Notice, Outbound, PresenceInfo, Replier, ReplyBody};
 use crate::domain::{ConnId, DeviceId, StreamEvent, UserId, now_ms};
@@ -28,6 +28,10 @@ use crate::metrics::METRICS;
 /// Most live events held per connection while it catches up or waits for a missing event; beyond
 /// this they are dropped and read from the store later.
 const HELD_EVENTS_CAP: usize = 4096;
+/// Pages of a catching-up connection queued at once: one being written, one ready behind it. The
+/// connection's queue is bounded in items and a page is one item, so without this a connection
+/// that syncs from 0 and never reads would hold its whole queue's worth of pages in memory.
+const QUEUED_PAGES: usize = 2;
 /// How long a live event ahead of a missing one waits before the connection catches up instead.
 const GAP_WAIT: Duration = Duration::from_millis(300);
 /// How soon a connection whose queue was full is tried again.
@@ -99,6 +103,9 @@ enum StreamState {
 struct Conn {
     device: DeviceId,
     outbound: mpsc::Sender<Outbound>,
+    /// Permits for pages in the outbound queue (`QUEUED_PAGES`); a page gives its permit back when
+    /// the connection has written it (or dropped it).
+    pages: Arc<Semaphore>,
     state: StreamState,
     /// Live events that arrived ahead of `next_pos`.
     held: BTreeMap<u64, StreamEvent>,
@@ -310,7 +317,10 @@ impl UserActor {
         }
         let last = events.last().map_or(*next_pos, |(pos, _)| *pos);
         let n = events.len() as u64;
-        match conn.outbound.try_send(Outbound::Page(events)) {
+        let Ok(permit) = conn.pages.clone().try_acquire_owned() else {
+            return self.retry_or_resync(conn_id, grace, ctx);
+        };
+        match conn.outbound.try_send(Outbound::Page(events, permit)) {
             Ok(()) => {
                 METRICS.events_caught_up_total.add(n);
                 // The grace measures time without progress: a long backlog read at the client's
@@ -415,6 +425,7 @@ impl Handler<Attach> for UserActor {
             Conn {
                 device: msg.device,
                 outbound: msg.outbound,
+                pages: Arc::new(Semaphore::new(QUEUED_PAGES)),
                 state: StreamState::NotSynced,
                 held: BTreeMap::new(),
                 dropped_held: false,
@@ -491,7 +502,7 @@ impl Handler<Push> for UserActor {
                     let _ = conn.outbound.try_send(Outbound::Ephemeral(event));
                 }
             }
-            Outbound::Page(_) | Outbound::Notice(_) => {}
+            Outbound::Page(..) | Outbound::Notice(_) => {}
         }
     }
 }

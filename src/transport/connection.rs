@@ -233,7 +233,7 @@ async fn write_outbound(writer: &mut Writer, out: Outbound, last_event_pos: &mut
             METRICS.events_delivered_total.inc();
             writer.send(&event_frame(pos, &event)).await
         }
-        Outbound::Page(events) => {
+        Outbound::Page(events, _permit) => {
             for (pos, event) in &events {
                 *last_event_pos = *pos;
                 if !writer.send(&event_frame(*pos, event)).await {
