@@ -118,15 +118,26 @@ impl Default for AuthConfig {
 pub struct LimitsConfig {
     /// Open WebSocket connections per node; upgrades beyond it get 503 OVERLOADED.
     pub max_connections: usize,
+    /// Open WebSocket connections per user (all devices); beyond it 429 RATE_LIMITED. 0: no cap.
+    pub max_connections_per_user: usize,
+    /// Open WebSocket connections per client address; beyond it 429 RATE_LIMITED. 0 (the default):
+    /// no cap, since behind a proxy or a carrier NAT one address is many people.
+    pub max_connections_per_address: usize,
     /// Largest WebSocket frame accepted; a larger one closes the connection (1009).
     pub max_frame_bytes: usize,
     /// Largest message text, in bytes (UTF-8).
     pub max_message_bytes: usize,
     pub max_room_name_chars: usize,
     pub max_group_members: usize,
-    /// Sustained requests per second per connection, and the burst above it.
+    /// Sustained requests per second per connection, and the burst above it. Every data frame
+    /// counts, decodable or not.
     pub requests_per_second: u32,
     pub request_burst: u32,
+    /// The same for all of a user's connections together.
+    pub user_requests_per_second: u32,
+    pub user_request_burst: u32,
+    /// Undecodable frames in a row after which the connection is closed (1002). 0: never.
+    pub max_consecutive_bad_frames: u32,
     /// Requests of one connection awaiting their answer; reading pauses beyond it.
     pub max_in_flight_requests: usize,
     /// Live events queued for one connection; beyond it the connection is a slow consumer.
@@ -150,12 +161,17 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_user: 32,
+            max_connections_per_address: 0,
             max_frame_bytes: 64 * 1024,
             max_message_bytes: 8 * 1024,
             max_room_name_chars: 128,
             max_group_members: 1024,
             requests_per_second: 50,
             request_burst: 200,
+            user_requests_per_second: 100,
+            user_request_burst: 400,
+            max_consecutive_bad_frames: 8,
             max_in_flight_requests: 64,
             outbound_queue_events: 512,
             slow_consumer_grace_secs: 30,

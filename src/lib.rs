@@ -13,6 +13,7 @@
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
 //! - `metrics`, `error`: counters for `/metrics`; the error codes clients see.
+//! - `rate_limit`: the token bucket behind every request and attempt limit.
 //! - `jws`: signed tokens (HS256 access tokens, ES256 APNs provider tokens) with ring.
 //! - `secrets`: the token secret and node key, and the private data directory.
 //!
@@ -27,6 +28,7 @@ pub mod error;
 pub mod jws;
 pub mod metrics;
 pub mod push;
+pub mod rate_limit;
 pub mod secrets;
 pub mod server;
 pub mod store;

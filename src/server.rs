@@ -23,6 +23,7 @@ use crate::push::{Presence, PushWorker, gate_for, providers_from};
 use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::transport::connection_caps::ConnectionCaps;
 use crate::transport::http::{AppState, routes};
 
 pub struct Running {
@@ -132,6 +133,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hub: hub.clone(),
         auth,
         connection_slots: connection_slots.clone(),
+        connection_caps: ConnectionCaps::new(
+            config.limits.max_connections_per_user,
+            config.limits.max_connections_per_address,
+        ),
         ready: ready.clone(),
         shutdown: shutdown_rx,
     });

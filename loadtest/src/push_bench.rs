@@ -105,6 +105,8 @@ pub async fn run(bench: &PushBench, progress: impl Fn(&str, usize, usize)) -> an
         "auth.attempts_per_minute_per_ip=0".into(),
         "limits.requests_per_second=100000".into(),
         "limits.request_burst=100000".into(),
+        "limits.user_requests_per_second=100000".into(),
+        "limits.user_request_burst=100000".into(),
     ]);
     let (server, addr) = spawn_server(bench, &data.join("db"), &settings)?;
     let report = measure(bench, &addr, server.0.id(), &apns, &fcm, &progress).await;

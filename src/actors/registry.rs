@@ -3,8 +3,9 @@
 //! Actors remove themselves when they stop; a lookup that races with a stop sees a disconnected
 //! address and starts a fresh actor, which reloads its state from the store.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use actix::{Actor, Addr};
 use dashmap::DashMap;
@@ -15,6 +16,7 @@ use super::user::UserActor;
 use super::{Hub, Outbound};
 use crate::domain::{RoomId, StreamEvent, UserId};
 use crate::error::{ApiError, ApiResult};
+use crate::rate_limit::TokenBucket;
 
 #[derive(Clone)]
 pub struct UserEntry {
@@ -22,6 +24,15 @@ pub struct UserEntry {
     /// Set by a fan-out that found the actor's mailbox full: the actor then re-reads its
     /// connections' streams from the store, so nothing is lost.
     pub missed: Arc<AtomicBool>,
+    /// The user's request budget, shared by all of its connections.
+    requests: Arc<Mutex<TokenBucket>>,
+}
+
+impl UserEntry {
+    /// Takes one request from the user's budget, or says how many milliseconds until one is free.
+    pub fn take_request(&self, now: Instant) -> Result<(), u32> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).take(now)
+    }
 }
 
 #[derive(Default)]
@@ -49,7 +60,9 @@ impl Registry {
             entry => {
                 let missed = Arc::new(AtomicBool::new(false));
                 let addr = UserActor::new(user, hub.clone(), missed.clone()).start();
-                entry.insert(UserEntry { addr, missed }).clone()
+                let limits = &hub.limits;
+                let requests = TokenBucket::new(limits.user_requests_per_second, limits.user_request_burst);
+                entry.insert(UserEntry { addr, missed, requests: Arc::new(Mutex::new(requests)) }).clone()
             }
         }
     }

@@ -13,17 +13,13 @@ use std::time::Instant;
 use dashmap::DashMap;
 
 use crate::error::{ApiError, Code};
+use crate::rate_limit::TokenBucket;
 
 const MAX_KEYS: usize = 100_000;
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 pub struct AttemptLimiter {
     per_minute: f64,
-    buckets: DashMap<String, Bucket>,
+    buckets: DashMap<String, TokenBucket>,
 }
 
 impl AttemptLimiter {
@@ -40,26 +36,19 @@ impl AttemptLimiter {
         if self.buckets.len() >= MAX_KEYS {
             self.forget_refilled(now);
         }
-        let per_ms = self.per_minute / 60_000.0;
-        let mut bucket = self.buckets.entry(key.to_owned()).or_insert(Bucket { tokens: self.per_minute, at: now });
-        let elapsed_ms = now.saturating_duration_since(bucket.at).as_secs_f64() * 1000.0;
-        bucket.tokens = (bucket.tokens + elapsed_ms * per_ms).min(self.per_minute);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait_ms = ((1.0 - bucket.tokens) / per_ms).ceil() as u32;
-        Err(ApiError {
+        let mut bucket = self
+            .buckets
+            .entry(key.to_owned())
+            .or_insert_with(|| TokenBucket::with_rate(self.per_minute / 60.0, self.per_minute, now));
+        bucket.take(now).map_err(|retry_after_ms| ApiError {
             code: Code::RateLimited,
             message: "too many attempts; wait before trying again".into(),
-            retry_after_ms: wait_ms.max(1),
+            retry_after_ms,
         })
     }
 
     fn forget_refilled(&self, now: Instant) {
-        let full_after_ms = 60_000.0;
-        self.buckets.retain(|_, b| now.saturating_duration_since(b.at).as_secs_f64() * 1000.0 < full_after_ms);
+        self.buckets.retain(|_, bucket| !bucket.is_full(now));
     }
 }
 

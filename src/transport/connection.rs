@@ -18,17 +18,18 @@ use tidings_proto::Encoding;
 use tidings_proto::v1::ServerFrame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-use super::decode::{decode_frame, to_request};
+use super::connection_caps::CapsGuard;
+use super::decode::{decode_frame, peek_request_id, to_request};
 use super::dispatch::{Caller, dispatch};
 use super::encode::{
     Payload, answer_frame, encode, ephemeral_frame, error_frame, event_frame, going_away_frame, notice_frame,
 };
-use super::rate_limit::TokenBucket;
 use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, Replier, UserEntry};
 use crate::auth::Authenticated;
 use crate::domain::ConnId;
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
+use crate::rate_limit::TokenBucket;
 
 /// Everything a connection needs besides its socket.
 pub struct ConnectionSetup {
@@ -38,6 +39,8 @@ pub struct ConnectionSetup {
     pub shutdown: watch::Receiver<bool>,
     /// This connection's place under the node's connection cap, released when it ends.
     pub slot: OwnedSemaphorePermit,
+    /// Its places under the per-user and per-address caps, likewise.
+    pub caps: CapsGuard,
 }
 
 /// Why the loop ended, and what to tell the client.
@@ -68,7 +71,7 @@ impl Writer {
 }
 
 pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::MessageStream) {
-    let ConnectionSetup { hub, auth, encoding, mut shutdown, slot: _slot } = setup;
+    let ConnectionSetup { hub, auth, encoding, mut shutdown, slot: _slot, caps: _caps } = setup;
     let limits = hub.limits.clone();
     let conn = ConnId::next();
     let span = tracing::info_span!("conn", %conn, user = %auth.user, device = %auth.device);
@@ -98,6 +101,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
     let mut last_heard = Instant::now();
     let mut last_event_pos = 0u64;
+    let mut bad_frames_in_a_row = 0u32;
     tracing::debug!("connected");
 
     let end = loop {
@@ -152,26 +156,39 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
                     }
                 };
                 METRICS.requests_total.inc();
+                // Limits first: a frame costs a token whether or not it decodes, and one over the
+                // limit is read only for its request id.
+                let now = Instant::now();
+                let limited = bucket.take(now).and_then(|()| user_actor.take_request(now));
+                if let Err(retry_after_ms) = limited {
+                    METRICS.request_errors_total.inc();
+                    let e = ApiError { retry_after_ms, ..ApiError::new(Code::RateLimited, "too many requests") };
+                    if !writer.send(&error_frame(peek_request_id(payload.0, &payload.1), &e)).await {
+                        break End::ClientClosed;
+                    }
+                    continue;
+                }
                 let request = decode_frame(payload.0, &payload.1)
                     .and_then(|frame| to_request(frame, limits.max_history_page));
                 let (request_id, request) = match request {
-                    Ok(ok) => ok,
+                    Ok(ok) => {
+                        bad_frames_in_a_row = 0;
+                        ok
+                    }
                     Err((request_id, e)) => {
                         METRICS.request_errors_total.inc();
                         if !writer.send(&error_frame(request_id, &e)).await {
                             break End::ClientClosed;
                         }
+                        bad_frames_in_a_row += 1;
+                        if limits.max_consecutive_bad_frames != 0
+                            && bad_frames_in_a_row >= limits.max_consecutive_bad_frames
+                        {
+                            break close(CloseCode::Protocol, "too many bad frames");
+                        }
                         continue;
                     }
                 };
-                if let Err(retry_after_ms) = bucket.take(Instant::now()) {
-                    METRICS.request_errors_total.inc();
-                    let e = ApiError { retry_after_ms, ..ApiError::new(Code::RateLimited, "too many requests") };
-                    if !writer.send(&error_frame(request_id, &e)).await {
-                        break End::ClientClosed;
-                    }
-                    continue;
-                }
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
                     unreachable!("reading is paused while no permit is free");
                 };

@@ -22,20 +22,56 @@ pub type Rejected = (u64, ApiError);
 /// Decodes one frame's payload in the connection's encoding.
 pub fn decode_frame(encoding: Encoding, payload: &[u8]) -> Result<ClientFrame, Rejected> {
     match encoding {
-        Encoding::Protobuf => ClientFrame::decode(payload)
-            .map_err(|e| (0, ApiError::new(Code::BadFrame, format!("not a protobuf ClientFrame: {e}")))),
+        Encoding::Protobuf => ClientFrame::decode(payload).map_err(|e| {
+            (protobuf_request_id(payload), ApiError::new(Code::BadFrame, format!("not a protobuf ClientFrame: {e}")))
+        }),
         Encoding::Json => serde_json::from_slice::<ClientFrame>(payload).map_err(|e| {
             (json_request_id(payload), ApiError::new(Code::BadFrame, format!("not a JSON ClientFrame: {e}")))
         }),
     }
 }
 
+/// The request id of a frame, without decoding the rest (for one refused before decoding): the
+/// first protobuf field when it is `request_id` (encoders write fields in order), or a JSON
+/// frame's `requestId`. 0 when there is none to read.
+pub fn peek_request_id(encoding: Encoding, payload: &[u8]) -> u64 {
+    match encoding {
+        Encoding::Protobuf => protobuf_request_id(payload),
+        Encoding::Json => json_request_id(payload),
+    }
+}
+
+/// `request_id` is field 1, a varint: key byte 0x08, then the value.
+fn protobuf_request_id(payload: &[u8]) -> u64 {
+    let Some((&0x08, rest)) = payload.split_first() else { return 0 };
+    let mut value = 0u64;
+    for (i, &byte) in rest.iter().take(10).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return value;
+        }
+    }
+    0
+}
+
 /// The `requestId` of a JSON frame that failed to decode as a whole, if it has a readable one.
+/// Only that field is kept; the rest is skipped without being built.
 fn json_request_id(payload: &[u8]) -> u64 {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else { return 0 };
-    match value.get("requestId").or_else(|| value.get("request_id")) {
-        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
-        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        Number(u64),
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "requestId", alias = "request_id")]
+        request_id: Option<Id>,
+    }
+    match serde_json::from_slice::<Head>(payload) {
+        Ok(Head { request_id: Some(Id::Number(n)) }) => n,
+        Ok(Head { request_id: Some(Id::Text(s)) }) => s.parse().unwrap_or(0),
         _ => 0,
     }
 }
@@ -177,6 +213,19 @@ mod tests {
     }
 
     #[test]
+    fn request_ids_are_peeked_without_decoding_the_rest() {
+        let frame = ClientFrame { request_id: 1 << 40, request: None }.encode_to_vec();
+        assert_eq!(peek_request_id(Encoding::Protobuf, &frame), 1 << 40);
+        assert_eq!(peek_request_id(Encoding::Protobuf, &[]), 0);
+        assert_eq!(peek_request_id(Encoding::Protobuf, &[0x08, 0x80]), 0, "a truncated varint");
+        assert_eq!(peek_request_id(Encoding::Protobuf, &[0x12, 0x00]), 0, "another field first");
+        assert_eq!(peek_request_id(Encoding::Json, br#"{"requestId":"12","sendMessage":{"x":[1,2]}}"#), 12);
+        assert_eq!(peek_request_id(Encoding::Json, br#"{"ping":{},"request_id":5}"#), 5);
+        assert_eq!(peek_request_id(Encoding::Json, br#"{"requestId":{"a":1}}"#), 0);
+        assert_eq!(peek_request_id(Encoding::Json, b"[1,2"), 0);
+    }
+
+    #[test]
     fn bad_frames_are_typed_errors_with_the_request_id_when_readable() {
         let (id, e) = decode_frame(Encoding::Json, br#"{"requestId":9,"sendMessage":{"roomId":"x"}}"#).unwrap_err();
         assert_eq!((id, e.code), (9, Code::BadFrame));
@@ -184,6 +233,11 @@ mod tests {
         assert_eq!((id, e.code), (0, Code::BadFrame));
         let (_, e) = decode_frame(Encoding::Protobuf, &[0xff, 0xff, 0xff]).unwrap_err();
         assert_eq!(e.code, Code::BadFrame);
+        // A protobuf frame broken after its request id still names the request it answers.
+        let mut broken = ClientFrame { request_id: 300, request: None }.encode_to_vec();
+        broken.extend_from_slice(&[0x12, 0x7f, 0x01]);
+        let (id, e) = decode_frame(Encoding::Protobuf, &broken).unwrap_err();
+        assert_eq!((id, e.code), (300, Code::BadFrame));
         let (id, e) = to_request(ClientFrame { request_id: 3, request: None }, 100).unwrap_err();
         assert_eq!((id, e.code), (3, Code::UnknownRequest));
         let frame = br#"{"requestId":4,"sendMessage":{"text":"hi"}}"#;

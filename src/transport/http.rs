@@ -18,6 +18,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::codes::{http_status, wire_code};
 use super::connection::{self, ConnectionSetup};
+use super::connection_caps::{CapReached, ConnectionCaps};
 use super::decode::to_request;
 use super::dispatch::room_request;
 use super::encode::{answer_frame, error_frame};
@@ -38,6 +39,8 @@ pub struct AppState {
     pub auth: Arc<AuthService>,
     /// One permit per open WebSocket: the node's connection cap.
     pub connection_slots: Arc<Semaphore>,
+    /// Open WebSockets per user and per client address.
+    pub connection_caps: Arc<ConnectionCaps>,
     /// False while starting and once shutdown began.
     pub ready: Arc<AtomicBool>,
     pub shutdown: watch::Receiver<bool>,
@@ -227,6 +230,18 @@ async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppSta
         Ok(auth) => auth,
         Err(e) => return error_response(Encoding::Json, &e),
     };
+    let caps = match state.connection_caps.admit(auth.user, client_ip(&req)) {
+        Ok(caps) => caps,
+        Err(reached) => {
+            METRICS.connections_refused_total.inc();
+            let message = match reached {
+                CapReached::User => "too many open connections for this user",
+                CapReached::Address => "too many open connections from this address",
+            };
+            let e = ApiError { retry_after_ms: 1000, ..ApiError::new(Code::RateLimited, message) };
+            return error_response(Encoding::Json, &e);
+        }
+    };
     let Ok(slot) = state.connection_slots.clone().try_acquire_owned() else {
         METRICS.connections_refused_total.inc();
         return error_response(Encoding::Json, &ApiError::overloaded(1000));
@@ -235,7 +250,8 @@ async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppSta
         Ok(parts) => parts,
         Err(e) => return e.error_response(),
     };
-    let setup = ConnectionSetup { hub: state.hub.clone(), auth, encoding, shutdown: state.shutdown.clone(), slot };
+    let setup =
+        ConnectionSetup { hub: state.hub.clone(), auth, encoding, shutdown: state.shutdown.clone(), slot, caps };
     actix_web::rt::spawn(connection::run(setup, session, stream));
     response
 }

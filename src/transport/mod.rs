@@ -6,13 +6,13 @@
 //! - `decode.rs` / `encode.rs`: protobuf or JSON frames to domain requests, domain answers and
 //!   events to frames. `codes.rs`: the one table of wire error codes.
 //! - `http.rs`: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`.
-//! - `rate_limit.rs`: the per-connection token bucket.
+//! - `connection_caps.rs`: open connections counted per user and per client address.
 
 pub mod codes;
 pub mod connection;
+pub mod connection_caps;
 pub mod decode;
 pub mod dispatch;
 pub mod encode;
 pub mod http;
-pub mod rate_limit;
 pub mod wire_event;

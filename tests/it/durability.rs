@@ -41,6 +41,7 @@ pub fn spawn_server_with(data_dir: &std::path::Path, settings: &[String]) -> (Se
         .args(["--set", "auth.argon2_memory_kib=1024", "--set", "auth.argon2_iterations=1"])
         .args(["--set", "auth.attempts_per_minute_per_ip=0", "--set", "auth.attempts_per_minute_per_username=0"])
         .args(["--set", "limits.requests_per_second=100000", "--set", "limits.request_burst=100000"])
+        .args(["--set", "limits.user_requests_per_second=100000", "--set", "limits.user_request_burst=100000"])
         .args(settings.iter().flat_map(|s| ["--set", s.as_str()]))
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())

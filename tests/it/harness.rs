@@ -35,6 +35,8 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.auth.attempts_per_minute_per_username = 0;
     config.limits.requests_per_second = 10_000;
     config.limits.request_burst = 10_000;
+    config.limits.user_requests_per_second = 10_000;
+    config.limits.user_request_burst = 10_000;
     config
 }
 

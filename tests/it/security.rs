@@ -240,3 +240,135 @@ async fn sockets_that_sync_from_zero_and_never_read_hold_two_pages_each_not_thei
     assert!(queued <= 4 * 2 * 16, "{queued} events queued for 4 sockets");
     assert!(read < 4 * 301, "the test needs more stream than the socket buffers hold ({read} read)");
 }
+
+async fn open(server: &TestServer, user: &TestUser, from: &str) -> Connection {
+    let source = Some(from.parse().unwrap());
+    Connection::connect_from(source, &server.ws_base(), &user.auth.access_token, Encoding::Protobuf).await.unwrap()
+}
+
+async fn refusal(server: &TestServer, user: &TestUser, from: &str) -> Option<(u16, wire::ErrorCode)> {
+    let source = Some(from.parse().unwrap());
+    match Connection::connect_from(source, &server.ws_base(), &user.auth.access_token, Encoding::Protobuf).await {
+        Ok(_) => None,
+        Err(e @ tidings_client::ClientError::Http { status, .. }) => Some((status, code_of(&e))),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn one_users_token_or_one_address_cannot_take_every_connection_slot() {
+    let server = TestServer::start_with(|c| {
+        c.limits.max_connections = 8;
+        c.limits.max_connections_per_user = 2;
+        c.limits.max_connections_per_address = 4;
+    });
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let a1 = open(&server, &ana, "127.0.0.1").await;
+    let _a2 = open(&server, &ana, "127.0.0.1").await;
+    // Ana's stolen token, used from anywhere, gets no third slot.
+    assert_eq!(refusal(&server, &ana, "127.0.0.3").await, Some((429, wire::ErrorCode::RateLimited)));
+    let _b1 = open(&server, &bob, "127.0.0.1").await;
+    let _b2 = open(&server, &bob, "127.0.0.1").await;
+    // Four from 127.0.0.1: the address is full, for everyone on it; other addresses are not.
+    assert_eq!(refusal(&server, &carol, "127.0.0.1").await, Some((429, wire::ErrorCode::RateLimited)));
+    let _c1 = open(&server, &carol, "127.0.0.2").await;
+    // Places come back when connections close.
+    drop(a1);
+    let mut reconnected = false;
+    for _ in 0..50 {
+        if refusal(&server, &ana, "127.0.0.2").await.is_none() {
+            reconnected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reconnected, "ana's place came back");
+}
+
+/// The next error a connection gets.
+async fn next_error(conn: &mut Connection) -> wire::Error {
+    loop {
+        match conn.next_within(WAIT).await.unwrap() {
+            Incoming::Error(e) => return e,
+            Incoming::Ephemeral(_) => {}
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+/// A protobuf frame that names its request id and then breaks.
+fn garbage(request_id: u64) -> tokio_tungstenite::tungstenite::Message {
+    use prost::Message as _;
+    let mut frame = wire::ClientFrame { request_id, request: None }.encode_to_vec();
+    frame.extend_from_slice(&[0x12, 0x7f, 0x01]);
+    tokio_tungstenite::tungstenite::Message::Binary(frame.into())
+}
+
+#[tokio::test]
+async fn garbage_frames_cost_rate_tokens_and_are_answered_with_their_request_ids() {
+    let server = TestServer::start_with(|c| {
+        c.limits.requests_per_second = 1;
+        c.limits.request_burst = 3;
+        c.limits.max_consecutive_bad_frames = 0;
+    });
+    let ana = server.user("ana").await;
+    let mut conn = ana.connect().await;
+    for id in 1..=6 {
+        conn.send_raw(garbage(id)).await.unwrap();
+    }
+    let mut answers = Vec::new();
+    for _ in 1..=6 {
+        let e = next_error(&mut conn).await;
+        answers.push((e.request_id, wire::ErrorCode::try_from(e.code).unwrap()));
+    }
+    // Before: all six were decoded and answered BAD_FRAME, never counting against the limit.
+    use wire::ErrorCode::{BadFrame, RateLimited};
+    assert_eq!(
+        answers,
+        [(1, BadFrame), (2, BadFrame), (3, BadFrame), (4, RateLimited), (5, RateLimited), (6, RateLimited)]
+    );
+}
+
+#[tokio::test]
+async fn a_connection_sending_only_garbage_is_closed_and_one_good_frame_resets_the_count() {
+    let server = TestServer::start_with(|c| c.limits.max_consecutive_bad_frames = 4);
+    let ana = server.user("ana").await;
+    let mut conn = ana.connect().await;
+    for id in 1..=3 {
+        conn.send_raw(garbage(id)).await.unwrap();
+        next_error(&mut conn).await;
+    }
+    conn.request(Req::Ping(wire::PingRequest {})).await.unwrap();
+    for id in 4..=6 {
+        conn.send_raw(garbage(id)).await.unwrap();
+        next_error(&mut conn).await;
+    }
+    conn.request(Req::Ping(wire::PingRequest {})).await.unwrap();
+    for id in 7..=10 {
+        conn.send_raw(garbage(id)).await.unwrap();
+        assert_eq!(next_error(&mut conn).await.request_id, id);
+    }
+    match conn.next_within(WAIT).await.unwrap() {
+        Incoming::Closed(Some((code, _))) => assert_eq!(code, 1002),
+        other => panic!("expected the close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_users_request_budget_is_shared_by_all_of_its_connections() {
+    let server = TestServer::start_with(|c| {
+        c.limits.user_requests_per_second = 1;
+        c.limits.user_request_burst = 4;
+    });
+    let ana = server.user("ana").await;
+    let tablet = ana.another_device("tablet").await;
+    let (phone, tablet) = (ana.connect().await, tablet.connect().await);
+    let mut outcomes = Vec::new();
+    for conn in [&phone, &tablet, &phone, &tablet, &phone, &tablet] {
+        outcomes.push(conn.request(Req::Ping(wire::PingRequest {})).await.map_err(|e| code_of(&e)).err());
+    }
+    let limited = outcomes.iter().filter(|o| **o == Some(wire::ErrorCode::RateLimited)).count();
+    assert_eq!((outcomes.iter().filter(|o| o.is_none()).count(), limited), (4, 2), "{outcomes:?}");
+}

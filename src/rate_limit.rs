@@ -1,4 +1,6 @@
-//! A token bucket: `rate` requests per second sustained, `burst` at once.
+//! A token bucket: `rate` requests per second sustained, `burst` at once. Used per connection and
+//! per user for requests (`transport::connection`, `actors::registry`) and per address and per
+//! username for sign-up, log-in and refresh (`auth::attempts`).
 
 use std::time::Instant;
 
@@ -10,9 +12,21 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// Full from now; a rate or burst of 0 counts as 1.
     pub fn new(rate_per_sec: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        Self { rate_per_sec: f64::from(rate_per_sec.max(1)), burst, tokens: burst, refilled_at: Instant::now() }
+        Self::with_rate(f64::from(rate_per_sec), f64::from(burst), Instant::now())
+    }
+
+    /// Full at `now`, refilling at a fractional rate (a few a minute, say).
+    pub fn with_rate(rate_per_sec: f64, burst: f64, now: Instant) -> Self {
+        let burst = burst.max(1.0);
+        Self { rate_per_sec: rate_per_sec.max(f64::MIN_POSITIVE), burst, tokens: burst, refilled_at: now }
+    }
+
+    /// Whether the bucket would be full at `now`: it remembers nothing and can be forgotten.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        self.tokens + elapsed * self.rate_per_sec >= self.burst
     }
 
     /// Takes a token, or says how many milliseconds until one is available.
@@ -24,7 +38,7 @@ impl TokenBucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err((((1.0 - self.tokens) / self.rate_per_sec) * 1000.0).ceil() as u32)
+            Err(((((1.0 - self.tokens) / self.rate_per_sec) * 1000.0).ceil() as u32).max(1))
         }
     }
 }
