@@ -189,14 +189,22 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
-    /// e.g. `redis://127.0.0.1:6379`. Empty: a single node, no Redis. With `redis_cluster`, the
-    /// seed nodes of a Redis Cluster, comma-separated.
+    /// e.g. `redis://127.0.0.1:6379`; `redis://user:password@host:port` with AUTH/ACL;
+    /// `rediss://` for TLS. Empty: a single node, no Redis. With `redis_cluster`, the seed nodes
+    /// of a Redis Cluster, comma-separated.
     pub redis_url: String,
+    /// With `rediss://`: the CA certificate (PEM) to trust instead of the public roots.
+    pub redis_ca_file: PathBuf,
     /// Redis runs as a Redis Cluster: sharded pub/sub, commands routed by slot.
     pub redis_cluster: bool,
     /// This node's name in the cluster; empty: a random one per start.
     pub node_id: String,
-    /// Where other nodes reach this one (host:port); empty: the listen address.
+    /// The node-to-node listener (host:port), apart from the public one: forwarded requests are
+    /// served only here. Empty: the public listen address's host, on a port of the system's
+    /// choosing. Let only the other nodes reach it.
+    pub internal_listen: String,
+    /// Where other nodes reach this one's internal listener (host:port); empty: the address it
+    /// is bound to.
     pub advertise: String,
     /// How often this node renews its membership; it is considered dead after `node_ttl_ms`.
     pub heartbeat_ms: u64,
@@ -215,8 +223,10 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis_url: String::new(),
+            redis_ca_file: PathBuf::new(),
             redis_cluster: false,
             node_id: String::new(),
+            internal_listen: String::new(),
             advertise: String::new(),
             heartbeat_ms: 1000,
             node_ttl_ms: 5000,

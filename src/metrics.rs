@@ -85,6 +85,8 @@ metrics! {
     bridge_published_total: Counter = "Messages published to other nodes through Redis.",
     bridge_publish_failures_total: Counter = "Publishes to Redis that failed (receivers catch up from the store).",
     bridge_received_total: Counter = "Messages received from other nodes through Redis.",
+    bridge_rejected_total: Counter = "Bridge messages refused: unsigned, signed with another key, for another channel, or too old.",
+    forwarded_rejected_total: Counter = "Forwarded requests refused: unsigned, badly signed, stale or replayed.",
     forwarded_requests_total: Counter = "Room requests forwarded to the room's owning node and answered.",
     ownership_changes_total: Counter = "Cluster membership changes seen (each moves some rooms).",
     store_batches_total: Counter = "Store write batches committed (one fsync each).",

@@ -25,11 +25,14 @@ use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::transport::connection_caps::ConnectionCaps;
 use crate::transport::http::{AppState, routes};
+use crate::transport::internal::internal_routes;
 
 pub struct Running {
     pub local_addr: SocketAddr,
     pub hub: Arc<Hub>,
     handle: actix_web::dev::ServerHandle,
+    /// The cluster's internal listener, when in a cluster.
+    internal: Option<actix_web::dev::ServerHandle>,
     server_task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
     shutdown: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
@@ -103,11 +106,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let listener = std::net::TcpListener::bind(&config.server.listen)
         .with_context(|| format!("binding {}", config.server.listen))?;
     let local_addr = listener.local_addr()?;
-    let cluster = match config.cluster.redis_url.is_empty() {
-        true => None,
-        false => Some(Cluster::join(&config.cluster, &local_addr.to_string(), &node_key(&config)?).await?),
+    let (cluster, internal_listener) = match config.cluster.redis_url.is_empty() {
+        true => (None, None),
+        false => {
+            let internal = internal_listener(&config, local_addr)?;
+            let internal_addr = internal.local_addr()?.to_string();
+            (Some(Cluster::join(&config.cluster, &internal_addr, &node_key(&config)?).await?), Some(internal))
+        }
     };
     let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), cluster.clone());
+    let internal = match internal_listener {
+        Some(listener) => Some(serve_internal(listener, hub.clone(), &config)?),
+        None => None,
+    };
     if let Some(cluster) = &cluster {
         cluster.start(hub.clone());
     }
@@ -159,7 +170,48 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let server_task = actix_web::rt::spawn(server);
     ready.store(true, Ordering::Release);
     tracing::info!(addr = %local_addr, data_dir = %config.store.data_dir.display(), "tidings is listening");
-    Ok(Running { local_addr, hub, handle, server_task, shutdown, ready, connection_slots, push_worker, config })
+    Ok(Running {
+        local_addr,
+        hub,
+        handle,
+        internal,
+        server_task,
+        shutdown,
+        ready,
+        connection_slots,
+        push_worker,
+        config,
+    })
+}
+
+/// Binds `cluster.internal_listen`, or the public host on a free port.
+fn internal_listener(config: &Config, public: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let addr = match config.cluster.internal_listen.as_str() {
+        "" => SocketAddr::new(public.ip(), 0).to_string(),
+        configured => configured.to_owned(),
+    };
+    std::net::TcpListener::bind(&addr).with_context(|| format!("binding cluster.internal_listen {addr}"))
+}
+
+/// Serves the node-to-node endpoints on their own listener.
+fn serve_internal(
+    listener: std::net::TcpListener,
+    hub: Arc<Hub>,
+    config: &Config,
+) -> anyhow::Result<actix_web::dev::ServerHandle> {
+    let addr = listener.local_addr()?;
+    let hub = web::Data::new(hub);
+    let server = HttpServer::new(move || App::new().app_data(hub.clone()).configure(internal_routes))
+        .workers(std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .tcp_nodelay(true)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    tracing::info!(internal_addr = %addr, "cluster internal listener (node-to-node only)");
+    Ok(handle)
 }
 
 impl Running {
@@ -192,6 +244,10 @@ impl Running {
         let left = all - self.connection_slots.available_permits();
         tracing::info!(connections_left = left, "connections told to go away");
         self.handle.stop(true).await;
+        // Last: other nodes may forward requests for rooms this node still owned while draining.
+        if let Some(internal) = &self.internal {
+            internal.stop(true).await;
+        }
         self.push_worker.stop().await;
         self.hub.store.close().await;
         tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store flushed; bye");

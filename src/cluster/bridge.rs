@@ -145,6 +145,16 @@ impl LocalUsers {
 /// A message that arrived on a user's channel.
 pub(super) fn receive(cluster: &Cluster, hub: &Hub, channel: &str, payload: &[u8]) {
     let Some(user) = cluster.keys.user_of_channel(channel) else { return };
+    let payload = match cluster.signer.open_bridge(channel, payload, crate::domain::now_ms()) {
+        Ok(envelope) => envelope,
+        Err(refused) => {
+            // Not from a node of this cluster (or too old): whoever can publish to Redis cannot
+            // speak for the nodes. If it stood for a real event, the stream has it.
+            METRICS.bridge_rejected_total.inc();
+            tracing::warn!(%user, %refused, "bridge: message refused");
+            return;
+        }
+    };
     match serde_json::from_slice::<Envelope>(payload) {
         Ok(envelope) => deliver(cluster, hub, user, envelope),
         Err(e) => tracing::warn!(error = %e, "bridge: undecodable message"),

@@ -19,23 +19,24 @@ pub enum Commands {
 }
 
 impl Commands {
-    /// `urls` is one URL, or the seed nodes of a Redis Cluster when `cluster` is set.
-    pub async fn connect(urls: &[String], cluster: bool) -> anyhow::Result<Self> {
+    /// `urls` is one URL, or the seed nodes of a Redis Cluster when `cluster` is set; `ca` the
+    /// PEM CA certificate a `rediss://` server must chain to (None: the public roots).
+    pub async fn connect(urls: &[String], cluster: bool, ca: Option<&[u8]>) -> anyhow::Result<Self> {
         if cluster {
             let client = redis::cluster::ClusterClient::builder(urls.to_vec())
                 .connection_timeout(Duration::from_secs(2))
                 .response_timeout(Duration::from_secs(2))
                 .retries(2)
                 .build()
-                .map_err(|e| anyhow::anyhow!("Redis Cluster seeds {urls:?}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("Redis Cluster seeds {:?}: {e}", redacted_all(urls)))?;
             let connection = client
                 .get_async_connection()
                 .await
-                .map_err(|e| anyhow::anyhow!("connecting to the Redis Cluster at {urls:?}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("connecting to the Redis Cluster at {:?}: {e}", redacted_all(urls)))?;
             return Ok(Commands::Cluster(connection));
         }
         let url = urls.first().map(String::as_str).unwrap_or_default();
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("cluster.redis_url {url:?}: {e}"))?;
+        let client = client(url, ca)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -44,13 +45,41 @@ impl Commands {
         let manager = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(|e| anyhow::anyhow!("connecting to Redis at {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("connecting to Redis at {}: {e}", redacted(url)))?;
         Ok(Commands::Single(manager))
     }
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Commands::Cluster(_))
     }
+}
+
+/// A client for one Redis; over TLS for `rediss://`, trusting `ca` when given.
+pub fn client(url: &str, ca: Option<&[u8]>) -> anyhow::Result<redis::Client> {
+    let bad = |e: redis::RedisError| anyhow::anyhow!("cluster.redis_url {:?}: {e}", redacted(url));
+    match ca {
+        Some(ca) if url.starts_with("rediss://") => {
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.to_vec()) };
+            redis::Client::build_with_tls(url, certificates).map_err(bad)
+        }
+        _ => redis::Client::open(url).map_err(bad),
+    }
+}
+
+/// A Redis URL without its password, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn redacted_all(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|u| redacted(u)).collect()
 }
 
 impl ConnectionLike for Commands {
@@ -78,5 +107,17 @@ impl ConnectionLike for Commands {
             Commands::Single(c) => c.get_db(),
             Commands::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(redacted("redis://:s3cret@10.0.0.1:6379/0"), "redis://:***@10.0.0.1:6379/0");
+        assert_eq!(redacted("rediss://app:p@ss@host:6380"), "rediss://app:***@host:6380");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 }

@@ -1,4 +1,5 @@
-//! Forwarding a room request to the node that owns the room, over HTTP between nodes.
+//! Forwarding a room request to the node that owns the room, over HTTP between the nodes'
+//! internal listeners (`cluster.internal_listen`), each request signed (`signing.rs`).
 //!
 //! The owner answers with the `ServerFrame` it would have sent its own client; the node the client
 //! is on relays it. If the owner cannot be reached (it just died and the view has not caught up),
@@ -6,30 +7,25 @@
 //! seq of a room, so a brief overlap of owners costs a retry, never an inconsistency.
 
 use prost::Message;
-use sha2::{Digest, Sha256};
 use tidings_proto::v1::{ClientFrame, ForwardedRequest, ServerFrame};
 
+use super::signing::{ForwardSignature, NODE_HEADER, NONCE_HEADER, Refused, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use super::{Cluster, Node};
-use crate::domain::{DeviceId, UserId};
+use crate::domain::{DeviceId, UserId, now_ms};
 use crate::metrics::METRICS;
 
 pub const FORWARD_PATH: &str = "/internal/v1/forward";
-pub const NODE_SECRET_HEADER: &str = "x-tidings-node-secret";
-
-/// What nodes show each other: derived from the cluster's node key (not the token secret, so
-/// that the key that signs users' tokens is never a node credential), never the key itself.
-pub(super) fn node_secret(node_key: &[u8]) -> String {
-    let digest = Sha256::new().chain_update(b"tidings node secret\0").chain_update(node_key).finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 impl Cluster {
-    /// Whether a forwarded request carries this cluster's node secret.
-    pub fn is_node_secret(&self, presented: &str) -> bool {
-        // Constant time: a timing difference must not reveal how much of a guess was right.
-        let expected = self.node_secret.as_bytes();
-        let presented = presented.as_bytes();
-        expected.len() == presented.len() && expected.iter().zip(presented).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    /// Checks a forwarded request's signature headers (looked up with `header`) against its body.
+    pub fn verify_forwarded<'a>(&self, header: impl Fn(&str) -> Option<&'a str>, body: &[u8]) -> Result<(), Refused> {
+        let signature = ForwardSignature {
+            node: header(NODE_HEADER).ok_or(Refused::Malformed)?.to_owned(),
+            timestamp_ms: header(TIMESTAMP_HEADER).and_then(|t| t.parse().ok()).ok_or(Refused::Malformed)?,
+            nonce: header(NONCE_HEADER).and_then(|n| n.parse().ok()).ok_or(Refused::Malformed)?,
+            mac_hex: header(SIGNATURE_HEADER).ok_or(Refused::Malformed)?.to_owned(),
+        };
+        self.signer.verify_forward(&signature, body, now_ms())
     }
 
     /// Sends a client's frame to `owner`; `None` when the owner could not be reached.
@@ -42,10 +38,14 @@ impl Cluster {
     ) -> Option<ServerFrame> {
         let body = ForwardedRequest { user_id: user.0, device_id: device.0, frame: Some(frame) }.encode_to_vec();
         let url = format!("http://{}{FORWARD_PATH}", owner.addr);
+        let signature = self.signer.sign_forward(&self.node_id, now_ms(), rand::random(), &body);
         let response = self
             .http
             .post(url)
-            .header(NODE_SECRET_HEADER, &self.node_secret)
+            .header(NODE_HEADER, signature.node)
+            .header(TIMESTAMP_HEADER, signature.timestamp_ms.to_string())
+            .header(NONCE_HEADER, signature.nonce.to_string())
+            .header(SIGNATURE_HEADER, signature.mac_hex)
             .header("content-type", "application/x-protobuf")
             .body(body)
             .send()

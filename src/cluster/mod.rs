@@ -20,6 +20,7 @@ mod keys;
 mod ownership;
 mod resp;
 mod sharded;
+pub mod signing;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -29,9 +30,10 @@ use tokio::sync::mpsc;
 
 use bridge::{Envelope, Interest};
 use commands::Commands;
-pub use forward::{FORWARD_PATH, NODE_SECRET_HEADER};
+pub use forward::FORWARD_PATH;
 use keys::Keys;
 pub use ownership::owner;
+use signing::NodeSigner;
 
 use crate::actors::{Ephemeral, Hub};
 use crate::config::ClusterConfig;
@@ -60,8 +62,10 @@ pub struct Cluster {
     bridge_up: AtomicBool,
     interest: mpsc::UnboundedSender<Interest>,
     interest_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
-    /// Proves to other nodes that a forwarded request comes from a node of this cluster.
-    node_secret: String,
+    /// Signs and checks what nodes send each other (forwarded requests, bridge messages).
+    signer: NodeSigner,
+    /// From the Redis URL, for the sharded subscriber's own connections.
+    credentials: resp::Credentials,
     http: reqwest::Client,
 }
 
@@ -71,11 +75,31 @@ impl Cluster {
     pub async fn join(config: &ClusterConfig, listen: &str, node_key: &[u8]) -> anyhow::Result<Arc<Self>> {
         let urls: Vec<String> =
             config.redis_url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
-        let redis = Commands::connect(&urls, config.redis_cluster).await?;
+        anyhow::ensure!(!urls.is_empty(), "cluster.redis_url names no Redis");
+        if config.redis_cluster && urls.iter().any(|u| u.starts_with("rediss://")) {
+            anyhow::bail!("cluster.redis_url: TLS (rediss://) is supported with one Redis, not yet with redis_cluster");
+        }
+        let credentials = {
+            use redis::IntoConnectionInfo;
+            let info =
+                urls[0].as_str().into_connection_info().map_err(|e| anyhow::anyhow!("cluster.redis_url: {e}"))?;
+            let settings = info.redis_settings();
+            resp::Credentials {
+                username: settings.username().map(str::to_owned),
+                password: settings.password().map(str::to_owned),
+            }
+        };
+        let ca = match config.redis_ca_file.as_os_str().is_empty() {
+            true => None,
+            false => Some(std::fs::read(&config.redis_ca_file).map_err(|e| {
+                anyhow::anyhow!("reading cluster.redis_ca_file {}: {e}", config.redis_ca_file.display())
+            })?),
+        };
+        let redis = Commands::connect(&urls, config.redis_cluster, ca.as_deref()).await?;
         // The single-Redis bridge subscribes through redis-rs; the sharded one speaks RESP itself.
         let client = match config.redis_cluster {
             true => None,
-            false => Some(redis::Client::open(urls[0].as_str())?),
+            false => Some(commands::client(&urls[0], ca.as_deref())?),
         };
         let node_id = if config.node_id.is_empty() {
             format!("node-{:08x}", rand::random::<u32>())
@@ -84,7 +108,6 @@ impl Cluster {
         };
         let advertise = if config.advertise.is_empty() { listen.to_owned() } else { config.advertise.clone() };
         let (interest, interest_rx) = mpsc::unbounded_channel();
-        let node_secret = forward::node_secret(node_key);
         // A dead owner refuses connections at once; a hung one costs its clients at most this.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
@@ -102,7 +125,8 @@ impl Cluster {
             bridge_up: AtomicBool::new(false),
             interest,
             interest_rx: std::sync::Mutex::new(Some(interest_rx)),
-            node_secret,
+            signer: NodeSigner::new(node_key),
+            credentials,
             http,
         });
         // A node that restarts under the same id starts with no sessions.
@@ -298,6 +322,15 @@ impl Cluster {
         if messages.is_empty() {
             return;
         }
+        // Sealed here, each for its own channel, so that none can be moved to another user's.
+        let now = now_ms();
+        let messages: Vec<(String, Vec<u8>)> = messages
+            .into_iter()
+            .map(|(channel, payload)| {
+                let sealed = self.signer.seal_bridge(&channel, now, &payload);
+                (channel, sealed)
+            })
+            .collect();
         let cluster = self.clone();
         tokio::spawn(async move {
             let count = messages.len() as u64;

@@ -76,6 +76,38 @@ pub async fn send(writer: &mut OwnedWriteHalf, args: &[&[u8]]) -> io::Result<()>
     writer.write_all(&out).await
 }
 
+/// Redis credentials (`AUTH [username] password`), as a `redis://user:password@host` URL gives them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password, not even in a debug log.
+        f.debug_struct("Credentials").field("username", &self.username).finish_non_exhaustive()
+    }
+}
+
+/// Authenticates a fresh connection, when there are credentials.
+pub async fn authenticate(
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut OwnedWriteHalf,
+    credentials: &Credentials,
+) -> io::Result<()> {
+    let Some(password) = &credentials.password else { return Ok(()) };
+    match &credentials.username {
+        Some(user) => send(writer, &[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
+        None => send(writer, &[b"AUTH", password.as_bytes()]).await?,
+    }
+    match read(reader).await? {
+        Reply::Simple(_) => Ok(()),
+        Reply::Error(e) => Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("Redis AUTH: {e}"))),
+        other => Err(io::Error::new(io::ErrorKind::InvalidData, format!("Redis AUTH: unexpected {other:?}"))),
+    }
+}
+
 /// Reads one reply. Bounded: a bulk string over 64 MiB or an array over a million items is refused.
 pub async fn read(reader: &mut BufReader<OwnedReadHalf>) -> io::Result<Reply> {
     let mut line = Vec::new();

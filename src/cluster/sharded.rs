@@ -97,7 +97,11 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
                     continue 'reconnect;
                 }
             };
-            let (mut reader, writer) = resp::split(stream);
+            let (mut reader, mut writer) = resp::split(stream);
+            if let Err(e) = resp::authenticate(&mut reader, &mut writer, &cluster.credentials).await {
+                tracing::warn!(%addr, error = %e, "bridge: a Redis Cluster master refused our credentials");
+                continue 'reconnect;
+            }
             writers.insert(addr.to_owned(), writer);
             let tx = incoming_tx.clone();
             let addr = addr.to_owned();

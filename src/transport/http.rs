@@ -1,5 +1,5 @@
-//! HTTP endpoints: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`, and the
-//! cluster's node-to-node forwarding endpoint.
+//! HTTP endpoints: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`. (The
+//! cluster's node-to-node endpoint is on its own listener: `internal.rs`.)
 //!
 //! Auth bodies are the protocol's messages, as JSON (proto3 mapping) by default or protobuf when the
 //! request's `Content-Type` is `application/x-protobuf`; the answer uses the same encoding.
@@ -19,12 +19,8 @@ use tokio::sync::{Semaphore, watch};
 use super::codes::{http_status, wire_code};
 use super::connection::{self, ConnectionSetup};
 use super::connection_caps::{CapReached, ConnectionCaps};
-use super::decode::to_request;
-use super::dispatch::room_request;
-use super::encode::{answer_frame, error_frame};
-use crate::actors::{Hub, Kick, Replier, Request};
+use crate::actors::{Hub, Kick};
 use crate::auth::{AuthService, Authenticated, Refreshed, Session};
-use crate::cluster::NODE_SECRET_HEADER;
 use crate::domain::{DeviceId, UserId};
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
@@ -55,8 +51,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(paths::LOG_OUT, web::post().to(log_out))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route(crate::cluster::FORWARD_PATH, web::post().to(forwarded));
+        .route("/metrics", web::get().to(metrics));
 }
 
 fn body_encoding(req: &HttpRequest) -> Encoding {
@@ -273,34 +268,6 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         return HttpResponse::ServiceUnavailable().content_type("text/plain").body("redis unavailable\n");
     }
     HttpResponse::Ok().content_type("text/plain").body("ready\n")
-}
-
-/// A room request another node of the cluster forwarded: handled here, answered with the frame the
-/// client gets.
-async fn forwarded(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    use tidings_proto::v1::ForwardedRequest;
-    let Some(cluster) = &state.hub.cluster else { return HttpResponse::NotFound().finish() };
-    let presented = req.headers().get(NODE_SECRET_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if !cluster.is_node_secret(presented) {
-        return HttpResponse::Forbidden().finish();
-    }
-    let Ok(forwarded) = ForwardedRequest::decode(body) else { return HttpResponse::BadRequest().finish() };
-    let user = UserId(forwarded.user_id);
-    let frame = forwarded.frame.unwrap_or_default();
-    let answer = match to_request(frame, state.hub.limits.max_history_page) {
-        Ok((request_id, Request::Room { room, op })) => {
-            let (answers, mut answer) = tokio::sync::mpsc::channel(1);
-            let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
-            room_request(&state.hub, user, room, op, Replier::new(request_id, answers, permit)).await;
-            match answer.recv().await {
-                Some(answer) => answer_frame(&answer),
-                None => error_frame(request_id, &ApiError::internal()),
-            }
-        }
-        Ok((request_id, _)) => error_frame(request_id, &ApiError::invalid("only room requests are forwarded")),
-        Err((request_id, e)) => error_frame(request_id, &e),
-    };
-    HttpResponse::Ok().content_type("application/x-protobuf").body(answer.encode_to_vec())
 }
 
 async fn metrics() -> HttpResponse {

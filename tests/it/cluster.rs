@@ -18,6 +18,8 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     extra: Vec<String>,
+    /// Serves TLS only (`rediss://`), with the test certificate in `tests/fixtures/redis-tls`.
+    tls: bool,
     _dir: TempDir,
 }
 
@@ -29,14 +31,47 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut server = Self { child: None, port, extra, _dir: tempfile::tempdir().unwrap() };
+        let mut server = Self { child: None, port, extra, tls: false, _dir: tempfile::tempdir().unwrap() };
         server.run();
         server
     }
 
+    /// A TLS-only Redis (no plain port), with more arguments.
+    pub fn start_tls(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut server = Self { child: None, port, extra, tls: true, _dir: tempfile::tempdir().unwrap() };
+        server.run();
+        server
+    }
+
+    pub fn tls_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redis-tls")
+    }
+
     fn run(&mut self) {
+        let port = self.port.to_string();
+        let tls = Self::tls_dir();
+        let ports: Vec<std::ffi::OsString> = match self.tls {
+            false => vec!["--port".into(), port.into()],
+            true => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.into(),
+                "--tls-cert-file".into(),
+                tls.join("server.crt").into(),
+                "--tls-key-file".into(),
+                tls.join("server.key").into(),
+                "--tls-ca-cert-file".into(),
+                tls.join("ca.crt").into(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        };
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(ports)
             .args(&self.extra)
             .arg("--dir")
             .arg(self._dir.path())
@@ -53,7 +88,8 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn stop(&mut self) {
@@ -102,14 +138,14 @@ async fn three_nodes() -> ThreeNodes {
 }
 
 /// Waits until Redis lists `n` live nodes and every node had a heartbeat to see them.
-async fn wait_for_members(redis: &RedisServer, n: usize) {
+pub async fn wait_for_members(redis: &RedisServer, n: usize) {
     let client = redis::Client::open(redis.url()).unwrap();
     wait_until_listed(client.get_multiplexed_async_connection().await.unwrap(), n).await;
 }
 
 /// The same on a Redis Cluster.
 async fn wait_for_members_on_cluster(cluster: &RedisCluster, n: usize) {
-    let seeds: Vec<String> = cluster.masters.iter().map(RedisServer::url).collect();
+    let seeds = cluster.seeds();
     let client = redis::cluster::ClusterClient::new(seeds).unwrap();
     wait_until_listed(client.get_async_connection().await.unwrap(), n).await;
 }
@@ -497,16 +533,29 @@ async fn a_joining_node_takes_over_rooms_and_nothing_is_lost() {
 }
 
 /// A three-master Redis Cluster of this test's own (no replicas), on free ports.
+/// A Redis Cluster of three masters that requires a password (so the bridge's own subscriber
+/// connections must authenticate, as the command connections do).
 struct RedisCluster {
     masters: Vec<RedisServer>,
 }
 
+const CLUSTER_PASSWORD: &str = "cluster-secret";
+
+/// `redis-cli` with the cluster's password.
+fn redis_cli() -> Command {
+    let mut command = Command::new("redis-cli");
+    command.args(["-a", CLUSTER_PASSWORD, "--no-auth-warning"]);
+    command
+}
+
 impl RedisCluster {
     fn start() -> Self {
-        let masters: Vec<RedisServer> =
-            (0..3).map(|_| RedisServer::start_with(&["--cluster-enabled", "yes"])).collect();
+        let auth = ["--requirepass", CLUSTER_PASSWORD, "--masterauth", CLUSTER_PASSWORD];
+        let masters: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(&[&["--cluster-enabled", "yes"][..], &auth[..]].concat()))
+            .collect();
         let addrs: Vec<String> = masters.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
-        let created = Command::new("redis-cli")
+        let created = redis_cli()
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
@@ -520,7 +569,7 @@ impl RedisCluster {
         for m in &masters {
             loop {
                 let info =
-                    Command::new("redis-cli").args(["-p", &m.port.to_string(), "cluster", "info"]).output().unwrap();
+                    redis_cli().args(["-p", &m.port.to_string(), "cluster", "info"]).output().unwrap();
                 if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                     break;
                 }
@@ -531,14 +580,18 @@ impl RedisCluster {
         Self { masters }
     }
 
+    fn seeds(&self) -> Vec<String> {
+        self.masters.iter().map(|m| format!("redis://:{CLUSTER_PASSWORD}@127.0.0.1:{}", m.port)).collect()
+    }
+
     fn urls(&self) -> String {
-        self.masters.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+        self.seeds().join(",")
     }
 
     /// Drops every pub/sub connection on every master (the bridge must resubscribe by itself).
     fn kill_subscribers(&self) {
         for m in &self.masters {
-            let killed = Command::new("redis-cli")
+            let killed = redis_cli()
                 .args(["-p", &m.port.to_string(), "client", "kill", "type", "pubsub"])
                 .output()
                 .unwrap();
@@ -549,7 +602,7 @@ impl RedisCluster {
     /// Which third of the slots (one master each, as `--cluster create` splits them) this channel's
     /// slot is in.
     fn master_of(&self, channel: &str) -> u16 {
-        let out = Command::new("redis-cli")
+        let out = redis_cli()
             .args(["-p", &self.masters[0].port.to_string(), "cluster", "keyslot", channel])
             .output()
             .unwrap();

@@ -11,7 +11,9 @@ use tidings_client::tidings_proto::{Encoding, v1 as wire};
 use tidings_client::{Connection, Incoming};
 use wire::client_frame::Request as Req;
 
+use crate::cluster::RedisServer;
 use crate::harness::*;
+use crate::prerequisites::{Prerequisite, require};
 
 /// Starts a server on `config` in its own actix system and stops it at once; the start's error.
 fn start_error(config: Config) -> Option<String> {
@@ -371,4 +373,205 @@ async fn a_users_request_budget_is_shared_by_all_of_its_connections() {
     }
     let limited = outcomes.iter().filter(|o| **o == Some(wire::ErrorCode::RateLimited)).count();
     assert_eq!((outcomes.iter().filter(|o| o.is_none()).count(), limited), (4, 2), "{outcomes:?}");
+}
+
+const NODE_KEY: &str = "a node key shared by the test's nodes, 32+ bytes";
+
+/// A room request as one node forwards it to the room's owner.
+fn forwarded_send(user: u64, room: u64, text: &str) -> Vec<u8> {
+    use prost::Message as _;
+    let send =
+        wire::SendMessageRequest { room_id: room, client_msg_id: text.into(), text: text.into(), reply_to_seq: 0 };
+    let frame = wire::ClientFrame { request_id: 9, request: Some(Req::SendMessage(send)) };
+    wire::ForwardedRequest { user_id: user, device_id: 1, frame: Some(frame) }.encode_to_vec()
+}
+
+async fn post_forward(
+    addr: &str,
+    body: Vec<u8>,
+    signature: Option<&tidings::cluster::signing::ForwardSignature>,
+) -> u16 {
+    use tidings::cluster::signing::*;
+    let mut request =
+        reqwest::Client::new().post(format!("http://{addr}{}", tidings::cluster::FORWARD_PATH)).body(body);
+    if let Some(s) = signature {
+        request = request
+            .header(NODE_HEADER, &s.node)
+            .header(TIMESTAMP_HEADER, s.timestamp_ms.to_string())
+            .header(NONCE_HEADER, s.nonce.to_string())
+            .header(SIGNATURE_HEADER, &s.mac_hex);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn forwarded_requests_go_only_to_the_internal_listener_signed_fresh_and_once() {
+    require!(Prerequisite::Redis);
+    use tidings::cluster::signing::NodeSigner;
+
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let settings = |node: &str| {
+        vec![
+            format!("cluster.redis_url={}", redis.url()),
+            format!("cluster.node_id={node}"),
+            format!("cluster.node_key={NODE_KEY}"),
+            "cluster.heartbeat_ms=100".into(),
+        ]
+    };
+    let (_n1, addr1) = crate::durability::spawn_server_with(data.path(), &settings("n1"));
+    let (_n2, addr2) = crate::durability::spawn_server_with(data.path(), &settings("n2"));
+    crate::cluster::wait_for_members(&redis, 2).await;
+    let public = |node: &str| if node == "n1" { addr1.clone() } else { addr2.clone() };
+
+    let http = tidings_client::Http::new(format!("http://{addr1}"));
+    let ana = http.sign_up("ana", PASSWORD, "phone").await.unwrap();
+    let bob = http.sign_up("bob", PASSWORD, "phone").await.unwrap();
+    // A room owned by one node, used from the other: the request is forwarded, and accepted.
+    let mut room = None;
+    for _ in 0..20 {
+        let a = Connection::connect(&format!("ws://{addr1}"), &ana.access_token, Encoding::Protobuf).await.unwrap();
+        let id = a.create_group("g", vec![bob.user_id]).await.unwrap().room_id;
+        if tidings::cluster::owner(tidings::domain::RoomId(id), ["n1", "n2"]) == Some("n2") {
+            a.send_text(id, "via-n1", "forwarded to n2").await.unwrap();
+            room = Some(id);
+            break;
+        }
+    }
+    let room = room.expect("one of 20 rooms is owned by n2");
+    let n1 = tidings_client::Http::new(format!("http://{addr1}"));
+    let n2 = tidings_client::Http::new(format!("http://{addr2}"));
+    assert!(metric(&n1, "tidings_forwarded_requests_total").await >= 1, "n1 forwarded to the owner");
+    assert_eq!(metric(&n2, "tidings_forwarded_rejected_total").await, 0, "and n2 accepted its signature");
+
+    // The endpoint is not on the public port at all.
+    let signer = NodeSigner::new(NODE_KEY.as_bytes());
+    let body = forwarded_send(ana.user_id, room, "replayed");
+    let captured = signer.sign_forward("n1", now_ms(), 42, &body);
+    assert_eq!(post_forward(&public("n2"), body.clone(), Some(&captured)).await, 404);
+
+    let mut client = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let internal: String =
+        redis::cmd("HGET").arg("{tidings}:node-addrs").arg("n2").query_async(&mut client).await.unwrap();
+    assert_ne!(internal, addr2, "the internal listener is its own");
+    // Unsigned (what the old shared-secret header amounted to once leaked): refused.
+    assert_eq!(post_forward(&internal, body.clone(), None).await, 403);
+    // A captured request passes once; replayed, it is refused.
+    assert_eq!(post_forward(&internal, body.clone(), Some(&captured)).await, 200);
+    assert_eq!(post_forward(&internal, body.clone(), Some(&captured)).await, 403);
+    // Its signature on another body (another user, say) is refused.
+    let altered = forwarded_send(bob.user_id, room, "altered");
+    let fresh = signer.sign_forward("n1", now_ms(), 43, &body);
+    assert_eq!(post_forward(&internal, altered, Some(&fresh)).await, 403);
+    // An old one, however well signed, is refused.
+    let stale = signer.sign_forward("n1", now_ms() - 120_000, 44, &body);
+    assert_eq!(post_forward(&internal, body.clone(), Some(&stale)).await, 403);
+    // Signed with another key: refused.
+    let other =
+        NodeSigner::new(b"not this cluster's node key, though long enough").sign_forward("n1", now_ms(), 45, &body);
+    assert_eq!(post_forward(&internal, body, Some(&other)).await, 403);
+    assert_eq!(metric(&n2, "tidings_forwarded_rejected_total").await, 5);
+}
+
+#[tokio::test]
+async fn a_message_forged_into_redis_never_reaches_a_socket_nor_displaces_the_real_event() {
+    require!(Prerequisite::Redis);
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(|c| crate::cluster::cluster_config(c, &redis, "n1", data.path()));
+    crate::cluster::wait_for_members(&redis, 1).await;
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let (b, _) = bob.connect_synced(0).await;
+    let room = b.create_direct(ana.id()).await.unwrap().room_id;
+    let (mut a, caught_up) = ana.connect_synced(0).await;
+    let next_pos = caught_up.last().map_or(1, |e| e.pos + 1);
+
+    // Whoever can PUBLISH to the cluster's Redis sends ana an event at her next position, a
+    // typing notice, and a logout of her device: unsigned, and with a made-up seal.
+    let forged_entry = serde_json::json!({
+        "k": "Event", "origin": "elsewhere", "pos": next_pos,
+        "event": { "pos": next_pos.to_string(), "entry": { "roomId": room.to_string(), "seq": "2", "senderId": bob.id().to_string(),
+                   "text": { "text": "forged" } } }
+    });
+    let forged_typing =
+        serde_json::json!({ "k": "Typing", "origin": "elsewhere", "room": room, "user": bob.id(), "active": true });
+    let forged_kick = serde_json::json!({ "k": "Kick", "origin": "elsewhere", "devices": [ana.auth.device_id] });
+    let mut client = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("tidings:u:{}", ana.id());
+    for envelope in [forged_entry, forged_typing, forged_kick] {
+        let unsigned = envelope.to_string();
+        let sealed = format!("{}.{}.{unsigned}", now_ms(), "ab".repeat(32));
+        for payload in [unsigned, sealed] {
+            let receivers: u64 =
+                redis::cmd("PUBLISH").arg(&channel).arg(payload).query_async(&mut client).await.unwrap();
+            assert_eq!(receivers, 1, "the node is subscribed to ana's channel");
+        }
+    }
+    // Nothing arrives; ana's socket stays open.
+    assert!(a.next_within(Duration::from_millis(500)).await.is_err(), "nothing forged reaches the socket");
+    // The real event at that position arrives, with its real text.
+    b.send_text(room, "real", "the real message").await.unwrap();
+    let event = next_event(&mut a).await;
+    assert_eq!((event.pos, text(&event)), (next_pos, "the real message"));
+}
+
+#[tokio::test]
+async fn nodes_reach_redis_over_tls_with_a_password_and_a_wrong_one_is_a_clear_error_without_it() {
+    require!(Prerequisite::Redis);
+    let redis = RedisServer::start_tls(&["--requirepass", "correct horse battery staple"]);
+    let ca = RedisServer::tls_dir().join("ca.crt");
+    let data = tempfile::tempdir().unwrap();
+    let url = |password: &str| format!("rediss://:{password}@127.0.0.1:{}", redis.port);
+    let node = |name: &str, password: &str| {
+        let (url, ca) = (url(password), ca.clone());
+        let name = name.to_owned();
+        let data = data.path().to_path_buf();
+        move |c: &mut Config| {
+            c.store.data_dir = data;
+            c.cluster.redis_url = url;
+            c.cluster.redis_ca_file = ca;
+            c.cluster.node_id = name;
+            c.cluster.heartbeat_ms = 100;
+        }
+    };
+    let n1 = TestServer::start_with(node("n1", "correct horse battery staple"));
+    let n2 = TestServer::start_with(node("n2", "correct horse battery staple"));
+    // Both joined through the TLS Redis (the membership lists them) ...
+    let tls = redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(&ca).unwrap()) };
+    let client = redis::Client::build_with_tls(url("correct horse battery staple"), tls).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut listed = 0;
+    for _ in 0..100 {
+        let members: Vec<String> =
+            redis::cmd("ZRANGE").arg("{tidings}:nodes").arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+        listed = members.len();
+        if listed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and the bridge carries a message from one node's user to the other's over it.
+    let ana = n1.user("ana").await;
+    let bob = TestUser { ws_base: n2.ws_base(), ..n1.user("bob").await };
+    let (a, _) = ana.connect_synced(0).await;
+    let room = a.create_direct(bob.id()).await.unwrap().room_id;
+    let (mut b, _) = bob.connect_synced(0).await;
+    a.send_text(room, "tls", "over TLS").await.unwrap();
+    assert_eq!(text(&next_event(&mut b).await), "over TLS");
+
+    // A wrong password: the node refuses to start, saying why, and never prints the password.
+    let mut config = test_config(data.path());
+    node("n3", "wrong password")(&mut config);
+    let error = start_error(config).expect("a wrong password refuses the start");
+    assert!(!error.contains("wrong password"), "{error}");
+    assert!(error.contains(":***@"), "{error}");
+    // Without the CA, the certificate is not trusted.
+    let mut config = test_config(data.path());
+    node("n4", "correct horse battery staple")(&mut config);
+    config.cluster.redis_ca_file = Default::default();
+    let error = start_error(config).expect("an untrusted certificate refuses the start");
+    assert!(!error.contains("correct horse"), "{error}");
 }

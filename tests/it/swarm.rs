@@ -34,7 +34,7 @@ async fn the_oracle_passes_a_clean_run_and_catches_an_injected_loss() {
     assert!(report.acked_messages >= 90, "{report:?}");
     // Every message reaches both devices of the room's three members.
     assert_eq!(report.verdict.expected, report.acked_messages * 6);
-    assert!(report.passed, "{:?}", report.verdict);
+    assert!(report.passed, "{report:?}");
 
     let mut lossy_behaviour = behaviour();
     lossy_behaviour.phase = 1;
