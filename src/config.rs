@@ -151,6 +151,9 @@ pub struct LimitsConfig {
     pub write_timeout_secs: u64,
     /// A room actor with no traffic for this long stops (it reloads from the store on demand).
     pub room_idle_secs: u64,
+    /// How often each online user's connected devices are checked against the store (a logout
+    /// whose kick was lost still closes its sockets within this).
+    pub device_recheck_secs: u64,
     /// Events per store read when a connection catches up; at most two such pages are queued
     /// per connection, so a socket that syncs from 0 and never reads holds two pages, not its stream.
     pub catch_up_page_events: usize,
@@ -179,6 +182,7 @@ impl Default for LimitsConfig {
             idle_timeout_secs: 45,
             write_timeout_secs: 10,
             room_idle_secs: 300,
+            device_recheck_secs: 120,
             catch_up_page_events: 256,
             max_history_page: 200,
         }

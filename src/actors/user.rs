@@ -380,6 +380,8 @@ impl UserActor {
         if !self.missed.swap(false, Ordering::AcqRel) {
             return;
         }
+        // Whatever was lost may have included a logout (the bridge was away): ask the store.
+        self.recheck_devices(None, ctx);
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(conn) = self.conns.get_mut(&id)
@@ -402,6 +404,8 @@ impl Actor for UserActor {
             cluster.user_arrived(self.user);
         }
         ctx.run_interval(TICK, |act, ctx| act.recover_missed(ctx));
+        let every = Duration::from_secs(self.hub.limits.device_recheck_secs.max(1));
+        ctx.run_interval(every, |act, ctx| act.recheck_devices(None, ctx));
     }
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
@@ -416,7 +420,7 @@ impl Actor for UserActor {
 impl Handler<Attach> for UserActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Attach, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Attach, ctx: &mut Context<Self>) {
         if self.conns.is_empty() {
             self.announce_presence(true);
         }
@@ -432,6 +436,8 @@ impl Handler<Attach> for UserActor {
                 acked_pos: 0,
             },
         );
+        // A logout between this connection's authentication and now sent its kick to no one.
+        self.recheck_devices(Some(msg.device), ctx);
     }
 }
 
@@ -507,17 +513,57 @@ impl Handler<Push> for UserActor {
     }
 }
 
-impl Handler<Kick> for UserActor {
-    type Result = ();
+impl UserActor {
+    /// Asks the store whether the devices of this user's connections (or only `device`) are
+    /// still logged in, and closes the connections of those that are not. The logout's own kick
+    /// is immediate but best-effort (one publish in a cluster); this is what makes revocation
+    /// hold: on attach (a logout between authenticating and attaching), after the bridge was away,
+    /// and every `limits.device_recheck_secs`.
+    fn recheck_devices(&mut self, device: Option<DeviceId>, ctx: &mut Context<Self>) {
+        let mut devices: Vec<DeviceId> =
+            self.conns.values().map(|c| c.device).filter(|d| device.is_none_or(|only| *d == only)).collect();
+        devices.sort_unstable_by_key(|d| d.0);
+        devices.dedup();
+        if devices.is_empty() {
+            return;
+        }
+        let (store, user) = (self.hub.store.clone(), self.user);
+        let check = async move {
+            let mut gone = Vec::new();
+            for device in devices {
+                match store.device(user, device).await {
+                    Ok(Some(record)) if !record.revoked => {}
+                    Ok(_) => gone.push(device),
+                    // Unknown: keep the connection; the next check asks again.
+                    Err(e) => tracing::debug!(%user, error = %e, "device recheck failed"),
+                }
+            }
+            gone
+        };
+        ctx.spawn(check.into_actor(self).map(|gone, act, ctx| {
+            if !gone.is_empty() {
+                tracing::info!(user = %act.user, devices = gone.len(), "logged-out devices still connected: closing them");
+                act.kick(&gone, ctx);
+            }
+        }));
+    }
 
-    fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
+    fn kick(&mut self, devices: &[DeviceId], ctx: &mut Context<Self>) {
         let kicked: Vec<ConnId> =
-            self.conns.iter().filter(|(_, c)| msg.devices.contains(&c.device)).map(|(id, _)| *id).collect();
+            self.conns.iter().filter(|(_, c)| devices.contains(&c.device)).map(|(id, _)| *id).collect();
         for id in kicked {
             if let Some(conn) = self.conns.get(&id) {
                 let _ = conn.outbound.try_send(Outbound::Notice(Notice::LoggedOut));
             }
             self.remove_conn(id, ctx);
         }
+    }
+}
+
+impl Handler<Kick> for UserActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
+        self.kick(&msg.devices, ctx);
     }
 }

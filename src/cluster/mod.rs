@@ -313,9 +313,32 @@ impl Cluster {
         self.publish(users.iter().map(|u| (self.keys.user_channel(*u), payload.clone())).collect());
     }
 
+    /// Tells the nodes holding these devices' sockets to close them. Retried while Redis fails
+    /// (for about a minute); beyond that, each node's device recheck closes them anyway.
     pub fn publish_kick(self: &Arc<Self>, user: UserId, devices: &[DeviceId]) {
         let envelope = Envelope::Kick { origin: self.node_id.clone(), devices: devices.iter().map(|d| d.0).collect() };
-        self.publish(vec![(self.keys.user_channel(user), serde_json::to_vec(&envelope).expect("serialises"))]);
+        let channel = self.keys.user_channel(user);
+        let payload = serde_json::to_vec(&envelope).expect("serialises");
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(250);
+            for attempt in 1.. {
+                // Sealed anew each time: a seal is only good for so long.
+                let sealed = vec![(channel.clone(), cluster.signer.seal_bridge(&channel, now_ms(), &payload))];
+                match cluster.send(&sealed).await {
+                    Ok(()) => return METRICS.bridge_published_total.inc(),
+                    Err(e) if attempt < 8 => {
+                        tracing::warn!(%user, attempt, error = %e, "bridge: logout not published yet; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        METRICS.bridge_publish_failures_total.inc();
+                        return tracing::warn!(%user, error = %e, "bridge: logout not published; the device recheck will close its sockets");
+                    }
+                }
+            }
+        });
     }
 
     fn publish(self: &Arc<Self>, messages: Vec<(String, Vec<u8>)>) {
@@ -334,23 +357,7 @@ impl Cluster {
         let cluster = self.clone();
         tokio::spawn(async move {
             let count = messages.len() as u64;
-            let result: redis::RedisResult<()> = if cluster.redis.is_cluster() {
-                // Sharded: each channel goes to the master of its slot, one command each.
-                let sends = messages.iter().map(|(channel, payload)| {
-                    let mut redis = cluster.redis.clone();
-                    async move {
-                        redis::cmd("SPUBLISH").arg(channel).arg(payload.as_slice()).query_async::<()>(&mut redis).await
-                    }
-                });
-                futures_util::future::join_all(sends).await.into_iter().collect()
-            } else {
-                let mut pipe = redis::pipe();
-                for (channel, payload) in &messages {
-                    pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
-                }
-                pipe.query_async::<()>(&mut cluster.redis.clone()).await
-            };
-            match result {
+            match cluster.send(&messages).await {
                 Ok(()) => METRICS.bridge_published_total.add(count),
                 Err(e) => {
                     METRICS.bridge_publish_failures_total.inc();
@@ -358,6 +365,26 @@ impl Cluster {
                 }
             }
         });
+    }
+
+    /// Publishes sealed messages, one per channel.
+    async fn send(&self, messages: &[(String, Vec<u8>)]) -> redis::RedisResult<()> {
+        if self.redis.is_cluster() {
+            // Sharded: each channel goes to the master of its slot, one command each.
+            let sends = messages.iter().map(|(channel, payload)| {
+                let mut redis = self.redis.clone();
+                async move {
+                    redis::cmd("SPUBLISH").arg(channel).arg(payload.as_slice()).query_async::<()>(&mut redis).await
+                }
+            });
+            futures_util::future::join_all(sends).await.into_iter().collect()
+        } else {
+            let mut pipe = redis::pipe();
+            for (channel, payload) in messages {
+                pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice()).ignore();
+            }
+            pipe.query_async::<()>(&mut self.redis.clone()).await
+        }
     }
 
     /// Leaves the cluster at once (graceful drain): rooms move to the other nodes now rather than

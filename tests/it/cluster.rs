@@ -551,9 +551,8 @@ fn redis_cli() -> Command {
 impl RedisCluster {
     fn start() -> Self {
         let auth = ["--requirepass", CLUSTER_PASSWORD, "--masterauth", CLUSTER_PASSWORD];
-        let masters: Vec<RedisServer> = (0..3)
-            .map(|_| RedisServer::start_with(&[&["--cluster-enabled", "yes"][..], &auth[..]].concat()))
-            .collect();
+        let masters: Vec<RedisServer> =
+            (0..3).map(|_| RedisServer::start_with(&[&["--cluster-enabled", "yes"][..], &auth[..]].concat())).collect();
         let addrs: Vec<String> = masters.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
         let created = redis_cli()
             .arg("--cluster")
@@ -568,8 +567,7 @@ impl RedisCluster {
         let deadline = Instant::now() + WAIT;
         for m in &masters {
             loop {
-                let info =
-                    redis_cli().args(["-p", &m.port.to_string(), "cluster", "info"]).output().unwrap();
+                let info = redis_cli().args(["-p", &m.port.to_string(), "cluster", "info"]).output().unwrap();
                 if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
                     break;
                 }
@@ -591,10 +589,8 @@ impl RedisCluster {
     /// Drops every pub/sub connection on every master (the bridge must resubscribe by itself).
     fn kill_subscribers(&self) {
         for m in &self.masters {
-            let killed = redis_cli()
-                .args(["-p", &m.port.to_string(), "client", "kill", "type", "pubsub"])
-                .output()
-                .unwrap();
+            let killed =
+                redis_cli().args(["-p", &m.port.to_string(), "client", "kill", "type", "pubsub"]).output().unwrap();
             assert!(killed.status.success());
         }
     }

@@ -575,3 +575,39 @@ async fn nodes_reach_redis_over_tls_with_a_password_and_a_wrong_one_is_a_clear_e
     let error = start_error(config).expect("an untrusted certificate refuses the start");
     assert!(!error.contains("correct horse"), "{error}");
 }
+
+#[tokio::test]
+async fn a_logout_while_redis_is_down_still_closes_the_device_socket_on_another_node() {
+    require!(Prerequisite::Redis);
+    let mut redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = |name: &str| {
+        TestServer::start_with(|c| {
+            crate::cluster::cluster_config(c, &redis, name, data.path());
+            c.limits.device_recheck_secs = 1;
+        })
+    };
+    let n1 = node("n1");
+    let n2 = node("n2");
+    crate::cluster::wait_for_members(&redis, 2).await;
+    let ana = n1.user("ana").await;
+    let tablet = TestUser { ws_base: n2.ws_base(), ..ana.another_device("tablet").await };
+    let (mut socket, _) = tablet.connect_synced(0).await;
+
+    // Redis goes away; the tablet is logged out on n1: the kick cannot cross to n2.
+    redis.stop();
+    tablet.http.log_out(&tablet.auth.access_token, false).await.unwrap();
+    // n2's recheck finds the device logged out in the store and closes the socket anyway.
+    let mut logged_out = false;
+    loop {
+        match socket.next_within(WAIT).await.expect("the socket is closed within the recheck interval") {
+            Incoming::Notice(n) if n.kind == wire::NoticeKind::LoggedOut as i32 => logged_out = true,
+            Incoming::Closed(Some((code, _))) => {
+                assert_eq!(code, 1008);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(logged_out);
+}
