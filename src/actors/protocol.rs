@@ -9,18 +9,41 @@ use crate::store::HistoryPage;
 /// A decoded client request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
-    Sync { after_pos: u64 },
-    Ack { pos: u64 },
+    Sync {
+        after_pos: u64,
+    },
+    Ack {
+        pos: u64,
+    },
     Ping,
-    CreateDirect { peer: UserId },
-    CreateGroup { name: String, members: Vec<UserId> },
+    /// A fresh access token for the connection (handled by the transport, not an actor).
+    Reauthenticate {
+        access_token: String,
+    },
+    CreateDirect {
+        peer: UserId,
+    },
+    CreateGroup {
+        name: String,
+        members: Vec<UserId>,
+    },
     ListRooms,
-    Presence { users: Vec<UserId> },
-    Room { room: RoomId, op: RoomOp },
+    Presence {
+        users: Vec<UserId>,
+    },
+    Room {
+        room: RoomId,
+        op: RoomOp,
+    },
     SetPushToken(PushTarget),
     ClearPushToken,
-    MuteRoom { room: RoomId, until_ms: i64 },
-    SetDoNotDisturb { until_ms: i64 },
+    MuteRoom {
+        room: RoomId,
+        until_ms: i64,
+    },
+    SetDoNotDisturb {
+        until_ms: i64,
+    },
 }
 
 /// A device's push token as the device sends it (the server adds who and which device).
@@ -171,4 +194,6 @@ pub enum Notice {
     ResyncRequired { pos: u64 },
     /// The device was logged out; the connection closes.
     LoggedOut,
+    /// The connection's access token expired; it closes (the device is still logged in).
+    TokenExpired,
 }

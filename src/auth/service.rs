@@ -41,6 +41,8 @@ pub enum Refreshed {
 pub struct Authenticated {
     pub user: UserId,
     pub device: DeviceId,
+    /// When the access token it was proven with expires (ms since the epoch).
+    pub expires_at_ms: i64,
 }
 
 pub struct AuthService {
@@ -197,9 +199,9 @@ impl AuthService {
 
     /// Checks an access token and that its device is still logged in.
     pub async fn authenticate(&self, access_token: &str) -> ApiResult<Authenticated> {
-        let (user, device) = self.keys.verify_access(access_token)?;
+        let (user, device, expires_at_ms) = self.keys.verify_access_at(access_token, crate::domain::now_ms())?;
         match self.store.device(user, device).await? {
-            Some(d) if !d.revoked => Ok(Authenticated { user, device }),
+            Some(d) if !d.revoked => Ok(Authenticated { user, device, expires_at_ms }),
             _ => Err(ApiError::new(Code::Unauthenticated, "this device was logged out")),
         }
     }

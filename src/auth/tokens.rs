@@ -37,20 +37,21 @@ impl TokenKeys {
     }
 
     pub fn verify_access(&self, token: &str) -> Result<(UserId, DeviceId), ApiError> {
-        self.verify_access_at(token, crate::domain::now_ms())
+        self.verify_access_at(token, crate::domain::now_ms()).map(|(user, device, _)| (user, device))
     }
 
     /// Checks the signature first, then expiry: an expired token is reported as expired only when
     /// we issued it. The server that checks tokens is the one that issues them, so no clock skew is
     /// allowed for.
-    pub fn verify_access_at(&self, token: &str, now_ms: i64) -> Result<(UserId, DeviceId), ApiError> {
+    /// The user, the device and the token's expiry (ms since the epoch).
+    pub fn verify_access_at(&self, token: &str, now_ms: i64) -> Result<(UserId, DeviceId, i64), ApiError> {
         let invalid = || ApiError::new(Code::Unauthenticated, "invalid access token");
         let claims: AccessClaims = self.key.verify(token).map_err(|_| invalid())?;
         if claims.exp < now_ms / 1000 {
             return Err(ApiError::new(Code::TokenExpired, "access token expired; refresh it"));
         }
         let parse = |s: &str| s.parse::<u64>().map_err(|_| invalid());
-        Ok((UserId(parse(&claims.sub)?), DeviceId(parse(&claims.dev)?)))
+        Ok((UserId(parse(&claims.sub)?), DeviceId(parse(&claims.dev)?), claims.exp.saturating_mul(1000)))
     }
 }
 

@@ -11,6 +11,7 @@
 //!   leaves in one write; a write blocked for `write_timeout_secs` closes the connection.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
@@ -25,8 +26,8 @@ use super::encode::{
     Payload, answer_frame, encode, ephemeral_frame, error_frame, event_frame, going_away_frame, notice_frame,
 };
 use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, Replier, UserEntry};
-use crate::auth::Authenticated;
-use crate::domain::ConnId;
+use crate::auth::{AuthService, Authenticated};
+use crate::domain::{ConnId, now_ms};
 use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 use crate::rate_limit::TokenBucket;
@@ -35,6 +36,8 @@ use crate::rate_limit::TokenBucket;
 pub struct ConnectionSetup {
     pub hub: Arc<Hub>,
     pub auth: Authenticated,
+    /// Checks the fresh tokens of Reauthenticate requests.
+    pub auth_service: Arc<AuthService>,
     pub encoding: Encoding,
     pub shutdown: watch::Receiver<bool>,
     /// This connection's place under the node's connection cap, released when it ends.
@@ -71,7 +74,7 @@ impl Writer {
 }
 
 pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::MessageStream) {
-    let ConnectionSetup { hub, auth, encoding, mut shutdown, slot: _slot, caps: _caps } = setup;
+    let ConnectionSetup { hub, auth, auth_service, encoding, mut shutdown, slot: _slot, caps: _caps } = setup;
     let limits = hub.limits.clone();
     let conn = ConnId::next();
     let span = tracing::info_span!("conn", %conn, user = %auth.user, device = %auth.device);
@@ -94,7 +97,18 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
         METRICS.connections_open.dec();
         return;
     };
-    let caller = Caller { hub: hub.clone(), auth, conn, user_actor: user_actor.clone() };
+    // The connection lives as long as its access token (extended by Reauthenticate).
+    let expires_at_ms = Arc::new(AtomicI64::new(auth.expires_at_ms));
+    let token_expiry = tokio::time::sleep_until(until_ms(auth.expires_at_ms));
+    tokio::pin!(token_expiry);
+    let caller = Caller {
+        hub: hub.clone(),
+        auth,
+        auth_service,
+        expires_at_ms: expires_at_ms.clone(),
+        conn,
+        user_actor: user_actor.clone(),
+    };
     let mut bucket = TokenBucket::new(limits.requests_per_second, limits.request_burst);
     let heartbeat_every = Duration::from_secs(limits.heartbeat_interval_secs.max(1));
     let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));
@@ -196,6 +210,15 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
                 let sent = (payload.0, payload.1.as_ref());
                 dispatch(&caller, request, Replier::new(request_id, answers_tx.clone(), permit), sent).await;
             }
+            _ = &mut token_expiry => {
+                let expires = expires_at_ms.load(Ordering::Acquire);
+                if expires > now_ms() {
+                    token_expiry.as_mut().reset(until_ms(expires));
+                    continue;
+                }
+                writer.send(&notice_frame(&Notice::TokenExpired)).await;
+                break close(CloseCode::Policy, "access token expired");
+            }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > idle_timeout {
                     break close(CloseCode::Away, "idle timeout");
@@ -216,6 +239,11 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     let _ = tokio::time::timeout(writer.write_timeout, writer.session.close(reason)).await;
     METRICS.connections_open.dec();
     tracing::debug!("disconnected");
+}
+
+/// A tokio deadline at a wall-clock time in ms since the epoch (now, if it has passed).
+fn until_ms(at_ms: i64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_millis((at_ms - now_ms()).max(0) as u64)
 }
 
 /// Joins the user's actor, starting one if needed. An actor that stopped between the lookup and

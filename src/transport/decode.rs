@@ -149,6 +149,7 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, ApiError> {
         Wire::Sync(s) => Ok(Request::Sync { after_pos: s.after_pos }),
         Wire::Ack(a) => Ok(Request::Ack { pos: a.pos }),
         Wire::Ping(_) => Ok(Request::Ping),
+        Wire::Reauthenticate(r) => Ok(Request::Reauthenticate { access_token: r.access_token }),
         Wire::CreateDirect(c) => Ok(Request::CreateDirect { peer: user(c.peer_id, "peer_id")? }),
         Wire::CreateGroup(c) => Ok(Request::CreateGroup { name: c.name, members: users(c.member_ids, "member_ids")? }),
         Wire::ListRooms(_) => Ok(Request::ListRooms),

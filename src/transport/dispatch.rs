@@ -5,6 +5,7 @@
 //! Reads that touch only the store run as their own tasks.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use tidings_proto::Encoding;
 use tidings_proto::v1::ServerFrame;
@@ -16,7 +17,7 @@ use crate::actors::{
     Hub, PresenceInfo, Replier, ReplyBody, Request, RoomOp, RoomRequest, StreamAck, SyncFrom, UserEntry, create_direct,
     create_group, require_existing,
 };
-use crate::auth::Authenticated;
+use crate::auth::{AuthService, Authenticated};
 use crate::domain::{ConnId, PushRegistration, RoomId, UserId, now_ms};
 use crate::error::{ApiError, ApiResult};
 
@@ -24,6 +25,9 @@ use crate::error::{ApiError, ApiResult};
 pub struct Caller {
     pub hub: Arc<Hub>,
     pub auth: Authenticated,
+    pub auth_service: Arc<AuthService>,
+    /// When the connection's access token expires; a Reauthenticate moves it later.
+    pub expires_at_ms: Arc<AtomicI64>,
     pub conn: ConnId,
     pub user_actor: UserEntry,
 }
@@ -35,6 +39,21 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, sent:
     let me = caller.auth.user;
     match request {
         Request::Ping => replier.reply(Ok(ReplyBody::Pong { server_time_ms: now_ms() })),
+        Request::Reauthenticate { access_token } => {
+            let (service, device, expiry) =
+                (caller.auth_service.clone(), caller.auth.device, caller.expires_at_ms.clone());
+            actix::spawn(async move {
+                let fresh = service.authenticate(&access_token).await;
+                replier.reply(match fresh {
+                    Ok(fresh) if fresh.user == me && fresh.device == device => {
+                        expiry.fetch_max(fresh.expires_at_ms, Ordering::AcqRel);
+                        Ok(ReplyBody::Ok)
+                    }
+                    Ok(_) => Err(ApiError::forbidden("that token is for another device")),
+                    Err(e) => Err(e),
+                });
+            });
+        }
         Request::Sync { after_pos } => {
             // A failed hand-over drops the replier, which answers INTERNAL.
             let _ = caller.user_actor.addr.send(SyncFrom { conn: caller.conn, after_pos, replier }).await;

@@ -93,6 +93,7 @@ pub fn notice_frame(notice: &Notice) -> ServerFrame {
             (K::ResyncRequired, *pos, "this connection fell behind; reconnect and Sync from your last stored position")
         }
         Notice::LoggedOut => (K::LoggedOut, 0, "this device was logged out"),
+        Notice::TokenExpired => (K::TokenExpired, 0, "the access token expired; refresh it and reconnect"),
     };
     going(kind, pos, message)
 }

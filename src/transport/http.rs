@@ -245,8 +245,15 @@ async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppSta
         Ok(parts) => parts,
         Err(e) => return e.error_response(),
     };
-    let setup =
-        ConnectionSetup { hub: state.hub.clone(), auth, encoding, shutdown: state.shutdown.clone(), slot, caps };
+    let setup = ConnectionSetup {
+        hub: state.hub.clone(),
+        auth,
+        auth_service: state.auth.clone(),
+        encoding,
+        shutdown: state.shutdown.clone(),
+        slot,
+        caps,
+    };
     actix_web::rt::spawn(connection::run(setup, session, stream));
     response
 }

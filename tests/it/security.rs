@@ -611,3 +611,43 @@ async fn a_logout_while_redis_is_down_still_closes_the_device_socket_on_another_
     }
     assert!(logged_out);
 }
+
+#[tokio::test]
+async fn an_expired_access_token_ends_its_socket_unless_a_fresh_one_came_in_time() {
+    let server = TestServer::start_with(|c| c.auth.access_token_ttl_secs = 2);
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let (mut stale, _) = ana.connect_synced(0).await;
+    let (mut renewed, _) = ana.connect_synced(0).await;
+
+    // Another device's token, or garbage, does not extend this connection.
+    let other = Req::Reauthenticate(wire::ReauthenticateRequest { access_token: bob.auth.access_token.clone() });
+    assert_eq!(code_of(&renewed.request(other).await.unwrap_err()), wire::ErrorCode::Forbidden);
+    let garbage = Req::Reauthenticate(wire::ReauthenticateRequest { access_token: "garbage".into() });
+    assert_eq!(code_of(&renewed.request(garbage).await.unwrap_err()), wire::ErrorCode::Unauthenticated);
+    // Tokens carry whole seconds: refresh once the next second has begun, so the new one lasts longer.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = ana.http.refresh(&ana.auth.refresh_token).await.unwrap();
+    let renew = Req::Reauthenticate(wire::ReauthenticateRequest { access_token: fresh.access_token });
+    renewed.request(renew).await.unwrap();
+
+    // The connection that got nothing is told why and closed once its token expires.
+    let mut told = false;
+    loop {
+        match stale.next_within(WAIT).await.expect("closed when the token expires") {
+            Incoming::Notice(n) if n.kind == wire::NoticeKind::TokenExpired as i32 => told = true,
+            Incoming::Closed(Some((code, _))) => {
+                assert_eq!(code, 1008);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(told);
+    // The renewed one outlives the token it was opened with.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    renewed.request(Req::Ping(wire::PingRequest {})).await.expect("still open after the first token expired");
+    while let Some(incoming) = renewed.try_next() {
+        assert!(!matches!(incoming, Incoming::Closed(_) | Incoming::Notice(_)), "{incoming:?}");
+    }
+}
