@@ -253,7 +253,14 @@ impl RoomActor {
         let registry = &self.hub.registry;
         let push = self.hub.push.fanout(&entry, &planned.recipients, |u| registry.is_online(u));
         let pushed_to = push.as_ref().map(|p| (p.users.clone(), p.due_at_ms));
-        let append = Append { entry: entry.clone(), recipients: planned.recipients, effect: planned.effect, push };
+        let revised_preview = self.hub.push.revised_preview(&entry);
+        let append = Append {
+            entry: entry.clone(),
+            recipients: planned.recipients,
+            effect: planned.effect,
+            push,
+            revised_preview,
+        };
         let committed = match self.hub.store.submit_append(append) {
             Ok(future) => future,
             Err(e) => {

@@ -77,6 +77,14 @@ impl PushGate {
         })
     }
 
+    /// The new preview of a message being edited, for its pushes still queued.
+    pub fn revised_preview(&self, entry: &RoomEntry) -> Option<String> {
+        match &entry.body {
+            EntryBody::Edited { text, .. } if self.enabled() => Some(preview(text, self.preview_chars)),
+            _ => None,
+        }
+    }
+
     /// The append carrying a fan-out to `users` committed: their pushes are queued, due at `due_at_ms`.
     /// The worker is woken only if it would otherwise look too late (a burst of messages would
     /// otherwise cost one queue scan each).

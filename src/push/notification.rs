@@ -32,7 +32,9 @@ impl Notification {
             }
             PushKind::Message if job.count <= 1 => {
                 let title = if group { format!("{sender} in {}", context.room_name) } else { sender.to_owned() };
-                (title, job.preview.clone())
+                // No preview: its message was deleted while the push waited.
+                let body = if job.preview.is_empty() { "New message".to_owned() } else { job.preview.clone() };
+                (title, body)
             }
             PushKind::Message => {
                 let title = if group { context.room_name.clone() } else { sender.to_owned() };

@@ -74,6 +74,9 @@ pub struct Append {
     pub effect: Effect,
     /// Recipients to reach by push (they had no live session), queued atomically with the entry.
     pub push: Option<PushFanout>,
+    /// For an edit: the edited message's new push preview. Pushes not yet sent that show the old
+    /// text show this instead (a delete cancels or shrinks them: see `Effect::Delete`).
+    pub revised_preview: Option<String>,
 }
 
 /// Push jobs to queue with an append: one per registered device of each user (on an enabled

@@ -500,3 +500,35 @@ async fn queued_pushes_survive_kill_9_and_go_out_once() {
         assert_eq!(push.payload["aps"]["alert"]["body"], "3 new messages from ana", "{push:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_one_is_pushed_as_edited() {
+    let rig = PushRig::start_with(|c| c.push.grace_ms = 800).await;
+    let (a, bob, room) = ana_and_bob(&rig.server).await;
+    register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
+
+    // Sent to the wrong person, deleted at once: nothing reaches bob's lock screen.
+    let oops = a.send_text(room, "m1", "my bank pin is 1234").await.unwrap();
+    let delete = wire::DeleteMessageRequest { room_id: room, seq: oops.seq };
+    a.request(Req::DeleteMessage(delete)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800) + QUIET).await;
+    assert_eq!(rig.apns.attempts().len(), 0, "the deleted message is not pushed");
+
+    // A typo fixed within the window: the push shows the fixed text.
+    let typo = a.send_text(room, "m2", "see you at 9pn").await.unwrap();
+    let edit = wire::EditMessageRequest { room_id: room, seq: typo.seq, text: "see you at 9pm".into() };
+    a.request(Req::EditMessage(edit)).await.unwrap();
+    let pushes = rig.apns.wait_for(1, WAIT).await;
+    assert_eq!(pushes[0].payload["aps"]["alert"]["body"], "see you at 9pm");
+
+    // Two messages, the second deleted: the push announces the first alone, without the deleted text.
+    tokio::time::sleep(QUIET).await;
+    a.send_text(room, "m3", "first").await.unwrap();
+    let second = a.send_text(room, "m4", "second, regretted").await.unwrap();
+    a.request(Req::DeleteMessage(wire::DeleteMessageRequest { room_id: room, seq: second.seq })).await.unwrap();
+    let pushes = rig.apns.wait_for(2, WAIT).await;
+    let body = pushes[1].payload["aps"]["alert"]["body"].as_str().unwrap().to_owned();
+    assert_eq!(body, "New message", "one message left to announce, and not the deleted text");
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(rig.apns.accepted_count(), 2);
+}

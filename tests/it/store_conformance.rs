@@ -53,7 +53,13 @@ pub async fn group(store: &dyn Store, id: u64, creator: UserId, members: &[UserI
 
 async fn append(store: &dyn Store, e: RoomEntry, recipients: &[UserId], effect: Effect) -> AppendOutcome {
     store
-        .submit_append(Append { entry: Arc::new(e), recipients: recipients.to_vec(), effect, push: None })
+        .submit_append(Append {
+            entry: Arc::new(e),
+            recipients: recipients.to_vec(),
+            effect,
+            push: None,
+            revised_preview: None,
+        })
         .unwrap()
         .await
         .unwrap()
@@ -220,7 +226,14 @@ pub async fn ordered_submission(store: Arc<dyn Store>) {
     for seq in 2..=500u64 {
         let e = Arc::new(entry(room, seq, a, text(&format!("m{seq}"), &format!("c{seq}"))));
         pending.push(
-            s.submit_append(Append { entry: e, recipients: vec![a, b], effect: Effect::None, push: None }).unwrap(),
+            s.submit_append(Append {
+                entry: e,
+                recipients: vec![a, b],
+                effect: Effect::None,
+                push: None,
+                revised_preview: None,
+            })
+            .unwrap(),
         );
     }
     for p in pending {
@@ -277,6 +290,7 @@ async fn append_pushed(store: &dyn Store, e: RoomEntry, recipients: &[UserId], p
             recipients: recipients.to_vec(),
             effect: Effect::None,
             push: Some(push),
+            revised_preview: None,
         })
         .unwrap()
         .await
@@ -466,12 +480,14 @@ async fn sqlite_two_writers_never_share_a_seq() {
             recipients: vec![a],
             effect: Effect::None,
             push: None,
+            revised_preview: None,
         });
         let second = two.submit_append(Append {
             entry: Arc::new(entry(room, seq, a, text("from two", &format!("two{seq}")))),
             recipients: vec![a],
             effect: Effect::None,
             push: None,
+            revised_preview: None,
         });
         let (first, second) = (first.unwrap().await.unwrap(), second.unwrap().await.unwrap());
         let outcomes = [&first, &second];

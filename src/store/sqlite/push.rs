@@ -140,6 +140,40 @@ pub(super) fn enqueue(
     Ok(())
 }
 
+/// The message `seq` was edited: pushes not yet sent (or kept as failed) that show its text show
+/// the new one.
+pub(super) fn revise(tx: &Transaction<'_>, room: RoomId, seq: u64, preview: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE push_jobs SET preview = ?3 WHERE room_id = ?1 AND last_seq = ?2 AND state IN (0, 2)")?
+        .execute(params![room.0 as i64, seq as i64, preview])?;
+    Ok(())
+}
+
+/// The message `seq` was deleted: a pending push announcing only it is cancelled; one that also
+/// announces later messages counts one fewer; one whose preview was its text loses the preview; a
+/// failed one kept for inspection forgets the text. A push already claimed is on its way.
+pub(super) fn retract(tx: &Transaction<'_>, room: RoomId, seq: u64) -> rusqlite::Result<()> {
+    let (room, seq) = (room.0 as i64, seq as i64);
+    let mut cancel = tx.prepare_cached(
+        "DELETE FROM push_jobs WHERE room_id = ?1 AND last_seq = ?2 AND state = 0 AND count <= 1 RETURNING platform",
+    )?;
+    let mut cancelled = cancel.query(params![room, seq])?;
+    while let Some(row) = cancelled.next()? {
+        if let Some(platform) = Platform::from_code(row.get(0)?) {
+            PUSH_METRICS.of(platform).dropped.inc();
+        }
+    }
+    // Pending jobs that took the message in: it was appended after they were created.
+    tx.prepare_cached(
+        "UPDATE push_jobs SET count = count - 1, preview = CASE WHEN last_seq = ?2 THEN '' ELSE preview END
+         WHERE room_id = ?1 AND state = 0 AND last_seq >= ?2 AND count > 1
+           AND created_at_ms <= (SELECT sent_at_ms FROM entries WHERE room_id = ?1 AND seq = ?2)",
+    )?
+    .execute(params![room, seq])?;
+    tx.prepare_cached("UPDATE push_jobs SET preview = '' WHERE room_id = ?1 AND last_seq = ?2 AND state = 2")?
+        .execute(params![room, seq])?;
+    Ok(())
+}
+
 /// A delivered or read marker moved to `up_to_seq`: pending pushes it covers are not needed.
 pub(super) fn cancel_covered_by_receipt(
     tx: &Transaction<'_>,

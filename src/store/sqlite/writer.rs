@@ -494,6 +494,15 @@ fn append_entry(tx: &Transaction<'_>, heads: &mut StreamHeads, append: &Append) 
         return Ok(Ok(AppendOutcome::SeqTaken));
     }
     apply_effect(tx, room, &append.effect)?;
+    match &append.effect {
+        Effect::Edit { target_seq, .. } => {
+            if let Some(preview) = &append.revised_preview {
+                push::revise(tx, entry.room, *target_seq, preview)?;
+            }
+        }
+        Effect::Delete { target_seq, .. } => push::retract(tx, entry.room, *target_seq)?,
+        _ => {}
+    }
     let positions = push_events(tx, heads, &append.recipients, EVENT_ENTRY, room, entry.seq, 0)?;
     if let Some(fanout) = &append.push {
         push::enqueue(tx, fanout, entry.room, entry.seq, entry.sender, &positions, entry.sent_at_ms)?;
