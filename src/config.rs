@@ -245,6 +245,9 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
+    /// The app ids (APNs topics, Android package names) devices may register push tokens for.
+    /// Empty: any (a warning at start when push is configured).
+    pub allowed_app_ids: Vec<String>,
     /// A push waits this long before it is sent; if a device of the user receives the message (or
     /// it is read elsewhere) meanwhile, it is not sent. Messages arriving meanwhile are coalesced
     /// into the same push ("5 new messages").
@@ -270,6 +273,7 @@ pub struct PushConfig {
 impl Default for PushConfig {
     fn default() -> Self {
         Self {
+            allowed_app_ids: Vec::new(),
             grace_ms: 3000,
             preview_chars: 120,
             max_attempts: 8,

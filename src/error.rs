@@ -73,7 +73,8 @@ impl std::error::Error for ApiError {}
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e.kind {
-            StoreErrorKind::Conflict => ApiError::new(Code::Conflict, "already exists"),
+            // Conflict messages are written for the client ("username taken"); nothing internal.
+            StoreErrorKind::Conflict => ApiError::new(Code::Conflict, e.message),
             StoreErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "store unavailable");
                 ApiError {

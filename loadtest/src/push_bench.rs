@@ -145,7 +145,7 @@ async fn measure(
                 } else {
                     wire::SetPushTokenRequest {
                         platform: wire::PushPlatform::Android as i32,
-                        token: format!("fcm-bench-{i}"),
+                        token: format!("bench{i}:APA91b{:0128x}", i + 1),
                         ..Default::default()
                     }
                 };

@@ -21,6 +21,7 @@ pub struct PushGate {
     platforms: Vec<Platform>,
     grace_ms: i64,
     preview_chars: usize,
+    allowed_app_ids: Vec<String>,
     /// Users who may have pending pushes: an ack from one of them is worth a store write. Filled
     /// when this node queues a push and at start from the store; a user missing here (queued by
     /// another node) is still checked when the push falls due.
@@ -38,6 +39,7 @@ impl PushGate {
             platforms,
             grace_ms: config.grace_ms as i64,
             preview_chars: config.preview_chars,
+            allowed_app_ids: config.allowed_app_ids.clone(),
             pending: DashSet::new(),
             wake: Notify::new(),
             next_look_ms: AtomicI64::new(0),
@@ -46,6 +48,12 @@ impl PushGate {
 
     pub fn enabled(&self) -> bool {
         !self.platforms.is_empty()
+    }
+
+    /// Whether devices may register tokens for `app_id` here (`push.allowed_app_ids`). An Android
+    /// registration without an app id is allowed (FCM routes by token alone).
+    pub fn allows_app(&self, app_id: &str) -> bool {
+        self.allowed_app_ids.is_empty() || app_id.is_empty() || self.allowed_app_ids.iter().any(|a| a == app_id)
     }
 
     /// Which recipients of `entry` to reach by push: those `online` says have no live session,

@@ -47,6 +47,9 @@ pub fn providers_from(config: &Config) -> anyhow::Result<Providers> {
     } else {
         Some(FcmClient::new(&config.fcm, timeout, ttl)?)
     };
+    if (apns.is_some() || fcm.is_some()) && config.push.allowed_app_ids.is_empty() {
+        tracing::warn!("push.allowed_app_ids is empty: devices may register push tokens for any app id");
+    }
     Ok(Providers { apns, fcm, apns_concurrency: config.apns.concurrency, fcm_concurrency: config.fcm.concurrency })
 }
 

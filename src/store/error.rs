@@ -3,7 +3,8 @@ use std::fmt;
 /// What went wrong, as callers need to tell it apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreErrorKind {
-    /// A unique thing already exists (a username).
+    /// A unique thing already exists (a username), or belongs to someone else; the message is
+    /// shown to the client as it is.
     Conflict,
     /// The backend cannot serve now (closed, I/O failure, busy beyond its timeout).
     Unavailable,

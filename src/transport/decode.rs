@@ -116,6 +116,24 @@ fn push_target(r: SetPushTokenRequest) -> Result<PushTarget, ApiError> {
     if token.is_empty() || token.chars().count() > MAX_PUSH_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
         return Err(ApiError::invalid(format!("token must be 1 to {MAX_PUSH_TOKEN_CHARS} characters without spaces")));
     }
+    // What the providers issue: APNs device tokens are hex (32 bytes today; Apple says the length
+    // may grow), FCM registration tokens are long strings of URL-safe characters and ':'.
+    match platform {
+        Platform::Ios
+            if !(64..=MAX_PUSH_TOKEN_CHARS).contains(&token.len())
+                || token.len() % 2 != 0
+                || !token.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            return Err(ApiError::invalid("an APNs device token is hexadecimal, at least 64 digits"));
+        }
+        Platform::Android
+            if token.len() < 32
+                || !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':')) =>
+        {
+            return Err(ApiError::invalid("an FCM registration token is at least 32 of A-Z a-z 0-9 _ - :"));
+        }
+        _ => {}
+    }
     if platform == Platform::Ios && r.app_id.trim().is_empty() {
         return Err(ApiError::invalid("app_id (the APNs topic, your bundle id) is required for iOS"));
     }

@@ -79,6 +79,9 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, sent:
             let hub = hub.clone();
             actix::spawn(async move { replier.reply(presence(&hub, me, users).await) });
         }
+        Request::SetPushToken(target) if !hub.push.allows_app(&target.app_id) => {
+            replier.error(ApiError::invalid("this server sends no pushes for that app_id"));
+        }
         Request::SetPushToken(target) => {
             let registration = PushRegistration {
                 user: me,

@@ -59,6 +59,11 @@ pub fn apns_token(name: &str) -> String {
     format!("{seed:016x}").repeat(4)
 }
 
+/// An FCM registration token's shape (a long run of URL-safe characters with a ':'), per name.
+pub fn fcm_token(name: &str) -> String {
+    format!("{name}:APA91b{}", apns_token(name).repeat(2))
+}
+
 pub fn ios(token: &str) -> wire::SetPushTokenRequest {
     wire::SetPushTokenRequest {
         platform: wire::PushPlatform::Ios as i32,
@@ -153,14 +158,14 @@ async fn offline_recipient_gets_exactly_one_push_with_the_right_payload() {
 async fn android_recipient_gets_an_fcm_v1_message_with_oauth() {
     let rig = PushRig::start().await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
-    register_and_leave(&bob, android("fcm-token-bob"), &a).await;
+    register_and_leave(&bob, android(&fcm_token("bob")), &a).await;
 
     a.send_text(room, "m1", "hello from ana").await.unwrap();
     let pushes = rig.fcm.wait_for(1, WAIT).await;
     tokio::time::sleep(QUIET).await;
     assert_eq!(rig.fcm.accepted_count(), 1, "exactly one push; refused: {:?}", rig.fcm.refused());
     let message = &pushes[0].message;
-    assert_eq!(pushes[0].token, "fcm-token-bob");
+    assert_eq!(pushes[0].token, fcm_token("bob"));
     assert_eq!(message["notification"]["title"], "ana");
     assert_eq!(message["notification"]["body"], "hello from ana");
     assert_eq!(message["data"]["room_id"], room.to_string());
@@ -233,7 +238,7 @@ async fn a_burst_is_coalesced_into_one_push_with_the_badge() {
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
-    register_and_leave(&bob_android, android("fcm-bob"), &a).await;
+    register_and_leave(&bob_android, android(&fcm_token("bob")), &a).await;
 
     for i in 0..5 {
         a.send_text(room, &format!("m{i}"), &format!("message {i}")).await.unwrap();
@@ -268,7 +273,7 @@ async fn throttling_and_outages_are_retried_honouring_retry_after() {
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
-    register_and_leave(&bob_android, android("fcm-bob"), &a).await;
+    register_and_leave(&bob_android, android(&fcm_token("bob")), &a).await;
     rig.apns.fail_next([Failure::unavailable(Some(1)), Failure::throttled(Some(1))]);
     rig.fcm.fail_next([Failure::throttled(Some(1)), Failure::unavailable(None)]);
 
@@ -296,9 +301,9 @@ async fn a_dead_token_is_removed_and_never_used_again() {
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
-    register_and_leave(&bob_android, android("fcm-bob"), &a).await;
+    register_and_leave(&bob_android, android(&fcm_token("bob")), &a).await;
     rig.apns.kill_token(&apns_token("bob"));
-    rig.fcm.kill_token("fcm-bob");
+    rig.fcm.kill_token(&fcm_token("bob"));
 
     a.send_text(room, "m1", "anyone?").await.unwrap();
     let deadline = Instant::now() + WAIT;
@@ -387,7 +392,7 @@ async fn bad_registrations_get_typed_errors() {
         assert_eq!(code_of(&e), wire::ErrorCode::InvalidArgument, "{case:?}");
     }
     // A token with no app id is fine on Android (FCM routes by token alone).
-    b.set_push_token(wire::SetPushTokenRequest { app_id: String::new(), ..android("tok") }).await.unwrap();
+    b.set_push_token(wire::SetPushTokenRequest { app_id: String::new(), ..android(&fcm_token("tok")) }).await.unwrap();
     b.clear_push_token().await.unwrap();
 }
 
@@ -531,4 +536,34 @@ async fn a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_o
     assert_eq!(body, "New message", "one message left to announce, and not the deleted text");
     tokio::time::sleep(QUIET).await;
     assert_eq!(rig.apns.accepted_count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_accounts_push_token_cannot_be_taken_over_and_only_allowed_apps_register() {
+    let rig = PushRig::start_with(|c| c.push.allowed_app_ids = vec![TOPIC.into(), "app.tidings.android".into()]).await;
+    let (a, bob, room) = ana_and_bob(&rig.server).await;
+    register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
+
+    // Mallory learned bob's token and registers it as hers: refused, and bob keeps his pushes.
+    let mallory = rig.server.user("mallory").await;
+    let m = mallory.connect().await;
+    let taken = m.set_push_token(ios(&apns_token("bob"))).await.unwrap_err();
+    assert_eq!(code_of(&taken), wire::ErrorCode::Conflict);
+    a.send_text(room, "m1", "for bob's eyes").await.unwrap();
+    let pushes = rig.apns.wait_for(1, WAIT).await;
+    assert_eq!(pushes[0].device_token, apns_token("bob"));
+
+    // Bob's own reinstall (a new device of his) takes the token over.
+    let reinstall = bob.another_device("phone again").await;
+    let r = reinstall.connect().await;
+    r.set_push_token(ios(&apns_token("bob"))).await.unwrap();
+
+    // Tokens that no provider issues, and app ids this server does not serve, are refused.
+    let fake_apns = m.set_push_token(ios("not-hex-at-all-but-long-enough-to-pass-the-length-check-0123456789")).await;
+    assert_eq!(code_of(&fake_apns.unwrap_err()), wire::ErrorCode::InvalidArgument);
+    let short = m.set_push_token(android("fcm-short")).await.unwrap_err();
+    assert_eq!(code_of(&short), wire::ErrorCode::InvalidArgument);
+    let other_app = wire::SetPushTokenRequest { app_id: "com.someone.else".into(), ..ios(&apns_token("mallory")) };
+    assert_eq!(code_of(&m.set_push_token(other_app).await.unwrap_err()), wire::ErrorCode::InvalidArgument);
+    m.set_push_token(ios(&apns_token("mallory"))).await.unwrap();
 }

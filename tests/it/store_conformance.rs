@@ -393,11 +393,16 @@ pub async fn push_queue(store: Arc<dyn Store>) {
     assert!(s.push_token(bob, tablet).await.unwrap().is_none());
     let err = s.set_push_token(registration(bob, tablet, Platform::Android, "t")).await.unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Conflict, "a logged-out device cannot register");
-    // A token moves to the device that registers it last.
+    // A token moves to another device of the same user (a reinstall), never to another user's.
     let other = device(s, ana, 12).await;
     s.set_push_token(registration(bob, phone, Platform::Ios, "shared")).await.unwrap();
-    s.set_push_token(registration(ana, other, Platform::Ios, "shared")).await.unwrap();
+    let taken = s.set_push_token(registration(ana, other, Platform::Ios, "shared")).await.unwrap_err();
+    assert_eq!(taken.kind, StoreErrorKind::Conflict, "another account's token is not taken over");
+    assert!(s.push_token(bob, phone).await.unwrap().is_some());
+    let reinstall = device(s, bob, 13).await;
+    s.set_push_token(registration(bob, reinstall, Platform::Ios, "shared")).await.unwrap();
     assert!(s.push_token(bob, phone).await.unwrap().is_none());
+    assert!(s.push_token(bob, reinstall).await.unwrap().is_some());
 }
 
 macro_rules! store_suite {

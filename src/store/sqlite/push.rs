@@ -22,8 +22,10 @@ pub(super) fn set_token(tx: &Transaction<'_>, r: &PushRegistration, now_ms: i64)
     if live.is_none() {
         return Ok(Err(StoreError::new(StoreErrorKind::Conflict, "the device is logged out")));
     }
-    // A token belongs to one app install: if another device (a reinstall, another account on the
-    // same phone) registered it before, it is that device's no longer.
+    // A token belongs to one app install. Another device of the same user that registered it
+    // before (a reinstall) gives it up; another user's device keeps it: moving it would let
+    // anyone who learned a token take over its pushes. (Logging out clears a device's token, so
+    // an account switch on one phone frees it.)
     let previous = tx
         .prepare_cached("SELECT user_id, device_id FROM push_tokens WHERE platform = ?1 AND token = ?2")?
         .query_row(params![r.platform.code(), r.token], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
@@ -31,6 +33,9 @@ pub(super) fn set_token(tx: &Transaction<'_>, r: &PushRegistration, now_ms: i64)
     if let Some((user, device)) = previous
         && (user as u64, device as u64) != (r.user.0, r.device.0)
     {
+        if user as u64 != r.user.0 {
+            return Ok(Err(StoreError::new(StoreErrorKind::Conflict, "this push token is another account's")));
+        }
         clear_token(tx, UserId(user as u64), DeviceId(device as u64))?;
     }
     tx.prepare_cached(
