@@ -121,7 +121,7 @@ fn push_target(r: SetPushTokenRequest) -> Result<PushTarget, ApiError> {
     match platform {
         Platform::Ios
             if !(64..=MAX_PUSH_TOKEN_CHARS).contains(&token.len())
-                || token.len() % 2 != 0
+                || !token.len().is_multiple_of(2)
                 || !token.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
             return Err(ApiError::invalid("an APNs device token is hexadecimal, at least 64 digits"));
