@@ -32,11 +32,22 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long a graceful shutdown waits for connections to close before cutting them.
     pub shutdown_timeout_secs: u64,
+    /// How long an HTTP request's body may take to arrive (then 408); the headers have 5 s.
+    pub body_read_timeout_secs: u64,
+    /// Serves `/metrics` (with `/healthz` and `/readyz`) here instead of on the public port.
+    /// Empty: on the public port.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:8080".into(), workers: 0, shutdown_timeout_secs: 10 }
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            workers: 0,
+            shutdown_timeout_secs: 10,
+            body_read_timeout_secs: 10,
+            metrics_listen: String::new(),
+        }
     }
 }
 

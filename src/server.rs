@@ -24,7 +24,7 @@ use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::transport::connection_caps::ConnectionCaps;
-use crate::transport::http::{AppState, routes};
+use crate::transport::http::{AppState, operations_routes, routes};
 use crate::transport::internal::internal_routes;
 
 pub struct Running {
@@ -33,6 +33,10 @@ pub struct Running {
     handle: actix_web::dev::ServerHandle,
     /// The cluster's internal listener, when in a cluster.
     internal: Option<actix_web::dev::ServerHandle>,
+    /// The operations listener (`server.metrics_listen`), when set.
+    operations: Option<actix_web::dev::ServerHandle>,
+    /// Where the operations listener is bound.
+    pub operations_addr: Option<SocketAddr>,
     server_task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
     shutdown: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
@@ -149,6 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             config.limits.max_connections_per_address,
         ),
         ready: ready.clone(),
+        body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
         shutdown: shutdown_rx,
     });
 
@@ -156,7 +161,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes))
+    let operations = match config.server.metrics_listen.as_str() {
+        "" => None,
+        addr => Some(serve_operations(addr, state.clone(), &config)?),
+    };
+    let with_metrics = operations.is_none();
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(|cfg| routes(cfg, with_metrics)))
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(config.server.shutdown_timeout_secs)
@@ -175,6 +185,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hub,
         handle,
         internal,
+        operations_addr: operations.as_ref().map(|(_, addr)| *addr),
+        operations: operations.map(|(handle, _)| handle),
         server_task,
         shutdown,
         ready,
@@ -182,6 +194,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         push_worker,
         config,
     })
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on their own listener; its handle and address.
+fn serve_operations(
+    addr: &str,
+    state: web::Data<AppState>,
+    config: &Config,
+) -> anyhow::Result<(actix_web::dev::ServerHandle, SocketAddr)> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("binding server.metrics_listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(operations_routes))
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    tracing::info!(metrics_addr = %bound, "operations listener (/metrics, /healthz, /readyz)");
+    Ok((handle, bound))
 }
 
 /// Binds `cluster.internal_listen`, or the public host on a free port.
@@ -247,6 +280,9 @@ impl Running {
         // Last: other nodes may forward requests for rooms this node still owned while draining.
         if let Some(internal) = &self.internal {
             internal.stop(true).await;
+        }
+        if let Some(operations) = &self.operations {
+            operations.stop(true).await;
         }
         self.push_worker.stop().await;
         self.hub.store.close().await;

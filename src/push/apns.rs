@@ -109,7 +109,10 @@ impl ApnsClient {
             .json(&payload(n));
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Delivery::Retry { after: None, reason: format!("apns request failed: {e}") },
+            // Without the URL: it carries the device token, which must not reach logs or the store.
+            Err(e) => {
+                return Delivery::Retry { after: None, reason: format!("apns request failed: {}", e.without_url()) };
+            }
         };
         let status = response.status().as_u16();
         if status == 200 {

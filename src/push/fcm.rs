@@ -56,7 +56,9 @@ impl FcmClient {
         let response =
             match self.http.post(&self.send_url).bearer_auth(token.as_str()).json(&self.message(job, n)).send().await {
                 Ok(response) => response,
-                Err(e) => return Delivery::Retry { after: None, reason: format!("fcm request failed: {e}") },
+                Err(e) => {
+                    return Delivery::Retry { after: None, reason: format!("fcm request failed: {}", e.without_url()) };
+                }
             };
         let status = response.status().as_u16();
         if status == 200 {

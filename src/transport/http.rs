@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -39,10 +40,13 @@ pub struct AppState {
     pub connection_caps: Arc<ConnectionCaps>,
     /// False while starting and once shutdown began.
     pub ready: Arc<AtomicBool>,
+    /// How long an auth request's body may take to arrive (`server.body_read_timeout_secs`).
+    pub body_read_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// The public port's routes; `/metrics` among them unless it has a listener of its own.
+pub fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
     use tidings_proto::paths;
     cfg.route(paths::WEBSOCKET, web::get().to(websocket))
         .route(paths::SIGN_UP, web::post().to(sign_up))
@@ -50,6 +54,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(paths::REFRESH, web::post().to(refresh))
         .route(paths::LOG_OUT, web::post().to(log_out))
         .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+    if with_metrics {
+        cfg.route("/metrics", web::get().to(metrics));
+    }
+}
+
+/// The operations listener's routes (`server.metrics_listen`).
+pub fn operations_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
 }
@@ -80,6 +93,47 @@ fn error_response(encoding: Encoding, error: &ApiError) -> HttpResponse {
         }
     }
     response
+}
+
+/// An auth request's body, read with a size cap (`MAX_AUTH_BODY_BYTES`, refused as soon as it is
+/// passed) and a deadline: a client trickling a byte at a time holds a worker no longer than
+/// `body_read_timeout` (then 408).
+pub struct AuthBody(web::Bytes);
+
+impl actix_web::FromRequest for AuthBody {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        use futures_util::StreamExt;
+        let mut payload = payload.take();
+        let deadline = req.app_data::<web::Data<AppState>>().map_or(Duration::from_secs(10), |s| s.body_read_timeout);
+        let encoding = body_encoding(req);
+        Box::pin(async move {
+            let read = async {
+                let mut body = web::BytesMut::new();
+                while let Some(chunk) = payload.next().await {
+                    let chunk = chunk.map_err(|e| ApiError::new(Code::BadFrame, format!("reading the body: {e}")))?;
+                    if body.len() + chunk.len() > MAX_AUTH_BODY_BYTES {
+                        return Err(ApiError::new(Code::PayloadTooLarge, "request body too large"));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body.freeze())
+            };
+            let refuse = |response: HttpResponse| actix_web::error::InternalError::from_response("", response).into();
+            match tokio::time::timeout(deadline, read).await {
+                Ok(Ok(body)) => Ok(AuthBody(body)),
+                Ok(Err(e)) => Err(refuse(error_response(encoding, &e))),
+                Err(_) => {
+                    let e = ApiError::invalid("the request body did not arrive in time");
+                    let mut response = error_response(encoding, &e);
+                    *response.status_mut() = actix_web::http::StatusCode::REQUEST_TIMEOUT;
+                    Err(refuse(response))
+                }
+            }
+        })
+    }
 }
 
 fn parse<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, ApiError> {
@@ -124,25 +178,25 @@ where
     }
 }
 
-async fn sign_up(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+async fn sign_up(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
     let client = client_ip(&req);
-    session_call(&req, &body, |r: SignUpRequest| async move {
+    session_call(&req, &body.0, |r: SignUpRequest| async move {
         state.auth.sign_up(client, &r.username, &r.password, &r.device_name).await
     })
     .await
 }
 
-async fn log_in(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+async fn log_in(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
     let client = client_ip(&req);
-    session_call(&req, &body, |r: LogInRequest| async move {
+    session_call(&req, &body.0, |r: LogInRequest| async move {
         state.auth.log_in(client, &r.username, &r.password, &r.device_name).await
     })
     .await
 }
 
-async fn refresh(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+async fn refresh(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
     let client = client_ip(&req);
-    session_call(&req, &body, |r: RefreshRequest| async move {
+    session_call(&req, &body.0, |r: RefreshRequest| async move {
         match state.auth.refresh(client, &r.refresh_token).await? {
             Refreshed::Session(session) => Ok(session),
             Refreshed::Reused { user, revoked } => {
@@ -194,10 +248,10 @@ async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authenticat
     state.auth.authenticate(&token).await
 }
 
-async fn log_out(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+async fn log_out(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
     let encoding = body_encoding(&req);
     let result = async {
-        let r: LogOutRequest = if body.is_empty() { LogOutRequest::default() } else { parse(encoding, &body)? };
+        let r: LogOutRequest = if body.0.is_empty() { LogOutRequest::default() } else { parse(encoding, &body.0)? };
         let caller = authenticate(&req, &state).await?;
         let devices = state.auth.log_out(caller, r.all_devices).await?;
         close_devices(&state, caller.user, &devices).await;

@@ -567,3 +567,32 @@ async fn another_accounts_push_token_cannot_be_taken_over_and_only_allowed_apps_
     assert_eq!(code_of(&m.set_push_token(other_app).await.unwrap_err()), wire::ErrorCode::InvalidArgument);
     m.set_push_token(ios(&apns_token("mallory"))).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_cannot_be_reached_leaves_no_device_token_in_the_recorded_error() {
+    // APNs at an address where nothing listens: every attempt fails at connect, with reqwest's
+    // error text (which names the URL, and the URL names the device token).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let rig = PushRig::start_with(|c| {
+        c.apns.production_url = format!("http://{closed}");
+        c.push.max_attempts = 1;
+    })
+    .await;
+    let (a, bob, room) = ana_and_bob(&rig.server).await;
+    register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
+    a.send_text(room, "m1", "anyone there?").await.unwrap();
+    let database = rig.server.data_dir.path().join("tidings.db");
+    let deadline = Instant::now() + WAIT;
+    let error = loop {
+        let db = rusqlite::Connection::open(&database).unwrap();
+        let failed: Option<String> =
+            db.query_row("SELECT last_error FROM push_jobs WHERE state = 2", [], |r| r.get(0)).ok();
+        if let Some(error) = failed {
+            break error;
+        }
+        assert!(Instant::now() < deadline, "the push never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(error.contains("apns request failed"), "{error}");
+    assert!(!error.contains(&apns_token("bob")), "the device token leaked into {error:?}");
+}

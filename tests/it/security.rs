@@ -651,3 +651,47 @@ async fn an_expired_access_token_ends_its_socket_unless_a_fresh_one_came_in_time
         assert!(!matches!(incoming, Incoming::Closed(_) | Incoming::Notice(_)), "{incoming:?}");
     }
 }
+
+#[tokio::test]
+async fn a_body_trickled_a_byte_at_a_time_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.server.body_read_timeout_secs = 1);
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head =
+        "POST /v1/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n";
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    // One byte every 300 ms would take a minute; the server answers after about a second.
+    for _ in 0..20 {
+        if socket.write_all(b"{").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn metrics_can_leave_the_public_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = TestServer::start_with(|c| c.server.metrics_listen = format!("127.0.0.1:{port}"));
+    let (status, _) = server.http().get_text("/metrics").await.unwrap();
+    assert_eq!(status, 404, "not on the public port");
+    let (status, _) = server.http().get_text("/healthz").await.unwrap();
+    assert_eq!(status, 200, "health stays for load balancers");
+    let operations = tidings_client::Http::new(format!("http://127.0.0.1:{port}"));
+    let (status, text) = operations.get_text("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(text.contains("tidings_connections_open"), "{text}");
+}
