@@ -44,6 +44,9 @@ pub enum Request {
     SetDoNotDisturb {
         until_ms: i64,
     },
+    SetHidePreviews {
+        hide: bool,
+    },
 }
 
 /// A device's push token as the device sends it (the server adds who and which device).

@@ -27,6 +27,15 @@ impl Notification {
         let sender = if context.sender_name.is_empty() { "Someone" } else { context.sender_name.as_str() };
         let group = context.room_kind == RoomKind::Group;
         let (title, body) = match job.kind {
+            // The user's lock screen shows no one's name and no text: the app's name and this.
+            _ if context.hide_previews => {
+                let body = match job.kind {
+                    PushKind::AddedToRoom => "You were added to a group".to_owned(),
+                    PushKind::Message if job.count <= 1 => "New message".to_owned(),
+                    PushKind::Message => format!("{} new messages", job.count),
+                };
+                (String::new(), body)
+            }
             PushKind::AddedToRoom => {
                 (context.room_name.clone(), format!("{sender} added you to {}", context.room_name))
             }

@@ -108,6 +108,8 @@ pub trait PushStore: Send + Sync {
     async fn set_room_mute(&self, user: UserId, room: RoomId, until_ms: i64) -> StoreResult<()>;
     /// No pushes at all until `until_ms` (0 turns it off).
     async fn set_do_not_disturb(&self, user: UserId, until_ms: i64) -> StoreResult<()>;
+    /// Pushes to the user show no sender, room or text.
+    async fn set_hide_previews(&self, user: UserId, hide: bool) -> StoreResult<()>;
     /// A device of `user` received its stream up to `pos`: cancels the pending pushes it covers.
     /// Returns how many pending pushes the user still has.
     async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64>;

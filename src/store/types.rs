@@ -133,6 +133,8 @@ pub struct PushContext {
     pub delivered_up_to_seq: u64,
     pub muted_until_ms: i64,
     pub dnd_until_ms: i64,
+    /// The user wants pushes without sender, room or text.
+    pub hide_previews: bool,
     /// The user is still a member of the room.
     pub member: bool,
 }

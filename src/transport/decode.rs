@@ -208,6 +208,7 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, ApiError> {
         Wire::ClearPushToken(_) => Ok(Request::ClearPushToken),
         Wire::MuteRoom(m) => Ok(Request::MuteRoom { room: room(m.room_id)?, until_ms: m.until_ms.max(0) }),
         Wire::SetDoNotDisturb(d) => Ok(Request::SetDoNotDisturb { until_ms: d.until_ms.max(0) }),
+        Wire::SetHidePreviews(h) => Ok(Request::SetHidePreviews { hide: h.hide_previews }),
     }
 }
 

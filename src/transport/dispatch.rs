@@ -114,6 +114,10 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, sent:
             let hub = hub.clone();
             actix::spawn(async move { replier.reply(ok(hub.store.set_do_not_disturb(me, until_ms).await)) });
         }
+        Request::SetHidePreviews { hide } => {
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(ok(hub.store.set_hide_previews(me, hide).await)) });
+        }
         Request::Room { room, op } => {
             if let Some(cluster) = &hub.cluster
                 && let Some(owner) = cluster.remote_owner(room)

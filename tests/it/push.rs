@@ -596,3 +596,33 @@ async fn a_provider_that_cannot_be_reached_leaves_no_device_token_in_the_recorde
     assert!(error.contains("apns request failed"), "{error}");
     assert!(!error.contains(&apns_token("bob")), "the device token leaked into {error:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_previews_hidden_a_push_names_no_sender_room_or_text() {
+    let rig = PushRig::start().await;
+    let (a, bob, room) = ana_and_bob(&rig.server).await;
+    let b = bob.connect().await;
+    b.request(Req::SetHidePreviews(wire::SetHidePreviewsRequest { hide_previews: true })).await.unwrap();
+    b.close().await;
+    drop(b);
+    register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
+
+    a.send_text(room, "m1", "the surprise party is on friday").await.unwrap();
+    let pushes = rig.apns.wait_for(1, WAIT).await;
+    let alert = &pushes[0].payload["aps"]["alert"];
+    assert_eq!(alert["body"], "New message");
+    assert!(alert["title"].as_str().unwrap_or_default().is_empty(), "{alert}");
+    let everything = pushes[0].payload.to_string();
+    assert!(!everything.contains("surprise") && !everything.contains("ana"), "{everything}");
+
+    // Turned off again, previews come back.
+    let b = bob.connect().await;
+    b.request(Req::SetHidePreviews(wire::SetHidePreviewsRequest { hide_previews: false })).await.unwrap();
+    b.close().await;
+    drop(b);
+    wait_offline(&a, bob.id()).await;
+    tokio::time::sleep(QUIET).await;
+    a.send_text(room, "m2", "bring snacks").await.unwrap();
+    let pushes = rig.apns.wait_for(2, WAIT).await;
+    assert_eq!(pushes[1].payload["aps"]["alert"]["body"], "bring snacks");
+}

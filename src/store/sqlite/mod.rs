@@ -282,6 +282,10 @@ impl PushStore for SqliteStore {
         self.write(|reply| WriteCmd::SetDoNotDisturb { user, until_ms, reply }).await
     }
 
+    async fn set_hide_previews(&self, user: UserId, hide: bool) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::SetHidePreviews { user, hide, reply }).await
+    }
+
     async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64> {
         self.write(|reply| WriteCmd::CancelDeliveredPushes { user, up_to_pos, reply }).await
     }

@@ -97,6 +97,15 @@ pub(super) fn set_do_not_disturb(tx: &Transaction<'_>, user: UserId, until_ms: i
     Ok(Ok(()))
 }
 
+pub(super) fn set_hide_previews(tx: &Transaction<'_>, user: UserId, hide: bool) -> CmdResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO push_prefs (user_id, hide_previews) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET hide_previews = excluded.hide_previews",
+    )?
+    .execute(params![user.0 as i64, hide])?;
+    Ok(Ok(()))
+}
+
 /// Queues (or merges into the pending job) one push per registered device of each fan-out user.
 pub(super) fn enqueue(
     tx: &Transaction<'_>,
@@ -341,11 +350,11 @@ pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<Push
         .query_row(params![user, room], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
-    let dnd_until_ms: i64 = conn
-        .prepare_cached("SELECT dnd_until_ms FROM push_prefs WHERE user_id = ?1")?
-        .query_row([user], |r| r.get(0))
+    let (dnd_until_ms, hide_previews): (i64, bool) = conn
+        .prepare_cached("SELECT dnd_until_ms, hide_previews FROM push_prefs WHERE user_id = ?1")?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
-        .unwrap_or(0);
+        .unwrap_or((0, false));
     Ok(PushContext {
         room_kind: room_kind_from(kind),
         room_name,
@@ -355,6 +364,7 @@ pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<Push
         delivered_up_to_seq: marks.map_or(0, |m| m.1 as u64),
         muted_until_ms,
         dnd_until_ms,
+        hide_previews,
         member: marks.is_some(),
     })
 }

@@ -110,7 +110,8 @@ CREATE TABLE IF NOT EXISTS push_tokens (
 CREATE UNIQUE INDEX IF NOT EXISTS push_tokens_by_token ON push_tokens (platform, token);
 CREATE TABLE IF NOT EXISTS push_prefs (
     user_id INTEGER PRIMARY KEY,
-    dnd_until_ms INTEGER NOT NULL DEFAULT 0
+    dnd_until_ms INTEGER NOT NULL DEFAULT 0,
+    hide_previews INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS room_mutes (
     user_id INTEGER NOT NULL,
@@ -167,5 +168,50 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
 }
 
 pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(TABLES)
+    conn.execute_batch(TABLES)?;
+    add_missing_columns(conn)
+}
+
+/// Columns added after a table was first created: a database made by an earlier version gets
+/// them (with their defaults) when it is opened.
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    const ADDED: &[(&str, &str, &str)] = &[("push_prefs", "hide_previews", "INTEGER NOT NULL DEFAULT 0")];
+    for (table, column, definition) in ADDED {
+        let present: bool = conn.query_row(
+            &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !present {
+            match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}")) {
+                // Another process sharing the file added it first.
+                Err(e) if e.to_string().contains("duplicate column") => {}
+                other => other?,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_from_before_a_column_was_added_gets_it_on_open() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE push_prefs (user_id INTEGER PRIMARY KEY, dnd_until_ms INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO push_prefs (user_id, dnd_until_ms) VALUES (7, 42);",
+        )
+        .unwrap();
+        create_tables(&conn).unwrap();
+        create_tables(&conn).unwrap();
+        let row: (i64, i64) =
+            conn.query_row("SELECT dnd_until_ms, hide_previews FROM push_prefs WHERE user_id = 7", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(row, (42, 0));
+    }
 }

@@ -64,6 +64,11 @@ pub(super) enum WriteCmd {
         until_ms: i64,
         reply: Reply<()>,
     },
+    SetHidePreviews {
+        user: UserId,
+        hide: bool,
+        reply: Reply<()>,
+    },
     CancelDeliveredPushes {
         user: UserId,
         up_to_pos: u64,
@@ -197,6 +202,7 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::SetDoNotDisturb { user, until_ms, reply } => {
             run!(reply, |tx, _| push::set_do_not_disturb(tx, user, until_ms))
         }
+        WriteCmd::SetHidePreviews { user, hide, reply } => run!(reply, |tx, _| push::set_hide_previews(tx, user, hide)),
         WriteCmd::CancelDeliveredPushes { user, up_to_pos, reply } => {
             run!(reply, |tx, _| push::cancel_delivered(tx, user, up_to_pos))
         }
