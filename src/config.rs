@@ -124,6 +124,15 @@ impl Default for AuthConfig {
     }
 }
 
+/// Who may add a user to a group (`limits.group_adds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupAdds {
+    Anyone,
+    /// Only people who have sent the user a message (in a room they share).
+    Contacts,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -149,6 +158,9 @@ pub struct LimitsConfig {
     pub user_request_burst: u32,
     /// Undecodable frames in a row after which the connection is closed (1002). 0: never.
     pub max_consecutive_bad_frames: u32,
+    /// Who may put a user into a group: `anyone`, or `contacts` (only people who have sent the
+    /// adder a message). Either way, being added by a stranger pushes nothing.
+    pub group_adds: GroupAdds,
     /// Requests of one connection awaiting their answer; reading pauses beyond it.
     pub max_in_flight_requests: usize,
     /// Live events queued for one connection; beyond it the connection is a slow consumer.
@@ -186,6 +198,7 @@ impl Default for LimitsConfig {
             user_requests_per_second: 100,
             user_request_burst: 400,
             max_consecutive_bad_frames: 8,
+            group_adds: GroupAdds::Anyone,
             max_in_flight_requests: 64,
             outbound_queue_events: 512,
             slow_consumer_grace_secs: 30,

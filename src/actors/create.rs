@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::room::validate_room_name;
 use super::{Hub, ReplyBody};
+use crate::config::GroupAdds;
 use crate::domain::{
     EntryBody, RoomEntry, RoomId, RoomKind, StreamEvent, UserId, new_random_id, now_ms, time_ordered_id,
 };
@@ -30,8 +31,25 @@ pub async fn create_group(hub: &Arc<Hub>, me: UserId, name: &str, members: Vec<U
     if members.len() > hub.limits.max_group_members {
         return Err(ApiError::invalid(format!("a group has at most {} members", hub.limits.max_group_members)));
     }
-    require_existing(hub, members.iter().copied().filter(|&u| u != me).collect()).await?;
+    let others: Vec<UserId> = members.iter().copied().filter(|&u| u != me).collect();
+    require_existing(hub, others.clone()).await?;
+    require_addable(hub, me, others).await?;
     create(hub, me, RoomKind::Group, name, members).await
+}
+
+/// With `limits.group_adds = "contacts"`: fails with FORBIDDEN unless every one of `users` has
+/// sent `me` a message.
+pub async fn require_addable(hub: &Arc<Hub>, me: UserId, users: Vec<UserId>) -> ApiResult<()> {
+    if hub.limits.group_adds == GroupAdds::Anyone || users.is_empty() {
+        return Ok(());
+    }
+    let wrote = hub.store.wrote_to(me, users.clone()).await?;
+    match users.iter().find(|u| !wrote.contains(u)) {
+        Some(stranger) => Err(ApiError::forbidden(format!(
+            "user {stranger} has not written to you; only people who have can be added to a group"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Fails with NOT_FOUND naming the first user that does not exist.

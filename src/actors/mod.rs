@@ -20,7 +20,7 @@ mod registry;
 mod room;
 mod user;
 
-pub use create::{create_direct, create_group, require_existing};
+pub use create::{create_direct, create_group, require_addable, require_existing};
 pub use hub::Hub;
 pub use protocol::{
     Answer, Ephemeral, Notice, Outbound, PresenceInfo, PushTarget, Replier, ReplyBody, Request, RoomOp, SentAck,

@@ -81,6 +81,8 @@ pub trait RoomStore: Send + Sync {
     async fn room_summary(&self, room: RoomId, user: UserId) -> StoreResult<Option<RoomSummary>>;
     /// Everyone who shares at least one room with `user` (not `user`).
     async fn contacts_of(&self, user: UserId) -> StoreResult<Vec<UserId>>;
+    /// Those of `users` who have sent `user` a message: in a room they share with `user`.
+    async fn wrote_to(&self, user: UserId, users: Vec<UserId>) -> StoreResult<Vec<UserId>>;
 }
 
 /// The per-user durable event streams.

@@ -15,7 +15,7 @@ use super::codes::code_from_wire;
 use super::decode::decode_frame;
 use crate::actors::{
     Hub, PresenceInfo, Replier, ReplyBody, Request, RoomOp, RoomRequest, StreamAck, SyncFrom, UserEntry, create_direct,
-    create_group, require_existing,
+    create_group, require_addable, require_existing,
 };
 use crate::auth::{AuthService, Authenticated};
 use crate::domain::{ConnId, PushRegistration, RoomId, UserId, now_ms};
@@ -136,10 +136,14 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier, sent:
 
 /// Hands a request to the room's actor on this node (loading the room if needed).
 pub async fn room_request(hub: &Arc<Hub>, me: UserId, room: RoomId, op: RoomOp, replier: Replier) {
-    if let RoomOp::AddMembers(users) = &op
-        && let Err(e) = require_existing(hub, users.clone()).await
-    {
-        return replier.error(e);
+    if let RoomOp::AddMembers(users) = &op {
+        let checked = async {
+            require_existing(hub, users.clone()).await?;
+            require_addable(hub, me, users.clone()).await
+        };
+        if let Err(e) = checked.await {
+            return replier.error(e);
+        }
     }
     match hub.registry.room(room, hub).await {
         Ok(addr) => {

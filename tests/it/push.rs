@@ -626,3 +626,49 @@ async fn with_previews_hidden_a_push_names_no_sender_room_or_text() {
     let pushes = rig.apns.wait_for(2, WAIT).await;
     assert_eq!(pushes[1].payload["aps"]["alert"]["body"], "bring snacks");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_adding_you_to_a_group_pushes_nothing_and_with_contacts_only_cannot() {
+    let rig = PushRig::start().await;
+    let (a, bob, room) = ana_and_bob(&rig.server).await;
+    // Bob has written to ana; he has never written to mallory.
+    let b = bob.connect().await;
+    b.send_text(room, "hello", "hi ana").await.unwrap();
+    b.close().await;
+    drop(b);
+    register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
+
+    let mallory = rig.server.user("mallory").await;
+    let sockpuppet = rig.server.user("sockpuppet").await;
+    let (m, _) = mallory.connect_synced(0).await;
+    let spam = m.create_group("FREE PRIZES, CLAIM NOW", vec![sockpuppet.id()]).await.unwrap().room_id;
+    let add_bob = |room| Req::AddMembers(wire::AddMembersRequest { room_id: room, user_ids: vec![bob.id()] });
+    m.request(add_bob(spam)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200) + QUIET).await;
+    assert_eq!(rig.apns.attempts().len(), 0, "a stranger's group reaches no lock screen");
+
+    // Someone bob has written to: the "added you" push goes.
+    let climbers = a.create_group("climbers", vec![sockpuppet.id()]).await.unwrap().room_id;
+    a.request(add_bob(climbers)).await.unwrap();
+    let pushes = rig.apns.wait_for(1, WAIT).await;
+    assert_eq!(pushes[0].payload["aps"]["alert"]["body"], "ana added you to climbers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_group_adds_limited_to_contacts_only_people_who_wrote_to_you_can_be_added() {
+    let server = TestServer::start_with(|c| c.limits.group_adds = tidings::config::GroupAdds::Contacts);
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let (a, _) = ana.connect_synced(0).await;
+    // A direct room is not enough: bob must have written to ana.
+    let direct = a.create_direct(bob.id()).await.unwrap().room_id;
+    let refused = a.create_group("g", vec![bob.id()]).await.unwrap_err();
+    assert_eq!(code_of(&refused), wire::ErrorCode::Forbidden);
+    let b = bob.connect().await;
+    b.send_text(direct, "m", "hi").await.unwrap();
+    let group = a.create_group("g", vec![bob.id()]).await.unwrap().room_id;
+    // Adding carol, who never wrote to ana, is refused too.
+    let add = Req::AddMembers(wire::AddMembersRequest { room_id: group, user_ids: vec![carol.id()] });
+    assert_eq!(code_of(&a.request(add).await.unwrap_err()), wire::ErrorCode::Forbidden);
+}

@@ -251,6 +251,19 @@ impl RoomStore for SqliteStore {
     async fn contacts_of(&self, user: UserId) -> StoreResult<Vec<UserId>> {
         self.read(move |c| reads::contacts_of(c, user)).await
     }
+
+    async fn wrote_to(&self, user: UserId, users: Vec<UserId>) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| {
+            let mut wrote = Vec::new();
+            for other in users {
+                if reads::has_written_to(c, other, user, None)? {
+                    wrote.push(other);
+                }
+            }
+            Ok(wrote)
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -133,6 +133,11 @@ pub(super) fn enqueue(
     )?;
     for user in &fanout.users {
         let Some(&(_, pos)) = positions.iter().find(|(u, _)| u == user) else { continue };
+        // "X added you to <any name>" only from someone the user has written to: a stranger's
+        // group is in the stream, not on the lock screen.
+        if fanout.kind == PushKind::AddedToRoom && !super::reads::has_written_to(tx, *user, sender, Some(room))? {
+            continue;
+        }
         let mut queued = upsert.query(params![
             user.0 as i64,
             platforms,

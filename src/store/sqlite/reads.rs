@@ -174,6 +174,22 @@ pub(super) fn contacts_of(conn: &Connection, user: UserId) -> rusqlite::Result<V
     .collect()
 }
 
+/// Whether `writer` has sent a message in a room shared with `reader` (other than `except`).
+pub(super) fn has_written_to(
+    conn: &Connection,
+    writer: UserId,
+    reader: UserId,
+    except: Option<RoomId>,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM user_rooms ur JOIN members m ON m.room_id = ur.room_id AND m.user_id = ?2
+                        WHERE ur.user_id = ?1 AND ur.room_id != ?3
+                          AND EXISTS (SELECT 1 FROM entries e WHERE e.room_id = ur.room_id AND e.sender_id = ?2
+                                      AND e.kind = 1))",
+    )?
+    .query_row(params![reader.0 as i64, writer.0 as i64, except.map_or(0, |r| r.0 as i64)], |r| r.get(0))
+}
+
 pub(super) fn events_after(
     conn: &Connection,
     user: UserId,

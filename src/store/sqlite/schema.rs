@@ -207,8 +207,8 @@ mod tests {
         .unwrap();
         create_tables(&conn).unwrap();
         create_tables(&conn).unwrap();
-        let row: (i64, i64) =
-            conn.query_row("SELECT dnd_until_ms, hide_previews FROM push_prefs WHERE user_id = 7", [], |r| {
+        let row: (i64, i64) = conn
+            .query_row("SELECT dnd_until_ms, hide_previews FROM push_prefs WHERE user_id = 7", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
