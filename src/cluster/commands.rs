@@ -23,12 +23,15 @@ impl Commands {
     /// PEM CA certificate a `rediss://` server must chain to (None: the public roots).
     pub async fn connect(urls: &[String], cluster: bool, ca: Option<&[u8]>) -> anyhow::Result<Self> {
         if cluster {
-            let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+            let mut builder = redis::cluster::ClusterClient::builder(urls.to_vec())
                 .connection_timeout(Duration::from_secs(2))
                 .response_timeout(Duration::from_secs(2))
-                .retries(2)
-                .build()
-                .map_err(|e| anyhow::anyhow!("Redis Cluster seeds {:?}: {e}", redacted_all(urls)))?;
+                .retries(2);
+            if let Some(ca) = ca {
+                builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(ca.to_vec()) });
+            }
+            let client =
+                builder.build().map_err(|e| anyhow::anyhow!("Redis Cluster seeds {:?}: {e}", redacted_all(urls)))?;
             let connection = client
                 .get_async_connection()
                 .await

@@ -66,6 +66,7 @@ pub struct Cluster {
     signer: NodeSigner,
     /// From the Redis URL, for the sharded subscriber's own connections.
     credentials: resp::Credentials,
+    transport: resp::Transport,
     http: reqwest::Client,
 }
 
@@ -76,9 +77,6 @@ impl Cluster {
         let urls: Vec<String> =
             config.redis_url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
         anyhow::ensure!(!urls.is_empty(), "cluster.redis_url names no Redis");
-        if config.redis_cluster && urls.iter().any(|u| u.starts_with("rediss://")) {
-            anyhow::bail!("cluster.redis_url: TLS (rediss://) is supported with one Redis, not yet with redis_cluster");
-        }
         let credentials = {
             use redis::IntoConnectionInfo;
             let info =
@@ -95,6 +93,12 @@ impl Cluster {
                 anyhow::anyhow!("reading cluster.redis_ca_file {}: {e}", config.redis_ca_file.display())
             })?),
         };
+        let tls = urls.iter().any(|u| u.starts_with("rediss://"));
+        anyhow::ensure!(
+            urls.iter().all(|u| u.starts_with("rediss://") == tls),
+            "cluster.redis_url mixes redis:// and rediss://"
+        );
+        let transport = if tls { resp::Transport::tls(ca.as_deref())? } else { resp::Transport::Plain };
         let redis = Commands::connect(&urls, config.redis_cluster, ca.as_deref()).await?;
         // The single-Redis bridge subscribes through redis-rs; the sharded one speaks RESP itself.
         let client = match config.redis_cluster {
@@ -127,6 +131,7 @@ impl Cluster {
             interest_rx: std::sync::Mutex::new(Some(interest_rx)),
             signer: NodeSigner::new(node_key),
             credentials,
+            transport,
             http,
         });
         // A node that restarts under the same id starts with no sessions.

@@ -2,13 +2,64 @@
 //! connection to one Redis Cluster master. redis-rs offers sharded subscriptions only through its
 //! cluster connection, whose automatic resubscription is what must be avoided (see `commands.rs`);
 //! a subscriber needs only to send commands and read arrays, so it is done here, one channel per
-//! command.
+//! command. Over TCP, or TLS for `rediss://` (rustls, ring).
 
 use std::io;
+use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// The reading half of a subscriber connection, plain or TLS.
+pub type Reader = BufReader<Box<dyn AsyncRead + Send + Unpin>>;
+/// The writing half.
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// How to reach the masters: in the clear, or over TLS with these roots.
+#[derive(Clone)]
+pub enum Transport {
+    Plain,
+    Tls(Arc<rustls::ClientConfig>),
+}
+
+impl Transport {
+    /// TLS trusting `ca` (PEM) when given, else the public (webpki) roots.
+    pub fn tls(ca: Option<&[u8]>) -> anyhow::Result<Self> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca {
+            Some(pem) => {
+                for cert in CertificateDer::pem_slice_iter(pem) {
+                    roots.add(cert.map_err(|e| anyhow::anyhow!("cluster.redis_ca_file: {e}"))?)?;
+                }
+                anyhow::ensure!(!roots.is_empty(), "cluster.redis_ca_file holds no certificate");
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        Ok(Transport::Tls(Arc::new(config)))
+    }
+}
+
+/// Opens a subscriber connection to `addr` (host:port).
+pub async fn connect(addr: &str, transport: &Transport) -> io::Result<(Reader, Writer)> {
+    let stream = TcpStream::connect(addr).await?;
+    match transport {
+        Transport::Plain => {
+            let (read, write) = stream.into_split();
+            Ok((BufReader::new(Box::new(read)), Box::new(write)))
+        }
+        Transport::Tls(config) => {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_matches(['[', ']']);
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream).await?;
+            let (read, write) = tokio::io::split(tls);
+            Ok((BufReader::new(Box::new(read)), Box::new(write)))
+        }
+    }
+}
 
 /// The key slot (0..16384) of a key or channel, as Redis Cluster computes it: CRC16 (XMODEM) of
 /// the key, or of its `{hash tag}` when it has a non-empty one.
@@ -61,19 +112,15 @@ impl Reply {
     }
 }
 
-pub fn split(stream: TcpStream) -> (BufReader<OwnedReadHalf>, OwnedWriteHalf) {
-    let (read, write) = stream.into_split();
-    (BufReader::new(read), write)
-}
-
-pub async fn send(writer: &mut OwnedWriteHalf, args: &[&[u8]]) -> io::Result<()> {
+pub async fn send(writer: &mut Writer, args: &[&[u8]]) -> io::Result<()> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
         out.extend_from_slice(arg);
         out.extend_from_slice(b"\r\n");
     }
-    writer.write_all(&out).await
+    writer.write_all(&out).await?;
+    writer.flush().await
 }
 
 /// Redis credentials (`AUTH [username] password`), as a `redis://user:password@host` URL gives them.
@@ -91,11 +138,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// Authenticates a fresh connection, when there are credentials.
-pub async fn authenticate(
-    reader: &mut BufReader<OwnedReadHalf>,
-    writer: &mut OwnedWriteHalf,
-    credentials: &Credentials,
-) -> io::Result<()> {
+pub async fn authenticate(reader: &mut Reader, writer: &mut Writer, credentials: &Credentials) -> io::Result<()> {
     let Some(password) = &credentials.password else { return Ok(()) };
     match &credentials.username {
         Some(user) => send(writer, &[b"AUTH", user.as_bytes(), password.as_bytes()]).await?,
@@ -109,7 +152,7 @@ pub async fn authenticate(
 }
 
 /// Reads one reply. Bounded: a bulk string over 64 MiB or an array over a million items is refused.
-pub async fn read(reader: &mut BufReader<OwnedReadHalf>) -> io::Result<Reply> {
+pub async fn read(reader: &mut Reader) -> io::Result<Reply> {
     let mut line = Vec::new();
     if reader.read_until(b'\n', &mut line).await? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());

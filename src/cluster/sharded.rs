@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 use super::Cluster;
@@ -85,19 +83,18 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
             }
         };
         let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
-        let mut writers: HashMap<String, OwnedWriteHalf> = HashMap::new();
+        let mut writers: HashMap<String, resp::Writer> = HashMap::new();
         let mut masters: Vec<&str> = map.0.iter().map(|(_, _, addr)| addr.as_str()).collect();
         masters.sort_unstable();
         masters.dedup();
         for addr in masters {
-            let stream = match TcpStream::connect(addr).await {
-                Ok(stream) => stream,
+            let (mut reader, mut writer) = match resp::connect(addr, &cluster.transport).await {
+                Ok(halves) => halves,
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "bridge: cannot reach a Redis Cluster master");
                     continue 'reconnect;
                 }
             };
-            let (mut reader, mut writer) = resp::split(stream);
             if let Err(e) = resp::authenticate(&mut reader, &mut writer, &cluster.credentials).await {
                 tracing::warn!(%addr, error = %e, "bridge: a Redis Cluster master refused our credentials");
                 continue 'reconnect;
@@ -178,7 +175,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
 /// One SSUBSCRIBE or SUNSUBSCRIBE, for one channel, on the master that owns its slot.
 async fn subscribe(
     map: &ShardMap,
-    writers: &mut HashMap<String, OwnedWriteHalf>,
+    writers: &mut HashMap<String, resp::Writer>,
     cluster: &Cluster,
     user: UserId,
     command: &[u8],

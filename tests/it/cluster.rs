@@ -146,7 +146,11 @@ pub async fn wait_for_members(redis: &RedisServer, n: usize) {
 /// The same on a Redis Cluster.
 async fn wait_for_members_on_cluster(cluster: &RedisCluster, n: usize) {
     let seeds = cluster.seeds();
-    let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+    let ca = std::fs::read(cluster_ca()).unwrap();
+    let client = redis::cluster::ClusterClient::builder(seeds)
+        .certs(redis::TlsCertificates { client_tls: None, root_cert: Some(ca) })
+        .build()
+        .unwrap();
     wait_until_listed(client.get_async_connection().await.unwrap(), n).await;
 }
 
@@ -533,26 +537,33 @@ async fn a_joining_node_takes_over_rooms_and_nothing_is_lost() {
 }
 
 /// A three-master Redis Cluster of this test's own (no replicas), on free ports.
-/// A Redis Cluster of three masters that requires a password (so the bridge's own subscriber
-/// connections must authenticate, as the command connections do).
+/// A Redis Cluster of three masters that speaks only TLS and requires a password (so the bridge's
+/// own subscriber connections must do both, as the command connections do).
 struct RedisCluster {
     masters: Vec<RedisServer>,
 }
 
 const CLUSTER_PASSWORD: &str = "cluster-secret";
 
-/// `redis-cli` with the cluster's password.
+/// `redis-cli` with the cluster's password, over TLS.
 fn redis_cli() -> Command {
     let mut command = Command::new("redis-cli");
-    command.args(["-a", CLUSTER_PASSWORD, "--no-auth-warning"]);
+    command.args(["-a", CLUSTER_PASSWORD, "--no-auth-warning", "--tls", "--cacert"]);
+    command.arg(cluster_ca());
     command
+}
+
+fn cluster_ca() -> std::path::PathBuf {
+    RedisServer::tls_dir().join("ca.crt")
 }
 
 impl RedisCluster {
     fn start() -> Self {
         let auth = ["--requirepass", CLUSTER_PASSWORD, "--masterauth", CLUSTER_PASSWORD];
-        let masters: Vec<RedisServer> =
-            (0..3).map(|_| RedisServer::start_with(&[&["--cluster-enabled", "yes"][..], &auth[..]].concat())).collect();
+        let tls = ["--tls-cluster", "yes", "--tls-replication", "yes"];
+        let masters: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_tls(&[&["--cluster-enabled", "yes"][..], &auth[..], &tls[..]].concat()))
+            .collect();
         let addrs: Vec<String> = masters.iter().map(|m| format!("127.0.0.1:{}", m.port)).collect();
         let created = redis_cli()
             .arg("--cluster")
@@ -579,7 +590,7 @@ impl RedisCluster {
     }
 
     fn seeds(&self) -> Vec<String> {
-        self.masters.iter().map(|m| format!("redis://:{CLUSTER_PASSWORD}@127.0.0.1:{}", m.port)).collect()
+        self.masters.iter().map(|m| format!("rediss://:{CLUSTER_PASSWORD}@127.0.0.1:{}", m.port)).collect()
     }
 
     fn urls(&self) -> String {
@@ -618,6 +629,7 @@ async fn on_a_redis_cluster_the_bridge_uses_sharded_channels_and_survives_resubs
             TestServer::start_with(|c| {
                 c.store.data_dir = data.path().to_path_buf();
                 c.cluster.redis_url = redis.urls();
+                c.cluster.redis_ca_file = cluster_ca();
                 c.cluster.redis_cluster = true;
                 c.cluster.node_id = node.into();
                 c.cluster.heartbeat_ms = 100;
