@@ -62,6 +62,9 @@ pub struct Cluster {
     bridge_up: AtomicBool,
     interest: mpsc::UnboundedSender<Interest>,
     interest_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
+    /// The membership heartbeat, stopped by `leave` before it removes this node: a beat after
+    /// that would put a draining node back into the membership.
+    heartbeat_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Signs and checks what nodes send each other (forwarded requests, bridge messages).
     signer: NodeSigner,
     /// From the Redis URL, for the sharded subscriber's own connections.
@@ -129,6 +132,7 @@ impl Cluster {
             bridge_up: AtomicBool::new(false),
             interest,
             interest_rx: std::sync::Mutex::new(Some(interest_rx)),
+            heartbeat_task: std::sync::Mutex::new(None),
             signer: NodeSigner::new(node_key),
             credentials,
             transport,
@@ -155,7 +159,7 @@ impl Cluster {
             }
         }
         let cluster = self.clone();
-        tokio::spawn(async move {
+        let heartbeat = tokio::spawn(async move {
             let every = Duration::from_millis(cluster.config.heartbeat_ms.max(50));
             loop {
                 tokio::time::sleep(every).await;
@@ -174,6 +178,7 @@ impl Cluster {
                 }
             }
         });
+        *self.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(heartbeat);
     }
 
     /// Renews this node's membership and reads the live nodes back.
@@ -393,8 +398,13 @@ impl Cluster {
     }
 
     /// Leaves the cluster at once (graceful drain): rooms move to the other nodes now rather than
-    /// when the membership would expire.
+    /// when the membership would expire, and the node stays out until it exits.
     pub async fn leave(&self) {
+        // First the heartbeat, so that no beat re-adds this node. A beat already sent went on the
+        // same connection as what follows, so Redis applies it before the removal.
+        if let Some(heartbeat) = self.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            heartbeat.abort();
+        }
         let mut redis = self.redis.clone();
         let result: redis::RedisResult<()> = redis::pipe()
             .cmd("ZREM")

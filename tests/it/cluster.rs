@@ -735,3 +735,62 @@ async fn push_in_a_cluster_goes_once_and_an_ack_on_any_node_cancels_it() {
     assert_eq!(apns.accepted_count(), 1, "{pushes:?}");
     assert_eq!(pushes[0].payload["aps"]["alert"]["body"], "now push me");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_leaves_the_membership_at_once_and_stays_out_until_it_exits() {
+    require!(Prerequisite::Redis);
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let n1 = TestServer::start_with(|c| {
+        cluster_config(c, &redis, "n1", data.path());
+        c.limits.max_message_bytes = 64 * 1024;
+    });
+    let mut n2 = TestServer::start_with(|c| {
+        cluster_config(c, &redis, "n2", data.path());
+        c.server.shutdown_timeout_secs = 5;
+        c.limits.write_timeout_secs = 3;
+        c.limits.slow_consumer_grace_secs = 60;
+        c.limits.max_message_bytes = 64 * 1024;
+    });
+    wait_for_members(&redis, 2).await;
+    // A client that stopped reading with its socket full: n2's shutdown waits (up to the write
+    // timeout) for its connection, and n2 must stay out of the membership meanwhile.
+    let (_, sender) = on(&n2, "sender").await;
+    let stubborn = n2.user("stubborn").await;
+    let room = sender.create_direct(stubborn.id()).await.unwrap().room_id;
+    let big = "x".repeat(60 * 1024);
+    for i in 0..200 {
+        sender.send_text(room, &format!("m{i}"), &big).await.unwrap();
+    }
+    let mut socket = stubborn.raw_socket().await;
+    {
+        use futures_util::SinkExt;
+        use prost::Message as _;
+        let sync = wire::ClientFrame { request_id: 1, request: Some(Req::Sync(wire::SyncRequest { after_pos: 0 })) };
+        socket.send(tokio_tungstenite::tungstenite::Message::Binary(sync.encode_to_vec().into())).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(sender);
+    let draining = std::thread::spawn(move || n2.stop());
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let live = |now: i64| redis::cmd("ZRANGEBYSCORE").arg("{tidings}:nodes").arg(now).arg("+inf").clone();
+    let started = Instant::now();
+    let mut left_after = None;
+    // Watch for two seconds (twenty heartbeats of 100 ms) while n2 waits for the stubborn socket.
+    while started.elapsed() < Duration::from_secs(2) {
+        let members: Vec<String> = live(tidings::domain::now_ms()).query_async(&mut conn).await.unwrap();
+        match (members.iter().any(|m| m == "n2"), left_after) {
+            (false, None) => left_after = Some(started.elapsed()),
+            (true, Some(after)) => panic!("n2 left after {after:?}, then its heartbeat put it back"),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left_after = left_after.expect("n2 left the membership");
+    assert!(left_after < Duration::from_millis(500), "n2 left only after {left_after:?}");
+    assert!(!draining.is_finished(), "the shutdown was still waiting while we watched");
+    draining.join().unwrap();
+    drop(n1);
+}
