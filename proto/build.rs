@@ -18,6 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.compile_fds(descriptors.clone())?;
 
     let descriptor_bytes = descriptors.encode_to_vec();
-    pbjson_build::Builder::new().register_descriptors(&descriptor_bytes)?.out_dir(&out_dir).build(&[".tidings.v1"])?;
+    // Unknown JSON fields are skipped, as protobuf skips unknown fields: a client (or server) that
+    // knows a newer protocol keeps working with an older peer.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        .ignore_unknown_fields()
+        .out_dir(&out_dir)
+        .build(&[".tidings.v1"])?;
     Ok(())
 }

@@ -185,6 +185,10 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, ApiError> {
             };
             room_op(s.room_id, RoomOp::SetRole(user(s.user_id, "user_id")?, role))
         }
+        // Without a client message id a retry would store the message twice.
+        Wire::SendMessage(m) if m.client_msg_id.trim().is_empty() => {
+            Err(ApiError::invalid("client_msg_id is required: a fresh id per message makes retries safe"))
+        }
         Wire::SendMessage(m) => room_op(
             m.room_id,
             RoomOp::Send { client_msg_id: m.client_msg_id, text: m.text, reply_to_seq: m.reply_to_seq },

@@ -182,3 +182,51 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     }
     assert_eq!(close_code, Some(1001));
 }
+
+#[tokio::test]
+async fn json_fields_the_server_does_not_know_are_ignored_and_unknown_requests_named() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let server = TestServer::start();
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let room = ana.connect().await.create_direct(bob.id()).await.unwrap().room_id;
+    let url = format!("{}/v1/ws?encoding=json&access_token={}", server.ws_base(), ana.auth.access_token);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url.into_client_request().unwrap()).await.unwrap();
+    let mut answer_to = async |frame: String| -> serde_json::Value {
+        socket.send(Message::Text(frame.into())).await.unwrap();
+        loop {
+            let Some(Ok(Message::Text(text))) = socket.next().await else { panic!("the socket closed") };
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if value.get("reply").is_some() || value.get("error").is_some() {
+                return value;
+            }
+        }
+    };
+    // A newer client's frame: an extra field in the request and one beside it.
+    let frame = format!(
+        r#"{{"requestId":"41","sendMessage":{{"roomId":"{room}","clientMsgId":"f1","text":"hi","sticker":{{"id":7}}}},"traceId":"abc"}}"#
+    );
+    let answer = answer_to(frame).await;
+    assert_eq!(answer["reply"]["requestId"], "41", "{answer}");
+    assert!(answer["reply"]["sent"].is_object(), "{answer}");
+    // A request kind from a newer protocol: UNKNOWN_REQUEST with its id; the connection stays.
+    let answer = answer_to(r#"{"requestId":"42","reactToMessage":{"roomId":"1"}}"#.into()).await;
+    assert_eq!(answer["error"]["code"], "ERROR_CODE_UNKNOWN_REQUEST", "{answer}");
+    assert_eq!(answer["error"]["requestId"], "42", "{answer}");
+    let answer = answer_to(r#"{"requestId":"43","ping":{}}"#.into()).await;
+    assert_eq!(answer["reply"]["requestId"], "43", "{answer}");
+}
+
+#[tokio::test]
+async fn a_send_without_a_client_message_id_is_refused() {
+    let server = TestServer::start();
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let conn = ana.connect().await;
+    let room = conn.create_direct(bob.id()).await.unwrap().room_id;
+    let send =
+        wire::SendMessageRequest { room_id: room, client_msg_id: String::new(), text: "hi".into(), reply_to_seq: 0 };
+    let e = conn.request(Req::SendMessage(send)).await.unwrap_err();
+    assert_eq!(code_of(&e), wire::ErrorCode::InvalidArgument);
+}
