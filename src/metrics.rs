@@ -84,6 +84,7 @@ metrics! {
     slow_consumers_total: Counter = "Times a connection fell behind and was moved to catch-up or told to resync.",
     bridge_published_total: Counter = "Messages published to other nodes through Redis.",
     bridge_publish_failures_total: Counter = "Publishes to Redis that failed (receivers catch up from the store).",
+    bridge_publish_dropped_total: Counter = "Events not bridged because the publish queue was full (receivers catch up from the store).",
     bridge_received_total: Counter = "Messages received from other nodes through Redis.",
     bridge_rejected_total: Counter = "Bridge messages refused: unsigned, signed with another key, for another channel, or too old.",
     forwarded_rejected_total: Counter = "Forwarded requests refused: unsigned, badly signed, stale or replayed.",

@@ -42,6 +42,12 @@ use crate::metrics::METRICS;
 use crate::store::Positions;
 use crate::transport::wire_event::to_wire;
 
+/// Batches of bridge messages (one per event) waiting for Redis; beyond it new ones are dropped
+/// and counted.
+const PUBLISH_QUEUE: usize = 8192;
+/// Batches sent in one pipeline when several are waiting.
+const PUBLISH_BATCHES_PER_PIPELINE: usize = 64;
+
 /// A live node: its id and where other nodes reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -62,6 +68,10 @@ pub struct Cluster {
     bridge_up: AtomicBool,
     interest: mpsc::UnboundedSender<Interest>,
     interest_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
+    /// Events waiting to be published (`PUBLISH_QUEUE` batches at most), and the task's end of it
+    /// until `start` runs it.
+    outbox: mpsc::Sender<Vec<(String, Vec<u8>)>>,
+    outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Vec<(String, Vec<u8>)>>>>,
     /// The membership heartbeat, stopped by `leave` before it removes this node: a beat after
     /// that would put a draining node back into the membership.
     heartbeat_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -115,6 +125,7 @@ impl Cluster {
         };
         let advertise = if config.advertise.is_empty() { listen.to_owned() } else { config.advertise.clone() };
         let (interest, interest_rx) = mpsc::unbounded_channel();
+        let (outbox, outbox_rx) = mpsc::channel(PUBLISH_QUEUE);
         // A dead owner refuses connections at once; a hung one costs its clients at most this.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
@@ -133,6 +144,8 @@ impl Cluster {
             interest,
             interest_rx: std::sync::Mutex::new(Some(interest_rx)),
             heartbeat_task: std::sync::Mutex::new(None),
+            outbox,
+            outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
             signer: NodeSigner::new(node_key),
             credentials,
             transport,
@@ -157,6 +170,9 @@ impl Cluster {
             } else {
                 tokio::spawn(bridge::run(self.clone(), hub.clone(), interest));
             }
+        }
+        if let Some(queue) = self.outbox_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            tokio::spawn(self.clone().run_publisher(queue));
         }
         let cluster = self.clone();
         let heartbeat = tokio::spawn(async move {
@@ -364,17 +380,27 @@ impl Cluster {
                 (channel, sealed)
             })
             .collect();
-        let cluster = self.clone();
-        tokio::spawn(async move {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(messages) {
+            // Redis is slower than the events: this one is not bridged (receivers catch up from
+            // the store) rather than queued without bound.
+            METRICS.bridge_publish_dropped_total.inc();
+        }
+    }
+
+    /// Publishes what `publish` queued, in order: every batch waiting is sent in one pipeline.
+    async fn run_publisher(self: Arc<Self>, mut queue: mpsc::Receiver<Vec<(String, Vec<u8>)>>) {
+        let mut batches = Vec::new();
+        while queue.recv_many(&mut batches, PUBLISH_BATCHES_PER_PIPELINE).await > 0 {
+            let messages: Vec<(String, Vec<u8>)> = batches.drain(..).flatten().collect();
             let count = messages.len() as u64;
-            match cluster.send(&messages).await {
+            match self.send(&messages).await {
                 Ok(()) => METRICS.bridge_published_total.add(count),
                 Err(e) => {
                     METRICS.bridge_publish_failures_total.inc();
                     tracing::debug!(error = %e, "bridge: publish failed (receivers catch up from the store)");
                 }
             }
-        });
+        }
     }
 
     /// Publishes sealed messages, one per channel.
