@@ -48,6 +48,9 @@ const PUBLISH_QUEUE: usize = 8192;
 /// Batches sent in one pipeline when several are waiting.
 const PUBLISH_BATCHES_PER_PIPELINE: usize = 64;
 
+/// The bridge messages of one event: (channel, sealed payload) per recipient.
+type Batch = Vec<(String, Vec<u8>)>;
+
 /// A live node: its id and where other nodes reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -70,8 +73,8 @@ pub struct Cluster {
     interest_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Interest>>>,
     /// Events waiting to be published (`PUBLISH_QUEUE` batches at most), and the task's end of it
     /// until `start` runs it.
-    outbox: mpsc::Sender<Vec<(String, Vec<u8>)>>,
-    outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Vec<(String, Vec<u8>)>>>>,
+    outbox: mpsc::Sender<Batch>,
+    outbox_rx: std::sync::Mutex<Option<mpsc::Receiver<Batch>>>,
     /// The membership heartbeat, stopped by `leave` before it removes this node: a beat after
     /// that would put a draining node back into the membership.
     heartbeat_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -388,7 +391,7 @@ impl Cluster {
     }
 
     /// Publishes what `publish` queued, in order: every batch waiting is sent in one pipeline.
-    async fn run_publisher(self: Arc<Self>, mut queue: mpsc::Receiver<Vec<(String, Vec<u8>)>>) {
+    async fn run_publisher(self: Arc<Self>, mut queue: mpsc::Receiver<Batch>) {
         let mut batches = Vec::new();
         while queue.recv_many(&mut batches, PUBLISH_BATCHES_PER_PIPELINE).await > 0 {
             let messages: Vec<(String, Vec<u8>)> = batches.drain(..).flatten().collect();
