@@ -47,7 +47,8 @@ impl TokenKeys {
     pub fn verify_access_at(&self, token: &str, now_ms: i64) -> Result<(UserId, DeviceId, i64), ApiError> {
         let invalid = || ApiError::new(Code::Unauthenticated, "invalid access token");
         let claims: AccessClaims = self.key.verify(token).map_err(|_| invalid())?;
-        if claims.exp < now_ms / 1000 {
+        // RFC 7519: not accepted "on or after" exp; a connection ends at the same instant.
+        if claims.exp.saturating_mul(1000) <= now_ms {
             return Err(ApiError::new(Code::TokenExpired, "access token expired; refresh it"));
         }
         let parse = |s: &str| s.parse::<u64>().map_err(|_| invalid());

@@ -65,7 +65,9 @@ async fn sign_up_log_in_refresh_and_log_out() {
 
 #[tokio::test]
 async fn the_upgrade_refuses_missing_bad_and_expired_tokens() {
-    let server = TestServer::start_with(|c| c.auth.access_token_ttl_secs = 1);
+    // Tokens carry whole seconds (valid through their last one), and a connection now ends with
+    // its token: 2 s leaves the connection below at least 1 s to answer a ping.
+    let server = TestServer::start_with(|c| c.auth.access_token_ttl_secs = 2);
     let ana = server.user("ana").await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!("{}/v1/ws", server.ws_base());
@@ -90,7 +92,7 @@ async fn the_upgrade_refuses_missing_bad_and_expired_tokens() {
         Connection::connect_request(bad_encoding.into_client_request().unwrap(), Encoding::Json).await.err().unwrap();
     assert_eq!(code_of(&err), wire::ErrorCode::InvalidArgument);
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let expired =
         Connection::connect(&server.ws_base(), &ana.auth.access_token, Encoding::Protobuf).await.err().unwrap();
     assert_eq!(code_of(&expired), wire::ErrorCode::TokenExpired);

@@ -614,7 +614,7 @@ async fn a_logout_while_redis_is_down_still_closes_the_device_socket_on_another_
 
 #[tokio::test]
 async fn an_expired_access_token_ends_its_socket_unless_a_fresh_one_came_in_time() {
-    let server = TestServer::start_with(|c| c.auth.access_token_ttl_secs = 2);
+    let server = TestServer::start_with(|c| c.auth.access_token_ttl_secs = 4);
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;
     let (mut stale, _) = ana.connect_synced(0).await;
@@ -625,9 +625,12 @@ async fn an_expired_access_token_ends_its_socket_unless_a_fresh_one_came_in_time
     assert_eq!(code_of(&renewed.request(other).await.unwrap_err()), wire::ErrorCode::Forbidden);
     let garbage = Req::Reauthenticate(wire::ReauthenticateRequest { access_token: "garbage".into() });
     assert_eq!(code_of(&renewed.request(garbage).await.unwrap_err()), wire::ErrorCode::Unauthenticated);
-    // Tokens carry whole seconds: refresh once the next second has begun, so the new one lasts longer.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Tokens carry whole seconds: refresh two seconds into the first token's life, so that the
+    // new one outlives it by two seconds (with a margin either side for a loaded machine).
+    let first_expiry = ana.auth.access_expires_at_ms;
+    tokio::time::sleep(Duration::from_millis((first_expiry - 2000 - now_ms()).max(0) as u64)).await;
     let fresh = ana.http.refresh(&ana.auth.refresh_token).await.unwrap();
+    assert!(fresh.access_expires_at_ms >= first_expiry + 2000, "{} vs {first_expiry}", fresh.access_expires_at_ms);
     let renew = Req::Reauthenticate(wire::ReauthenticateRequest { access_token: fresh.access_token });
     renewed.request(renew).await.unwrap();
 
