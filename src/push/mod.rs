@@ -7,12 +7,12 @@
 //! - `notification.rs`: what a push says (coalesced bursts, badge = unread count).
 //! - `apns.rs`, `fcm.rs`: the two provider clients, each with a configurable base URL.
 //! - `provider.rs`: provider answers in the pipeline's terms; retry backoff.
-//! - `metrics.rs`: counters per provider and push latency.
+//!
+//! Its counters per provider and its latency are in `crate::metrics` (the store counts into them).
 
 mod apns;
 mod fcm;
 mod gate;
-mod metrics;
 mod notification;
 mod provider;
 mod worker;
@@ -23,7 +23,6 @@ use std::time::Duration;
 pub use apns::ApnsClient;
 pub use fcm::FcmClient;
 pub use gate::PushGate;
-pub use metrics::PUSH_METRICS;
 pub use worker::{Presence, Providers, PushWorker};
 
 use crate::config::Config;

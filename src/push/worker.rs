@@ -16,11 +16,11 @@ use tokio::sync::{Semaphore, watch};
 use super::apns::ApnsClient;
 use super::fcm::FcmClient;
 use super::gate::PushGate;
-use super::metrics::PUSH_METRICS;
 use super::notification::Notification;
 use super::provider::{Delivery, backoff};
 use crate::config::PushConfig;
 use crate::domain::{Platform, UserId, now_ms};
+use crate::metrics::PUSH_METRICS;
 use crate::store::{PushContext, PushJob, PushJobEnd, Store};
 
 /// Most jobs claimed by one store write.

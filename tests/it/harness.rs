@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tidings::config::Config;
-use tidings::store::sqlite::Synchronous;
+use tidings::config::Synchronous;
 use tidings_client::tidings_proto::Encoding;
 use tidings_client::tidings_proto::v1::{self as wire, AuthResponse};
 use tidings_client::{Connection, Http, Incoming};

@@ -19,7 +19,6 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 pub use reads::UNREAD_COUNT_CAP;
-pub use schema::Synchronous;
 use writer::WriteCmd;
 
 use super::{
@@ -27,6 +26,7 @@ use super::{
     PushContext, PushJob, PushJobEnd, PushStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError,
     StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
+use crate::config::Synchronous;
 use crate::domain::{DeviceId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
 
 /// Settings of the SQLite backend.

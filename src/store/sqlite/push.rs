@@ -6,7 +6,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use super::codec::room_kind_from;
 use super::reads::UNREAD_COUNT_CAP;
 use crate::domain::{DeviceId, Platform, PushKind, PushRegistration, RoomId, UserId};
-use crate::push::PUSH_METRICS;
+use crate::metrics::PUSH_METRICS;
 use crate::store::{Positions, PushContext, PushFanout, PushJob, PushJobEnd, StoreError, StoreErrorKind, StoreResult};
 
 /// The badge never claims more than this many unread messages.

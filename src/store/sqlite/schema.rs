@@ -9,15 +9,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-/// How hard a commit tries to reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Synchronous {
-    /// fsync on every commit: survives power loss.
-    Full,
-    /// fsync at checkpoints only (WAL): survives a crash of the process, not of the machine.
-    Normal,
-}
+use crate::config::Synchronous;
 
 const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS users (

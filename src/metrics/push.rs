@@ -4,8 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::Counter;
 use crate::domain::Platform;
-use crate::metrics::Counter;
 
 #[derive(Default)]
 pub struct ProviderMetrics {

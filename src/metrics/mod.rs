@@ -1,9 +1,15 @@
 //! Process-wide counters and gauges, rendered in the Prometheus text format at `/metrics`.
 //!
-//! Plain atomics: the hot paths pay one relaxed add, nothing else.
+//! Plain atomics: the hot paths pay one relaxed add, nothing else. The push pipeline's counters
+//! (`push.rs`) live here too, low in the layers, because both the push worker and the store's push
+//! queue count into them.
+
+mod push;
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+pub use push::PUSH_METRICS;
 
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -59,7 +65,7 @@ macro_rules! metrics {
                     let _ = writeln!(out, "# TYPE tidings_{} {}", stringify!($name), kind);
                     let _ = writeln!(out, "tidings_{} {}", stringify!($name), self.$name.get());
                 )*
-                crate::push::PUSH_METRICS.render(&mut out);
+                PUSH_METRICS.render(&mut out);
                 out
             }
         }
