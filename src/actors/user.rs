@@ -308,8 +308,10 @@ impl UserActor {
             }
             conn.state = StreamState::Live { next_pos: *next_pos, gap_since: None };
             if !conn.drain_held() {
-                conn.fall_behind(caught_up_to + 1);
-                self.follow_up(conn_id, After::CatchUp, ctx);
+                // From where the held events that did go out left off, not from `caught_up_to`:
+                // those would be sent twice.
+                let after = Self::behind(conn);
+                self.follow_up(conn_id, after, ctx);
             } else if let StreamState::Live { gap_since: Some(_), .. } = conn.state {
                 self.follow_up(conn_id, After::CheckGap, ctx);
             }

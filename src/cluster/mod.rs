@@ -127,6 +127,9 @@ impl Cluster {
             config.node_id.clone()
         };
         let advertise = if config.advertise.is_empty() { listen.to_owned() } else { config.advertise.clone() };
+        if advertise.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+            tracing::warn!(%advertise, "other nodes cannot reach an unspecified address: set cluster.advertise");
+        }
         let (interest, interest_rx) = mpsc::unbounded_channel();
         let (outbox, outbox_rx) = mpsc::channel(PUBLISH_QUEUE);
         // A dead owner refuses connections at once; a hung one costs its clients at most this.

@@ -9,6 +9,22 @@ use tidings_loadtest::swarm::{self, Behaviour, Faults, Progress, Target};
 
 use crate::harness::*;
 
+/// The streams a device got fewer messages of than were acknowledged: where a failure is.
+fn shortfalls(result: &swarm::ShardResult) -> Vec<(u64, u64, u64, u64, u64)> {
+    let sent: std::collections::HashMap<(u64, u64), u64> = result.sent.iter().copied().collect();
+    let mut short = Vec::new();
+    for (rooms, log) in &result.devices {
+        for (&(room, sender), &count) in sent.iter().filter(|((room, _), _)| rooms.contains(room)) {
+            let seen = log.iter().find(|(key, _)| *key == (room, sender)).map(|(_, l)| (l.next, l.delivered));
+            let (next, delivered) = seen.unwrap_or((0, 0));
+            if delivered < count {
+                short.push((room, sender, count, next, delivered));
+            }
+        }
+    }
+    short
+}
+
 fn behaviour() -> Behaviour {
     Behaviour {
         rate_per_sec: 100.0,
@@ -30,11 +46,12 @@ async fn the_oracle_passes_a_clean_run_and_catches_an_injected_loss() {
 
     let clean =
         swarm::run_shard(&roster, &target, &behaviour(), 0, 1, Faults::default(), Arc::default()).await.unwrap();
+    let shortfalls = shortfalls(&clean);
     let (report, _) = report::merge("fanout", 0, 100.0, 1.0, &[clean], None);
     assert!(report.acked_messages >= 90, "{report:?}");
     // Every message reaches both devices of the room's three members.
     assert_eq!(report.verdict.expected, report.acked_messages * 6);
-    assert!(report.passed, "{report:?}");
+    assert!(report.passed, "{report:?}\nshort streams (room, sender, acked, next seen, delivered): {shortfalls:?}");
 
     let mut lossy_behaviour = behaviour();
     lossy_behaviour.phase = 1;
