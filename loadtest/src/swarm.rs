@@ -498,6 +498,9 @@ async fn drive_device(
                 Some(_) => {}
             },
             Some(report) = acks.recv() => match outbox.answered(report.room, report.number, report.tag, report.ok) {
+                // An acknowledgement after the drain ended comes too late to be owed to the
+                // receivers, which have stopped listening: it counts as not acknowledged in time.
+                Answer::Acked(_) if unix_micros() >= drain_until => out.send_failures += 1,
                 Answer::Acked(send) => {
                     *out.sent.entry((send.room, device.user_id)).or_default() += 1;
                     out.ack_latency.record_micros(unix_micros().saturating_sub(send.intended_us));
