@@ -576,6 +576,22 @@ async fn nodes_reach_redis_over_tls_with_a_password_and_a_wrong_one_is_a_clear_e
     assert!(!error.contains("correct horse"), "{error}");
 }
 
+/// Reads until the connection closes: it must have been sent `notice` first, and close with 1008.
+async fn told_then_closed_with_1008(conn: &mut Connection, notice: wire::NoticeKind) {
+    let mut told = false;
+    loop {
+        match conn.next_within(WAIT).await.expect("the connection is closed in time") {
+            Incoming::Notice(n) if n.kind == notice as i32 => told = true,
+            Incoming::Closed(Some((code, _))) => {
+                assert_eq!(code, 1008);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(told, "closed without {notice:?}");
+}
+
 #[tokio::test]
 async fn a_logout_while_redis_is_down_still_closes_the_device_socket_on_another_node() {
     require!(Prerequisite::Redis);
@@ -598,18 +614,7 @@ async fn a_logout_while_redis_is_down_still_closes_the_device_socket_on_another_
     redis.stop();
     tablet.http.log_out(&tablet.auth.access_token, false).await.unwrap();
     // n2's recheck finds the device logged out in the store and closes the socket anyway.
-    let mut logged_out = false;
-    loop {
-        match socket.next_within(WAIT).await.expect("the socket is closed within the recheck interval") {
-            Incoming::Notice(n) if n.kind == wire::NoticeKind::LoggedOut as i32 => logged_out = true,
-            Incoming::Closed(Some((code, _))) => {
-                assert_eq!(code, 1008);
-                break;
-            }
-            _ => {}
-        }
-    }
-    assert!(logged_out);
+    told_then_closed_with_1008(&mut socket, wire::NoticeKind::LoggedOut).await;
 }
 
 #[tokio::test]
@@ -635,18 +640,7 @@ async fn an_expired_access_token_ends_its_socket_unless_a_fresh_one_came_in_time
     renewed.request(renew).await.unwrap();
 
     // The connection that got nothing is told why and closed once its token expires.
-    let mut told = false;
-    loop {
-        match stale.next_within(WAIT).await.expect("closed when the token expires") {
-            Incoming::Notice(n) if n.kind == wire::NoticeKind::TokenExpired as i32 => told = true,
-            Incoming::Closed(Some((code, _))) => {
-                assert_eq!(code, 1008);
-                break;
-            }
-            _ => {}
-        }
-    }
-    assert!(told);
+    told_then_closed_with_1008(&mut stale, wire::NoticeKind::TokenExpired).await;
     // The renewed one outlives the token it was opened with.
     tokio::time::sleep(Duration::from_millis(500)).await;
     renewed.request(Req::Ping(wire::PingRequest {})).await.expect("still open after the first token expired");
