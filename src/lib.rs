@@ -5,6 +5,7 @@
 //! - `config`: the typed configuration (file < env < flags).
 //! - `transport`: the only layer that knows the wire: WebSocket connections (`transport::connection`),
 //!   frame decoding and encoding, the HTTP auth and operations endpoints.
+//! - `services`: the rules each request follows; the transport routes requests here.
 //! - `actors`: one actor per online user (its device connections and their stream positions), one
 //!   per active room (orders and persists its entries, fans them out), and the registry that finds them.
 //! - `auth`: accounts, passwords, access and refresh tokens.
@@ -12,7 +13,7 @@
 //! - `push`: reaching users with no live session through APNs and FCM, from a durable queue.
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
-//! - `metrics`, `error`: counters for `/metrics`; the error codes clients see.
+//! - `metrics`: counters for `/metrics`, in one low module every layer may count into.
 //! - `rate_limit`: the token bucket behind every request and attempt limit.
 //! - `jws`: signed tokens (HS256 access tokens, ES256 APNs provider tokens) with ring.
 //! - `secrets`: the token secret and node key, and the private data directory.
@@ -24,12 +25,12 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod jws;
 pub mod metrics;
 pub mod push;
 pub mod rate_limit;
 pub mod secrets;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod transport;

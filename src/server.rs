@@ -15,7 +15,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
-use crate::actors::Hub;
+use crate::actors::{Hub, Peers};
 use crate::auth::AuthService;
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -30,6 +30,8 @@ use crate::transport::internal::internal_routes;
 pub struct Running {
     pub local_addr: SocketAddr,
     pub hub: Arc<Hub>,
+    /// This node's membership of a cluster, when in one.
+    cluster: Option<Arc<Cluster>>,
     handle: actix_web::dev::ServerHandle,
     /// The cluster's internal listener, when in a cluster.
     internal: Option<actix_web::dev::ServerHandle>,
@@ -118,9 +120,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             (Some(Cluster::join(&config.cluster, &internal_addr, &node_key(&config)?).await?), Some(internal))
         }
     };
-    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), cluster.clone());
+    let peers = cluster.clone().map(|c| c as Arc<dyn Peers>);
+    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), peers);
     let internal = match internal_listener {
-        Some(listener) => Some(serve_internal(listener, hub.clone(), &config)?),
+        Some(listener) => Some(serve_internal(listener, hub.clone(), cluster.clone().expect("in a cluster"), &config)?),
         None => None,
     };
     if let Some(cluster) = &cluster {
@@ -133,8 +136,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             if hub.registry.is_online(user) {
                 return true;
             }
-            match &hub.cluster {
-                Some(cluster) => cluster.online_elsewhere(user).await,
+            match &hub.peers {
+                Some(peers) => peers.online_elsewhere(user).await,
                 None => false,
             }
         })
@@ -183,6 +186,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     Ok(Running {
         local_addr,
         hub,
+        cluster,
         handle,
         internal,
         operations_addr: operations.as_ref().map(|(_, addr)| *addr),
@@ -230,17 +234,19 @@ fn internal_listener(config: &Config, public: SocketAddr) -> anyhow::Result<std:
 fn serve_internal(
     listener: std::net::TcpListener,
     hub: Arc<Hub>,
+    cluster: Arc<Cluster>,
     config: &Config,
 ) -> anyhow::Result<actix_web::dev::ServerHandle> {
     let addr = listener.local_addr()?;
-    let hub = web::Data::new(hub);
-    let server = HttpServer::new(move || App::new().app_data(hub.clone()).configure(internal_routes))
-        .workers(std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .disable_signals()
-        .shutdown_timeout(config.server.shutdown_timeout_secs)
-        .tcp_nodelay(true)
-        .listen(listener)?
-        .run();
+    let (hub, cluster) = (web::Data::new(hub), web::Data::new(cluster));
+    let server =
+        HttpServer::new(move || App::new().app_data(hub.clone()).app_data(cluster.clone()).configure(internal_routes))
+            .workers(std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .disable_signals()
+            .shutdown_timeout(config.server.shutdown_timeout_secs)
+            .tcp_nodelay(true)
+            .listen(listener)?
+            .run();
     let handle = server.handle();
     actix_web::rt::spawn(server);
     tracing::info!(internal_addr = %addr, "cluster internal listener (node-to-node only)");
@@ -265,7 +271,7 @@ impl Running {
         tracing::info!("shutting down: readiness off");
         self.ready.store(false, Ordering::Release);
         // Rooms move to the other nodes now, before this node's clients reconnect to them.
-        if let Some(cluster) = &self.hub.cluster {
+        if let Some(cluster) = &self.cluster {
             cluster.leave().await;
         }
         let _ = self.shutdown.send(true);

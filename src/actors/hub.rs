@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
-use super::{Ephemeral, Registry};
-use crate::cluster::Cluster;
+use super::{Ephemeral, Peers, Registry};
 use crate::config::LimitsConfig;
 use crate::domain::{StreamEvent, UserId};
 use crate::push::PushGate;
@@ -14,7 +13,7 @@ pub struct Hub {
     pub limits: LimitsConfig,
     pub push: Arc<PushGate>,
     /// The other nodes, when this node is part of a cluster.
-    pub cluster: Option<Arc<Cluster>>,
+    pub peers: Option<Arc<dyn Peers>>,
 }
 
 impl Hub {
@@ -22,25 +21,25 @@ impl Hub {
         store: Arc<dyn Store>,
         limits: LimitsConfig,
         push: Arc<PushGate>,
-        cluster: Option<Arc<Cluster>>,
+        peers: Option<Arc<dyn Peers>>,
     ) -> Arc<Self> {
-        Arc::new(Self { store, registry: Registry::default(), limits, push, cluster })
+        Arc::new(Self { store, registry: Registry::default(), limits, push, peers })
     }
 
     /// A durable event reaches its recipients' sessions: here directly, on other nodes through the
     /// bridge.
     pub fn deliver(&self, positions: &Positions, event: &StreamEvent) {
         self.registry.deliver(positions, event);
-        if let Some(cluster) = &self.cluster {
-            cluster.publish_event(positions, event);
+        if let Some(peers) = &self.peers {
+            peers.publish_event(positions, event);
         }
     }
 
     /// An ephemeral event (typing, presence) for these users' sessions, here and elsewhere.
     pub fn send_ephemeral(&self, users: &[UserId], event: Ephemeral) {
         self.registry.send_ephemeral(users.iter().copied(), event);
-        if let Some(cluster) = &self.cluster {
-            cluster.publish_ephemeral(users, &event);
+        if let Some(peers) = &self.peers {
+            peers.publish_ephemeral(users, &event);
         }
     }
 }

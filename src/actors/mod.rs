@@ -8,23 +8,20 @@
 //!   its seq, submits it to the store in seq order, and after it is durable acknowledges the
 //!   sender and fans it out to the members' user actors.
 //! - `Registry` (`registry.rs`): finds (or starts) the actor of a user or room.
-//! - `create.rs`: creating rooms (no actor exists yet for a room being created).
 //!
 //! Feed actors (post fan-out to followers) will sit beside rooms, with the same registry and the
 //! same stream delivery.
 
-mod create;
 mod hub;
+mod peers;
 mod protocol;
 mod registry;
 mod room;
 mod user;
 
-pub use create::{create_direct, create_group, require_addable, require_existing};
 pub use hub::Hub;
-pub use protocol::{
-    Answer, Ephemeral, Notice, Outbound, PresenceInfo, PushTarget, Replier, ReplyBody, Request, RoomOp, SentAck,
-};
+pub use peers::{Forwarding, Peers};
+pub use protocol::{Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, RoomOp, RoomWrite, SentAck};
 pub use registry::{Registry, UserEntry};
 pub use room::{RoomActor, RoomRequest};
 pub use user::{Attach, Detach, Kick, StreamAck, SyncFrom, UserActor};

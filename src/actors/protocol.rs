@@ -1,103 +1,56 @@
 //! What connections ask of actors and what actors send back: domain types, no wire format.
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::domain::{Platform, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
-use crate::error::ApiError;
+use crate::domain::error::DomainError;
+use crate::domain::{ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
 use crate::store::HistoryPage;
 
-/// A decoded client request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    Sync {
-        after_pos: u64,
-    },
-    Ack {
-        pos: u64,
-    },
-    Ping,
-    /// A fresh access token for the connection (handled by the transport, not an actor).
-    Reauthenticate {
-        access_token: String,
-    },
-    CreateDirect {
-        peer: UserId,
-    },
-    CreateGroup {
-        name: String,
-        members: Vec<UserId>,
-    },
-    ListRooms,
-    Presence {
-        users: Vec<UserId>,
-    },
-    Room {
-        room: RoomId,
-        op: RoomOp,
-    },
-    SetPushToken(PushTarget),
-    ClearPushToken,
-    MuteRoom {
-        room: RoomId,
-        until_ms: i64,
-    },
-    SetDoNotDisturb {
-        until_ms: i64,
-    },
-    SetHidePreviews {
-        hide: bool,
-    },
-}
-
-/// A device's push token as the device sends it (the server adds who and which device).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushTarget {
-    pub platform: Platform,
-    pub token: String,
-    pub app_id: String,
-    pub locale: String,
-    pub sandbox: bool,
-}
-
 /// A request about one room, handled by that room's actor.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RoomOp {
+    /// A new entry of the room's log: ordered, durable, fanned out to the members.
+    Write(RoomWrite),
+    /// A page of the log.
+    History(HistoryPage),
+    /// Signals, never entries of the log: typing is ephemeral, a receipt moves a marker.
+    Typing {
+        active: bool,
+    },
+    Receipt {
+        kind: ReceiptKind,
+        up_to_seq: u64,
+    },
+}
+
+/// What a member may add to a room's log (one plan per verb: `room/plan.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RoomWrite {
     Send { client_msg_id: String, text: String, reply_to_seq: u64 },
     Edit { seq: u64, text: String },
     Delete { seq: u64 },
-    History(HistoryPage),
     AddMembers(Vec<UserId>),
     RemoveMember(UserId),
     Leave,
     Rename(String),
     SetRole(UserId, Role),
-    Typing { active: bool },
-    Receipt { kind: ReceiptKind, up_to_seq: u64 },
 }
 
 /// A successful answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ReplyBody {
     Ok,
-    SyncStarted {
-        head_pos: u64,
-    },
-    Pong {
-        server_time_ms: i64,
-    },
+    SyncStarted { head_pos: u64 },
+    Pong { server_time_ms: i64 },
     Room(Box<RoomSummary>),
     Rooms(Vec<RoomSummary>),
     Sent(SentAck),
-    History {
-        entries: Vec<RoomEntry>,
-        more: bool,
-    },
+    History { entries: Vec<RoomEntry>, more: bool },
     Presence(Vec<PresenceInfo>),
-    /// An answer the room's owning node built (cluster forwarding), passed on as it is.
-    Relayed(Box<tidings_proto::v1::Reply>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SentAck {
     pub room: RoomId,
     pub seq: u64,
@@ -106,7 +59,7 @@ pub struct SentAck {
     pub duplicate: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PresenceInfo {
     pub user: UserId,
     pub online: bool,
@@ -117,7 +70,7 @@ pub struct PresenceInfo {
 #[derive(Debug)]
 pub struct Answer {
     pub request_id: u64,
-    pub result: Result<ReplyBody, ApiError>,
+    pub result: Result<ReplyBody, DomainError>,
     /// Held until the connection has taken the answer off its queue: it bounds the requests in
     /// flight per connection, which is what guarantees the answer queue never overflows.
     pub permit: Option<OwnedSemaphorePermit>,
@@ -141,7 +94,7 @@ impl Replier {
         self.request_id
     }
 
-    pub fn reply(mut self, result: Result<ReplyBody, ApiError>) {
+    pub fn reply(mut self, result: Result<ReplyBody, DomainError>) {
         self.send(result);
     }
 
@@ -149,11 +102,11 @@ impl Replier {
         self.reply(Ok(ReplyBody::Ok));
     }
 
-    pub fn error(self, error: ApiError) {
+    pub fn error(self, error: DomainError) {
         self.reply(Err(error));
     }
 
-    fn send(&mut self, result: Result<ReplyBody, ApiError>) {
+    fn send(&mut self, result: Result<ReplyBody, DomainError>) {
         if let Some(answers) = self.answers.take() {
             let answer = Answer { request_id: self.request_id, result, permit: self.permit.take() };
             // Capacity is reserved by the permit; failing means the connection is gone.
@@ -166,7 +119,7 @@ impl Drop for Replier {
     fn drop(&mut self) {
         if self.answers.is_some() {
             tracing::error!(request_id = self.request_id, "request dropped without an answer");
-            self.send(Err(ApiError::internal()));
+            self.send(Err(DomainError::internal()));
         }
     }
 }
@@ -183,7 +136,7 @@ pub enum Outbound {
     Notice(Notice),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ephemeral {
     Typing { room: RoomId, user: UserId, active: bool },
     Presence(PresenceInfo),

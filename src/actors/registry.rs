@@ -14,8 +14,8 @@ use dashmap::mapref::entry::Entry;
 use super::room::RoomActor;
 use super::user::UserActor;
 use super::{Hub, Outbound};
+use crate::domain::error::{DomainError, DomainResult};
 use crate::domain::{RoomId, StreamEvent, UserId};
-use crate::error::{ApiError, ApiResult};
 use crate::rate_limit::TokenBucket;
 
 #[derive(Clone)]
@@ -73,11 +73,11 @@ impl Registry {
     }
 
     /// The room's actor, loaded from the store and started if needed.
-    pub async fn room(&self, room: RoomId, hub: &Arc<Hub>) -> ApiResult<Addr<RoomActor>> {
+    pub async fn room(&self, room: RoomId, hub: &Arc<Hub>) -> DomainResult<Addr<RoomActor>> {
         if let Some(addr) = self.rooms.get(&room).map(|a| a.clone()).filter(|a| a.connected()) {
             return Ok(addr);
         }
-        let state = hub.store.load_room(room).await?.ok_or_else(ApiError::not_a_member)?;
+        let state = hub.store.load_room(room).await?.ok_or_else(DomainError::not_a_member)?;
         let addr = match self.rooms.entry(room) {
             Entry::Occupied(e) if e.get().connected() => e.get().clone(),
             entry => entry.insert(RoomActor::new(state, hub.clone()).start()).clone(),

@@ -21,8 +21,8 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{Ephemeral, Hub, Notice, Outbound, PresenceInfo, Replier, ReplyBody};
+use crate::domain::error::DomainError;
 use crate::domain::{ConnId, DeviceId, StreamEvent, UserId, now_ms};
-use crate::error::ApiError;
 use crate::metrics::METRICS;
 
 /// Most live events held per connection while it catches up or waits for a missing event; beyond
@@ -402,8 +402,8 @@ impl Actor for UserActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         METRICS.users_online.inc();
-        if let Some(cluster) = &self.hub.cluster {
-            cluster.user_arrived(self.user);
+        if let Some(peers) = &self.hub.peers {
+            peers.user_arrived(self.user);
         }
         ctx.run_interval(TICK, |act, ctx| act.recover_missed(ctx));
         let every = Duration::from_secs(self.hub.limits.device_recheck_secs.max(1));
@@ -412,8 +412,8 @@ impl Actor for UserActor {
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
         METRICS.users_online.dec();
-        if let Some(cluster) = &self.hub.cluster {
-            cluster.user_left(self.user);
+        if let Some(peers) = &self.hub.peers {
+            peers.user_left(self.user);
         }
         self.hub.registry.forget_user(self.user, &ctx.address());
     }
@@ -457,7 +457,7 @@ impl Handler<SyncFrom> for UserActor {
     fn handle(&mut self, msg: SyncFrom, ctx: &mut Context<Self>) {
         let SyncFrom { conn: conn_id, after_pos, replier } = msg;
         if !self.conns.contains_key(&conn_id) {
-            replier.error(ApiError::internal());
+            replier.error(DomainError::internal());
             return;
         }
         let store = self.hub.store.clone();
@@ -469,11 +469,11 @@ impl Handler<SyncFrom> for UserActor {
                 Err(e) => return replier.error(e.into()),
             };
             if after_pos > head {
-                return replier.error(ApiError::invalid(format!(
+                return replier.error(DomainError::invalid(format!(
                     "after_pos {after_pos} is ahead of this stream (head {head}); sync from 0"
                 )));
             }
-            let Some(conn) = act.conns.get_mut(&conn_id) else { return replier.error(ApiError::internal()) };
+            let Some(conn) = act.conns.get_mut(&conn_id) else { return replier.error(DomainError::internal()) };
             conn.fall_behind(after_pos + 1);
             replier.reply(Ok(ReplyBody::SyncStarted { head_pos: head }));
             act.read_page(conn_id, ctx);
@@ -490,7 +490,7 @@ impl Handler<StreamAck> for UserActor {
         {
             conn.acked_pos = msg.pos;
             // In a cluster another node may have queued the push: the first ack asks the store.
-            let check_store = self.hub.cluster.is_some() && !std::mem::replace(&mut self.acked_once, true);
+            let check_store = self.hub.peers.is_some() && !std::mem::replace(&mut self.acked_once, true);
             self.hub.push.delivered(self.user, msg.pos, check_store);
         }
         msg.replier.ok();

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::error::{ApiError, Code};
+use crate::domain::error::{Code, DomainError};
 use crate::rate_limit::TokenBucket;
 
 const MAX_KEYS: usize = 100_000;
@@ -29,7 +29,7 @@ impl AttemptLimiter {
     }
 
     /// Takes one attempt for `key`, or says how long to wait.
-    pub fn attempt(&self, key: &str, now: Instant) -> Result<(), ApiError> {
+    pub fn attempt(&self, key: &str, now: Instant) -> Result<(), DomainError> {
         if self.per_minute == 0.0 {
             return Ok(());
         }
@@ -40,7 +40,7 @@ impl AttemptLimiter {
             .buckets
             .entry(key.to_owned())
             .or_insert_with(|| TokenBucket::with_rate(self.per_minute / 60.0, self.per_minute, now));
-        bucket.take(now).map_err(|retry_after_ms| ApiError {
+        bucket.take(now).map_err(|retry_after_ms| DomainError {
             code: Code::RateLimited,
             message: "too many attempts; wait before trying again".into(),
             retry_after_ms,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::PasswordHasher;
-use crate::error::{ApiError, ApiResult};
+use crate::domain::error::{DomainError, DomainResult};
 
 /// How long a sign-up or log-in waits for a hashing thread before it is answered OVERLOADED.
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
@@ -53,17 +53,17 @@ impl HashingPool {
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&PasswordHasher) -> T + Send + 'static,
-    ) -> ApiResult<T> {
+    ) -> DomainResult<T> {
         let permit = tokio::time::timeout(QUEUE_WAIT, self.free_threads.clone().acquire_owned())
             .await
-            .map_err(|_| ApiError::overloaded(1000))?
-            .map_err(|_| ApiError::internal())?;
+            .map_err(|_| DomainError::overloaded(1000))?
+            .map_err(|_| DomainError::internal())?;
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |hasher| {
             let _ = done.send(work(hasher));
             drop(permit);
         });
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|_| ApiError::internal())?;
-        result.await.map_err(|_| ApiError::internal())
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job).map_err(|_| DomainError::internal())?;
+        result.await.map_err(|_| DomainError::internal())
     }
 }

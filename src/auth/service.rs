@@ -8,8 +8,8 @@ use super::hashing::HashingPool;
 use super::tokens::{hash_refresh_token, new_refresh_token, parse_refresh_token};
 use super::{AttemptLimiter, PasswordHasher, TokenKeys};
 use crate::config::AuthConfig;
+use crate::domain::error::{Code, DomainError, DomainResult};
 use crate::domain::{DeviceId, UserId, new_random_id, now_ms};
-use crate::error::{ApiError, ApiResult, Code};
 use crate::store::{DeviceRecord, NewUser, RefreshRotation, Store};
 
 const MAX_PASSWORD_BYTES: usize = 1024;
@@ -72,7 +72,7 @@ impl AuthService {
     }
 
     /// Counts an attempt from `client` (and, for log-in, on `username`) against the limits.
-    fn admit(&self, client: Option<IpAddr>, username: Option<&str>) -> ApiResult<()> {
+    fn admit(&self, client: Option<IpAddr>, username: Option<&str>) -> DomainResult<()> {
         let now = Instant::now();
         if let Some(ip) = client {
             self.per_ip.attempt(&format!("ip:{ip}"), now)?;
@@ -89,11 +89,11 @@ impl AuthService {
         username: &str,
         password: &str,
         device_name: &str,
-    ) -> ApiResult<Session> {
+    ) -> DomainResult<Session> {
         self.admit(client, None)?;
         validate_username(username)?;
         if password.chars().count() < self.config.min_password_chars || password.len() > MAX_PASSWORD_BYTES {
-            return Err(ApiError::invalid(format!(
+            return Err(DomainError::invalid(format!(
                 "password must be {} to {MAX_PASSWORD_BYTES} characters",
                 self.config.min_password_chars
             )));
@@ -104,8 +104,8 @@ impl AuthService {
         self.store
             .create_user(NewUser { id: user, username: username.to_owned(), password_hash, created_at_ms: now_ms() })
             .await
-            .map_err(|e| match ApiError::from(e) {
-                e if e.code == Code::Conflict => ApiError::new(Code::Conflict, "username is taken"),
+            .map_err(|e| match DomainError::from(e) {
+                e if e.code == Code::Conflict => DomainError::new(Code::Conflict, "username is taken"),
                 e => e,
             })?;
         self.new_device(user, device_name).await
@@ -117,7 +117,7 @@ impl AuthService {
         username: &str,
         password: &str,
         device_name: &str,
-    ) -> ApiResult<Session> {
+    ) -> DomainResult<Session> {
         // Only well-formed names get a bucket, so the map cannot be filled with junk keys.
         let bucket = validate_username(username).is_ok().then_some(username);
         self.admit(client, bucket)?;
@@ -127,11 +127,11 @@ impl AuthService {
         let ok = self.hashing.run(move |hasher| hasher.verify(&password, stored.as_deref())).await?;
         match record {
             Some(record) if ok => self.new_device(record.id, device_name).await,
-            _ => Err(ApiError::new(Code::Unauthenticated, "wrong username or password")),
+            _ => Err(DomainError::new(Code::Unauthenticated, "wrong username or password")),
         }
     }
 
-    async fn new_device(&self, user: UserId, device_name: &str) -> ApiResult<Session> {
+    async fn new_device(&self, user: UserId, device_name: &str) -> DomainResult<Session> {
         let device = DeviceId(new_random_id());
         let now = now_ms();
         let refresh_token = new_refresh_token(user, device);
@@ -163,9 +163,9 @@ impl AuthService {
     /// Trades a refresh token for new tokens; the old refresh token stops working. Presenting a
     /// device's previous token again (one of two holders stole it) revokes the device: the answer
     /// is `Reused`, and the caller closes the device's connections.
-    pub async fn refresh(&self, client: Option<IpAddr>, refresh_token: &str) -> ApiResult<Refreshed> {
+    pub async fn refresh(&self, client: Option<IpAddr>, refresh_token: &str) -> DomainResult<Refreshed> {
         self.admit(client, None)?;
-        let invalid = || ApiError::new(Code::Unauthenticated, "invalid refresh token");
+        let invalid = || DomainError::new(Code::Unauthenticated, "invalid refresh token");
         let (user, device) = parse_refresh_token(refresh_token).ok_or_else(invalid)?;
         let now = now_ms();
         let record = self.store.device(user, device).await?.ok_or_else(invalid)?;
@@ -173,7 +173,7 @@ impl AuthService {
             return Err(invalid());
         }
         if record.refresh_expires_at_ms < now {
-            return Err(ApiError::new(Code::TokenExpired, "refresh token expired; log in again"));
+            return Err(DomainError::new(Code::TokenExpired, "refresh token expired; log in again"));
         }
         let old_hash = hash_refresh_token(refresh_token);
         let next = new_refresh_token(user, device);
@@ -192,27 +192,27 @@ impl AuthService {
     }
 
     /// Revokes the caller's device, or all of the user's devices; returns those revoked.
-    pub async fn log_out(&self, caller: Authenticated, all_devices: bool) -> ApiResult<Vec<DeviceId>> {
+    pub async fn log_out(&self, caller: Authenticated, all_devices: bool) -> DomainResult<Vec<DeviceId>> {
         let only = (!all_devices).then_some(caller.device);
         Ok(self.store.revoke_devices(caller.user, only).await?)
     }
 
     /// Checks an access token and that its device is still logged in.
-    pub async fn authenticate(&self, access_token: &str) -> ApiResult<Authenticated> {
+    pub async fn authenticate(&self, access_token: &str) -> DomainResult<Authenticated> {
         let (user, device, expires_at_ms) = self.keys.verify_access_at(access_token, crate::domain::now_ms())?;
         match self.store.device(user, device).await? {
             Some(d) if !d.revoked => Ok(Authenticated { user, device, expires_at_ms }),
-            _ => Err(ApiError::new(Code::Unauthenticated, "this device was logged out")),
+            _ => Err(DomainError::new(Code::Unauthenticated, "this device was logged out")),
         }
     }
 }
 
-fn validate_username(username: &str) -> ApiResult<()> {
+fn validate_username(username: &str) -> DomainResult<()> {
     let ok_len = (3..=32).contains(&username.len());
     let ok_chars = username.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
     if ok_len && ok_chars {
         Ok(())
     } else {
-        Err(ApiError::invalid("username must be 3 to 32 characters of a-z, 0-9, '_' and '.'"))
+        Err(DomainError::invalid("username must be 3 to 32 characters of a-z, 0-9, '_' and '.'"))
     }
 }

@@ -5,8 +5,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::domain::error::{Code, DomainError};
 use crate::domain::{DeviceId, UserId};
-use crate::error::{ApiError, Code};
 use crate::jws::Hs256;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -36,7 +36,7 @@ impl TokenKeys {
         (self.key.sign(&claims), exp * 1000)
     }
 
-    pub fn verify_access(&self, token: &str) -> Result<(UserId, DeviceId), ApiError> {
+    pub fn verify_access(&self, token: &str) -> Result<(UserId, DeviceId), DomainError> {
         self.verify_access_at(token, crate::domain::now_ms()).map(|(user, device, _)| (user, device))
     }
 
@@ -44,12 +44,12 @@ impl TokenKeys {
     /// we issued it. The server that checks tokens is the one that issues them, so no clock skew is
     /// allowed for.
     /// The user, the device and the token's expiry (ms since the epoch).
-    pub fn verify_access_at(&self, token: &str, now_ms: i64) -> Result<(UserId, DeviceId, i64), ApiError> {
-        let invalid = || ApiError::new(Code::Unauthenticated, "invalid access token");
+    pub fn verify_access_at(&self, token: &str, now_ms: i64) -> Result<(UserId, DeviceId, i64), DomainError> {
+        let invalid = || DomainError::new(Code::Unauthenticated, "invalid access token");
         let claims: AccessClaims = self.key.verify(token).map_err(|_| invalid())?;
         // RFC 7519: not accepted "on or after" exp; a connection ends at the same instant.
         if claims.exp.saturating_mul(1000) <= now_ms {
-            return Err(ApiError::new(Code::TokenExpired, "access token expired; refresh it"));
+            return Err(DomainError::new(Code::TokenExpired, "access token expired; refresh it"));
         }
         let parse = |s: &str| s.parse::<u64>().map_err(|_| invalid());
         Ok((UserId(parse(&claims.sub)?), DeviceId(parse(&claims.dev)?), claims.exp.saturating_mul(1000)))

@@ -1,8 +1,8 @@
 //! The bridge: one Redis pub/sub connection per node, one channel per user with a live session on
 //! the node. Subscriptions follow local interest (a user's actor starting and stopping here).
 //!
-//! It carries stream events (encoded once by the node that wrote them, with each recipient's
-//! position), ephemeral typing and presence, and logouts. Pub/sub is at-most-once, which the stream
+//! It carries stream events (encoded once by the node that wrote them, in the cluster's own codec
+//! `codec.rs`, with each recipient's position), ephemeral typing and presence, and logouts. Pub/sub is at-most-once, which the stream
 //! makes good: a user actor that sees a position skipped catches up from the store, as it does for
 //! any missing event. After any
 //! disconnect the task reconnects with backoff, resubscribes one channel per command (a cluster's
@@ -14,64 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::Cluster;
-use crate::actors::{Ephemeral, Hub, Kick, PresenceInfo};
-use crate::domain::{DeviceId, RoomId, UserId};
+use super::codec::{Envelope, Opaque, decode};
+use crate::actors::{Hub, Kick};
+use crate::domain::{DeviceId, UserId};
 use crate::metrics::METRICS;
-use crate::transport::wire_event::from_wire;
-
-/// What one node tells the nodes holding a user's sessions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "k")]
-pub enum Envelope {
-    /// A durable event at `pos` in the user's stream, in its wire form (`tidings.v1.Event`).
-    Event {
-        origin: String,
-        pos: u64,
-        event: tidings_proto::v1::Event,
-    },
-    Typing {
-        origin: String,
-        room: u64,
-        user: u64,
-        active: bool,
-    },
-    Presence {
-        origin: String,
-        user: u64,
-        online: bool,
-        last_seen_ms: i64,
-    },
-    /// These devices logged out: close their connections.
-    Kick {
-        origin: String,
-        devices: Vec<u64>,
-    },
-}
-
-impl Envelope {
-    fn origin(&self) -> &str {
-        match self {
-            Envelope::Event { origin, .. }
-            | Envelope::Typing { origin, .. }
-            | Envelope::Presence { origin, .. }
-            | Envelope::Kick { origin, .. } => origin,
-        }
-    }
-
-    pub fn ephemeral(origin: &str, event: &Ephemeral) -> Self {
-        let origin = origin.to_owned();
-        match *event {
-            Ephemeral::Typing { room, user, active } => Envelope::Typing { origin, room: room.0, user: user.0, active },
-            Ephemeral::Presence(p) => {
-                Envelope::Presence { origin, user: p.user.0, online: p.online, last_seen_ms: p.last_seen_ms }
-            }
-        }
-    }
-}
 
 pub enum Interest {
     Subscribe(UserId),
@@ -155,9 +104,16 @@ pub(super) fn receive(cluster: &Cluster, hub: &Hub, channel: &str, payload: &[u8
             return;
         }
     };
-    match serde_json::from_slice::<Envelope>(payload) {
+    match decode::<Envelope>(payload) {
         Ok(envelope) => deliver(cluster, hub, user, envelope),
-        Err(e) => tracing::warn!(error = %e, "bridge: undecodable message"),
+        // From a node of another version. If it stood for a stream event, the store has it.
+        Err(e) => match decode::<Opaque>(payload) {
+            Ok(Opaque { origin, pos: Some(pos) }) if origin != cluster.node_id => {
+                tracing::warn!(%user, pos, "bridge: an event this node does not understand; reading the store");
+                hub.registry.mark_missed(user);
+            }
+            _ => tracing::warn!(error = %e, "bridge: undecodable message"),
+        },
     }
 }
 
@@ -233,21 +189,11 @@ fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
     }
     METRICS.bridge_received_total.inc();
     match envelope {
-        Envelope::Event { pos, event, .. } => match from_wire(event) {
-            Some(event) => hub.registry.deliver(&[(user, pos)], &event),
-            None => {
-                // From a newer node: read it from the store instead.
-                tracing::warn!(%user, pos, "bridge: an event this node does not understand");
-                hub.registry.mark_missed(user);
+        Envelope::StreamEvent { pos, event, .. } => hub.registry.deliver(&[(user, pos)], &event),
+        Envelope::Typing { .. } | Envelope::Presence { .. } => {
+            if let Some(event) = envelope.to_ephemeral() {
+                hub.registry.send_ephemeral([user], event);
             }
-        },
-        Envelope::Typing { room, user: typist, active, .. } => {
-            let event = Ephemeral::Typing { room: RoomId(room), user: UserId(typist), active };
-            hub.registry.send_ephemeral([user], event);
-        }
-        Envelope::Presence { user: who, online, last_seen_ms, .. } => {
-            let event = Ephemeral::Presence(PresenceInfo { user: UserId(who), online, last_seen_ms });
-            hub.registry.send_ephemeral([user], event);
         }
         Envelope::Kick { devices, .. } => {
             if let Some(entry) = hub.registry.user(user) {

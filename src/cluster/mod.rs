@@ -5,6 +5,7 @@
 //! - `ownership.rs`: rendezvous hashing of rooms over the live nodes.
 //! - `bridge.rs`: one pub/sub connection per node, one channel per locally connected user; events
 //!   cross it encoded once, with each recipient's position.
+//! - `codec.rs`: what nodes send each other (bridge envelopes, forwarded requests), in domain terms.
 //! - `forward.rs`: a request about a room owned by another node is sent to that node.
 //! - Presence: `{prefix}:node-users:{node}` holds the users with a session on each node, so any
 //!   node can tell whether a user is connected anywhere (push goes only to users connected nowhere).
@@ -14,6 +15,7 @@
 //! keeps serving its own connections and its last membership view.
 
 mod bridge;
+pub mod codec;
 mod commands;
 mod forward;
 mod keys;
@@ -23,24 +25,25 @@ mod sharded;
 pub mod signing;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use bridge::{Envelope, Interest};
+use bridge::Interest;
+use codec::{Envelope, ForwardedRequest};
 use commands::Commands;
 pub use forward::FORWARD_PATH;
 use keys::Keys;
 pub use ownership::owner;
 use signing::NodeSigner;
 
-use crate::actors::{Ephemeral, Hub};
+use crate::actors::{Ephemeral, Forwarding, Hub, Peers, RoomOp};
 use crate::config::ClusterConfig;
 use crate::domain::{DeviceId, RoomId, StreamEvent, UserId, now_ms};
 use crate::metrics::METRICS;
 use crate::store::Positions;
-use crate::transport::wire_event::to_wire;
 
 /// Batches of bridge messages (one per event) waiting for Redis; beyond it new ones are dropped
 /// and counted.
@@ -60,6 +63,8 @@ pub struct Node {
 
 pub struct Cluster {
     pub node_id: String,
+    /// This cluster itself, for the tasks its `Peers` methods start.
+    me: Weak<Cluster>,
     advertise: String,
     keys: Keys,
     client: Option<redis::Client>,
@@ -137,7 +142,8 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(5))
             .build()?;
-        let cluster = Arc::new(Self {
+        let cluster = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             node_id,
             advertise,
             keys: Keys::new(&config.key_prefix),
@@ -264,29 +270,12 @@ impl Cluster {
         if owner == self.node_id { None } else { view.iter().find(|n| n.id == owner).cloned() }
     }
 
-    /// Redis answers and the bridge is subscribed (for `/readyz`).
-    pub fn healthy(&self) -> bool {
-        self.redis_up.load(Ordering::Acquire) && self.bridge_up.load(Ordering::Acquire)
-    }
-
     fn set_bridge_up(&self, up: bool) {
         self.bridge_up.store(up, Ordering::Release);
     }
 
-    /// A user's first session on this node opened: subscribe to its channel, mark it present.
-    pub fn user_arrived(self: &Arc<Self>, user: UserId) {
-        let _ = self.interest.send(Interest::Subscribe(user));
-        self.presence_change("SADD", user);
-    }
-
-    /// A user's last session on this node closed.
-    pub fn user_left(self: &Arc<Self>, user: UserId) {
-        let _ = self.interest.send(Interest::Unsubscribe(user));
-        self.presence_change("SREM", user);
-    }
-
-    fn presence_change(self: &Arc<Self>, command: &'static str, user: UserId) {
-        let cluster = self.clone();
+    fn presence_change(&self, command: &'static str, user: UserId) {
+        let Some(cluster) = self.me.upgrade() else { return };
         tokio::spawn(async move {
             let key = cluster.keys.node_users(&cluster.node_id);
             let result: redis::RedisResult<()> =
@@ -311,69 +300,7 @@ impl Cluster {
         }
     }
 
-    /// Whether `user` has a live session on another live node.
-    pub async fn online_elsewhere(&self, user: UserId) -> bool {
-        let others: Vec<Node> = self.view().iter().filter(|n| n.id != self.node_id).cloned().collect();
-        if others.is_empty() {
-            return false;
-        }
-        let mut pipe = redis::pipe();
-        for node in &others {
-            pipe.cmd("SISMEMBER").arg(self.keys.node_users(&node.id)).arg(user.0);
-        }
-        let answers: redis::RedisResult<Vec<bool>> = pipe.query_async(&mut self.redis.clone()).await;
-        answers.is_ok_and(|a| a.into_iter().any(|present| present))
-    }
-
-    /// Sends a durable event to the recipients' sessions on other nodes: encoded once, then one
-    /// message per recipient with its position (fire and forget: the stream makes a loss good).
-    pub fn publish_event(self: &Arc<Self>, positions: &Positions, event: &StreamEvent) {
-        if positions.is_empty() {
-            return;
-        }
-        let encoded = serde_json::to_string(&to_wire(event)).expect("events serialise");
-        let origin = serde_json::to_string(&self.node_id).expect("strings serialise");
-        let messages: Vec<(String, Vec<u8>)> = positions
-            .iter()
-            .map(|&(user, pos)| (self.keys.user_channel(user), event_payload(&origin, pos, &encoded)))
-            .collect();
-        self.publish(messages);
-    }
-
-    pub fn publish_ephemeral(self: &Arc<Self>, users: &[UserId], event: &Ephemeral) {
-        let payload = serde_json::to_vec(&Envelope::ephemeral(&self.node_id, event)).expect("envelopes serialise");
-        self.publish(users.iter().map(|u| (self.keys.user_channel(*u), payload.clone())).collect());
-    }
-
-    /// Tells the nodes holding these devices' sockets to close them. Retried while Redis fails
-    /// (for about a minute); beyond that, each node's device recheck closes them anyway.
-    pub fn publish_kick(self: &Arc<Self>, user: UserId, devices: &[DeviceId]) {
-        let envelope = Envelope::Kick { origin: self.node_id.clone(), devices: devices.iter().map(|d| d.0).collect() };
-        let channel = self.keys.user_channel(user);
-        let payload = serde_json::to_vec(&envelope).expect("serialises");
-        let cluster = self.clone();
-        tokio::spawn(async move {
-            let mut wait = Duration::from_millis(250);
-            for attempt in 1.. {
-                // Sealed anew each time: a seal is only good for so long.
-                let sealed = vec![(channel.clone(), cluster.signer.seal_bridge(&channel, now_ms(), &payload))];
-                match cluster.send(&sealed).await {
-                    Ok(()) => return METRICS.bridge_published_total.inc(),
-                    Err(e) if attempt < 8 => {
-                        tracing::warn!(%user, attempt, error = %e, "bridge: logout not published yet; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
-                    }
-                    Err(e) => {
-                        METRICS.bridge_publish_failures_total.inc();
-                        return tracing::warn!(%user, error = %e, "bridge: logout not published; the device recheck will close its sockets");
-                    }
-                }
-            }
-        });
-    }
-
-    fn publish(self: &Arc<Self>, messages: Vec<(String, Vec<u8>)>) {
+    fn publish(&self, messages: Vec<(String, Vec<u8>)>) {
         if messages.is_empty() {
             return;
         }
@@ -429,6 +356,20 @@ impl Cluster {
         }
     }
 
+    /// Whether `user` has a live session on another live node.
+    async fn present_elsewhere(&self, user: UserId) -> bool {
+        let others: Vec<Node> = self.view().iter().filter(|n| n.id != self.node_id).cloned().collect();
+        if others.is_empty() {
+            return false;
+        }
+        let mut pipe = redis::pipe();
+        for node in &others {
+            pipe.cmd("SISMEMBER").arg(self.keys.node_users(&node.id)).arg(user.0);
+        }
+        let answers: redis::RedisResult<Vec<bool>> = pipe.query_async(&mut self.redis.clone()).await;
+        answers.is_ok_and(|a| a.into_iter().any(|present| present))
+    }
+
     /// Leaves the cluster at once (graceful drain): rooms move to the other nodes now rather than
     /// when the membership would expire, and the node stays out until it exits.
     pub async fn leave(&self) {
@@ -455,31 +396,80 @@ impl Cluster {
     }
 }
 
-/// `Envelope::Event` as JSON, written around an event encoded once for all its recipients.
-fn event_payload(origin_json: &str, pos: u64, event_json: &str) -> Vec<u8> {
-    format!(r#"{{"k":"Event","origin":{origin_json},"pos":{pos},"event":{event_json}}}"#).into_bytes()
-}
+impl Peers for Cluster {
+    /// Sends a durable event to the recipients' sessions on other nodes: encoded once, then one
+    /// message per recipient with its position (fire and forget: the stream makes a loss good).
+    fn publish_event(&self, positions: &Positions, event: &StreamEvent) {
+        if positions.is_empty() {
+            return;
+        }
+        let encoded = codec::encode_event(event);
+        let origin = serde_json::to_string(&self.node_id).expect("strings serialise");
+        let messages: Vec<(String, Vec<u8>)> = positions
+            .iter()
+            .map(|&(user, pos)| (self.keys.user_channel(user), codec::event_envelope(&origin, pos, &encoded)))
+            .collect();
+        self.publish(messages);
+    }
 
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
+    fn publish_ephemeral(&self, users: &[UserId], event: &Ephemeral) {
+        let payload = serde_json::to_vec(&Envelope::ephemeral(&self.node_id, event)).expect("envelopes serialise");
+        self.publish(users.iter().map(|u| (self.keys.user_channel(*u), payload.clone())).collect());
+    }
 
-    use super::*;
-    use crate::domain::{EntryBody, RoomEntry, TextMessage};
+    /// Tells the nodes holding these devices' sockets to close them. Retried while Redis fails
+    /// (for about a minute); beyond that, each node's device recheck closes them anyway.
+    fn publish_kick(&self, user: UserId, devices: &[DeviceId]) {
+        let envelope = Envelope::Kick { origin: self.node_id.clone(), devices: devices.iter().map(|d| d.0).collect() };
+        let channel = self.keys.user_channel(user);
+        let payload = serde_json::to_vec(&envelope).expect("serialises");
+        let Some(cluster) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(250);
+            for attempt in 1.. {
+                // Sealed anew each time: a seal is only good for so long.
+                let sealed = vec![(channel.clone(), cluster.signer.seal_bridge(&channel, now_ms(), &payload))];
+                match cluster.send(&sealed).await {
+                    Ok(()) => return METRICS.bridge_published_total.inc(),
+                    Err(e) if attempt < 8 => {
+                        tracing::warn!(%user, attempt, error = %e, "bridge: logout not published yet; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    Err(e) => {
+                        METRICS.bridge_publish_failures_total.inc();
+                        return tracing::warn!(%user, error = %e, "bridge: logout not published; the device recheck will close its sockets");
+                    }
+                }
+            }
+        });
+    }
 
-    #[test]
-    fn the_hand_built_event_envelope_is_an_envelope() {
-        let event = StreamEvent::Entry(Arc::new(RoomEntry {
-            room: RoomId(1),
-            seq: 2,
-            id: 3,
-            sender: UserId(4),
-            sent_at_ms: 5,
-            body: EntryBody::Text(TextMessage { text: "hé \"quoted\"".into(), ..Default::default() }),
-        }));
-        let encoded = serde_json::to_string(&to_wire(&event)).unwrap();
-        let payload = event_payload(&serde_json::to_string("node-\"1\"").unwrap(), 42, &encoded);
-        let parsed: Envelope = serde_json::from_slice(&payload).unwrap();
-        assert_eq!(parsed, Envelope::Event { origin: "node-\"1\"".into(), pos: 42, event: to_wire(&event) });
+    /// A user's first session on this node opened: subscribe to its channel, mark it present.
+    fn user_arrived(&self, user: UserId) {
+        let _ = self.interest.send(Interest::Subscribe(user));
+        self.presence_change("SADD", user);
+    }
+
+    /// A user's last session on this node closed.
+    fn user_left(&self, user: UserId) {
+        let _ = self.interest.send(Interest::Unsubscribe(user));
+        self.presence_change("SREM", user);
+    }
+
+    /// Whether `user` has a live session on another live node.
+    fn online_elsewhere(&self, user: UserId) -> BoxFuture<'_, bool> {
+        Box::pin(self.present_elsewhere(user))
+    }
+
+    fn forward(&self, user: UserId, device: DeviceId, room: RoomId, op: &RoomOp) -> Option<Forwarding<'_>> {
+        let owner = self.remote_owner(room)?;
+        let body = codec::encode(&ForwardedRequest { user, device, room, op: op.clone() });
+        Some(Box::pin(async move { self.send_forwarded(&owner, body).await }))
+    }
+
+    /// Redis answers and the bridge is subscribed (for `/readyz`).
+    fn healthy(&self) -> bool {
+        self.redis_up.load(Ordering::Acquire) && self.bridge_up.load(Ordering::Acquire)
     }
 }

@@ -1,12 +1,16 @@
 //! Domain types shared by actors, the store and push. None of them knows the wire format: the
 //! transport layer converts them to and from `tidings_proto` at the edge.
 
+pub mod error;
 mod ids;
 mod push;
 mod room;
 mod stream;
 
+pub use error::{Code, DomainError, DomainResult};
 pub use ids::{ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
 pub use push::{Platform, PushKind, PushRegistration};
-pub use room::{EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage};
+pub use room::{
+    EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage, room_name,
+};
 pub use stream::{Receipt, ReceiptKind, StreamEvent};

@@ -1,15 +1,17 @@
 //! Rooms, their members and the entries of a room's log.
 
-use super::{RoomId, UserId};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use super::{DomainError, DomainResult, RoomId, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoomKind {
     Direct,
     Group,
 }
 
 /// A member's power in a room, ordered: `Member < Admin < Owner`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Role {
     Member,
     Admin,
@@ -23,7 +25,7 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomMeta {
     pub id: RoomId,
     pub kind: RoomKind,
@@ -31,7 +33,7 @@ pub struct RoomMeta {
     pub created_at_ms: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
     pub user: UserId,
     /// Filled by reads that join the users table; empty where not needed.
@@ -51,7 +53,7 @@ pub struct RoomState {
 }
 
 /// A room as the room list shows it to one user.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomSummary {
     pub meta: RoomMeta,
     pub members: Vec<MemberRecord>,
@@ -62,7 +64,7 @@ pub struct RoomSummary {
 }
 
 /// One entry of a room's append-only log. Every member sees the same entries in the same `seq` order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomEntry {
     pub room: RoomId,
     pub seq: u64,
@@ -73,7 +75,7 @@ pub struct RoomEntry {
     pub body: EntryBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryBody {
     Text(TextMessage),
     Edited { target_seq: u64, text: String },
@@ -87,7 +89,7 @@ pub enum EntryBody {
 }
 
 /// A chat message, in its current state: edits replace `text`, a delete leaves a tombstone.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TextMessage {
     pub text: String,
     /// Empty when the client gave none (then retries are not recognised).
@@ -102,4 +104,13 @@ impl EntryBody {
     pub fn is_message(&self) -> bool {
         matches!(self, EntryBody::Text(_))
     }
+}
+
+/// A room name as given, trimmed; INVALID_ARGUMENT unless it has 1 to `max_chars` characters.
+pub fn room_name(name: &str, max_chars: usize) -> DomainResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > max_chars {
+        return Err(DomainError::invalid(format!("a room name has 1 to {max_chars} characters")));
+    }
+    Ok(name.to_owned())
 }

@@ -207,7 +207,7 @@ pub struct ReceiptWrite {
 }
 
 /// A page request of a room's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HistoryPage {
     /// The newest `limit` entries.
     Latest {

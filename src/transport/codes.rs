@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use tidings_proto::v1::ErrorCode;
 
-use crate::error::Code;
+use crate::domain::error::Code;
 
 pub fn wire_code(code: Code) -> ErrorCode {
     match code {
@@ -22,27 +22,6 @@ pub fn wire_code(code: Code) -> ErrorCode {
         Code::Internal => ErrorCode::Internal,
         Code::NotAMember => ErrorCode::NotAMember,
     }
-}
-
-/// The reverse of `wire_code`, for answers another node built (unknown numbers read as INTERNAL).
-pub fn code_from_wire(code: i32) -> Code {
-    const ALL: [Code; 14] = [
-        Code::BadFrame,
-        Code::UnknownRequest,
-        Code::PayloadTooLarge,
-        Code::InvalidArgument,
-        Code::Unauthenticated,
-        Code::TokenExpired,
-        Code::Forbidden,
-        Code::NotFound,
-        Code::Conflict,
-        Code::RateLimited,
-        Code::Overloaded,
-        Code::Unavailable,
-        Code::Internal,
-        Code::NotAMember,
-    ];
-    ALL.into_iter().find(|c| wire_code(*c) as i32 == code).unwrap_or(Code::Internal)
 }
 
 pub fn http_status(code: Code) -> StatusCode {

@@ -27,8 +27,8 @@ use super::encode::{
 };
 use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, Replier, UserEntry};
 use crate::auth::{AuthService, Authenticated};
+use crate::domain::error::{Code, DomainError};
 use crate::domain::{ConnId, now_ms};
-use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 use crate::rate_limit::TokenBucket;
 
@@ -157,7 +157,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
                     Some(Ok(AggregatedMessage::Binary(bytes))) => (Encoding::Protobuf, bytes),
                     Some(Ok(AggregatedMessage::Text(text))) => (Encoding::Json, text.into_bytes()),
                     Some(Err(ProtocolError::Overflow)) => {
-                        let e = ApiError::new(
+                        let e = DomainError::new(
                             Code::PayloadTooLarge,
                             format!("frames are limited to {} bytes", limits.max_frame_bytes),
                         );
@@ -176,7 +176,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
                 let limited = bucket.take(now).and_then(|()| user_actor.take_request(now));
                 if let Err(retry_after_ms) = limited {
                     METRICS.request_errors_total.inc();
-                    let e = ApiError { retry_after_ms, ..ApiError::new(Code::RateLimited, "too many requests") };
+                    let e = DomainError { retry_after_ms, ..DomainError::new(Code::RateLimited, "too many requests") };
                     if !writer.send(&error_frame(peek_request_id(payload.0, &payload.1), &e)).await {
                         break End::ClientClosed;
                     }
@@ -206,9 +206,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
                 let Ok(permit) = in_flight.clone().try_acquire_owned() else {
                     unreachable!("reading is paused while no permit is free");
                 };
-                // The frame as sent goes along: a room request may be forwarded to the room's owner.
-                let sent = (payload.0, payload.1.as_ref());
-                dispatch(&caller, request, Replier::new(request_id, answers_tx.clone(), permit), sent).await;
+                dispatch(&caller, request, Replier::new(request_id, answers_tx.clone(), permit)).await;
             }
             _ = &mut token_expiry => {
                 let expires = expires_at_ms.load(Ordering::Acquire);

@@ -8,25 +8,26 @@ use tidings_proto::v1::{
     client_frame::Request as Wire,
 };
 
-use crate::actors::{PushTarget, Request, RoomOp};
+use crate::actors::{RoomOp, RoomWrite};
+use crate::domain::error::{Code, DomainError};
 use crate::domain::{Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId};
-use crate::error::{ApiError, Code};
+use crate::services::{PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
 use crate::store::HistoryPage;
 
 /// A history page without a limit gets this many entries.
 const DEFAULT_HISTORY_PAGE: usize = 50;
 
 /// A request that could not be decoded, with the request id if it could be read (else 0).
-pub type Rejected = (u64, ApiError);
+pub type Rejected = (u64, DomainError);
 
 /// Decodes one frame's payload in the connection's encoding.
 pub fn decode_frame(encoding: Encoding, payload: &[u8]) -> Result<ClientFrame, Rejected> {
     match encoding {
         Encoding::Protobuf => ClientFrame::decode(payload).map_err(|e| {
-            (protobuf_request_id(payload), ApiError::new(Code::BadFrame, format!("not a protobuf ClientFrame: {e}")))
+            (protobuf_request_id(payload), DomainError::new(Code::BadFrame, format!("not a protobuf ClientFrame: {e}")))
         }),
         Encoding::Json => serde_json::from_slice::<ClientFrame>(payload).map_err(|e| {
-            (json_request_id(payload), ApiError::new(Code::BadFrame, format!("not a JSON ClientFrame: {e}")))
+            (json_request_id(payload), DomainError::new(Code::BadFrame, format!("not a JSON ClientFrame: {e}")))
         }),
     }
 }
@@ -76,19 +77,19 @@ fn json_request_id(payload: &[u8]) -> u64 {
     }
 }
 
-fn room(id: u64) -> Result<RoomId, ApiError> {
-    if id == 0 { Err(ApiError::invalid("room_id is required")) } else { Ok(RoomId(id)) }
+fn room(id: u64) -> Result<RoomId, DomainError> {
+    if id == 0 { Err(DomainError::invalid("room_id is required")) } else { Ok(RoomId(id)) }
 }
 
-fn user(id: u64, field: &str) -> Result<UserId, ApiError> {
-    if id == 0 { Err(ApiError::invalid(format!("{field} is required"))) } else { Ok(UserId(id)) }
+fn user(id: u64, field: &str) -> Result<UserId, DomainError> {
+    if id == 0 { Err(DomainError::invalid(format!("{field} is required"))) } else { Ok(UserId(id)) }
 }
 
-fn users(ids: Vec<u64>, field: &str) -> Result<Vec<UserId>, ApiError> {
+fn users(ids: Vec<u64>, field: &str) -> Result<Vec<UserId>, DomainError> {
     ids.into_iter().map(|id| user(id, field)).collect()
 }
 
-fn history_page(h: &HistoryRequest, max: usize) -> Result<HistoryPage, ApiError> {
+fn history_page(h: &HistoryRequest, max: usize) -> Result<HistoryPage, DomainError> {
     let limit = match h.limit as usize {
         0 => DEFAULT_HISTORY_PAGE.min(max),
         n => n.min(max),
@@ -97,7 +98,7 @@ fn history_page(h: &HistoryRequest, max: usize) -> Result<HistoryPage, ApiError>
         (None, None) => Ok(HistoryPage::Latest { limit }),
         (Some(before), None) => Ok(HistoryPage::Before { seq: before, limit }),
         (None, Some(after)) => Ok(HistoryPage::After { seq: after, limit }),
-        (Some(_), Some(_)) => Err(ApiError::invalid("give before_seq or after_seq, not both")),
+        (Some(_), Some(_)) => Err(DomainError::invalid("give before_seq or after_seq, not both")),
     }
 }
 
@@ -106,15 +107,17 @@ const MAX_PUSH_TOKEN_CHARS: usize = 1024;
 const MAX_APP_ID_CHARS: usize = 255;
 const MAX_LOCALE_CHARS: usize = 35;
 
-fn push_target(r: SetPushTokenRequest) -> Result<PushTarget, ApiError> {
+fn push_target(r: SetPushTokenRequest) -> Result<PushTarget, DomainError> {
     let platform = match PushPlatform::try_from(r.platform) {
         Ok(PushPlatform::Ios) => Platform::Ios,
         Ok(PushPlatform::Android) => Platform::Android,
-        _ => return Err(ApiError::invalid("platform must be PUSH_PLATFORM_IOS or PUSH_PLATFORM_ANDROID")),
+        _ => return Err(DomainError::invalid("platform must be PUSH_PLATFORM_IOS or PUSH_PLATFORM_ANDROID")),
     };
     let token = r.token.trim();
     if token.is_empty() || token.chars().count() > MAX_PUSH_TOKEN_CHARS || token.chars().any(char::is_whitespace) {
-        return Err(ApiError::invalid(format!("token must be 1 to {MAX_PUSH_TOKEN_CHARS} characters without spaces")));
+        return Err(DomainError::invalid(format!(
+            "token must be 1 to {MAX_PUSH_TOKEN_CHARS} characters without spaces"
+        )));
     }
     // What the providers issue: APNs device tokens are hex (32 bytes today; Apple says the length
     // may grow), FCM registration tokens are long strings of URL-safe characters and ':'.
@@ -124,21 +127,21 @@ fn push_target(r: SetPushTokenRequest) -> Result<PushTarget, ApiError> {
                 || !token.len().is_multiple_of(2)
                 || !token.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
-            return Err(ApiError::invalid("an APNs device token is hexadecimal, at least 64 digits"));
+            return Err(DomainError::invalid("an APNs device token is hexadecimal, at least 64 digits"));
         }
         Platform::Android
             if token.len() < 32
                 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':')) =>
         {
-            return Err(ApiError::invalid("an FCM registration token is at least 32 of A-Z a-z 0-9 _ - :"));
+            return Err(DomainError::invalid("an FCM registration token is at least 32 of A-Z a-z 0-9 _ - :"));
         }
         _ => {}
     }
     if platform == Platform::Ios && r.app_id.trim().is_empty() {
-        return Err(ApiError::invalid("app_id (the APNs topic, your bundle id) is required for iOS"));
+        return Err(DomainError::invalid("app_id (the APNs topic, your bundle id) is required for iOS"));
     }
     if r.app_id.chars().count() > MAX_APP_ID_CHARS || r.locale.chars().count() > MAX_LOCALE_CHARS {
-        return Err(ApiError::invalid(format!(
+        return Err(DomainError::invalid(format!(
             "app_id has at most {MAX_APP_ID_CHARS} characters and locale at most {MAX_LOCALE_CHARS}"
         )));
     }
@@ -155,46 +158,49 @@ fn push_target(r: SetPushTokenRequest) -> Result<PushTarget, ApiError> {
 pub fn to_request(frame: ClientFrame, max_history_page: usize) -> Result<(u64, Request), Rejected> {
     let id = frame.request_id;
     let Some(wire) = frame.request else {
-        return Err((id, ApiError::new(Code::UnknownRequest, "the frame carries no request this server knows")));
+        return Err((id, DomainError::new(Code::UnknownRequest, "the frame carries no request this server knows")));
     };
     let request = convert(wire, max_history_page).map_err(|e| (id, e))?;
     Ok((id, request))
 }
 
-fn convert(wire: Wire, max_history_page: usize) -> Result<Request, ApiError> {
+fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> {
     let room_op = |room_id: u64, op: RoomOp| Ok(Request::Room { room: room(room_id)?, op });
+    let write = |room_id: u64, write: RoomWrite| room_op(room_id, RoomOp::Write(write));
     match wire {
-        Wire::Sync(s) => Ok(Request::Sync { after_pos: s.after_pos }),
-        Wire::Ack(a) => Ok(Request::Ack { pos: a.pos }),
-        Wire::Ping(_) => Ok(Request::Ping),
-        Wire::Reauthenticate(r) => Ok(Request::Reauthenticate { access_token: r.access_token }),
-        Wire::CreateDirect(c) => Ok(Request::CreateDirect { peer: user(c.peer_id, "peer_id")? }),
-        Wire::CreateGroup(c) => Ok(Request::CreateGroup { name: c.name, members: users(c.member_ids, "member_ids")? }),
-        Wire::ListRooms(_) => Ok(Request::ListRooms),
+        Wire::Sync(s) => Ok(Request::Stream(StreamOp::Sync { after_pos: s.after_pos })),
+        Wire::Ack(a) => Ok(Request::Stream(StreamOp::Ack { pos: a.pos })),
+        Wire::Ping(_) => Ok(Request::Session(SessionOp::Ping)),
+        Wire::Reauthenticate(r) => Ok(Request::Session(SessionOp::Reauthenticate { access_token: r.access_token })),
+        Wire::CreateDirect(c) => Ok(Request::Rooms(RoomsOp::CreateDirect { peer: user(c.peer_id, "peer_id")? })),
+        Wire::CreateGroup(c) => {
+            Ok(Request::Rooms(RoomsOp::CreateGroup { name: c.name, members: users(c.member_ids, "member_ids")? }))
+        }
+        Wire::ListRooms(_) => Ok(Request::Rooms(RoomsOp::List)),
         Wire::Presence(p) => Ok(Request::Presence { users: users(p.user_ids, "user_ids")? }),
-        Wire::AddMembers(a) => room_op(a.room_id, RoomOp::AddMembers(users(a.user_ids, "user_ids")?)),
-        Wire::RemoveMember(r) => room_op(r.room_id, RoomOp::RemoveMember(user(r.user_id, "user_id")?)),
-        Wire::LeaveRoom(l) => room_op(l.room_id, RoomOp::Leave),
-        Wire::RenameRoom(r) => room_op(r.room_id, RoomOp::Rename(r.name)),
+        Wire::AddMembers(a) => write(a.room_id, RoomWrite::AddMembers(users(a.user_ids, "user_ids")?)),
+        Wire::RemoveMember(r) => write(r.room_id, RoomWrite::RemoveMember(user(r.user_id, "user_id")?)),
+        Wire::LeaveRoom(l) => write(l.room_id, RoomWrite::Leave),
+        Wire::RenameRoom(r) => write(r.room_id, RoomWrite::Rename(r.name)),
         Wire::SetRole(s) => {
             let role = match WireRole::try_from(s.role) {
                 Ok(WireRole::Member) => Role::Member,
                 Ok(WireRole::Admin) => Role::Admin,
                 Ok(WireRole::Owner) => Role::Owner,
-                _ => return Err(ApiError::invalid("role must be ROLE_MEMBER or ROLE_ADMIN")),
+                _ => return Err(DomainError::invalid("role must be ROLE_MEMBER or ROLE_ADMIN")),
             };
-            room_op(s.room_id, RoomOp::SetRole(user(s.user_id, "user_id")?, role))
+            write(s.room_id, RoomWrite::SetRole(user(s.user_id, "user_id")?, role))
         }
         // Without a client message id a retry would store the message twice.
         Wire::SendMessage(m) if m.client_msg_id.trim().is_empty() => {
-            Err(ApiError::invalid("client_msg_id is required: a fresh id per message makes retries safe"))
+            Err(DomainError::invalid("client_msg_id is required: a fresh id per message makes retries safe"))
         }
-        Wire::SendMessage(m) => room_op(
+        Wire::SendMessage(m) => write(
             m.room_id,
-            RoomOp::Send { client_msg_id: m.client_msg_id, text: m.text, reply_to_seq: m.reply_to_seq },
+            RoomWrite::Send { client_msg_id: m.client_msg_id, text: m.text, reply_to_seq: m.reply_to_seq },
         ),
-        Wire::EditMessage(e) => room_op(e.room_id, RoomOp::Edit { seq: e.seq, text: e.text }),
-        Wire::DeleteMessage(d) => room_op(d.room_id, RoomOp::Delete { seq: d.seq }),
+        Wire::EditMessage(e) => write(e.room_id, RoomWrite::Edit { seq: e.seq, text: e.text }),
+        Wire::DeleteMessage(d) => write(d.room_id, RoomWrite::Delete { seq: d.seq }),
         Wire::History(h) => {
             let page = history_page(&h, max_history_page)?;
             room_op(h.room_id, RoomOp::History(page))
@@ -204,15 +210,17 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, ApiError> {
             let kind = match ReceiptKind::try_from(r.kind) {
                 Ok(ReceiptKind::Delivered) => DomainReceiptKind::Delivered,
                 Ok(ReceiptKind::Read) => DomainReceiptKind::Read,
-                _ => return Err(ApiError::invalid("kind must be RECEIPT_KIND_DELIVERED or RECEIPT_KIND_READ")),
+                _ => return Err(DomainError::invalid("kind must be RECEIPT_KIND_DELIVERED or RECEIPT_KIND_READ")),
             };
             room_op(r.room_id, RoomOp::Receipt { kind, up_to_seq: r.up_to_seq })
         }
-        Wire::SetPushToken(r) => Ok(Request::SetPushToken(push_target(r)?)),
-        Wire::ClearPushToken(_) => Ok(Request::ClearPushToken),
-        Wire::MuteRoom(m) => Ok(Request::MuteRoom { room: room(m.room_id)?, until_ms: m.until_ms.max(0) }),
-        Wire::SetDoNotDisturb(d) => Ok(Request::SetDoNotDisturb { until_ms: d.until_ms.max(0) }),
-        Wire::SetHidePreviews(h) => Ok(Request::SetHidePreviews { hide: h.hide_previews }),
+        Wire::SetPushToken(r) => Ok(Request::Push(PushOp::SetToken(push_target(r)?))),
+        Wire::ClearPushToken(_) => Ok(Request::Push(PushOp::ClearToken)),
+        Wire::MuteRoom(m) => {
+            Ok(Request::Push(PushOp::MuteRoom { room: room(m.room_id)?, until_ms: m.until_ms.max(0) }))
+        }
+        Wire::SetDoNotDisturb(d) => Ok(Request::Push(PushOp::SetDoNotDisturb { until_ms: d.until_ms.max(0) })),
+        Wire::SetHidePreviews(h) => Ok(Request::Push(PushOp::SetHidePreviews { hide: h.hide_previews })),
     }
 }
 
@@ -229,11 +237,14 @@ mod tests {
             request,
             Request::Room {
                 room: RoomId(42),
-                op: RoomOp::Send { client_msg_id: "a".into(), text: "hi".into(), reply_to_seq: 0 }
+                op: RoomOp::Write(RoomWrite::Send { client_msg_id: "a".into(), text: "hi".into(), reply_to_seq: 0 })
             }
         );
         let frame = br#"{"requestId":8,"ping":{}}"#;
-        assert_eq!(to_request(decode_frame(Encoding::Json, frame).unwrap(), 100).unwrap(), (8, Request::Ping));
+        assert_eq!(
+            to_request(decode_frame(Encoding::Json, frame).unwrap(), 100).unwrap(),
+            (8, Request::Session(SessionOp::Ping))
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@ use tidings_proto::v1::{self as wire, ServerFrame, server_frame::Frame};
 
 use super::codes::wire_code;
 use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
+use crate::domain::error::DomainError;
 use crate::domain::{
     EntryBody, MemberRecord, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary, StreamEvent,
 };
-use crate::error::ApiError;
 
 /// A frame ready for the socket.
 pub enum Payload {
@@ -25,7 +25,7 @@ pub fn encode(encoding: Encoding, frame: &ServerFrame) -> Payload {
     }
 }
 
-pub fn error_frame(request_id: u64, error: &ApiError) -> ServerFrame {
+pub fn error_frame(request_id: u64, error: &DomainError) -> ServerFrame {
     ServerFrame {
         frame: Some(Frame::Error(wire::Error {
             request_id,
@@ -59,10 +59,6 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
             R::History(wire::History { entries: entries.iter().map(entry).collect(), more: *more })
         }
         ReplyBody::Presence(users) => R::Presence(wire::PresenceList { users: users.iter().map(presence).collect() }),
-        ReplyBody::Relayed(reply) => {
-            let reply = wire::Reply { request_id: answer.request_id, ..(**reply).clone() };
-            return ServerFrame { frame: Some(Frame::Reply(reply)) };
-        }
     };
     ServerFrame { frame: Some(Frame::Reply(wire::Reply { request_id: answer.request_id, result: Some(result) })) }
 }

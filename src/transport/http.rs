@@ -22,8 +22,8 @@ use super::connection::{self, ConnectionSetup};
 use super::connection_caps::{CapReached, ConnectionCaps};
 use crate::actors::{Hub, Kick};
 use crate::auth::{AuthService, Authenticated, Refreshed, Session};
+use crate::domain::error::{Code, DomainError};
 use crate::domain::{DeviceId, UserId};
-use crate::error::{ApiError, Code};
 use crate::metrics::METRICS;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -83,7 +83,7 @@ fn respond<T: Message + serde::Serialize>(
     }
 }
 
-fn error_response(encoding: Encoding, error: &ApiError) -> HttpResponse {
+fn error_response(encoding: Encoding, error: &DomainError) -> HttpResponse {
     let body = HttpError { code: wire_code(error.code) as i32, message: error.message.clone() };
     let mut response = respond(encoding, http_status(error.code), &body);
     if error.retry_after_ms > 0 {
@@ -113,9 +113,10 @@ impl actix_web::FromRequest for AuthBody {
             let read = async {
                 let mut body = web::BytesMut::new();
                 while let Some(chunk) = payload.next().await {
-                    let chunk = chunk.map_err(|e| ApiError::new(Code::BadFrame, format!("reading the body: {e}")))?;
+                    let chunk =
+                        chunk.map_err(|e| DomainError::new(Code::BadFrame, format!("reading the body: {e}")))?;
                     if body.len() + chunk.len() > MAX_AUTH_BODY_BYTES {
-                        return Err(ApiError::new(Code::PayloadTooLarge, "request body too large"));
+                        return Err(DomainError::new(Code::PayloadTooLarge, "request body too large"));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -126,7 +127,7 @@ impl actix_web::FromRequest for AuthBody {
                 Ok(Ok(body)) => Ok(AuthBody(body)),
                 Ok(Err(e)) => Err(refuse(error_response(encoding, &e))),
                 Err(_) => {
-                    let e = ApiError::invalid("the request body did not arrive in time");
+                    let e = DomainError::invalid("the request body did not arrive in time");
                     let mut response = error_response(encoding, &e);
                     *response.status_mut() = actix_web::http::StatusCode::REQUEST_TIMEOUT;
                     Err(refuse(response))
@@ -136,16 +137,16 @@ impl actix_web::FromRequest for AuthBody {
     }
 }
 
-fn parse<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, ApiError> {
+fn parse<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, DomainError> {
     if body.len() > MAX_AUTH_BODY_BYTES {
-        return Err(ApiError::new(Code::PayloadTooLarge, "request body too large"));
+        return Err(DomainError::new(Code::PayloadTooLarge, "request body too large"));
     }
     match encoding {
         Encoding::Protobuf => {
-            T::decode(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad protobuf body: {e}")))
+            T::decode(body).map_err(|e| DomainError::new(Code::BadFrame, format!("bad protobuf body: {e}")))
         }
         Encoding::Json => {
-            serde_json::from_slice(body).map_err(|e| ApiError::new(Code::BadFrame, format!("bad JSON body: {e}")))
+            serde_json::from_slice(body).map_err(|e| DomainError::new(Code::BadFrame, format!("bad JSON body: {e}")))
         }
     }
 }
@@ -165,7 +166,7 @@ fn session_response(encoding: Encoding, s: Session) -> HttpResponse {
 async fn session_call<R, Fut>(req: &HttpRequest, body: &[u8], call: impl FnOnce(R) -> Fut) -> HttpResponse
 where
     R: Message + Default + DeserializeOwned,
-    Fut: Future<Output = Result<Session, ApiError>>,
+    Fut: Future<Output = Result<Session, DomainError>>,
 {
     let encoding = body_encoding(req);
     let result = match parse::<R>(encoding, body) {
@@ -201,7 +202,7 @@ async fn refresh(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -
             Refreshed::Session(session) => Ok(session),
             Refreshed::Reused { user, revoked } => {
                 close_devices(&state, user, &revoked).await;
-                Err(ApiError::new(Code::Unauthenticated, "refresh token reused; this device was logged out"))
+                Err(DomainError::new(Code::Unauthenticated, "refresh token reused; this device was logged out"))
             }
         }
     })
@@ -213,8 +214,8 @@ async fn close_devices(state: &AppState, user: UserId, devices: &[DeviceId]) {
     if let Some(actor) = state.hub.registry.user(user) {
         let _ = actor.addr.send(Kick { devices: devices.to_vec() }).await;
     }
-    if let Some(cluster) = &state.hub.cluster {
-        cluster.publish_kick(user, devices);
+    if let Some(peers) = &state.hub.peers {
+        peers.publish_kick(user, devices);
     }
 }
 
@@ -243,8 +244,9 @@ fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
         .find_map(|(k, v)| (k == name).then_some(v))
 }
 
-async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authenticated, ApiError> {
-    let token = access_token(req).ok_or_else(|| ApiError::new(Code::Unauthenticated, "an access token is required"))?;
+async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authenticated, DomainError> {
+    let token =
+        access_token(req).ok_or_else(|| DomainError::new(Code::Unauthenticated, "an access token is required"))?;
     state.auth.authenticate(&token).await
 }
 
@@ -255,7 +257,7 @@ async fn log_out(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -
         let caller = authenticate(&req, &state).await?;
         let devices = state.auth.log_out(caller, r.all_devices).await?;
         close_devices(&state, caller.user, &devices).await;
-        Ok::<_, ApiError>(())
+        Ok::<_, DomainError>(())
     }
     .await;
     match result {
@@ -269,11 +271,11 @@ async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppSta
         None => Encoding::Protobuf,
         Some(value) => match Encoding::from_query_value(&value) {
             Some(encoding) => encoding,
-            None => return error_response(Encoding::Json, &ApiError::invalid("encoding must be proto or json")),
+            None => return error_response(Encoding::Json, &DomainError::invalid("encoding must be proto or json")),
         },
     };
     if !state.ready.load(Ordering::Acquire) {
-        return error_response(Encoding::Json, &ApiError::overloaded(1000));
+        return error_response(Encoding::Json, &DomainError::overloaded(1000));
     }
     let auth = match authenticate(&req, &state).await {
         Ok(auth) => auth,
@@ -287,13 +289,13 @@ async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppSta
                 CapReached::User => "too many open connections for this user",
                 CapReached::Address => "too many open connections from this address",
             };
-            let e = ApiError { retry_after_ms: 1000, ..ApiError::new(Code::RateLimited, message) };
+            let e = DomainError { retry_after_ms: 1000, ..DomainError::new(Code::RateLimited, message) };
             return error_response(Encoding::Json, &e);
         }
     };
     let Ok(slot) = state.connection_slots.clone().try_acquire_owned() else {
         METRICS.connections_refused_total.inc();
-        return error_response(Encoding::Json, &ApiError::overloaded(1000));
+        return error_response(Encoding::Json, &DomainError::overloaded(1000));
     };
     let (response, session, stream) = match actix_ws::handle(&req, body) {
         Ok(parts) => parts,
@@ -323,8 +325,8 @@ async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if !state.hub.store.ready().await {
         return HttpResponse::ServiceUnavailable().content_type("text/plain").body("store unavailable\n");
     }
-    if let Some(cluster) = &state.hub.cluster
-        && !cluster.healthy()
+    if let Some(peers) = &state.hub.peers
+        && !peers.healthy()
     {
         return HttpResponse::ServiceUnavailable().content_type("text/plain").body("redis unavailable\n");
     }

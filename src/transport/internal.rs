@@ -1,6 +1,7 @@
 //! The cluster's internal listener (`cluster.internal_listen`): what the nodes of a cluster ask
 //! each other, never served on the public port. Today one endpoint: a room request forwarded to
-//! the room's owner, answered with the frame the client gets.
+//! the room's owner, in the cluster's own codec (`cluster::codec`), answered with what the room's
+//! actor answered.
 //!
 //! Every request must carry a valid signature by a node of this cluster (`cluster::signing`):
 //! fresh, never seen before, over exactly this body. Anything else gets 403 before its body is
@@ -9,20 +10,15 @@
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use prost::Message;
-use tidings_proto::v1::ForwardedRequest;
-use tokio::sync::Semaphore;
 
-use super::decode::to_request;
-use super::dispatch::room_request;
-use super::encode::{answer_frame, error_frame};
-use crate::actors::{Hub, Replier, Request};
-use crate::domain::UserId;
-use crate::error::ApiError;
+use crate::actors::Hub;
+use crate::cluster::Cluster;
+use crate::cluster::codec::{self, ForwardedAnswer, ForwardedRequest};
 use crate::metrics::METRICS;
+use crate::services;
 
-/// Forwarded request bodies are one client frame; the client limit applies, with room for the
-/// envelope.
+/// Forwarded request bodies are one room request; the client frame limit applies, with room for
+/// the envelope.
 const MAX_FORWARDED_BODY_BYTES: usize = 256 * 1024;
 
 pub fn internal_routes(cfg: &mut web::ServiceConfig) {
@@ -30,29 +26,21 @@ pub fn internal_routes(cfg: &mut web::ServiceConfig) {
         .route(crate::cluster::FORWARD_PATH, web::post().to(forwarded));
 }
 
-async fn forwarded(req: HttpRequest, body: web::Bytes, hub: web::Data<Arc<Hub>>) -> HttpResponse {
-    let Some(cluster) = &hub.cluster else { return HttpResponse::NotFound().finish() };
+async fn forwarded(
+    req: HttpRequest,
+    body: web::Bytes,
+    hub: web::Data<Arc<Hub>>,
+    cluster: web::Data<Arc<Cluster>>,
+) -> HttpResponse {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if let Err(refused) = cluster.verify_forwarded(header, &body) {
         METRICS.forwarded_rejected_total.inc();
         tracing::warn!(peer = ?req.peer_addr(), %refused, "forwarded request refused");
         return HttpResponse::Forbidden().finish();
     }
-    let Ok(forwarded) = ForwardedRequest::decode(body) else { return HttpResponse::BadRequest().finish() };
-    let user = UserId(forwarded.user_id);
-    let frame = forwarded.frame.unwrap_or_default();
-    let answer = match to_request(frame, hub.limits.max_history_page) {
-        Ok((request_id, Request::Room { room, op })) => {
-            let (answers, mut answer) = tokio::sync::mpsc::channel(1);
-            let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
-            room_request(&hub, user, room, op, Replier::new(request_id, answers, permit)).await;
-            match answer.recv().await {
-                Some(answer) => answer_frame(&answer),
-                None => error_frame(request_id, &ApiError::internal()),
-            }
-        }
-        Ok((request_id, _)) => error_frame(request_id, &ApiError::invalid("only room requests are forwarded")),
-        Err((request_id, e)) => error_frame(request_id, &e),
+    let Ok(ForwardedRequest { user, room, op, .. }) = codec::decode(&body) else {
+        return HttpResponse::BadRequest().finish();
     };
-    HttpResponse::Ok().content_type("application/x-protobuf").body(answer.encode_to_vec())
+    let answer: ForwardedAnswer = services::rooms::forwarded(&hub, user, room, op).await;
+    HttpResponse::Ok().content_type("application/json").body(codec::encode(&answer))
 }

@@ -2,7 +2,7 @@
 //!
 //! - `connection.rs`: one task per WebSocket: reads frames, dispatches requests, writes answers and
 //!   events, heartbeats, closes.
-//! - `dispatch.rs`: sends each decoded request to the actor (or store read) that answers it.
+//! - `dispatch.rs`: routes each decoded request to the service or actor that answers it.
 //! - `decode.rs` / `encode.rs`: protobuf or JSON frames to domain requests, domain answers and
 //!   events to frames. `codes.rs`: the one table of wire error codes.
 //! - `http.rs`: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`.
@@ -17,4 +17,3 @@ pub mod dispatch;
 pub mod encode;
 pub mod http;
 pub mod internal;
-pub mod wire_event;

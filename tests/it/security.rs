@@ -379,11 +379,11 @@ const NODE_KEY: &str = "a node key shared by the test's nodes, 32+ bytes";
 
 /// A room request as one node forwards it to the room's owner.
 fn forwarded_send(user: u64, room: u64, text: &str) -> Vec<u8> {
-    use prost::Message as _;
-    let send =
-        wire::SendMessageRequest { room_id: room, client_msg_id: text.into(), text: text.into(), reply_to_seq: 0 };
-    let frame = wire::ClientFrame { request_id: 9, request: Some(Req::SendMessage(send)) };
-    wire::ForwardedRequest { user_id: user, device_id: 1, frame: Some(frame) }.encode_to_vec()
+    use tidings::actors::{RoomOp, RoomWrite};
+    use tidings::cluster::codec::{ForwardedRequest, encode};
+    use tidings::domain::{DeviceId, RoomId, UserId};
+    let op = RoomOp::Write(RoomWrite::Send { client_msg_id: text.into(), text: text.into(), reply_to_seq: 0 });
+    encode(&ForwardedRequest { user: UserId(user), device: DeviceId(1), room: RoomId(room), op })
 }
 
 async fn post_forward(

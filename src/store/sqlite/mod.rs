@@ -149,9 +149,9 @@ impl SqliteStore {
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
-            StoreError::new(StoreErrorKind::Corrupt, e.to_string())
+            StoreError::caused_by(StoreErrorKind::Corrupt, e)
         }
-        other => StoreError::unavailable(other.to_string()),
+        other => StoreError::caused_by(StoreErrorKind::Unavailable, other),
     }
 }
 

@@ -96,7 +96,7 @@ fn pending<T: Send + 'static>(reply: Reply<T>, result: StoreResult<T>) -> Pendin
     Box::new(move |commit| {
         let outcome = match commit {
             Ok(()) => result,
-            Err(e) => Err(StoreError::new(e.kind, e.message.clone())),
+            Err(e) => Err(e.clone()),
         };
         let _ = reply.send(outcome);
     })
@@ -156,7 +156,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<WriteCmd>) {
         }
         tx.commit()
     })();
-    let commit_result = committed.map_err(|e| StoreError::unavailable(format!("commit failed: {e}")));
+    let commit_result = committed.map_err(|e| StoreError::caused_by(StoreErrorKind::Unavailable, e));
     if let Err(e) = &commit_result {
         tracing::error!(error = %e, batch = size, "store batch failed");
     }
@@ -227,7 +227,7 @@ fn in_savepoint<T>(
     heads: &mut StreamHeads,
     body: impl FnOnce(&Transaction<'_>, &mut StreamHeads) -> CmdResult<T>,
 ) -> StoreResult<T> {
-    let sql = |e: rusqlite::Error| StoreError::unavailable(e.to_string());
+    let sql = |e: rusqlite::Error| StoreError::caused_by(StoreErrorKind::Unavailable, e);
     tx.execute_batch("SAVEPOINT cmd").map_err(sql)?;
     heads.undo.clear();
     let outcome = body(tx, heads);
@@ -241,7 +241,7 @@ fn in_savepoint<T>(
         Ok(result) => result,
         Err(e) => {
             tracing::warn!(error = %e, "store command failed");
-            Err(StoreError::unavailable(e.to_string()))
+            Err(StoreError::caused_by(StoreErrorKind::Unavailable, e))
         }
     }
 }

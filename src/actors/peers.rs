@@ -1,0 +1,40 @@
+//! What actors and services need of the other nodes of a cluster. The actors own this trait and
+//! the cluster implements it (`cluster::Cluster`), so that the layers below the cluster never
+//! depend on it and a node without one simply has no `Peers`.
+
+use futures_util::future::BoxFuture;
+
+use super::{Ephemeral, ReplyBody, RoomOp};
+use crate::domain::{DeviceId, DomainResult, RoomId, StreamEvent, UserId};
+use crate::store::Positions;
+
+/// A room request on its way to the room's owner: its answer, or `None` when the owner could not
+/// be reached (the request is then handled here; the store's seq fence keeps that safe).
+pub type Forwarding<'a> = BoxFuture<'a, Option<DomainResult<ReplyBody>>>;
+
+pub trait Peers: Send + Sync {
+    /// A durable event for its recipients' sessions on other nodes. Fire and forget: a receiver
+    /// that misses it catches up from the store.
+    fn publish_event(&self, positions: &Positions, event: &StreamEvent);
+
+    /// An ephemeral event (typing, presence) for these users' sessions on other nodes.
+    fn publish_ephemeral(&self, users: &[UserId], event: &Ephemeral);
+
+    /// These devices logged out: the nodes holding their sockets close them.
+    fn publish_kick(&self, user: UserId, devices: &[DeviceId]);
+
+    /// A user's first session on this node opened.
+    fn user_arrived(&self, user: UserId);
+
+    /// A user's last session on this node closed.
+    fn user_left(&self, user: UserId);
+
+    /// Whether `user` has a live session on another node.
+    fn online_elsewhere(&self, user: UserId) -> BoxFuture<'_, bool>;
+
+    /// Sends a room request to the node that owns the room; `None` when this node owns it.
+    fn forward(&self, user: UserId, device: DeviceId, room: RoomId, op: &RoomOp) -> Option<Forwarding<'_>>;
+
+    /// The cluster's connections are up (for `/readyz`).
+    fn healthy(&self) -> bool;
+}

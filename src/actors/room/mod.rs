@@ -1,0 +1,259 @@
+//! One actor per active room: the single place that orders the room's entries.
+//!
+//! Invariants:
+//! - Seqs are assigned in the handler itself (never in a detached future) and the entry is submitted
+//!   to the store before the handler returns, so the store applies a room's entries in seq order and
+//!   every member's stream has them in that order.
+//! - The in-memory member list is changed when a membership entry is submitted, so an entry is
+//!   delivered to exactly the members the room had at its seq. If a submitted entry then fails, the
+//!   actor stops and the next request reloads the room from the store.
+//! - A sender is acknowledged only after the store reported the entry durable.
+
+mod plan;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+
+use super::{Ephemeral, Hub, Replier, ReplyBody, RoomOp, RoomWrite, SentAck};
+use crate::domain::error::{Code, DomainError, DomainResult};
+use crate::domain::{
+    Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId, now_ms, time_ordered_id,
+};
+use crate::metrics::METRICS;
+use crate::store::{Append, AppendOutcome, HistoryPage, ReceiptWrite};
+use plan::{OnCommit, RoomView, plan};
+
+const MAILBOX_CAPACITY: usize = 4096;
+/// Receipts are pushed to every member only in rooms up to this size. In a larger room every
+/// member reading would send a receipt to every other member (quadratic: a 300-member room where
+/// everyone reads once a second is 90,000 events a second, which the swarm's city scenario showed
+/// swamping a node); there only the reader's own devices get the receipt, and the markers are in
+/// the room list for whoever looks.
+const RECEIPT_BROADCAST_MAX_MEMBERS: usize = 32;
+
+/// A request about this room from one of its (would-be) members.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomRequest {
+    pub user: UserId,
+    pub op: RoomOp,
+    pub replier: Replier,
+}
+
+pub struct RoomActor {
+    id: RoomId,
+    kind: RoomKind,
+    members: HashMap<UserId, Role>,
+    last_seq: u64,
+    hub: Arc<Hub>,
+    last_activity: Instant,
+}
+
+impl RoomActor {
+    pub fn new(state: RoomState, hub: Arc<Hub>) -> Self {
+        Self {
+            id: state.meta.id,
+            kind: state.meta.kind,
+            members: state.members.iter().map(|m| (m.user, m.role)).collect(),
+            last_seq: state.last_seq,
+            hub,
+            last_activity: Instant::now(),
+        }
+    }
+
+    fn member_list(&self) -> Vec<UserId> {
+        self.members.keys().copied().collect()
+    }
+
+    fn role_of(&self, user: UserId) -> DomainResult<Role> {
+        self.members.get(&user).copied().ok_or_else(DomainError::not_a_member)
+    }
+
+    fn check_seq(&self, seq: u64) -> DomainResult<()> {
+        if seq == 0 || seq > self.last_seq {
+            return Err(DomainError::not_found(format!("no entry {seq} in this room")));
+        }
+        Ok(())
+    }
+
+    /// Assigns the next seq and submits the entry; answers once it is durable.
+    fn append(&mut self, user: UserId, write: RoomWrite, replier: Replier, ctx: &mut Context<Self>) {
+        let room =
+            RoomView { kind: self.kind, members: &self.members, last_seq: self.last_seq, limits: &self.hub.limits };
+        let planned = match plan(&room, user, write) {
+            Ok(planned) => planned,
+            Err(e) => return replier.error(e),
+        };
+        let sent_at_ms = now_ms();
+        let entry = Arc::new(RoomEntry {
+            room: self.id,
+            seq: self.last_seq + 1,
+            id: time_ordered_id(sent_at_ms),
+            sender: user,
+            sent_at_ms,
+            body: planned.body,
+        });
+        let registry = &self.hub.registry;
+        let push = self.hub.push.fanout(&entry, &planned.recipients, |u| registry.is_online(u));
+        let pushed_to = push.as_ref().map(|p| (p.users.clone(), p.due_at_ms));
+        let revised_preview = self.hub.push.revised_preview(&entry);
+        let append = Append {
+            entry: entry.clone(),
+            recipients: planned.recipients,
+            effect: planned.effect,
+            push,
+            revised_preview,
+        };
+        let committed = match self.hub.store.submit_append(append) {
+            Ok(future) => future,
+            // Nothing was queued: the room is as it was.
+            Err(e) => return replier.error(e.into()),
+        };
+        // Submitted: the next entry is checked against the room as this one leaves it.
+        self.last_seq = entry.seq;
+        planned.change.apply(&mut self.members);
+        let on_commit = planned.on_commit;
+        ctx.spawn(committed.into_actor(self).map(move |outcome, act, ctx| {
+            if let (Ok(AppendOutcome::Committed { .. }), Some((users, due_at_ms))) = (&outcome, &pushed_to) {
+                act.hub.push.queued(users, *due_at_ms);
+            }
+            act.on_committed(entry, outcome, on_commit, replier, ctx);
+        }));
+    }
+
+    fn on_committed(
+        &mut self,
+        entry: Arc<RoomEntry>,
+        outcome: crate::store::StoreResult<AppendOutcome>,
+        on_commit: OnCommit,
+        replier: Replier,
+        ctx: &mut Context<Self>,
+    ) {
+        let sent = |seq, message_id, sent_at_ms, duplicate| {
+            ReplyBody::Sent(SentAck { room: entry.room, seq, message_id, sent_at_ms, duplicate })
+        };
+        match outcome {
+            Ok(AppendOutcome::Committed { positions }) => {
+                METRICS.messages_committed_total.inc();
+                let answer = match on_commit {
+                    OnCommit::Sent => sent(entry.seq, entry.id, entry.sent_at_ms, false),
+                    OnCommit::Ok => ReplyBody::Ok,
+                };
+                replier.reply(Ok(answer));
+                self.hub.deliver(&positions, &StreamEvent::Entry(entry));
+            }
+            Ok(AppendOutcome::Duplicate { seq, id, sent_at_ms }) => {
+                replier.reply(Ok(sent(seq, id, sent_at_ms, true)));
+            }
+            Ok(AppendOutcome::TargetNotFound) => {
+                replier.error(DomainError::not_found("no such message (or it was deleted)"));
+            }
+            Ok(AppendOutcome::NotAllowed) => {
+                replier.error(DomainError::forbidden("not your message"));
+            }
+            Ok(AppendOutcome::SeqTaken) => {
+                tracing::warn!(room = %self.id, seq = entry.seq, "seq taken by another writer; reloading room");
+                replier.error(DomainError {
+                    retry_after_ms: 100,
+                    ..DomainError::new(Code::Unavailable, "room moved; retry")
+                });
+                ctx.stop();
+            }
+            Err(e) => {
+                tracing::warn!(room = %self.id, seq = entry.seq, error = %e, "append failed; reloading room");
+                replier.error(e.into());
+                ctx.stop();
+            }
+        }
+    }
+
+    fn history(&self, user: UserId, page: HistoryPage, replier: Replier, ctx: &mut Context<Self>) {
+        if let Err(e) = self.role_of(user) {
+            return replier.error(e);
+        }
+        let store = self.hub.store.clone();
+        let room = self.id;
+        ctx.spawn(
+            async move {
+                match store.history(room, page).await {
+                    Ok((entries, more)) => replier.reply(Ok(ReplyBody::History { entries, more })),
+                    Err(e) => replier.error(e.into()),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn typing(&self, user: UserId, active: bool, replier: Replier) {
+        if let Err(e) = self.role_of(user) {
+            return replier.error(e);
+        }
+        let others: Vec<UserId> = self.members.keys().copied().filter(|&m| m != user).collect();
+        self.hub.send_ephemeral(&others, Ephemeral::Typing { room: self.id, user, active });
+        replier.ok();
+    }
+
+    fn receipt(&self, user: UserId, kind: ReceiptKind, up_to_seq: u64, replier: Replier, ctx: &mut Context<Self>) {
+        if let Err(e) = self.role_of(user).and_then(|_| self.check_seq(up_to_seq)) {
+            return replier.error(e);
+        }
+        let recipients =
+            if self.members.len() <= RECEIPT_BROADCAST_MAX_MEMBERS { self.member_list() } else { vec![user] };
+        let write = ReceiptWrite { room: self.id, user, kind, up_to_seq, recipients };
+        let hub = self.hub.clone();
+        let room = self.id;
+        ctx.spawn(
+            async move {
+                match hub.store.set_receipt(write).await {
+                    Ok(Some(positions)) => {
+                        replier.ok();
+                        let receipt = Receipt { room, user, kind, up_to_seq };
+                        hub.deliver(&positions, &StreamEvent::Receipt(receipt));
+                    }
+                    // The marker was already there: nothing new to tell anyone.
+                    Ok(None) => replier.ok(),
+                    Err(e) => replier.error(e.into()),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for RoomActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        METRICS.rooms_active.inc();
+        let idle = Duration::from_secs(self.hub.limits.room_idle_secs.max(1));
+        ctx.run_interval(idle.min(Duration::from_secs(30)), move |act, ctx| {
+            if act.last_activity.elapsed() >= idle {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        METRICS.rooms_active.dec();
+        self.hub.registry.forget_room(self.id, &ctx.address());
+    }
+}
+
+impl Handler<RoomRequest> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomRequest, ctx: &mut Context<Self>) {
+        self.last_activity = Instant::now();
+        let RoomRequest { user, op, replier } = msg;
+        match op {
+            RoomOp::History(page) => self.history(user, page, replier, ctx),
+            RoomOp::Typing { active } => self.typing(user, active, replier),
+            RoomOp::Receipt { kind, up_to_seq } => self.receipt(user, kind, up_to_seq, replier, ctx),
+            RoomOp::Write(write) => self.append(user, write, replier, ctx),
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! The rules: what a request means, checked and carried out against the store, the actors and the
+//! other nodes. The transport decodes a frame into a `Request`, routes it here by its group and
+//! encodes the answer; it decides nothing. Adding an operation means the proto, one decode and
+//! one encode arm, and one function here.
+//!
+//! - `rooms.rs`: creating and listing rooms, and handing a room's requests to its actor (here or
+//!   on the node that owns the room).
+//! - `presence.rs`: who may see whose presence.
+//! - `push_prefs.rs`: push tokens and notification preferences (mutes, do not disturb, previews).
+//! - `session.rs`: a connection's own session (a fresh access token).
+//! - `request.rs`: the requests, grouped by what answers them.
+
+pub mod presence;
+pub mod push_prefs;
+mod request;
+pub mod rooms;
+pub mod session;
+
+pub use request::{PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};

@@ -1,0 +1,63 @@
+//! A decoded client request, grouped by what answers it.
+
+use crate::actors::RoomOp;
+use crate::domain::{Platform, RoomId, UserId};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// About the connection's own session.
+    Session(SessionOp),
+    /// About the connection's place in the user's stream: answered by the user's actor.
+    Stream(StreamOp),
+    /// Creating and listing rooms (`rooms.rs`).
+    Rooms(RoomsOp),
+    /// About one room: answered by that room's actor, on the node that owns the room.
+    Room { room: RoomId, op: RoomOp },
+    /// Which of these users are online, of those who share a room with the caller (`presence.rs`).
+    Presence { users: Vec<UserId> },
+    /// Push tokens and notification preferences (`push_prefs.rs`).
+    Push(PushOp),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionOp {
+    Ping,
+    /// A fresh access token for the connection (`session.rs`).
+    Reauthenticate {
+        access_token: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOp {
+    /// Stream from after `after_pos`.
+    Sync { after_pos: u64 },
+    /// The client stored everything up to `pos`.
+    Ack { pos: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoomsOp {
+    CreateDirect { peer: UserId },
+    CreateGroup { name: String, members: Vec<UserId> },
+    List,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushOp {
+    SetToken(PushTarget),
+    ClearToken,
+    MuteRoom { room: RoomId, until_ms: i64 },
+    SetDoNotDisturb { until_ms: i64 },
+    SetHidePreviews { hide: bool },
+}
+
+/// A device's push token as the device sends it (the server adds who and which device).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    pub platform: Platform,
+    pub token: String,
+    pub app_id: String,
+    pub locale: String,
+    pub sandbox: bool,
+}

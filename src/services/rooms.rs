@@ -1,0 +1,145 @@
+//! Rooms: creating and listing them, and handing each request about one room to its actor.
+//!
+//! A room being created has no actor yet and no order to keep, so creation goes straight to the
+//! store; the new room's actor starts on its first request. A request about an existing room goes
+//! to the room's actor on the node that owns the room (`Peers::forward`), in the order the
+//! connection read it.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::RoomsOp;
+use crate::actors::{Hub, Replier, ReplyBody, RoomOp, RoomRequest, RoomWrite};
+use crate::config::GroupAdds;
+use crate::domain::{
+    DeviceId, DomainError, DomainResult, EntryBody, RoomEntry, RoomId, RoomKind, StreamEvent, UserId, new_random_id,
+    now_ms, room_name, time_ordered_id,
+};
+use crate::store::{CreateRoomOutcome, NewRoom};
+
+pub async fn handle(hub: &Arc<Hub>, me: UserId, op: RoomsOp) -> DomainResult<ReplyBody> {
+    match op {
+        RoomsOp::CreateDirect { peer } => create_direct(hub, me, peer).await,
+        RoomsOp::CreateGroup { name, members } => create_group(hub, me, &name, members).await,
+        RoomsOp::List => Ok(ReplyBody::Rooms(hub.store.rooms_of(me).await?)),
+    }
+}
+
+/// Hands a request about `room` to the room's actor: on the node that owns the room, or here when
+/// this node owns it or the owner cannot be reached. Awaits the hand-over, not the answer, so a
+/// connection's requests to one room keep their order.
+pub async fn request(hub: &Arc<Hub>, me: UserId, device: DeviceId, room: RoomId, op: RoomOp, replier: Replier) {
+    if let Some(forwarding) = hub.peers.as_ref().and_then(|peers| peers.forward(me, device, room, &op))
+        && let Some(answer) = forwarding.await
+    {
+        return replier.reply(answer);
+    }
+    request_here(hub, me, room, op, replier).await;
+}
+
+/// A request forwarded by another node: handled by the room's actor on this node, whatever this
+/// node's view of the owner (the sender's view decided).
+pub async fn forwarded(hub: &Arc<Hub>, me: UserId, room: RoomId, op: RoomOp) -> DomainResult<ReplyBody> {
+    let (answers, mut answer) = mpsc::channel(1);
+    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
+    request_here(hub, me, room, op, Replier::new(0, answers, permit)).await;
+    answer.recv().await.map_or_else(|| Err(DomainError::internal()), |answer| answer.result)
+}
+
+/// Hands a request to the room's actor on this node (loading the room if needed).
+async fn request_here(hub: &Arc<Hub>, me: UserId, room: RoomId, op: RoomOp, replier: Replier) {
+    if let RoomOp::Write(RoomWrite::AddMembers(users)) = &op {
+        let checked = async {
+            require_existing(hub, users.clone()).await?;
+            require_addable(hub, me, users.clone()).await
+        };
+        if let Err(e) = checked.await {
+            return replier.error(e);
+        }
+    }
+    match hub.registry.room(room, hub).await {
+        Ok(addr) => {
+            let _ = addr.send(RoomRequest { user: me, op, replier }).await;
+        }
+        Err(e) => replier.error(e),
+    }
+}
+
+/// Opens the direct room between `me` and `peer`, or returns the one they already have.
+async fn create_direct(hub: &Arc<Hub>, me: UserId, peer: UserId) -> DomainResult<ReplyBody> {
+    if peer == me {
+        return Err(DomainError::invalid("a direct room needs another user"));
+    }
+    require_existing(hub, vec![peer]).await?;
+    create(hub, me, RoomKind::Direct, String::new(), vec![me, peer]).await
+}
+
+/// Creates a group owned by `me` with `members` (and `me`).
+async fn create_group(hub: &Arc<Hub>, me: UserId, name: &str, members: Vec<UserId>) -> DomainResult<ReplyBody> {
+    let name = room_name(name, hub.limits.max_room_name_chars)?;
+    let mut members = members;
+    members.push(me);
+    members.sort_unstable();
+    members.dedup();
+    if members.len() > hub.limits.max_group_members {
+        return Err(DomainError::invalid(format!("a group has at most {} members", hub.limits.max_group_members)));
+    }
+    let others: Vec<UserId> = members.iter().copied().filter(|&u| u != me).collect();
+    require_existing(hub, others.clone()).await?;
+    require_addable(hub, me, others).await?;
+    create(hub, me, RoomKind::Group, name, members).await
+}
+
+/// With `limits.group_adds = "contacts"`: fails with FORBIDDEN unless every one of `users` has
+/// sent `me` a message.
+async fn require_addable(hub: &Arc<Hub>, me: UserId, users: Vec<UserId>) -> DomainResult<()> {
+    if hub.limits.group_adds == GroupAdds::Anyone || users.is_empty() {
+        return Ok(());
+    }
+    let wrote = hub.store.wrote_to(me, users.clone()).await?;
+    match users.iter().find(|u| !wrote.contains(u)) {
+        Some(stranger) => Err(DomainError::forbidden(format!(
+            "user {stranger} has not written to you; only people who have can be added to a group"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Fails with NOT_FOUND naming the first user that does not exist.
+async fn require_existing(hub: &Arc<Hub>, users: Vec<UserId>) -> DomainResult<()> {
+    let existing = hub.store.existing_users(users.clone()).await?;
+    match users.iter().find(|u| !existing.contains(u)) {
+        Some(missing) => Err(DomainError::not_found(format!("no user {missing}"))),
+        None => Ok(()),
+    }
+}
+
+async fn create(
+    hub: &Arc<Hub>,
+    me: UserId,
+    kind: RoomKind,
+    name: String,
+    members: Vec<UserId>,
+) -> DomainResult<ReplyBody> {
+    let id = RoomId(new_random_id());
+    let sent_at_ms = now_ms();
+    let entry = Arc::new(RoomEntry {
+        room: id,
+        seq: 1,
+        id: time_ordered_id(sent_at_ms),
+        sender: me,
+        sent_at_ms,
+        body: EntryBody::Created { kind, name: name.clone(), members: members.clone() },
+    });
+    let new_room = NewRoom { id, kind, name, creator: me, members, entry: (*entry).clone() };
+    let room = match hub.store.create_room(new_room).await? {
+        CreateRoomOutcome::Created { positions } => {
+            hub.deliver(&positions, &StreamEvent::Entry(entry));
+            id
+        }
+        CreateRoomOutcome::DirectExists(existing) => existing,
+    };
+    let summary = hub.store.room_summary(room, me).await?.ok_or_else(DomainError::internal)?;
+    Ok(ReplyBody::Room(Box::new(summary)))
+}
