@@ -15,6 +15,7 @@
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
 //! - `metrics`: counters for `/metrics`, in one low module every layer may count into.
 //! - `rate_limit`: the token bucket behind every request and attempt limit.
+//! - `lifecycle`: background parts started in order and stopped in reverse.
 //! - `jws`: signed tokens (HS256 access tokens, ES256 APNs provider tokens) with ring.
 //! - `secrets`: the token secret and node key, and the private data directory.
 //!
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod jws;
+pub mod lifecycle;
 pub mod metrics;
 pub mod push;
 pub mod rate_limit;

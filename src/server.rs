@@ -2,8 +2,10 @@
 //!
 //! `start(config)` opens the store, binds the listener and starts the HTTP workers; it returns a
 //! `Running` server whose `run_until(signal)` serves until the signal, then shuts down in order:
-//! readiness off, connections told GOING_AWAY and closed, HTTP workers stopped, push sends in
-//! flight finished, store flushed and closed. Tests start servers the same way, on `127.0.0.1:0`.
+//! readiness off, the cluster left, connections told GOING_AWAY and closed, HTTP workers stopped,
+//! then the background parts in reverse of their start (`lifecycle`): push sends in flight
+//! finished, the cluster's tasks stopped, the store flushed and closed. Tests start servers the
+//! same way, on `127.0.0.1:0`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use crate::actors::{Hub, Peers};
 use crate::auth::AuthService;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::lifecycle::{Background, StoreService};
 use crate::push::{Presence, PushWorker, gate_for, providers_from};
 use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
@@ -43,7 +46,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
     connection_slots: Arc<Semaphore>,
-    push_worker: PushWorker,
+    /// The store, the cluster's tasks and the push worker, stopped in reverse of their start.
+    background: Background,
     config: Config,
 }
 
@@ -106,6 +110,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // The one TLS backend of every HTTP client (push providers): ring, never aws-lc or openssl.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let store = open_store(&config)?;
+    let mut background = Background::default();
+    background.started(Arc::new(StoreService(store.clone())));
     let secret = token_secret(&config)?;
     let providers = providers_from(&config)?;
     let gate = Arc::new(gate_for(store.clone(), &providers, &config));
@@ -128,6 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     if let Some(cluster) = &cluster {
         cluster.start(hub.clone());
+        background.started(cluster.clone());
     }
     let presence_hub = hub.clone();
     let online: Presence = Arc::new(move |user| {
@@ -143,6 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         })
     });
     let push_worker = PushWorker::start(store.clone(), gate, online, providers, config.push.clone());
+    background.started(Arc::new(push_worker));
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -195,7 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         ready,
         connection_slots,
-        push_worker,
+        background,
         config,
     })
 }
@@ -266,7 +274,7 @@ impl Running {
         Ok(())
     }
 
-    async fn shutdown(self) {
+    async fn shutdown(mut self) {
         let started = Instant::now();
         tracing::info!("shutting down: readiness off");
         self.ready.store(false, Ordering::Release);
@@ -290,8 +298,7 @@ impl Running {
         if let Some(operations) = &self.operations {
             operations.stop(true).await;
         }
-        self.push_worker.stop().await;
-        self.hub.store.close().await;
+        self.background.stop_all().await;
         tracing::info!(took_ms = started.elapsed().as_millis() as u64, "store flushed; bye");
     }
 }

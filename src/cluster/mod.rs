@@ -41,6 +41,7 @@ use signing::NodeSigner;
 
 use crate::actors::{Ephemeral, Forwarding, Hub, Peers, RoomOp};
 use crate::config::ClusterConfig;
+use crate::lifecycle::Stoppable;
 use crate::domain::{DeviceId, RoomId, StreamEvent, UserId, now_ms};
 use crate::metrics::METRICS;
 use crate::store::Positions;
@@ -83,6 +84,8 @@ pub struct Cluster {
     /// The membership heartbeat, stopped by `leave` before it removes this node: a beat after
     /// that would put a draining node back into the membership.
     heartbeat_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The bridge and the publisher, stopped when the node stops.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Signs and checks what nodes send each other (forwarded requests, bridge messages).
     signer: NodeSigner,
     /// From the Redis URL, for the sharded subscriber's own connections.
@@ -156,6 +159,7 @@ impl Cluster {
             interest,
             interest_rx: std::sync::Mutex::new(Some(interest_rx)),
             heartbeat_task: std::sync::Mutex::new(None),
+            tasks: std::sync::Mutex::new(Vec::new()),
             outbox,
             outbox_rx: std::sync::Mutex::new(Some(outbox_rx)),
             signer: NodeSigner::new(node_key),
@@ -173,19 +177,20 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts the heartbeat and the bridge.
+    /// Starts the heartbeat, the bridge and the publisher (stopped by `Stoppable::stop`).
     pub fn start(self: &Arc<Self>, hub: Arc<Hub>) {
+        let mut tasks = Vec::new();
         let interest = self.interest_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(interest) = interest {
-            if self.redis.is_cluster() {
-                tokio::spawn(sharded::run(self.clone(), hub.clone(), interest));
-            } else {
-                tokio::spawn(bridge::run(self.clone(), hub.clone(), interest));
-            }
+            tasks.push(match self.redis.is_cluster() {
+                true => tokio::spawn(sharded::run(self.clone(), hub.clone(), interest)),
+                false => tokio::spawn(bridge::run(self.clone(), hub.clone(), interest)),
+            });
         }
         if let Some(queue) = self.outbox_rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            tokio::spawn(self.clone().run_publisher(queue));
+            tasks.push(tokio::spawn(self.clone().run_publisher(queue)));
         }
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).extend(tasks);
         let cluster = self.clone();
         let heartbeat = tokio::spawn(async move {
             let every = Duration::from_millis(cluster.config.heartbeat_ms.max(50));
@@ -370,14 +375,18 @@ impl Cluster {
         answers.is_ok_and(|a| a.into_iter().any(|present| present))
     }
 
+    fn stop_heartbeat(&self) {
+        if let Some(heartbeat) = self.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            heartbeat.abort();
+        }
+    }
+
     /// Leaves the cluster at once (graceful drain): rooms move to the other nodes now rather than
     /// when the membership would expire, and the node stays out until it exits.
     pub async fn leave(&self) {
         // First the heartbeat, so that no beat re-adds this node. A beat already sent went on the
         // same connection as what follows, so Redis applies it before the removal.
-        if let Some(heartbeat) = self.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            heartbeat.abort();
-        }
+        self.stop_heartbeat();
         let mut redis = self.redis.clone();
         let result: redis::RedisResult<()> = redis::pipe()
             .cmd("ZREM")
@@ -471,5 +480,25 @@ impl Peers for Cluster {
     /// Redis answers and the bridge is subscribed (for `/readyz`).
     fn healthy(&self) -> bool {
         self.redis_up.load(Ordering::Acquire) && self.bridge_up.load(Ordering::Acquire)
+    }
+}
+
+#[async_trait::async_trait]
+impl Stoppable for Cluster {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    /// Stops the heartbeat (if `leave` has not), the bridge and the publisher: what they would
+    /// still carry, receivers read from the store.
+    async fn stop(&self) {
+        self.stop_heartbeat();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 }

@@ -19,6 +19,7 @@ use super::gate::PushGate;
 use super::notification::Notification;
 use super::provider::{Delivery, backoff};
 use crate::config::PushConfig;
+use crate::lifecycle::Stoppable;
 use crate::domain::{Platform, UserId, now_ms};
 use crate::metrics::PUSH_METRICS;
 use crate::store::{PushContext, PushJob, PushJobEnd, Store};
@@ -56,7 +57,7 @@ struct Worker {
 /// A running push worker.
 pub struct PushWorker {
     stop: watch::Sender<bool>,
-    done: Option<tokio::task::JoinHandle<()>>,
+    done: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl PushWorker {
@@ -78,13 +79,22 @@ impl PushWorker {
         });
         let (stop, stopped) = watch::channel(false);
         let done = tokio::spawn(worker.run(stopped));
-        Self { stop, done: Some(done) }
+        Self { stop, done: Mutex::new(Some(done)) }
+    }
+
+}
+
+#[async_trait::async_trait]
+impl Stoppable for PushWorker {
+    fn name(&self) -> &'static str {
+        "push worker"
     }
 
     /// Stops claiming and waits (bounded) for the sends in flight.
-    pub async fn stop(mut self) {
+    async fn stop(&self) {
         let _ = self.stop.send(true);
-        if let Some(done) = self.done.take() {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(done) = done {
             let _ = done.await;
         }
     }
