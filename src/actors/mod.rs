@@ -12,6 +12,7 @@
 //! Feed actors (post fan-out to followers) will sit beside rooms, with the same registry and the
 //! same stream delivery.
 
+mod cursor;
 mod hub;
 mod peers;
 mod protocol;

@@ -1,39 +1,23 @@
 //! One actor per user with at least one connection on this node.
 //!
-//! Each connection has its own position in the user's stream (`next_pos`: the next event it must
-//! get). Invariant: a connection receives stream events in strictly increasing position order with
-//! no gap; every live event is already durable when it arrives here, so whenever a connection
-//! cannot take an event, or an event seems to be missing, the connection switches to catching up
-//! from the store and switches back to live once the store has nothing more for it.
-//!
-//! States of a connection's stream:
-//! - `NotSynced`: the client has not sent Sync yet; it gets ephemeral events only.
-//! - `CatchingUp`: pages are read from the store and sent; live events are held meanwhile.
-//! - `Live`: live events are sent as they come; one ahead of `next_pos` is held until the missing
-//!   one arrives or `GAP_WAIT` passes (then: catch up).
+//! Each connection has its own position in the user's stream, kept by its `Cursor`
+//! (`cursor.rs`: the states, the invariant and their tests). This actor feeds the cursors live
+//! events and store pages, and does what they ask next: read a page, wait for a missing event,
+//! close a connection that fell too far behind.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
+use super::cursor::{Cursor, GAP_WAIT, Next};
 use super::{Ephemeral, Hub, Notice, Outbound, PresenceInfo, Replier, ReplyBody};
-use crate::domain::error::DomainError;
-use crate::domain::{ConnId, DeviceId, StreamEvent, UserId, now_ms};
+use crate::domain::{ConnId, DeviceId, DomainError, StreamEvent, UserId, now_ms};
 use crate::metrics::METRICS;
 
-/// Most live events held per connection while it catches up or waits for a missing event; beyond
-/// this they are dropped and read from the store later.
-const HELD_EVENTS_CAP: usize = 4096;
-/// Pages of a catching-up connection queued at once: one being written, one ready behind it. The
-/// connection's queue is bounded in items and a page is one item, so without this a connection
-/// that syncs from 0 and never reads would hold its whole queue's worth of pages in memory.
-const QUEUED_PAGES: usize = 2;
-/// How long a live event ahead of a missing one waits before the connection catches up instead.
-const GAP_WAIT: Duration = Duration::from_millis(300);
 /// How soon a connection whose queue was full is tried again.
 const FULL_QUEUE_RETRY: Duration = Duration::from_millis(50);
 /// How soon a failed store read is tried again.
@@ -86,83 +70,9 @@ pub struct Kick {
     pub devices: Vec<DeviceId>,
 }
 
-enum StreamState {
-    NotSynced,
-    /// `behind_since`: when this connection last took a page (or fell behind).
-    CatchingUp {
-        next_pos: u64,
-        reading: bool,
-        behind_since: Instant,
-    },
-    Live {
-        next_pos: u64,
-        gap_since: Option<Instant>,
-    },
-}
-
 struct Conn {
     device: DeviceId,
-    outbound: mpsc::Sender<Outbound>,
-    /// Permits for pages in the outbound queue (`QUEUED_PAGES`); a page gives its permit back when
-    /// the connection has written it (or dropped it).
-    pages: Arc<Semaphore>,
-    state: StreamState,
-    /// Live events that arrived ahead of `next_pos`.
-    held: BTreeMap<u64, StreamEvent>,
-    /// Held events were dropped: catching up must not stop before reading past them.
-    dropped_held: bool,
-    /// The highest position the client acknowledged (for push decisions).
-    acked_pos: u64,
-}
-
-impl Conn {
-    fn hold(&mut self, pos: u64, event: StreamEvent) {
-        if self.held.len() < HELD_EVENTS_CAP {
-            self.held.insert(pos, event);
-        } else {
-            self.dropped_held = true;
-        }
-    }
-
-    /// Sends held events that are next in line. Returns false if the queue was full.
-    fn drain_held(&mut self) -> bool {
-        let StreamState::Live { next_pos, gap_since } = &mut self.state else { return true };
-        while let Some(entry) = self.held.first_entry() {
-            let pos = *entry.key();
-            if pos < *next_pos {
-                entry.remove();
-                continue;
-            }
-            if pos > *next_pos {
-                gap_since.get_or_insert_with(Instant::now);
-                return true;
-            }
-            match self.outbound.try_send(Outbound::Event(pos, entry.get().clone())) {
-                Ok(()) => {
-                    entry.remove();
-                    *next_pos += 1;
-                }
-                Err(_) => return false,
-            }
-        }
-        *gap_since = None;
-        true
-    }
-
-    fn fall_behind(&mut self, next_pos: u64) {
-        self.state = StreamState::CatchingUp { next_pos, reading: false, behind_since: Instant::now() };
-        self.held.clear();
-        self.dropped_held = false;
-    }
-}
-
-/// What to do with a connection after offering it an event.
-enum After {
-    Nothing,
-    /// It fell behind or missed something: read from the store.
-    CatchUp,
-    /// Wait a moment for a missing event, then check.
-    CheckGap,
+    cursor: Cursor,
 }
 
 pub struct UserActor {
@@ -179,176 +89,62 @@ impl UserActor {
         Self { user, hub, missed, conns: HashMap::new(), acked_once: false }
     }
 
-    fn offer(conn: &mut Conn, pos: u64, event: &StreamEvent) -> After {
-        match &mut conn.state {
-            StreamState::NotSynced => After::Nothing,
-            StreamState::CatchingUp { .. } => {
-                conn.hold(pos, event.clone());
-                After::Nothing
-            }
-            StreamState::Live { next_pos, gap_since } => {
-                if pos < *next_pos {
-                    return After::Nothing;
-                }
-                if pos > *next_pos {
-                    let first_gap = gap_since.is_none();
-                    gap_since.get_or_insert_with(Instant::now);
-                    conn.hold(pos, event.clone());
-                    return if first_gap { After::CheckGap } else { After::Nothing };
-                }
-                match conn.outbound.try_send(Outbound::Event(pos, event.clone())) {
-                    Ok(()) => {
-                        if let StreamState::Live { next_pos, .. } = &mut conn.state {
-                            *next_pos += 1;
-                        }
-                        if conn.drain_held() { After::Nothing } else { Self::behind(conn) }
-                    }
-                    Err(_) => Self::behind(conn),
-                }
-            }
-        }
-    }
-
-    /// A live connection could not take an event: it catches up from the store instead.
-    fn behind(conn: &mut Conn) -> After {
-        if let StreamState::Live { next_pos, .. } = conn.state {
-            conn.fall_behind(next_pos);
-            METRICS.slow_consumers_total.inc();
-        }
-        After::CatchUp
-    }
-
-    fn follow_up(&mut self, conn_id: ConnId, after: After, ctx: &mut Context<Self>) {
-        match after {
-            After::Nothing => {}
-            After::CatchUp => {
+    /// Does what a connection's cursor asked for next.
+    fn follow_up(&mut self, conn_id: ConnId, next: Next, ctx: &mut Context<Self>) {
+        match next {
+            Next::Nothing => {}
+            Next::Read => self.read_page(conn_id, ctx),
+            Next::ReadSoon => {
                 ctx.run_later(FULL_QUEUE_RETRY, move |act, ctx| act.read_page(conn_id, ctx));
             }
-            After::CheckGap => {
+            Next::ReadLater => {
+                ctx.run_later(STORE_RETRY, move |act, ctx| act.read_page(conn_id, ctx));
+            }
+            Next::CheckGap => {
                 ctx.run_later(GAP_WAIT, move |act, ctx| act.check_gap(conn_id, ctx));
+            }
+            Next::Resync => {
+                tracing::info!(user = %self.user, conn = %conn_id, "slow consumer told to resync");
+                // Dropping our sender closes the connection's queue: it sends RESYNC_REQUIRED and closes.
+                self.remove_conn(conn_id, ctx);
             }
         }
     }
 
     fn on_event(&mut self, pos: u64, event: StreamEvent, ctx: &mut Context<Self>) {
+        let now = Instant::now();
         let mut follow = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {
-            match Self::offer(conn, pos, &event) {
-                After::Nothing => {}
-                after => follow.push((id, after)),
+            match conn.cursor.offer(pos, &event, now) {
+                Next::Nothing => {}
+                next => follow.push((id, next)),
             }
         }
-        for (id, after) in follow {
-            self.follow_up(id, after, ctx);
+        for (id, next) in follow {
+            self.follow_up(id, next, ctx);
         }
     }
 
-    /// A live event was missing for `GAP_WAIT`: catch up from the store.
     fn check_gap(&mut self, conn_id: ConnId, ctx: &mut Context<Self>) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
-        if let StreamState::Live { next_pos, gap_since: Some(since) } = conn.state {
-            if since.elapsed() >= GAP_WAIT {
-                conn.fall_behind(next_pos);
-                self.read_page(conn_id, ctx);
-            } else {
-                ctx.run_later(GAP_WAIT, move |act, ctx| act.check_gap(conn_id, ctx));
-            }
-        }
+        let next = conn.cursor.check_gap(Instant::now());
+        self.follow_up(conn_id, next, ctx);
     }
 
     /// Reads the next page of a catching-up connection's stream from the store.
     fn read_page(&mut self, conn_id: ConnId, ctx: &mut Context<Self>) {
         let Some(conn) = self.conns.get_mut(&conn_id) else { return };
-        let StreamState::CatchingUp { next_pos, reading, .. } = &mut conn.state else { return };
-        if *reading {
-            return;
-        }
-        *reading = true;
-        let after = *next_pos - 1;
+        let Some(after) = conn.cursor.start_read() else { return };
         let store = self.hub.store.clone();
         let user = self.user;
         let limit = self.hub.limits.catch_up_page_events.max(1);
         let read = async move { store.events_after(user, after, limit).await };
-        ctx.spawn(read.into_actor(self).map(move |result, act, ctx| act.on_page(conn_id, after, result, ctx)));
-    }
-
-    fn on_page(
-        &mut self,
-        conn_id: ConnId,
-        read_after: u64,
-        result: crate::store::StoreResult<Vec<(u64, StreamEvent)>>,
-        ctx: &mut Context<Self>,
-    ) {
-        let grace = Duration::from_secs(self.hub.limits.slow_consumer_grace_secs);
-        let Some(conn) = self.conns.get_mut(&conn_id) else { return };
-        let StreamState::CatchingUp { next_pos, reading, behind_since } = &mut conn.state else { return };
-        *reading = false;
-        if *next_pos - 1 != read_after {
-            // A Sync restarted the stream while this page was being read.
-            self.read_page(conn_id, ctx);
-            return;
-        }
-        let events = match result {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(user = %self.user, error = %e, "catch-up read failed; retrying");
-                ctx.run_later(STORE_RETRY, move |act, ctx| act.read_page(conn_id, ctx));
-                return;
-            }
-        };
-        if events.is_empty() {
-            if std::mem::take(&mut conn.dropped_held) {
-                self.read_page(conn_id, ctx);
-                return;
-            }
-            let caught_up_to = *next_pos - 1;
-            if conn.outbound.try_send(Outbound::Notice(Notice::CaughtUp { pos: caught_up_to })).is_err() {
-                self.retry_or_resync(conn_id, grace, ctx);
-                return;
-            }
-            conn.state = StreamState::Live { next_pos: *next_pos, gap_since: None };
-            if !conn.drain_held() {
-                // From where the held events that did go out left off, not from `caught_up_to`:
-                // those would be sent twice.
-                let after = Self::behind(conn);
-                self.follow_up(conn_id, after, ctx);
-            } else if let StreamState::Live { gap_since: Some(_), .. } = conn.state {
-                self.follow_up(conn_id, After::CheckGap, ctx);
-            }
-            return;
-        }
-        let last = events.last().map_or(*next_pos, |(pos, _)| *pos);
-        let n = events.len() as u64;
-        let Ok(permit) = conn.pages.clone().try_acquire_owned() else {
-            return self.retry_or_resync(conn_id, grace, ctx);
-        };
-        match conn.outbound.try_send(Outbound::Page(events, permit)) {
-            Ok(()) => {
-                METRICS.events_caught_up_total.add(n);
-                // The grace measures time without progress: a long backlog read at the client's
-                // pace is fine; a connection that takes nothing is not.
-                *behind_since = Instant::now();
-                *next_pos = last + 1;
-                let next = *next_pos;
-                conn.held.retain(|pos, _| *pos >= next);
-                self.read_page(conn_id, ctx);
-            }
-            Err(_) => self.retry_or_resync(conn_id, grace, ctx),
-        }
-    }
-
-    /// The connection's queue is full while catching up: try again shortly, or give up on it if it
-    /// has been behind longer than the grace period (it is told to resync).
-    fn retry_or_resync(&mut self, conn_id: ConnId, grace: Duration, ctx: &mut Context<Self>) {
-        let Some(conn) = self.conns.get(&conn_id) else { return };
-        let StreamState::CatchingUp { behind_since, .. } = conn.state else { return };
-        if behind_since.elapsed() > grace {
-            tracing::info!(user = %self.user, conn = %conn_id, "slow consumer told to resync");
-            // Dropping our sender closes the connection's queue: it sends RESYNC_REQUIRED and closes.
-            self.remove_conn(conn_id, ctx);
-        } else {
-            ctx.run_later(FULL_QUEUE_RETRY, move |act, ctx| act.read_page(conn_id, ctx));
-        }
+        ctx.spawn(read.into_actor(self).map(move |result, act, ctx| {
+            let grace = Duration::from_secs(act.hub.limits.slow_consumer_grace_secs);
+            let Some(conn) = act.conns.get_mut(&conn_id) else { return };
+            let next = conn.cursor.on_page(after, result, Instant::now(), grace);
+            act.follow_up(conn_id, next, ctx);
+        }));
     }
 
     fn remove_conn(&mut self, conn_id: ConnId, ctx: &mut Context<Self>) {
@@ -384,13 +180,12 @@ impl UserActor {
         }
         // Whatever was lost may have included a logout (the bridge was away): ask the store.
         self.recheck_devices(None, ctx);
+        let now = Instant::now();
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
-            if let Some(conn) = self.conns.get_mut(&id)
-                && let StreamState::Live { next_pos, .. } = conn.state
-            {
-                conn.fall_behind(next_pos);
-                self.read_page(id, ctx);
+            if let Some(conn) = self.conns.get_mut(&id) {
+                let next = conn.cursor.missed(now);
+                self.follow_up(id, next, ctx);
             }
         }
     }
@@ -426,18 +221,7 @@ impl Handler<Attach> for UserActor {
         if self.conns.is_empty() {
             self.announce_presence(true);
         }
-        self.conns.insert(
-            msg.conn,
-            Conn {
-                device: msg.device,
-                outbound: msg.outbound,
-                pages: Arc::new(Semaphore::new(QUEUED_PAGES)),
-                state: StreamState::NotSynced,
-                held: BTreeMap::new(),
-                dropped_held: false,
-                acked_pos: 0,
-            },
-        );
+        self.conns.insert(msg.conn, Conn { device: msg.device, cursor: Cursor::new(msg.outbound) });
         // A logout between this connection's authentication and now sent its kick to no one.
         self.recheck_devices(Some(msg.device), ctx);
     }
@@ -474,7 +258,7 @@ impl Handler<SyncFrom> for UserActor {
                 )));
             }
             let Some(conn) = act.conns.get_mut(&conn_id) else { return replier.error(DomainError::internal()) };
-            conn.fall_behind(after_pos + 1);
+            conn.cursor.sync_from(after_pos, Instant::now());
             replier.reply(Ok(ReplyBody::SyncStarted { head_pos: head }));
             act.read_page(conn_id, ctx);
         }));
@@ -486,9 +270,8 @@ impl Handler<StreamAck> for UserActor {
 
     fn handle(&mut self, msg: StreamAck, _ctx: &mut Context<Self>) {
         if let Some(conn) = self.conns.get_mut(&msg.conn)
-            && msg.pos > conn.acked_pos
+            && conn.cursor.ack(msg.pos)
         {
-            conn.acked_pos = msg.pos;
             // In a cluster another node may have queued the push: the first ack asks the store.
             let check_store = self.hub.peers.is_some() && !std::mem::replace(&mut self.acked_once, true);
             self.hub.push.delivered(self.user, msg.pos, check_store);
@@ -507,7 +290,7 @@ impl Handler<Push> for UserActor {
             Outbound::Ephemeral(event) => {
                 for conn in self.conns.values() {
                     // Ephemeral: never stored, dropped for a connection that is full.
-                    let _ = conn.outbound.try_send(Outbound::Ephemeral(event));
+                    let _ = conn.cursor.outbound().try_send(Outbound::Ephemeral(event));
                 }
             }
             Outbound::Page(..) | Outbound::Notice(_) => {}
@@ -555,7 +338,7 @@ impl UserActor {
             self.conns.iter().filter(|(_, c)| devices.contains(&c.device)).map(|(id, _)| *id).collect();
         for id in kicked {
             if let Some(conn) = self.conns.get(&id) {
-                let _ = conn.outbound.try_send(Outbound::Notice(Notice::LoggedOut));
+                let _ = conn.cursor.outbound().try_send(Outbound::Notice(Notice::LoggedOut));
             }
             self.remove_conn(id, ctx);
         }
