@@ -10,6 +10,7 @@
 //! - writes: actix-ws encodes every frame queued since the last write into one buffer, so a burst
 //!   leaves in one write; a write blocked for `write_timeout_secs` closes the connection.
 
+use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use super::encode::{
 };
 use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, Replier, UserEntry};
 use crate::auth::{AuthService, Authenticated};
+use crate::config::LimitsConfig;
 use crate::domain::error::{Code, DomainError};
 use crate::domain::{ConnId, now_ms};
 use crate::metrics::METRICS;
@@ -89,8 +91,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     let (outbound_tx, mut outbound) = mpsc::channel(limits.outbound_queue_events.max(1));
     let in_flight_cap = limits.max_in_flight_requests.max(1);
     let (answers_tx, mut answers) = mpsc::channel::<Answer>(in_flight_cap);
-    let in_flight = Arc::new(Semaphore::new(in_flight_cap));
-    let mut writer = Writer { session, encoding, write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)) };
+    let writer = Writer { session, encoding, write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)) };
 
     let Some(user_actor) = attach(&hub, auth, conn, outbound_tx).await else {
         let _ = writer.session.close(None).await;
@@ -101,130 +102,50 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     let expires_at_ms = Arc::new(AtomicI64::new(auth.expires_at_ms));
     let token_expiry = tokio::time::sleep_until(until_ms(auth.expires_at_ms));
     tokio::pin!(token_expiry);
-    let caller = Caller {
-        hub: hub.clone(),
-        auth,
-        auth_service,
-        expires_at_ms: expires_at_ms.clone(),
-        conn,
-        user_actor: user_actor.clone(),
-    };
-    let mut bucket = TokenBucket::new(limits.requests_per_second, limits.request_burst);
     let heartbeat_every = Duration::from_secs(limits.heartbeat_interval_secs.max(1));
-    let idle_timeout = Duration::from_secs(limits.idle_timeout_secs.max(1));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
-    let mut last_heard = Instant::now();
-    let mut last_event_pos = 0u64;
-    let mut bad_frames_in_a_row = 0u32;
+    let mut connection = Connection {
+        bucket: TokenBucket::new(limits.requests_per_second, limits.request_burst),
+        idle_timeout: Duration::from_secs(limits.idle_timeout_secs.max(1)),
+        caller: Caller {
+            hub: hub.clone(),
+            auth,
+            auth_service,
+            expires_at_ms: expires_at_ms.clone(),
+            conn,
+            user_actor: user_actor.clone(),
+        },
+        writer,
+        limits,
+        in_flight: Arc::new(Semaphore::new(in_flight_cap)),
+        answers: answers_tx,
+        last_heard: Instant::now(),
+        last_event_pos: 0,
+        bad_frames_in_a_row: 0,
+    };
     tracing::debug!("connected");
 
     let end = loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            _ = shutdown.changed() => {
-                writer.send(&going_away_frame()).await;
-                break close(CloseCode::Away, "server shutting down");
+            _ = shutdown.changed() => Break(connection.on_shutdown().await),
+            Some(answer) = answers.recv() => connection.on_answer(answer).await,
+            out = outbound.recv() => connection.on_outbound(out).await,
+            message = stream.recv(), if connection.in_flight.available_permits() > 0 => {
+                connection.on_message(message).await
             }
-            Some(answer) = answers.recv() => {
-                if answer.result.is_err() {
-                    METRICS.request_errors_total.inc();
+            _ = &mut token_expiry => match expires_at_ms.load(Ordering::Acquire) {
+                // Reauthenticated meanwhile: wait for the new expiry.
+                later if later > now_ms() => {
+                    token_expiry.as_mut().reset(until_ms(later));
+                    Continue(())
                 }
-                if !writer.send(&answer_frame(&answer)).await {
-                    break End::ClientClosed;
-                }
-            }
-            out = outbound.recv() => {
-                let Some(out) = out else {
-                    // The user actor dropped this connection: it fell too far behind.
-                    writer.send(&notice_frame(&Notice::ResyncRequired { pos: last_event_pos })).await;
-                    break close(CloseCode::Policy, "fell behind; reconnect and sync");
-                };
-                match write_outbound(&mut writer, out, &mut last_event_pos).await {
-                    Written::Ok => {}
-                    Written::Gone => break End::ClientClosed,
-                    Written::LoggedOut => break close(CloseCode::Policy, "logged out"),
-                }
-            }
-            msg = stream.recv(), if in_flight.available_permits() > 0 => {
-                last_heard = Instant::now();
-                let payload = match msg {
-                    None | Some(Ok(AggregatedMessage::Close(_))) => break End::ClientClosed,
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        let _ = writer.session.pong(&bytes).await;
-                        continue;
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                    Some(Ok(AggregatedMessage::Binary(bytes))) => (Encoding::Protobuf, bytes),
-                    Some(Ok(AggregatedMessage::Text(text))) => (Encoding::Json, text.into_bytes()),
-                    Some(Err(ProtocolError::Overflow)) => {
-                        let e = DomainError::new(
-                            Code::PayloadTooLarge,
-                            format!("frames are limited to {} bytes", limits.max_frame_bytes),
-                        );
-                        writer.send(&error_frame(0, &e)).await;
-                        break close(CloseCode::Size, "frame too large");
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "protocol error");
-                        break close(CloseCode::Protocol, "websocket protocol error");
-                    }
-                };
-                METRICS.requests_total.inc();
-                // Limits first: a frame costs a token whether or not it decodes, and one over the
-                // limit is read only for its request id.
-                let now = Instant::now();
-                let limited = bucket.take(now).and_then(|()| user_actor.take_request(now));
-                if let Err(retry_after_ms) = limited {
-                    METRICS.request_errors_total.inc();
-                    let e = DomainError { retry_after_ms, ..DomainError::new(Code::RateLimited, "too many requests") };
-                    if !writer.send(&error_frame(peek_request_id(payload.0, &payload.1), &e)).await {
-                        break End::ClientClosed;
-                    }
-                    continue;
-                }
-                let request = decode_frame(payload.0, &payload.1)
-                    .and_then(|frame| to_request(frame, limits.max_history_page));
-                let (request_id, request) = match request {
-                    Ok(ok) => {
-                        bad_frames_in_a_row = 0;
-                        ok
-                    }
-                    Err((request_id, e)) => {
-                        METRICS.request_errors_total.inc();
-                        if !writer.send(&error_frame(request_id, &e)).await {
-                            break End::ClientClosed;
-                        }
-                        bad_frames_in_a_row += 1;
-                        if limits.max_consecutive_bad_frames != 0
-                            && bad_frames_in_a_row >= limits.max_consecutive_bad_frames
-                        {
-                            break close(CloseCode::Protocol, "too many bad frames");
-                        }
-                        continue;
-                    }
-                };
-                let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                    unreachable!("reading is paused while no permit is free");
-                };
-                dispatch(&caller, request, Replier::new(request_id, answers_tx.clone(), permit)).await;
-            }
-            _ = &mut token_expiry => {
-                let expires = expires_at_ms.load(Ordering::Acquire);
-                if expires > now_ms() {
-                    token_expiry.as_mut().reset(until_ms(expires));
-                    continue;
-                }
-                writer.send(&notice_frame(&Notice::TokenExpired)).await;
-                break close(CloseCode::Policy, "access token expired");
-            }
-            _ = heartbeat.tick() => {
-                if last_heard.elapsed() > idle_timeout {
-                    break close(CloseCode::Away, "idle timeout");
-                }
-                if writer.session.ping(b"").await.is_err() {
-                    break End::ClientClosed;
-                }
-            }
+                _ => connection.on_token_expired().await,
+            },
+            _ = heartbeat.tick() => connection.on_heartbeat().await,
+        };
+        if let Break(end) = step {
+            break end;
         }
     };
 
@@ -233,10 +154,141 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
         End::ClientClosed => None,
         End::Close(reason) => Some(reason),
     };
+    let Connection { writer, .. } = connection;
     // A client that stopped reading cannot take a close frame either: bounded, like every write.
     let _ = tokio::time::timeout(writer.write_timeout, writer.session.close(reason)).await;
     METRICS.connections_open.dec();
     tracing::debug!("disconnected");
+}
+
+/// What the connection task keeps between events: one method per source of events.
+struct Connection {
+    writer: Writer,
+    caller: Caller,
+    limits: LimitsConfig,
+    bucket: TokenBucket,
+    /// Requests awaiting an answer, at most `max_in_flight_requests`; reading pauses at the limit.
+    in_flight: Arc<Semaphore>,
+    answers: mpsc::Sender<Answer>,
+    idle_timeout: Duration,
+    last_heard: Instant,
+    /// The last stream position written, for RESYNC_REQUIRED.
+    last_event_pos: u64,
+    bad_frames_in_a_row: u32,
+}
+
+/// Whether the connection goes on, or ends and how.
+type Step = ControlFlow<End>;
+
+/// `Continue` if the write went out, else the end of a connection whose client is gone.
+fn written(ok: bool) -> Step {
+    if ok { Continue(()) } else { Break(End::ClientClosed) }
+}
+
+impl Connection {
+    async fn on_shutdown(&mut self) -> End {
+        self.writer.send(&going_away_frame()).await;
+        close(CloseCode::Away, "server shutting down")
+    }
+
+    async fn on_answer(&mut self, answer: Answer) -> Step {
+        if answer.result.is_err() {
+            METRICS.request_errors_total.inc();
+        }
+        written(self.writer.send(&answer_frame(&answer)).await)
+    }
+
+    /// What the user actor sent: events, pages, ephemeral events, notices; `None` when it dropped
+    /// this connection for falling too far behind.
+    async fn on_outbound(&mut self, out: Option<Outbound>) -> Step {
+        let Some(out) = out else {
+            self.writer.send(&notice_frame(&Notice::ResyncRequired { pos: self.last_event_pos })).await;
+            return Break(close(CloseCode::Policy, "fell behind; reconnect and sync"));
+        };
+        match write_outbound(&mut self.writer, out, &mut self.last_event_pos).await {
+            Written::Ok => Continue(()),
+            Written::Gone => Break(End::ClientClosed),
+            Written::LoggedOut => Break(close(CloseCode::Policy, "logged out")),
+        }
+    }
+
+    async fn on_message(&mut self, message: Option<Result<AggregatedMessage, ProtocolError>>) -> Step {
+        self.last_heard = Instant::now();
+        let payload = match message {
+            None | Some(Ok(AggregatedMessage::Close(_))) => return Break(End::ClientClosed),
+            Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                let _ = self.writer.session.pong(&bytes).await;
+                return Continue(());
+            }
+            Some(Ok(AggregatedMessage::Pong(_))) => return Continue(()),
+            Some(Ok(AggregatedMessage::Binary(bytes))) => (Encoding::Protobuf, bytes),
+            Some(Ok(AggregatedMessage::Text(text))) => (Encoding::Json, text.into_bytes()),
+            Some(Err(ProtocolError::Overflow)) => {
+                let e = DomainError::new(
+                    Code::PayloadTooLarge,
+                    format!("frames are limited to {} bytes", self.limits.max_frame_bytes),
+                );
+                self.writer.send(&error_frame(0, &e)).await;
+                return Break(close(CloseCode::Size, "frame too large"));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "protocol error");
+                return Break(close(CloseCode::Protocol, "websocket protocol error"));
+            }
+        };
+        self.on_frame(payload.0, &payload.1).await
+    }
+
+    /// One client frame: limited, decoded, dispatched.
+    async fn on_frame(&mut self, encoding: Encoding, payload: &[u8]) -> Step {
+        METRICS.requests_total.inc();
+        // Limits first: a frame costs a token whether or not it decodes, and one over the limit is
+        // read only for its request id.
+        let now = Instant::now();
+        let limited = self.bucket.take(now).and_then(|()| self.caller.user_actor.take_request(now));
+        if let Err(retry_after_ms) = limited {
+            METRICS.request_errors_total.inc();
+            let e = DomainError { retry_after_ms, ..DomainError::new(Code::RateLimited, "too many requests") };
+            return written(self.writer.send(&error_frame(peek_request_id(encoding, payload), &e)).await);
+        }
+        let request = decode_frame(encoding, payload).and_then(|frame| to_request(frame, self.limits.max_history_page));
+        let (request_id, request) = match request {
+            Ok(ok) => ok,
+            Err((request_id, e)) => return self.on_bad_frame(request_id, &e).await,
+        };
+        self.bad_frames_in_a_row = 0;
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            unreachable!("reading is paused while no permit is free");
+        };
+        dispatch(&self.caller, request, Replier::new(request_id, self.answers.clone(), permit)).await;
+        Continue(())
+    }
+
+    /// A frame that did not decode: answered, and counted (too many in a row close the connection).
+    async fn on_bad_frame(&mut self, request_id: u64, e: &DomainError) -> Step {
+        METRICS.request_errors_total.inc();
+        if !self.writer.send(&error_frame(request_id, e)).await {
+            return Break(End::ClientClosed);
+        }
+        self.bad_frames_in_a_row += 1;
+        let max = self.limits.max_consecutive_bad_frames;
+        if max != 0 && self.bad_frames_in_a_row >= max {
+            return Break(close(CloseCode::Protocol, "too many bad frames"));
+        }
+        Continue(())
+    }
+
+    async fn on_token_expired(&mut self) -> Step {
+        self.writer.send(&notice_frame(&Notice::TokenExpired)).await;
+        Break(close(CloseCode::Policy, "access token expired"))
+    }
+
+    async fn on_heartbeat(&mut self) -> Step {
+        if self.last_heard.elapsed() > self.idle_timeout {
+            return Break(close(CloseCode::Away, "idle timeout"));
+        }
+        written(self.writer.session.ping(b"").await.is_ok())
+    }
 }
 
 /// A tokio deadline at a wall-clock time in ms since the epoch (now, if it has passed).
