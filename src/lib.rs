@@ -16,6 +16,7 @@
 //! - `metrics`: counters for `/metrics`, in one low module every layer may count into.
 //! - `rate_limit`: the token bucket behind every request and attempt limit.
 //! - `lifecycle`: background parts started in order and stopped in reverse.
+//! - `clock`: the time the push pipeline reads (the system's, or a test's).
 //! - `jws`: signed tokens (HS256 access tokens, ES256 APNs provider tokens) with ring.
 //! - `secrets`: the token secret and node key, and the private data directory.
 //!
@@ -23,6 +24,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod domain;

@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::actors::{Hub, Peers};
 use crate::auth::AuthService;
+use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::lifecycle::{Background, StoreService};
@@ -48,6 +49,7 @@ pub struct Running {
     connection_slots: Arc<Semaphore>,
     /// The store, the cluster's tasks and the push worker, stopped in reverse of their start.
     background: Background,
+    pub push_worker: Arc<PushWorker>,
     config: Config,
 }
 
@@ -106,6 +108,11 @@ fn raise_open_files_limit() {
 
 /// Starts serving. Must run inside an actix system (`actix_web::rt::System`).
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// Starts serving with push timing on `clock` (tests drive a manual one).
+pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Running> {
     raise_open_files_limit();
     // The one TLS backend of every HTTP client (push providers): ring, never aws-lc or openssl.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -114,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     background.started(Arc::new(StoreService(store.clone())));
     let secret = token_secret(&config)?;
     let providers = providers_from(&config)?;
-    let gate = Arc::new(gate_for(store.clone(), &providers, &config));
+    let gate = Arc::new(gate_for(store.clone(), &providers, &config, clock));
     let listener = std::net::TcpListener::bind(&config.server.listen)
         .with_context(|| format!("binding {}", config.server.listen))?;
     let local_addr = listener.local_addr()?;
@@ -149,8 +156,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         })
     });
-    let push_worker = PushWorker::start(store.clone(), gate, online, providers, config.push.clone());
-    background.started(Arc::new(push_worker));
+    let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));
+    background.started(push_worker.clone());
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -204,6 +211,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ready,
         connection_slots,
         background,
+        push_worker,
         config,
     })
 }

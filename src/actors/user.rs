@@ -268,15 +268,23 @@ impl Handler<SyncFrom> for UserActor {
 impl Handler<StreamAck> for UserActor {
     type Result = ();
 
-    fn handle(&mut self, msg: StreamAck, _ctx: &mut Context<Self>) {
-        if let Some(conn) = self.conns.get_mut(&msg.conn)
-            && conn.cursor.ack(msg.pos)
+    fn handle(&mut self, msg: StreamAck, ctx: &mut Context<Self>) {
+        let StreamAck { conn, pos, replier } = msg;
+        let mut cancelling = None;
+        if let Some(conn) = self.conns.get_mut(&conn)
+            && conn.cursor.ack(pos)
         {
             // In a cluster another node may have queued the push: the first ack asks the store.
             let check_store = self.hub.peers.is_some() && !std::mem::replace(&mut self.acked_once, true);
-            self.hub.push.delivered(self.user, msg.pos, check_store);
+            cancelling = self.hub.push.delivered(self.user, pos, check_store);
         }
-        msg.replier.ok();
+        match cancelling {
+            // Answered once the pushes it makes unnecessary are cancelled.
+            Some(cancel) => {
+                ctx.spawn(cancel.into_actor(self).map(move |(), _, _| replier.ok()));
+            }
+            None => replier.ok(),
+        }
     }
 }
 

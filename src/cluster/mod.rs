@@ -41,8 +41,8 @@ use signing::NodeSigner;
 
 use crate::actors::{Ephemeral, Forwarding, Hub, Peers, RoomOp};
 use crate::config::ClusterConfig;
-use crate::lifecycle::Stoppable;
 use crate::domain::{DeviceId, RoomId, StreamEvent, UserId, now_ms};
+use crate::lifecycle::Stoppable;
 use crate::metrics::METRICS;
 use crate::store::Positions;
 

@@ -11,8 +11,9 @@ use dashmap::DashSet;
 use tokio::sync::Notify;
 
 use super::notification::preview;
+use crate::clock::Clock;
 use crate::config::PushConfig;
-use crate::domain::{EntryBody, Platform, PushKind, RoomEntry, UserId, now_ms};
+use crate::domain::{EntryBody, Platform, PushKind, RoomEntry, UserId};
 use crate::store::{PushFanout, Store};
 
 pub struct PushGate {
@@ -30,10 +31,12 @@ pub struct PushGate {
     pub(super) wake: Notify,
     /// When the worker will look at the queue next (Unix ms); it sets this before it sleeps.
     pub(super) next_look_ms: AtomicI64,
+    /// The time grace windows and the worker's decisions are measured in.
+    pub(super) clock: Clock,
 }
 
 impl PushGate {
-    pub fn new(store: Arc<dyn Store>, platforms: Vec<Platform>, config: &PushConfig) -> Self {
+    pub fn new(store: Arc<dyn Store>, platforms: Vec<Platform>, config: &PushConfig, clock: Clock) -> Self {
         Self {
             store,
             platforms,
@@ -43,6 +46,7 @@ impl PushGate {
             pending: DashSet::new(),
             wake: Notify::new(),
             next_look_ms: AtomicI64::new(0),
+            clock,
         }
     }
 
@@ -80,7 +84,7 @@ impl PushGate {
             users,
             kind,
             preview,
-            due_at_ms: now_ms() + self.grace_ms,
+            due_at_ms: self.clock.now_ms() + self.grace_ms,
             platforms: self.platforms.clone(),
         })
     }
@@ -117,12 +121,20 @@ impl PushGate {
     ///
     /// `check_store` skips the hint: in a cluster a push may have been queued by another node, so a
     /// session's first ack asks the store whatever the hint says (once per session, not per ack).
-    pub fn delivered(self: &Arc<Self>, user: UserId, pos: u64, check_store: bool) {
+    ///
+    /// Returns the cancellation to await, if one is needed: the ack is answered once it is done,
+    /// so that an acknowledged message is never pushed after the client heard back.
+    pub fn delivered(
+        self: &Arc<Self>,
+        user: UserId,
+        pos: u64,
+        check_store: bool,
+    ) -> Option<impl Future<Output = ()> + 'static> {
         if !self.enabled() || !(check_store || self.pending.contains(&user)) {
-            return;
+            return None;
         }
         let gate = self.clone();
-        actix::spawn(async move {
+        Some(async move {
             match gate.store.cancel_delivered_pushes(user, pos).await {
                 Ok(0) => {
                     gate.pending.remove(&user);
@@ -131,6 +143,6 @@ impl PushGate {
                 // The push is still checked against the delivered marker when it falls due.
                 Err(e) => tracing::warn!(%user, error = %e, "could not cancel delivered pushes"),
             }
-        });
+        })
     }
 }

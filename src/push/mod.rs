@@ -23,8 +23,9 @@ use std::time::Duration;
 pub use apns::ApnsClient;
 pub use fcm::FcmClient;
 pub use gate::PushGate;
-pub use worker::{Presence, Providers, PushWorker};
+pub use worker::{Presence, Progress, Providers, PushWorker};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::Platform;
 use crate::store::Store;
@@ -53,7 +54,7 @@ pub fn providers_from(config: &Config) -> anyhow::Result<Providers> {
 }
 
 /// The gate for the providers that are configured.
-pub fn gate_for(store: Arc<dyn Store>, providers: &Providers, config: &Config) -> PushGate {
+pub fn gate_for(store: Arc<dyn Store>, providers: &Providers, config: &Config, clock: Clock) -> PushGate {
     let mut platforms = Vec::new();
     if providers.apns.is_some() {
         platforms.push(Platform::Ios);
@@ -61,5 +62,5 @@ pub fn gate_for(store: Arc<dyn Store>, providers: &Providers, config: &Config) -
     if providers.fcm.is_some() {
         platforms.push(Platform::Android);
     }
-    PushGate::new(store, platforms, &config.push)
+    PushGate::new(store, platforms, &config.push, clock)
 }

@@ -18,9 +18,10 @@ use super::fcm::FcmClient;
 use super::gate::PushGate;
 use super::notification::Notification;
 use super::provider::{Delivery, backoff};
+use crate::clock::Clock;
 use crate::config::PushConfig;
+use crate::domain::{Platform, UserId};
 use crate::lifecycle::Stoppable;
-use crate::domain::{Platform, UserId, now_ms};
 use crate::metrics::PUSH_METRICS;
 use crate::store::{PushContext, PushJob, PushJobEnd, Store};
 
@@ -52,12 +53,24 @@ struct Worker {
     fcm: Option<(FcmClient, Semaphore)>,
     /// Jobs this worker is sending now: a lease that runs out while one waits is not sent twice.
     in_flight: Mutex<HashSet<u64>>,
+    progress: watch::Sender<Progress>,
+}
+
+/// Where the worker is, for whoever waits for it to settle (tests on a manual clock).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The clock's time at the latest claim after which the worker found nothing more due.
+    pub claimed_at_ms: i64,
+    /// Pushes being sent.
+    pub in_flight: usize,
 }
 
 /// A running push worker.
 pub struct PushWorker {
     stop: watch::Sender<bool>,
     done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    progress: watch::Receiver<Progress>,
+    gate: Arc<PushGate>,
 }
 
 impl PushWorker {
@@ -68,6 +81,8 @@ impl PushWorker {
         providers: Providers,
         config: PushConfig,
     ) -> Self {
+        let wake = gate.clone();
+        let (progress, progress_rx) = watch::channel(Progress::default());
         let worker = Arc::new(Worker {
             store,
             gate,
@@ -76,12 +91,22 @@ impl PushWorker {
             apns: providers.apns.map(|c| (c, Semaphore::new(providers.apns_concurrency.max(1)))),
             fcm: providers.fcm.map(|c| (c, Semaphore::new(providers.fcm_concurrency.max(1)))),
             in_flight: Mutex::new(HashSet::new()),
+            progress,
         });
         let (stop, stopped) = watch::channel(false);
         let done = tokio::spawn(worker.run(stopped));
-        Self { stop, done: Mutex::new(Some(done)) }
+        Self { stop, done: Mutex::new(Some(done)), progress: progress_rx, gate: wake }
     }
 
+    /// Makes the worker look at the queue now (after a manual clock moved).
+    pub fn nudge(&self) {
+        self.gate.wake.notify_one();
+    }
+
+    /// Follows the worker's progress.
+    pub fn progress(&self) -> watch::Receiver<Progress> {
+        self.progress.clone()
+    }
 }
 
 #[async_trait::async_trait]
@@ -130,7 +155,8 @@ impl Worker {
                 }
                 continue;
             }
-            let jobs = match self.store.claim_push_jobs(now_ms(), lease_ms, free).await {
+            let claimed_at = self.clock().now_ms();
+            let jobs = match self.store.claim_push_jobs(claimed_at, lease_ms, free).await {
                 Ok(jobs) => {
                     if !jobs.is_empty() {
                         tracing::debug!(jobs = ?jobs.iter().map(|j| j.id).collect::<Vec<_>>(), "claimed pushes");
@@ -139,7 +165,10 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim push jobs; retrying");
-                    Self::pause(&mut stop, IDLE_POLL).await;
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = self.clock().sleep(IDLE_POLL) => {}
+                    }
                     continue;
                 }
             };
@@ -160,16 +189,17 @@ impl Worker {
             }
             // Say when we will look next before looking at the queue, so that a push queued
             // meanwhile that is due earlier wakes us (see `PushGate::queued`).
-            self.gate.next_look_ms.store(now_ms() + IDLE_POLL.as_millis() as i64, Ordering::Release);
+            self.gate.next_look_ms.store(self.clock().now_ms() + IDLE_POLL.as_millis() as i64, Ordering::Release);
             let wait = match self.store.next_push_due().await {
-                Ok(Some(due)) => Duration::from_millis((due - now_ms()).max(0) as u64).min(IDLE_POLL),
+                Ok(Some(due)) => Duration::from_millis((due - self.clock().now_ms()).max(0) as u64).min(IDLE_POLL),
                 _ => IDLE_POLL,
             };
-            self.gate.next_look_ms.fetch_min(now_ms() + wait.as_millis() as i64, Ordering::AcqRel);
+            self.gate.next_look_ms.fetch_min(self.clock().now_ms() + wait.as_millis() as i64, Ordering::AcqRel);
+            self.report(claimed_at);
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = self.gate.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+                _ = self.clock().sleep(wait) => {}
             }
         }
         // Drain: wait for what is in flight; anything unfinished is resent after its lease.
@@ -178,18 +208,24 @@ impl Worker {
 
     async fn purge_failed(&self) {
         let keep = Duration::from_secs(self.config.keep_failed_days * 24 * 3600);
-        match self.store.purge_failed_pushes(now_ms() - keep.as_millis() as i64).await {
+        match self.store.purge_failed_pushes(self.clock().now_ms() - keep.as_millis() as i64).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "deleted failed pushes past push.keep_failed_days"),
             Err(e) => tracing::warn!(error = %e, "could not purge failed pushes"),
         }
     }
 
-    async fn pause(stop: &mut watch::Receiver<bool>, how_long: Duration) {
-        tokio::select! {
-            _ = stop.changed() => {}
-            _ = tokio::time::sleep(how_long) => {}
-        }
+    fn clock(&self) -> &Clock {
+        &self.gate.clock
+    }
+
+    /// Tells `PushWorker::progress` watchers where the worker is.
+    fn report(&self, claimed_at_ms: i64) {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len();
+        self.progress.send_modify(|p| {
+            p.claimed_at_ms = p.claimed_at_ms.max(claimed_at_ms);
+            p.in_flight = in_flight;
+        });
     }
 
     async fn process(&self, job: PushJob) {
@@ -200,7 +236,9 @@ impl Worker {
             PushJobEnd::Sent => {
                 tracing::debug!(job = job.id, user = %job.user, provider = platform.provider_name(), "push sent");
                 metrics.sent.inc();
-                PUSH_METRICS.latency.observe(Duration::from_millis((now_ms() - job.created_at_ms).max(0) as u64));
+                PUSH_METRICS
+                    .latency
+                    .observe(Duration::from_millis((self.clock().now_ms() - job.created_at_ms).max(0) as u64));
             }
             PushJobEnd::Dropped => metrics.dropped.inc(),
             PushJobEnd::Retry { error, .. } => {
@@ -223,6 +261,7 @@ impl Worker {
             tracing::warn!(job = id, error = %e, "could not record the end of a push");
         }
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.report(i64::MIN);
     }
 
     async fn attempt(&self, job: &PushJob) -> PushJobEnd {
@@ -268,12 +307,12 @@ impl Worker {
                 Duration::from_millis(self.config.retry_max_ms),
             )
         });
-        PushJobEnd::Retry { at_ms: now_ms() + wait.as_millis() as i64, error: reason }
+        PushJobEnd::Retry { at_ms: self.clock().now_ms() + wait.as_millis() as i64, error: reason }
     }
 
     /// Why a due push should not go out, if it should not.
     fn not_needed(&self, job: &PushJob, context: &PushContext, online: bool) -> Option<&'static str> {
-        let now = now_ms();
+        let now = self.clock().now_ms();
         if !context.member {
             Some("no longer a member of the room")
         } else if job.last_seq <= context.delivered_up_to_seq {

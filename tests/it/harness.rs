@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use tempfile::TempDir;
+use tidings::clock::Clock;
 use tidings::config::Config;
 use tidings::config::Synchronous;
+use tidings::push::{Progress, PushWorker};
 use tidings_client::tidings_proto::Encoding;
 use tidings_client::tidings_proto::v1::{self as wire, AuthResponse};
 use tidings_client::{Connection, Http, Incoming};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -17,6 +19,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub data_dir: TempDir,
+    /// The time the server's push pipeline reads (the system's unless started with a manual one).
+    pub clock: Clock,
+    push_progress: watch::Receiver<Progress>,
+    push_worker: std::sync::Arc<PushWorker>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -46,6 +52,11 @@ impl TestServer {
     }
 
     pub fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(Clock::system(), adjust)
+    }
+
+    /// A server whose push timing (grace windows, retries, leases) follows `clock`.
+    pub fn start_on(clock: Clock, adjust: impl FnOnce(&mut Config)) -> Self {
         // `RUST_LOG=tidings=debug cargo test ...` shows the servers' logs.
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -58,10 +69,11 @@ impl TestServer {
         adjust(&mut config);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
+        let server_clock = clock.clone();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let running = tidings::server::start(config).await.expect("server starts");
-                addr_tx.send(running.local_addr).expect("test is waiting");
+                let running = tidings::server::start_with_clock(config, server_clock).await.expect("server starts");
+                addr_tx.send((running.local_addr, running.push_worker.clone())).expect("test is waiting");
                 running
                     .run_until(async {
                         let _ = stopped.await;
@@ -70,8 +82,21 @@ impl TestServer {
                     .expect("server runs");
             });
         });
-        let addr = addr_rx.recv_timeout(WAIT).expect("server started");
-        Self { addr, data_dir, stop: Some(stop), thread: Some(thread) }
+        let (addr, push_worker) = addr_rx.recv_timeout(WAIT).expect("server started");
+        let push_progress = push_worker.progress();
+        Self { addr, data_dir, clock, push_progress, push_worker, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Moves the server's manual clock by `by`, then waits until the push worker has looked at the
+    /// queue at the new time and sent everything that was due by then: afterwards, what was not
+    /// pushed was not due (or not needed), with no pause to hope it long enough.
+    pub async fn advance_and_settle(&self, by: Duration) {
+        self.clock.advance(by);
+        let now = self.clock.now_ms();
+        self.push_worker.nudge();
+        let mut progress = self.push_progress.clone();
+        let settled = progress.wait_for(|p| p.claimed_at_ms >= now && p.in_flight == 0);
+        tokio::time::timeout(WAIT, settled).await.expect("the push worker settled").expect("the worker runs");
     }
 
     pub fn http(&self) -> Http {

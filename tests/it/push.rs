@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use tidings::clock::Clock;
 use tidings::config::Config;
 use tidings_client::Connection;
 use tidings_client::tidings_proto::v1::{self as wire, client_frame::Request as Req};
@@ -42,10 +43,20 @@ impl PushRig {
     }
 
     async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(Clock::system(), adjust).await
+    }
+
+    /// Push timing on a manual clock: nothing falls due until the test moves it
+    /// (`TestServer::advance_and_settle`).
+    async fn start_driven(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_on(Clock::manual(), adjust).await
+    }
+
+    async fn start_on(clock: Clock, adjust: impl FnOnce(&mut Config)) -> Self {
         let apns = FakeApns::start().await;
         let fcm = FakeFcm::start().await;
         let keys = tempfile::tempdir().unwrap();
-        let server = TestServer::start_with(|config| {
+        let server = TestServer::start_on(clock, |config| {
             wire_push(config, &apns, &fcm, keys.path());
             adjust(config);
         });
@@ -193,7 +204,7 @@ async fn connected_recipient_gets_no_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_within_the_grace_window_cancels_the_push() {
-    let rig = PushRig::start_with(|c| c.push.grace_ms = 1500).await;
+    let rig = PushRig::start_driven(|c| c.push.grace_ms = 1500).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
 
@@ -205,18 +216,22 @@ async fn ack_within_the_grace_window_cancels_the_push() {
     b.close().await;
     drop(b);
     wait_offline(&a, bob.id()).await;
-    tokio::time::sleep(Duration::from_millis(1500) + QUIET).await;
+    rig.server.advance_and_settle(Duration::from_millis(1500)).await;
     assert_eq!(rig.apns.attempts().len(), 0, "the delivered message is not pushed");
 
-    // A later message, not acknowledged, is pushed.
+    // A later message, not acknowledged, is pushed: when its grace window ends, not before.
     a.send_text(room, "m2", "still there?").await.unwrap();
-    let pushes = rig.apns.wait_for(1, WAIT).await;
+    rig.server.advance_and_settle(Duration::from_millis(1499)).await;
+    assert_eq!(rig.apns.attempts().len(), 0, "not within the grace window");
+    rig.server.advance_and_settle(Duration::from_millis(1)).await;
+    let pushes = rig.apns.accepted();
+    assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].payload["aps"]["alert"]["body"], "still there?");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_on_another_device_cancels_the_push() {
-    let rig = PushRig::start_with(|c| c.push.grace_ms = 1500).await;
+    let rig = PushRig::start_driven(|c| c.push.grace_ms = 1500).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let tablet = bob.another_device("tablet").await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
@@ -228,7 +243,7 @@ async fn reading_on_another_device_cancels_the_push() {
     t.request(Req::Receipt(receipt)).await.unwrap();
     t.close().await;
     drop(t);
-    tokio::time::sleep(Duration::from_millis(1500) + QUIET).await;
+    rig.server.advance_and_settle(Duration::from_millis(1500)).await;
     assert_eq!(rig.apns.attempts().len(), 0, "a message read elsewhere is not pushed");
 }
 
@@ -269,7 +284,7 @@ async fn a_burst_is_coalesced_into_one_push_with_the_badge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_and_outages_are_retried_honouring_retry_after() {
-    let rig = PushRig::start().await;
+    let rig = PushRig::start_driven(|_| {}).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
@@ -277,27 +292,32 @@ async fn throttling_and_outages_are_retried_honouring_retry_after() {
     rig.apns.fail_next([Failure::unavailable(Some(1)), Failure::throttled(Some(1))]);
     rig.fcm.fail_next([Failure::throttled(Some(1)), Failure::unavailable(None)]);
 
-    let started = Instant::now();
     a.send_text(room, "m1", "eventually").await.unwrap();
-    let apns = rig.apns.wait_for(1, WAIT).await;
-    let fcm = rig.fcm.wait_for(1, WAIT).await;
-    let took = started.elapsed();
+    rig.server.advance_and_settle(Duration::from_millis(200)).await; // the grace window
+    assert_eq!(rig.apns.attempts().len(), 1, "503 with Retry-After: 1");
+    assert_eq!(rig.fcm.attempts(), 1, "429 with Retry-After: 1");
+    rig.server.advance_and_settle(Duration::from_millis(999)).await;
+    assert_eq!(rig.apns.attempts().len(), 1, "Retry-After is honoured");
+    assert_eq!(rig.fcm.attempts(), 1, "Retry-After is honoured");
+    rig.server.advance_and_settle(Duration::from_millis(1)).await;
+    assert_eq!(rig.apns.attempts().len(), 2, "429 with Retry-After: 1");
+    assert_eq!(rig.fcm.attempts(), 2, "503 without Retry-After: backoff");
+    rig.server.advance_and_settle(Duration::from_millis(1000)).await;
+    rig.server.advance_and_settle(Duration::from_secs(5)).await; // past any backoff
+    let (apns, fcm) = (rig.apns.accepted(), rig.fcm.accepted());
     assert_eq!(apns.len(), 1);
     assert_eq!(fcm.len(), 1);
-    assert!(took >= Duration::from_secs(2), "two Retry-After: 1 answers were honoured ({took:?})");
     let attempts = rig.apns.attempts();
     assert_eq!(attempts.len(), 3, "503, 429, then 200: {attempts:?}");
     assert!(attempts.iter().all(|id| *id == apns[0].apns_id), "every retry carries the same push id");
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(rig.apns.accepted_count(), 1);
-    assert_eq!(rig.fcm.accepted_count(), 1);
+    assert_eq!(rig.fcm.attempts(), 3, "429, 503, then 200");
     assert!(metric(&rig.server, "tidings_push_retried_total{provider=\"apns\"}").await >= 2.0);
     assert!(metric(&rig.server, "tidings_push_retried_total{provider=\"fcm\"}").await >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_token_is_removed_and_never_used_again() {
-    let rig = PushRig::start().await;
+    let rig = PushRig::start_driven(|_| {}).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
@@ -306,15 +326,11 @@ async fn a_dead_token_is_removed_and_never_used_again() {
     rig.fcm.kill_token(&fcm_token("bob"));
 
     a.send_text(room, "m1", "anyone?").await.unwrap();
-    let deadline = Instant::now() + WAIT;
-    while rig.apns.attempts().is_empty() || rig.fcm.attempts() == 0 {
-        assert!(Instant::now() < deadline, "both dead tokens were tried");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
+    assert_eq!((rig.apns.attempts().len(), rig.fcm.attempts()), (1, 1), "both dead tokens were tried");
     // The tokens are forgotten as soon as the answers come back.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     a.send_text(room, "m2", "hello?").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200) + QUIET).await;
+    rig.server.advance_and_settle(Duration::from_secs(60)).await;
     assert_eq!(rig.apns.attempts().len(), 1, "the dead APNs token is not used again");
     assert_eq!(rig.fcm.attempts(), 1, "the dead FCM token is not used again");
     assert_eq!(rig.apns.accepted_count() + rig.fcm.accepted_count(), 0);
@@ -322,13 +338,15 @@ async fn a_dead_token_is_removed_and_never_used_again() {
     // Registering a fresh token brings pushes back.
     register_and_leave(&bob, ios(&apns_token("bob-reinstalled")), &a).await;
     a.send_text(room, "m3", "welcome back").await.unwrap();
-    let pushes = rig.apns.wait_for(1, WAIT).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
+    let pushes = rig.apns.accepted();
+    assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].device_token, apns_token("bob-reinstalled"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mute_and_do_not_disturb_hold_pushes_back() {
-    let rig = PushRig::start().await;
+    let rig = PushRig::start_driven(|_| {}).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let far = tidings::domain::now_ms() + 3_600_000;
     {
@@ -340,7 +358,7 @@ async fn mute_and_do_not_disturb_hold_pushes_back() {
     }
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
     a.send_text(room, "m1", "muted").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200) + QUIET).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
     assert_eq!(rig.apns.attempts().len(), 0, "a muted room is not pushed");
 
     let b = bob.connect().await;
@@ -349,7 +367,7 @@ async fn mute_and_do_not_disturb_hold_pushes_back() {
     drop(b);
     wait_offline(&a, bob.id()).await;
     a.send_text(room, "m2", "do not disturb").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200) + QUIET).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
     assert_eq!(rig.apns.attempts().len(), 0, "nothing is pushed during do-not-disturb");
 
     let b = bob.connect().await;
@@ -357,19 +375,20 @@ async fn mute_and_do_not_disturb_hold_pushes_back() {
     drop(b);
     wait_offline(&a, bob.id()).await;
     a.send_text(room, "m3", "now you hear me").await.unwrap();
-    let pushes = rig.apns.wait_for(1, WAIT).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
+    let pushes = rig.apns.accepted();
     assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].payload["aps"]["alert"]["body"], "now you hear me");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_removes_the_devices_token() {
-    let rig = PushRig::start().await;
+    let rig = PushRig::start_driven(|_| {}).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
     bob.http.log_out(&bob.auth.access_token, false).await.unwrap();
     a.send_text(room, "m1", "are you there?").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200) + QUIET).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
     assert_eq!(rig.apns.attempts().len(), 0, "a logged-out device gets no push");
 }
 
@@ -508,7 +527,7 @@ async fn queued_pushes_survive_kill_9_and_go_out_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_one_is_pushed_as_edited() {
-    let rig = PushRig::start_with(|c| c.push.grace_ms = 800).await;
+    let rig = PushRig::start_driven(|c| c.push.grace_ms = 800).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
 
@@ -516,26 +535,27 @@ async fn a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_o
     let oops = a.send_text(room, "m1", "my bank pin is 1234").await.unwrap();
     let delete = wire::DeleteMessageRequest { room_id: room, seq: oops.seq };
     a.request(Req::DeleteMessage(delete)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(800) + QUIET).await;
+    rig.server.advance_and_settle(Duration::from_millis(800)).await;
     assert_eq!(rig.apns.attempts().len(), 0, "the deleted message is not pushed");
 
     // A typo fixed within the window: the push shows the fixed text.
     let typo = a.send_text(room, "m2", "see you at 9pn").await.unwrap();
     let edit = wire::EditMessageRequest { room_id: room, seq: typo.seq, text: "see you at 9pm".into() };
     a.request(Req::EditMessage(edit)).await.unwrap();
-    let pushes = rig.apns.wait_for(1, WAIT).await;
+    rig.server.advance_and_settle(Duration::from_millis(800)).await;
+    let pushes = rig.apns.accepted();
+    assert_eq!(pushes.len(), 1);
     assert_eq!(pushes[0].payload["aps"]["alert"]["body"], "see you at 9pm");
 
     // Two messages, the second deleted: the push announces the first alone, without the deleted text.
-    tokio::time::sleep(QUIET).await;
     a.send_text(room, "m3", "first").await.unwrap();
     let second = a.send_text(room, "m4", "second, regretted").await.unwrap();
     a.request(Req::DeleteMessage(wire::DeleteMessageRequest { room_id: room, seq: second.seq })).await.unwrap();
-    let pushes = rig.apns.wait_for(2, WAIT).await;
+    rig.server.advance_and_settle(Duration::from_millis(800)).await;
+    let pushes = rig.apns.accepted();
+    assert_eq!(pushes.len(), 2);
     let body = pushes[1].payload["aps"]["alert"]["body"].as_str().unwrap().to_owned();
     assert_eq!(body, "New message", "one message left to announce, and not the deleted text");
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(rig.apns.accepted_count(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
