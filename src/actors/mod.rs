@@ -22,7 +22,9 @@ mod user;
 
 pub use hub::Hub;
 pub use peers::{Forwarding, Peers};
-pub use protocol::{Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, RoomOp, RoomWrite, SentAck};
+pub use protocol::{
+    ActorRequest, Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, RoomOp, RoomWrite, SentAck,
+};
 pub use registry::{Registry, UserEntry};
 pub use room::{RoomActor, RoomRequest};
 pub use user::{Attach, Detach, Kick, StreamAck, SyncFrom, UserActor};

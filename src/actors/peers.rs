@@ -4,12 +4,12 @@
 
 use futures_util::future::BoxFuture;
 
-use super::{Ephemeral, ReplyBody, RoomOp};
-use crate::domain::{DeviceId, DomainResult, RoomId, StreamEvent, UserId};
+use super::{ActorRequest, Ephemeral, ReplyBody};
+use crate::domain::{DeviceId, DomainResult, StreamEvent, UserId};
 use crate::store::Positions;
 
-/// A room request on its way to the room's owner: its answer, or `None` when the owner could not
-/// be reached (the request is then handled here; the store's seq fence keeps that safe).
+/// A request on its way to the node that owns its key: the answer, or `None` when the owner could
+/// not be reached (the request is then handled here; the store's seq fence keeps that safe).
 pub type Forwarding<'a> = BoxFuture<'a, Option<DomainResult<ReplyBody>>>;
 
 pub trait Peers: Send + Sync {
@@ -32,8 +32,8 @@ pub trait Peers: Send + Sync {
     /// Whether `user` has a live session on another node.
     fn online_elsewhere(&self, user: UserId) -> BoxFuture<'_, bool>;
 
-    /// Sends a room request to the node that owns the room; `None` when this node owns it.
-    fn forward(&self, user: UserId, device: DeviceId, room: RoomId, op: &RoomOp) -> Option<Forwarding<'_>>;
+    /// Sends a request to the node that owns its key; `None` when this node owns it.
+    fn forward(&self, user: UserId, device: DeviceId, request: &ActorRequest) -> Option<Forwarding<'_>>;
 
     /// The cluster's connections are up (for `/readyz`).
     fn healthy(&self) -> bool;

@@ -4,8 +4,22 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::domain::error::DomainError;
-use crate::domain::{ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
+use crate::domain::{ActorKey, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
 use crate::store::HistoryPage;
+
+/// A request for the actor of one key: what a node hands to the node that owns the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ActorRequest {
+    Room { room: RoomId, op: RoomOp },
+}
+
+impl ActorRequest {
+    pub fn key(&self) -> ActorKey {
+        match self {
+            ActorRequest::Room { room, .. } => ActorKey::Room(*room),
+        }
+    }
+}
 
 /// A request about one room, handled by that room's actor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

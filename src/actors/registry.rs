@@ -1,4 +1,5 @@
-//! Finds the actor of a user or a room on this node, starting it when there is none.
+//! Finds the actor of a user, or of an actor key (a room, ...), on this node, starting it when
+//! there is none.
 //!
 //! Actors remove themselves when they stop; a lookup that races with a stop sees a disconnected
 //! address and starts a fresh actor, which reloads its state from the store.
@@ -15,7 +16,7 @@ use super::room::RoomActor;
 use super::user::UserActor;
 use super::{Hub, Outbound};
 use crate::domain::error::{DomainError, DomainResult};
-use crate::domain::{RoomId, StreamEvent, UserId};
+use crate::domain::{ActorKey, RoomId, StreamEvent, UserId};
 use crate::rate_limit::TokenBucket;
 
 #[derive(Clone)]
@@ -35,10 +36,24 @@ impl UserEntry {
     }
 }
 
+/// The actor hosted for a key.
+#[derive(Clone, PartialEq)]
+enum Hosted {
+    Room(Addr<RoomActor>),
+}
+
+impl Hosted {
+    fn connected(&self) -> bool {
+        match self {
+            Hosted::Room(addr) => addr.connected(),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
     users: DashMap<UserId, UserEntry>,
-    rooms: DashMap<RoomId, Addr<RoomActor>>,
+    actors: DashMap<ActorKey, Hosted>,
 }
 
 impl Registry {
@@ -74,28 +89,30 @@ impl Registry {
 
     /// The room's actor, loaded from the store and started if needed.
     pub async fn room(&self, room: RoomId, hub: &Arc<Hub>) -> DomainResult<Addr<RoomActor>> {
-        if let Some(addr) = self.rooms.get(&room).map(|a| a.clone()).filter(|a| a.connected()) {
+        let key = ActorKey::Room(room);
+        if let Some(Hosted::Room(addr)) = self.actors.get(&key).map(|a| a.clone()).filter(Hosted::connected) {
             return Ok(addr);
         }
         let state = hub.store.load_room(room).await?.ok_or_else(DomainError::not_a_member)?;
-        let addr = match self.rooms.entry(room) {
+        let hosted = match self.actors.entry(key) {
             Entry::Occupied(e) if e.get().connected() => e.get().clone(),
-            entry => entry.insert(RoomActor::new(state, hub.clone()).start()).clone(),
+            entry => entry.insert(Hosted::Room(RoomActor::new(state, hub.clone()).start())).clone(),
         };
+        let Hosted::Room(addr) = hosted;
         Ok(addr)
     }
 
-    /// Forgets the room actors `keep` says no: the next request for such a room loads a fresh actor
+    /// Forgets the actors `keep` says no: the next request for such a key starts a fresh actor
     /// from the store (the forgotten one finishes what it has in flight and idles out). Called when
-    /// room ownership moves to other nodes.
-    pub fn release_rooms(&self, keep: impl Fn(RoomId) -> bool) -> usize {
-        let before = self.rooms.len();
-        self.rooms.retain(|room, _| keep(*room));
-        before - self.rooms.len()
+    /// ownership of keys moves to other nodes.
+    pub fn release(&self, keep: impl Fn(ActorKey) -> bool) -> usize {
+        let before = self.actors.len();
+        self.actors.retain(|key, _| keep(*key));
+        before - self.actors.len()
     }
 
     pub(super) fn forget_room(&self, room: RoomId, addr: &Addr<RoomActor>) {
-        self.rooms.remove_if(&room, |_, a| a == addr);
+        self.actors.remove_if(&ActorKey::Room(room), |_, hosted| *hosted == Hosted::Room(addr.clone()));
     }
 
     /// Hands a durable event to the user actors of its recipients that are on this node. Users with

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::{Ephemeral, PresenceInfo, ReplyBody, RoomOp};
+use crate::actors::{ActorRequest, Ephemeral, PresenceInfo, ReplyBody};
 use crate::domain::{DeviceId, DomainResult, RoomId, StreamEvent, UserId};
 
 /// What one node tells the nodes holding a user's sessions (one Redis channel per user).
@@ -96,13 +96,12 @@ pub fn event_envelope(origin_json: &str, pos: u64, event_json: &str) -> Vec<u8> 
     format!(r#"{{"k":"StreamEvent","origin":{origin_json},"pos":{pos},"event":{event_json}}}"#).into_bytes()
 }
 
-/// A room request a node hands to the room's owner.
+/// A request a node hands to the node that owns its key, on behalf of a user's device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ForwardedRequest {
     pub user: UserId,
     pub device: DeviceId,
-    pub room: RoomId,
-    pub op: RoomOp,
+    pub request: ActorRequest,
 }
 
 /// The owner's answer, exactly as its room actor gave it.
@@ -121,7 +120,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::actors::RoomWrite;
+    use crate::actors::{RoomOp, RoomWrite};
     use crate::domain::{EntryBody, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, TextMessage};
     use crate::store::HistoryPage;
 
@@ -184,7 +183,8 @@ mod tests {
             RoomOp::Receipt { kind: ReceiptKind::Delivered, up_to_seq: 3 },
         ];
         for op in ops {
-            let request = ForwardedRequest { user: UserId(1), device: DeviceId(2), room: RoomId(3), op };
+            let request = ActorRequest::Room { room: RoomId(3), op };
+            let request = ForwardedRequest { user: UserId(1), device: DeviceId(2), request };
             assert_eq!(decode::<ForwardedRequest>(&encode(&request)).unwrap(), request);
         }
         let refused: ForwardedAnswer = Err(crate::domain::DomainError::not_a_member());

@@ -39,9 +39,9 @@ use keys::Keys;
 pub use ownership::owner;
 use signing::NodeSigner;
 
-use crate::actors::{Ephemeral, Forwarding, Hub, Peers, RoomOp};
+use crate::actors::{ActorRequest, Ephemeral, Forwarding, Hub, Peers};
 use crate::config::ClusterConfig;
-use crate::domain::{DeviceId, RoomId, StreamEvent, UserId, now_ms};
+use crate::domain::{ActorKey, DeviceId, StreamEvent, UserId, now_ms};
 use crate::lifecycle::Stoppable;
 use crate::metrics::METRICS;
 use crate::store::Positions;
@@ -199,9 +199,9 @@ impl Cluster {
                 let before = cluster.view();
                 let beat = cluster.heartbeat().await;
                 if !Arc::ptr_eq(&before, &cluster.view()) {
-                    let released = hub.registry.release_rooms(|room| cluster.remote_owner(room).is_none());
+                    let released = hub.registry.release(|key| cluster.remote_owner(key).is_none());
                     if released > 0 {
-                        tracing::info!(rooms = released, "released rooms now owned by other nodes");
+                        tracing::info!(actors = released, "released actors whose keys other nodes now own");
                     }
                 }
                 if let Err(e) = beat
@@ -268,10 +268,10 @@ impl Cluster {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The node that owns `room`, unless it is this one (or no view is known yet).
-    pub fn remote_owner(&self, room: RoomId) -> Option<Node> {
+    /// The node that owns `key`, unless it is this one (or no view is known yet).
+    pub fn remote_owner(&self, key: ActorKey) -> Option<Node> {
         let view = self.view();
-        let owner = ownership::owner(room, view.iter().map(|n| n.id.as_str()))?;
+        let owner = ownership::owner(key, view.iter().map(|n| n.id.as_str()))?;
         if owner == self.node_id { None } else { view.iter().find(|n| n.id == owner).cloned() }
     }
 
@@ -471,9 +471,9 @@ impl Peers for Cluster {
         Box::pin(self.present_elsewhere(user))
     }
 
-    fn forward(&self, user: UserId, device: DeviceId, room: RoomId, op: &RoomOp) -> Option<Forwarding<'_>> {
-        let owner = self.remote_owner(room)?;
-        let body = codec::encode(&ForwardedRequest { user, device, room, op: op.clone() });
+    fn forward(&self, user: UserId, device: DeviceId, request: &ActorRequest) -> Option<Forwarding<'_>> {
+        let owner = self.remote_owner(request.key())?;
+        let body = codec::encode(&ForwardedRequest { user, device, request: request.clone() });
         Some(Box::pin(async move { self.send_forwarded(&owner, body).await }))
     }
 

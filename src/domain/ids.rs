@@ -61,3 +61,24 @@ pub fn time_ordered_id(at_ms: i64) -> u64 {
     let millis = (at_ms.max(0) as u64) & ((1 << 42) - 1);
     (millis << 21) | (rand::random::<u64>() & ((1 << 21) - 1))
 }
+
+/// What one actor is the single writer of: a room's log (and, with feeds, a user's feed). The
+/// registry finds actors by it, and in a cluster each key has one owning node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ActorKey {
+    Room(RoomId),
+}
+
+impl From<RoomId> for ActorKey {
+    fn from(room: RoomId) -> Self {
+        ActorKey::Room(room)
+    }
+}
+
+impl fmt::Display for ActorKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActorKey::Room(room) => write!(f, "room {room}"),
+        }
+    }
+}

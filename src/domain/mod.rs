@@ -8,9 +8,9 @@ mod room;
 mod stream;
 
 pub use error::{Code, DomainError, DomainResult};
-pub use ids::{ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
+pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
 pub use push::{Platform, PushKind, PushRegistration};
 pub use room::{
     EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage, room_name,
 };
-pub use stream::{Receipt, ReceiptKind, StreamEvent};
+pub use stream::{EventKind, EventRef, Receipt, ReceiptKind, Source, StreamEvent};

@@ -1,5 +1,11 @@
 //! The per-user durable event stream: each user has one ordered sequence of events, numbered by
 //! position from 1, shared by all of the user's devices.
+//!
+//! One stream carries every kind of event. Positions, sync, acks, catch-up and the bridge treat all
+//! kinds alike; what differs per kind is its payload, and where it comes from (`EventRef`: a kind,
+//! a source and a reference within that source). A new kind (activity on your posts, a new post
+//! from someone you follow, a server notice) is a new `StreamEvent` variant with its `EventRef`,
+//! its store row and its wire form, on the same mechanism.
 
 use std::sync::Arc;
 
@@ -12,6 +18,64 @@ pub enum StreamEvent {
     /// A room log entry (message, edit, delete, membership change). Shared by every recipient.
     Entry(Arc<RoomEntry>),
     Receipt(Receipt),
+}
+
+impl StreamEvent {
+    /// The event described as every kind is: what it is, where it comes from, what it refers to.
+    pub fn describe(&self) -> EventRef {
+        match self {
+            StreamEvent::Entry(entry) => EventRef::entry(entry.room, entry.seq),
+            StreamEvent::Receipt(receipt) => EventRef::receipt(receipt),
+        }
+    }
+}
+
+/// Where an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Source {
+    /// A room's log.
+    Room(RoomId),
+    /// A user's doing that is not in a room (a follow, say).
+    User(UserId),
+    /// A user's feed of posts.
+    Feed(UserId),
+    /// The server itself (an operator's notice).
+    Server,
+}
+
+/// The kinds of stream events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A room log entry: the reference is its seq.
+    Entry,
+    /// A delivered or read receipt: the reference is the seq it goes up to, the actor the reader.
+    Delivered,
+    Read,
+}
+
+/// An event described the same way whatever its kind: what the store keeps of it in a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef {
+    pub kind: EventKind,
+    pub source: Source,
+    /// What in the source the event is about (a room's seq, a feed's post id).
+    pub reference: u64,
+    /// Who did it, when that is not the source itself (the reader of a receipt).
+    pub actor: Option<UserId>,
+}
+
+impl EventRef {
+    pub fn entry(room: RoomId, seq: u64) -> Self {
+        Self { kind: EventKind::Entry, source: Source::Room(room), reference: seq, actor: None }
+    }
+
+    pub fn receipt(receipt: &Receipt) -> Self {
+        let kind = match receipt.kind {
+            ReceiptKind::Delivered => EventKind::Delivered,
+            ReceiptKind::Read => EventKind::Read,
+        };
+        Self { kind, source: Source::Room(receipt.room), reference: receipt.up_to_seq, actor: Some(receipt.user) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::RoomsOp;
-use crate::actors::{Hub, Replier, ReplyBody, RoomOp, RoomRequest, RoomWrite};
+use crate::actors::{ActorRequest, Hub, Replier, ReplyBody, RoomOp, RoomRequest, RoomWrite};
 use crate::config::GroupAdds;
 use crate::domain::{
     DeviceId, DomainError, DomainResult, EntryBody, RoomEntry, RoomId, RoomKind, StreamEvent, UserId, new_random_id,
@@ -30,20 +30,25 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: RoomsOp) -> DomainResult<Rep
 /// this node owns it or the owner cannot be reached. Awaits the hand-over, not the answer, so a
 /// connection's requests to one room keep their order.
 pub async fn request(hub: &Arc<Hub>, me: UserId, device: DeviceId, room: RoomId, op: RoomOp, replier: Replier) {
-    if let Some(forwarding) = hub.peers.as_ref().and_then(|peers| peers.forward(me, device, room, &op))
+    let request = ActorRequest::Room { room, op };
+    if let Some(forwarding) = hub.peers.as_ref().and_then(|peers| peers.forward(me, device, &request))
         && let Some(answer) = forwarding.await
     {
         return replier.reply(answer);
     }
+    let ActorRequest::Room { room, op } = request;
     request_here(hub, me, room, op, replier).await;
 }
 
-/// A request forwarded by another node: handled by the room's actor on this node, whatever this
-/// node's view of the owner (the sender's view decided).
-pub async fn forwarded(hub: &Arc<Hub>, me: UserId, room: RoomId, op: RoomOp) -> DomainResult<ReplyBody> {
+/// A request forwarded by another node: handled by the actor on this node, whatever this node's
+/// view of the owner (the sender's view decided).
+pub async fn forwarded(hub: &Arc<Hub>, me: UserId, request: ActorRequest) -> DomainResult<ReplyBody> {
     let (answers, mut answer) = mpsc::channel(1);
     let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
-    request_here(hub, me, room, op, Replier::new(0, answers, permit)).await;
+    let replier = Replier::new(0, answers, permit);
+    match request {
+        ActorRequest::Room { room, op } => request_here(hub, me, room, op, replier).await,
+    }
     answer.recv().await.map_or_else(|| Err(DomainError::internal()), |answer| answer.result)
 }
 

@@ -38,9 +38,9 @@ async fn forwarded(
         tracing::warn!(peer = ?req.peer_addr(), %refused, "forwarded request refused");
         return HttpResponse::Forbidden().finish();
     }
-    let Ok(ForwardedRequest { user, room, op, .. }) = codec::decode(&body) else {
+    let Ok(ForwardedRequest { user, request, .. }) = codec::decode(&body) else {
         return HttpResponse::BadRequest().finish();
     };
-    let answer: ForwardedAnswer = services::rooms::forwarded(&hub, user, room, op).await;
+    let answer: ForwardedAnswer = services::rooms::forwarded(&hub, user, request).await;
     HttpResponse::Ok().content_type("application/json").body(codec::encode(&answer))
 }

@@ -379,11 +379,12 @@ const NODE_KEY: &str = "a node key shared by the test's nodes, 32+ bytes";
 
 /// A room request as one node forwards it to the room's owner.
 fn forwarded_send(user: u64, room: u64, text: &str) -> Vec<u8> {
-    use tidings::actors::{RoomOp, RoomWrite};
+    use tidings::actors::{ActorRequest, RoomOp, RoomWrite};
     use tidings::cluster::codec::{ForwardedRequest, encode};
     use tidings::domain::{DeviceId, RoomId, UserId};
     let op = RoomOp::Write(RoomWrite::Send { client_msg_id: text.into(), text: text.into(), reply_to_seq: 0 });
-    encode(&ForwardedRequest { user: UserId(user), device: DeviceId(1), room: RoomId(room), op })
+    let request = ActorRequest::Room { room: RoomId(room), op };
+    encode(&ForwardedRequest { user: UserId(user), device: DeviceId(1), request })
 }
 
 async fn post_forward(

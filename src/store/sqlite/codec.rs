@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rusqlite::Row;
 
-use crate::domain::{EntryBody, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, TextMessage, UserId};
+use crate::domain::{EntryBody, EventKind, EventRef, Role, RoomEntry, RoomId, RoomKind, Source, TextMessage, UserId};
 
 /// Column list for reading an entry; `entry_from_row` expects them in this order at `offset`.
 pub(super) const ENTRY_COLUMNS: &str = "room_id, seq, id, sender_id, sent_at_ms, kind, text, client_msg_id, target_seq, users, role, edited_at_ms, deleted";
@@ -165,20 +165,67 @@ pub(super) fn room_kind_from(code: i64) -> RoomKind {
     if code == 1 { RoomKind::Direct } else { RoomKind::Group }
 }
 
-/// `events.kind`: a room entry, or a receipt of some kind.
-pub(super) const EVENT_ENTRY: i64 = 0;
+/// A stream event's row in `events`, the same columns for every kind: `kind`, the source's id in
+/// `room_id` (what the source is follows from the kind: every kind so far comes from a room), the
+/// reference in `seq`, the actor in `actor_id` (0: none).
+pub(super) struct EventRow {
+    pub kind: i64,
+    pub source_id: i64,
+    pub reference: i64,
+    pub actor: i64,
+}
 
-pub(super) fn receipt_event_kind(kind: ReceiptKind) -> i64 {
-    match kind {
-        ReceiptKind::Delivered => 1,
-        ReceiptKind::Read => 2,
+pub(super) fn event_row(event: &EventRef) -> EventRow {
+    let kind = match event.kind {
+        EventKind::Entry => 0,
+        EventKind::Delivered => 1,
+        EventKind::Read => 2,
+    };
+    let source_id = match event.source {
+        Source::Room(room) => room.0,
+        Source::User(user) | Source::Feed(user) => user.0,
+        Source::Server => 0,
+    };
+    EventRow {
+        kind,
+        source_id: source_id as i64,
+        reference: event.reference as i64,
+        actor: event.actor.map_or(0, |u| u.0 as i64),
     }
 }
 
-pub(super) fn receipt_kind_from_event(kind: i64) -> Option<ReceiptKind> {
-    match kind {
-        1 => Some(ReceiptKind::Delivered),
-        2 => Some(ReceiptKind::Read),
-        _ => None,
+/// The event a row describes, back (`None` for a kind this version does not know).
+pub(super) fn event_ref_from(row: &EventRow) -> Option<EventRef> {
+    let kind = match row.kind {
+        0 => EventKind::Entry,
+        1 => EventKind::Delivered,
+        2 => EventKind::Read,
+        _ => return None,
+    };
+    let actor = (row.actor != 0).then_some(UserId(row.actor as u64));
+    Some(EventRef { kind, source: Source::Room(RoomId(row.source_id as u64)), reference: row.reference as u64, actor })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Receipt, ReceiptKind};
+
+    #[test]
+    fn every_kind_of_event_keeps_its_row_layout() {
+        let receipt = |kind| Receipt { room: RoomId(7), user: UserId(9), kind, up_to_seq: 4 };
+        let events = [
+            EventRef::entry(RoomId(7), 3),
+            EventRef::receipt(&receipt(ReceiptKind::Delivered)),
+            EventRef::receipt(&receipt(ReceiptKind::Read)),
+        ];
+        // The rows databases already hold: kinds 0, 1, 2; source in room_id, reference in seq.
+        let rows = [(0, 7, 3, 0), (1, 7, 4, 9), (2, 7, 4, 9)];
+        for (event, expected) in events.iter().zip(rows) {
+            let row = event_row(event);
+            assert_eq!((row.kind, row.source_id, row.reference, row.actor), expected, "{event:?}");
+            assert_eq!(event_ref_from(&row).as_ref(), Some(event));
+        }
+        assert!(event_ref_from(&EventRow { kind: 99, source_id: 1, reference: 1, actor: 0 }).is_none());
     }
 }

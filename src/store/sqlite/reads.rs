@@ -4,11 +4,11 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::codec::{
-    ENTRY_COLUMNS, EVENT_ENTRY, entry_from_row, receipt_kind_from_event, role_from, room_kind_from,
-    shared_entry_from_row,
+    ENTRY_COLUMNS, EventRow, entry_from_row, event_ref_from, role_from, room_kind_from, shared_entry_from_row,
 };
 use crate::domain::{
-    DeviceId, MemberRecord, Receipt, RoomEntry, RoomId, RoomMeta, RoomState, RoomSummary, StreamEvent, UserId,
+    DeviceId, EventKind, MemberRecord, Receipt, ReceiptKind, RoomEntry, RoomId, RoomMeta, RoomState, RoomSummary,
+    Source, StreamEvent, UserId,
 };
 use crate::store::{DeviceRecord, HistoryPage, UserRecord};
 
@@ -204,19 +204,19 @@ pub(super) fn events_after(
     ))?;
     let rows = stmt.query_map(params![user.0 as i64, after_pos as i64, limit as i64], |r| {
         let pos = r.get::<_, i64>(0)? as u64;
-        let kind: i64 = r.get(1)?;
-        let event = if kind == EVENT_ENTRY {
-            StreamEvent::Entry(shared_entry_from_row(r, 5)?)
-        } else {
-            let receipt_kind = receipt_kind_from_event(kind).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, "event kind".into())
-            })?;
-            StreamEvent::Receipt(Receipt {
-                room: RoomId(r.get::<_, i64>(2)? as u64),
-                user: UserId(r.get::<_, i64>(4)? as u64),
-                kind: receipt_kind,
-                up_to_seq: r.get::<_, i64>(3)? as u64,
-            })
+        let row = EventRow { kind: r.get(1)?, source_id: r.get(2)?, reference: r.get(3)?, actor: r.get(4)? };
+        let unknown =
+            || rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Integer, "event kind".into());
+        let described = event_ref_from(&row).ok_or_else(unknown)?;
+        let event = match (described.kind, described.source) {
+            (EventKind::Entry, _) => StreamEvent::Entry(shared_entry_from_row(r, 5)?),
+            (kind @ (EventKind::Delivered | EventKind::Read), Source::Room(room)) => StreamEvent::Receipt(Receipt {
+                room,
+                user: described.actor.ok_or_else(unknown)?,
+                kind: if kind == EventKind::Read { ReceiptKind::Read } else { ReceiptKind::Delivered },
+                up_to_seq: described.reference,
+            }),
+            _ => return Err(unknown()),
         };
         Ok((pos, event))
     })?;

@@ -11,9 +11,11 @@ use std::thread;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{EVENT_ENTRY, entry_columns, receipt_event_kind, role_code, room_kind_code};
+use super::codec::{entry_columns, event_row, role_code, room_kind_code};
 use super::push;
-use crate::domain::{DeviceId, EntryBody, PushRegistration, ReceiptKind, Role, RoomId, RoomKind, UserId, now_ms};
+use crate::domain::{
+    DeviceId, EntryBody, EventRef, PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, UserId, now_ms,
+};
 use crate::metrics::METRICS;
 use crate::store::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewRoom, NewUser, Positions, PushJob, PushJobEnd,
@@ -285,11 +287,9 @@ fn push_events(
     tx: &Transaction<'_>,
     heads: &mut StreamHeads,
     recipients: &[UserId],
-    kind: i64,
-    room: u64,
-    seq: u64,
-    actor: u64,
+    event: &EventRef,
 ) -> rusqlite::Result<Positions> {
+    let row = event_row(event);
     let mut users = recipients.to_vec();
     users.sort_unstable();
     users.dedup();
@@ -299,7 +299,7 @@ fn push_events(
     let mut positions = Vec::with_capacity(users.len());
     for user in users {
         let pos = heads.next(tx, user)?;
-        insert.execute(params![user.0 as i64, pos as i64, kind, room as i64, seq as i64, actor as i64])?;
+        insert.execute(params![user.0 as i64, pos as i64, row.kind, row.source_id, row.reference, row.actor])?;
         positions.push((user, pos));
     }
     Ok(positions)
@@ -414,7 +414,7 @@ fn create_room(tx: &Transaction<'_>, heads: &mut StreamHeads, room: &NewRoom) ->
         add_member(tx, room.id.0, member, role)?;
     }
     insert_entry(tx, &room.entry)?;
-    let positions = push_events(tx, heads, &room.members, EVENT_ENTRY, room.id.0, room.entry.seq, 0)?;
+    let positions = push_events(tx, heads, &room.members, &EventRef::entry(room.id, room.entry.seq))?;
     Ok(Ok(CreateRoomOutcome::Created { positions }))
 }
 
@@ -509,7 +509,7 @@ fn append_entry(tx: &Transaction<'_>, heads: &mut StreamHeads, append: &Append) 
         Effect::Delete { target_seq, .. } => push::retract(tx, entry.room, *target_seq)?,
         _ => {}
     }
-    let positions = push_events(tx, heads, &append.recipients, EVENT_ENTRY, room, entry.seq, 0)?;
+    let positions = push_events(tx, heads, &append.recipients, &EventRef::entry(entry.room, entry.seq))?;
     if let Some(fanout) = &append.push {
         push::enqueue(tx, fanout, entry.room, entry.seq, entry.sender, &positions, entry.sent_at_ms)?;
     }
@@ -568,6 +568,7 @@ fn set_receipt(tx: &Transaction<'_>, heads: &mut StreamHeads, r: &ReceiptWrite) 
         return Ok(Ok(None));
     }
     push::cancel_covered_by_receipt(tx, r.user, r.room, r.up_to_seq)?;
-    let positions = push_events(tx, heads, &r.recipients, receipt_event_kind(r.kind), r.room.0, r.up_to_seq, r.user.0)?;
+    let receipt = Receipt { room: r.room, user: r.user, kind: r.kind, up_to_seq: r.up_to_seq };
+    let positions = push_events(tx, heads, &r.recipients, &EventRef::receipt(&receipt))?;
     Ok(Ok(Some(positions)))
 }
