@@ -1,16 +1,18 @@
 //! The actors behind the connections.
 //!
 //! - `UserActor` (`user.rs`): one per user with a connection on this node. Holds the user's device
-//!   connections and, for each, its position in the user's durable stream; delivers live events in
-//!   position order and switches a connection to catching up from the store whenever it misses or
-//!   cannot take an event.
-//! - `RoomActor` (`room.rs`): one per active room. Checks membership and roles, assigns each entry
-//!   its seq, submits it to the store in seq order, and after it is durable acknowledges the
-//!   sender and fans it out to the members' user actors.
-//! - `Registry` (`registry.rs`): finds (or starts) the actor of a user or room.
+//!   connections, each with its `Cursor` (`cursor.rs`: its place in the user's durable stream),
+//!   and does what the cursors ask: read a page, wait for a missing event, drop a connection that
+//!   fell too far behind.
+//! - `RoomActor` (`room/`): one per active room. Checks each write against its plan (`plan.rs`),
+//!   assigns each entry its seq, submits it to the store in seq order, and after it is durable
+//!   acknowledges the sender and fans it out to the members' user actors.
+//! - `Registry` (`registry.rs`): finds (or starts) the actor of a user, or of an `ActorKey`.
+//! - `Peers` (`peers.rs`): what actors need of the other nodes, implemented by the cluster.
+//! - `protocol.rs`: what connections and services ask of actors, and what actors answer.
 //!
-//! Feed actors (post fan-out to followers) will sit beside rooms, with the same registry and the
-//! same stream delivery.
+//! Feed actors (post fan-out to followers) will sit beside rooms under their own `ActorKey`, with
+//! the same registry, ownership and stream delivery.
 
 mod cursor;
 mod hub;

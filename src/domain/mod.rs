@@ -1,5 +1,5 @@
 //! Domain types shared by actors, the store and push. None of them knows the wire format: the
-//! transport layer converts them to and from `tidings_proto` at the edge.
+//! transport converts them to and from the wire at the edge.
 
 pub mod error;
 mod ids;
