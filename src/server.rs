@@ -43,7 +43,7 @@ pub struct Running {
     operations: Option<actix_web::dev::ServerHandle>,
     /// Where the operations listener is bound.
     pub operations_addr: Option<SocketAddr>,
-    server_task: actix_web::rt::task::JoinHandle<std::io::Result<()>>,
+    server_task: ServerTask,
     shutdown: watch::Sender<bool>,
     ready: Arc<AtomicBool>,
     connection_slots: Arc<Semaphore>,
@@ -143,19 +143,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         cluster.start(hub.clone());
         background.started(cluster.clone());
     }
-    let presence_hub = hub.clone();
-    let online: Presence = Arc::new(move |user| {
-        let hub = presence_hub.clone();
-        Box::pin(async move {
-            if hub.registry.is_online(user) {
-                return true;
-            }
-            match &hub.peers {
-                Some(peers) => peers.online_elsewhere(user).await,
-                None => false,
-            }
-        })
-    });
+    let online = online_anywhere(hub.clone());
     let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));
     background.started(push_worker.clone());
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
@@ -175,27 +163,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         shutdown: shutdown_rx,
     });
 
-    let workers = match config.server.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     let operations = match config.server.metrics_listen.as_str() {
         "" => None,
         addr => Some(serve_operations(addr, state.clone(), &config)?),
     };
-    let with_metrics = operations.is_none();
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(|cfg| routes(cfg, with_metrics)))
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(config.server.shutdown_timeout_secs)
-        .max_connections(config.limits.max_connections + 1024)
-        // Chat frames are small and latency-bound: never hold one back waiting for an ACK (Nagle +
-        // delayed ACK added ~40 ms to p90 delivery latency before this).
-        .tcp_nodelay(true)
-        .listen(listener)?
-        .run();
-    let handle = server.handle();
-    let server_task = actix_web::rt::spawn(server);
+    let (handle, server_task) = serve_public(listener, state, operations.is_none(), &config)?;
     ready.store(true, Ordering::Release);
     tracing::info!(addr = %local_addr, data_dir = %config.store.data_dir.display(), "tidings is listening");
     Ok(Running {
@@ -214,6 +186,51 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         push_worker,
         config,
     })
+}
+
+/// Whether a user has a live session on this node or, in a cluster, on any other (push goes only
+/// to users connected nowhere).
+fn online_anywhere(hub: Arc<Hub>) -> Presence {
+    Arc::new(move |user| {
+        let hub = hub.clone();
+        Box::pin(async move {
+            if hub.registry.is_online(user) {
+                return true;
+            }
+            match &hub.peers {
+                Some(peers) => peers.online_elsewhere(user).await,
+                None => false,
+            }
+        })
+    })
+}
+
+type ServerTask = actix_web::rt::task::JoinHandle<std::io::Result<()>>;
+
+/// Serves the public routes (WebSocket, auth, and the operations endpoints unless they have their
+/// own listener).
+fn serve_public(
+    listener: std::net::TcpListener,
+    state: web::Data<AppState>,
+    with_metrics: bool,
+    config: &Config,
+) -> anyhow::Result<(actix_web::dev::ServerHandle, ServerTask)> {
+    let workers = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(|cfg| routes(cfg, with_metrics)))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .max_connections(config.limits.max_connections + 1024)
+        // Chat frames are small and latency-bound: never hold one back waiting for an ACK (Nagle +
+        // delayed ACK added ~40 ms to p90 delivery latency before this).
+        .tcp_nodelay(true)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    Ok((handle, actix_web::rt::spawn(server)))
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on their own listener; its handle and address.

@@ -94,10 +94,17 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
-impl Cluster {
-    /// Connects to Redis and joins the cluster (the first heartbeat runs before this returns, so
-    /// the node is in the view when it starts serving).
-    pub async fn join(config: &ClusterConfig, listen: &str, node_key: &[u8]) -> anyhow::Result<Arc<Self>> {
+/// How to reach Redis, from `cluster.redis_url` (one URL, or a Redis Cluster's seed list) and
+/// `cluster.redis_ca_file`.
+struct RedisSettings {
+    urls: Vec<String>,
+    credentials: resp::Credentials,
+    ca: Option<Vec<u8>>,
+    transport: resp::Transport,
+}
+
+impl RedisSettings {
+    fn from(config: &ClusterConfig) -> anyhow::Result<Self> {
         let urls: Vec<String> =
             config.redis_url.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect();
         anyhow::ensure!(!urls.is_empty(), "cluster.redis_url names no Redis");
@@ -123,6 +130,15 @@ impl Cluster {
             "cluster.redis_url mixes redis:// and rediss://"
         );
         let transport = if tls { resp::Transport::tls(ca.as_deref())? } else { resp::Transport::Plain };
+        Ok(Self { urls, credentials, ca, transport })
+    }
+}
+
+impl Cluster {
+    /// Connects to Redis and joins the cluster (the first heartbeat runs before this returns, so
+    /// the node is in the view when it starts serving).
+    pub async fn join(config: &ClusterConfig, listen: &str, node_key: &[u8]) -> anyhow::Result<Arc<Self>> {
+        let RedisSettings { urls, credentials, ca, transport } = RedisSettings::from(config)?;
         let redis = Commands::connect(&urls, config.redis_cluster, ca.as_deref()).await?;
         // The single-Redis bridge subscribes through redis-rs; the sharded one speaks RESP itself.
         let client = match config.redis_cluster {

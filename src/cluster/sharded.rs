@@ -66,7 +66,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
     let mut local = LocalUsers::default();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
-    'reconnect: loop {
+    loop {
         if !first {
             if !local.pause(&mut interest, backoff).await {
                 return;
@@ -82,8 +82,57 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
                 continue;
             }
         };
-        let (incoming_tx, mut incoming) = mpsc::unbounded_channel();
-        let mut writers: HashMap<String, resp::Writer> = HashMap::new();
+        let Some(mut subscribers) = Subscribers::connect(&cluster, &map).await else { continue };
+        let mut resubscribed = true;
+        for user in local.users() {
+            if subscribers.subscribe(&map, &cluster, user, b"SSUBSCRIBE").await.is_err() {
+                resubscribed = false;
+                break;
+            }
+        }
+        if !resubscribed {
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        cluster.set_bridge_up(true);
+        if !was_first {
+            local.resync(&cluster, &hub).await;
+        }
+        let listening = Listening { cluster: &cluster, hub: &hub, map: &map };
+        if let Ended::Stopping = listening.serve(&mut subscribers, &mut local, &mut interest).await {
+            return;
+        }
+    }
+}
+
+enum Ended {
+    /// Reconnect and resubscribe everything.
+    Reconnect,
+    /// The node is stopping.
+    Stopping,
+}
+
+/// The subscriber connections for one shard map, one per master. Their readers stop when this is
+/// dropped (a reconnect, or the bridge stopping).
+struct Subscribers {
+    writers: HashMap<String, resp::Writer>,
+    incoming: mpsc::UnboundedReceiver<Incoming>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Subscribers {
+    fn drop(&mut self) {
+        for reader in &self.readers {
+            reader.abort();
+        }
+    }
+}
+
+impl Subscribers {
+    /// Connects to (and authenticates with) every master; `None` if any fails.
+    async fn connect(cluster: &Cluster, map: &ShardMap) -> Option<Self> {
+        let (incoming_tx, incoming) = mpsc::unbounded_channel();
+        let mut subscribers = Subscribers { writers: HashMap::new(), incoming, readers: Vec::new() };
         let mut masters: Vec<&str> = map.0.iter().map(|(_, _, addr)| addr.as_str()).collect();
         masters.sort_unstable();
         masters.dedup();
@@ -92,97 +141,106 @@ pub(super) async fn run(cluster: Arc<Cluster>, hub: Arc<Hub>, mut interest: mpsc
                 Ok(halves) => halves,
                 Err(e) => {
                     tracing::warn!(%addr, error = %e, "bridge: cannot reach a Redis Cluster master");
-                    continue 'reconnect;
+                    return None;
                 }
             };
             if let Err(e) = resp::authenticate(&mut reader, &mut writer, &cluster.credentials).await {
                 tracing::warn!(%addr, error = %e, "bridge: a Redis Cluster master refused our credentials");
-                continue 'reconnect;
+                return None;
             }
-            writers.insert(addr.to_owned(), writer);
-            let tx = incoming_tx.clone();
-            let addr = addr.to_owned();
-            tokio::spawn(async move {
-                loop {
-                    let reply = match resp::read(&mut reader).await {
-                        Ok(reply) => reply,
-                        Err(_) => {
-                            let _ = tx.send(Incoming::Gone(addr));
-                            return;
-                        }
-                    };
-                    let Some((kind, channel, payload)) = reply.pubsub() else { continue };
-                    let event = match kind {
-                        b"smessage" => match payload.and_then(|p| p.bytes()) {
-                            Some(payload) => Incoming::Message(channel.to_vec(), payload.to_vec()),
-                            None => continue,
-                        },
-                        b"sunsubscribe" => Incoming::Unsubscribed(channel.to_vec()),
-                        _ => continue,
-                    };
-                    if tx.send(event).is_err() {
-                        return;
-                    }
-                }
-            });
+            subscribers.writers.insert(addr.to_owned(), writer);
+            subscribers.readers.push(tokio::spawn(read_pushes(reader, addr.to_owned(), incoming_tx.clone())));
         }
-        drop(incoming_tx);
-        for user in local.users() {
-            if subscribe(&map, &mut writers, &cluster, user, b"SSUBSCRIBE").await.is_err() {
-                continue 'reconnect;
+        Some(subscribers)
+    }
+
+    /// One SSUBSCRIBE or SUNSUBSCRIBE, for one channel, on the master that owns its slot.
+    async fn subscribe(
+        &mut self,
+        map: &ShardMap,
+        cluster: &Cluster,
+        user: UserId,
+        command: &[u8],
+    ) -> std::io::Result<()> {
+        let channel = cluster.keys.user_channel(user);
+        let Some(writer) = map.master_of(&channel).and_then(|addr| self.writers.get_mut(addr)) else {
+            return Err(std::io::ErrorKind::NotConnected.into());
+        };
+        resp::send(writer, &[command, channel.as_bytes()]).await
+    }
+}
+
+/// Reads one master's pushes until its connection ends (then says so).
+async fn read_pushes(mut reader: resp::Reader, addr: String, tx: mpsc::UnboundedSender<Incoming>) {
+    loop {
+        let reply = match resp::read(&mut reader).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                let _ = tx.send(Incoming::Gone(addr));
+                return;
             }
-        }
-        backoff = Duration::from_millis(100);
-        cluster.set_bridge_up(true);
-        if !was_first {
-            local.resync(&cluster, &hub).await;
-        }
-        loop {
-            tokio::select! {
-                change = interest.recv() => {
-                    let Some(change) = change else { return };
-                    if let Some((user, on)) = local.apply(change) {
-                        let command: &[u8] = if on { b"SSUBSCRIBE" } else { b"SUNSUBSCRIBE" };
-                        if subscribe(&map, &mut writers, &cluster, user, command).await.is_err() {
-                            continue 'reconnect;
-                        }
-                    }
-                }
-                event = incoming.recv() => match event {
-                    Some(Incoming::Message(channel, payload)) => {
-                        if let Ok(channel) = std::str::from_utf8(&channel) {
-                            receive(&cluster, &hub, channel, &payload);
-                        }
-                    }
-                    Some(Incoming::Unsubscribed(channel)) => {
-                        let user = std::str::from_utf8(&channel).ok().and_then(|c| cluster.keys.user_of_channel(c));
-                        if user.is_some_and(|u| local.contains(u)) {
-                            tracing::info!("bridge: Redis dropped a subscription (a slot moved); resubscribing");
-                            continue 'reconnect;
-                        }
-                    }
-                    Some(Incoming::Gone(addr)) => {
-                        tracing::warn!(%addr, "bridge: a Redis Cluster subscriber connection ended; reconnecting");
-                        continue 'reconnect;
-                    }
-                    None => continue 'reconnect,
-                },
-            }
+        };
+        let Some((kind, channel, payload)) = reply.pubsub() else { continue };
+        let event = match kind {
+            b"smessage" => match payload.and_then(|p| p.bytes()) {
+                Some(payload) => Incoming::Message(channel.to_vec(), payload.to_vec()),
+                None => continue,
+            },
+            b"sunsubscribe" => Incoming::Unsubscribed(channel.to_vec()),
+            _ => continue,
+        };
+        if tx.send(event).is_err() {
+            return;
         }
     }
 }
 
-/// One SSUBSCRIBE or SUNSUBSCRIBE, for one channel, on the master that owns its slot.
-async fn subscribe(
-    map: &ShardMap,
-    writers: &mut HashMap<String, resp::Writer>,
-    cluster: &Cluster,
-    user: UserId,
-    command: &[u8],
-) -> std::io::Result<()> {
-    let channel = cluster.keys.user_channel(user);
-    let Some(writer) = map.master_of(&channel).and_then(|addr| writers.get_mut(addr)) else {
-        return Err(std::io::ErrorKind::NotConnected.into());
-    };
-    resp::send(writer, &[command, channel.as_bytes()]).await
+/// The bridge while subscribed: interest changes and what the masters push.
+struct Listening<'a> {
+    cluster: &'a Cluster,
+    hub: &'a Hub,
+    map: &'a ShardMap,
+}
+
+impl Listening<'_> {
+    async fn serve(
+        &self,
+        subscribers: &mut Subscribers,
+        local: &mut LocalUsers,
+        interest: &mut mpsc::UnboundedReceiver<Interest>,
+    ) -> Ended {
+        loop {
+            tokio::select! {
+                change = interest.recv() => {
+                    let Some(change) = change else { return Ended::Stopping };
+                    if let Some((user, on)) = local.apply(change) {
+                        let command: &[u8] = if on { b"SSUBSCRIBE" } else { b"SUNSUBSCRIBE" };
+                        if subscribers.subscribe(self.map, self.cluster, user, command).await.is_err() {
+                            return Ended::Reconnect;
+                        }
+                    }
+                }
+                event = subscribers.incoming.recv() => match event {
+                    Some(Incoming::Message(channel, payload)) => {
+                        if let Ok(channel) = std::str::from_utf8(&channel) {
+                            receive(self.cluster, self.hub, channel, &payload);
+                        }
+                    }
+                    Some(Incoming::Unsubscribed(channel)) => {
+                        let keys = &self.cluster.keys;
+                        let user = std::str::from_utf8(&channel).ok().and_then(|c| keys.user_of_channel(c));
+                        if user.is_some_and(|u| local.contains(u)) {
+                            tracing::info!("bridge: Redis dropped a subscription (a slot moved); resubscribing");
+                            return Ended::Reconnect;
+                        }
+                    }
+                    Some(Incoming::Gone(addr)) => {
+                        tracing::warn!(%addr, "bridge: a Redis Cluster subscriber connection ended; reconnecting");
+                        return Ended::Reconnect;
+                    }
+                    None => return Ended::Reconnect,
+                },
+            }
+        }
+    }
 }
