@@ -36,16 +36,22 @@ impl UserEntry {
     }
 }
 
-/// The actor hosted for a key.
+/// The actor hosted for a key, with the epoch it claimed the key under.
 #[derive(Clone, PartialEq)]
 enum Hosted {
-    Room(Addr<RoomActor>),
+    Room(Addr<RoomActor>, u64),
 }
 
 impl Hosted {
     fn connected(&self) -> bool {
         match self {
-            Hosted::Room(addr) => addr.connected(),
+            Hosted::Room(addr, _) => addr.connected(),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        match self {
+            Hosted::Room(_, epoch) => *epoch,
         }
     }
 }
@@ -54,6 +60,9 @@ impl Hosted {
 pub struct Registry {
     users: DashMap<UserId, UserEntry>,
     actors: DashMap<ActorKey, Hosted>,
+    /// One claim at a time per key on this node: two requests that both find no actor would
+    /// otherwise both claim, and the first actor would be fenced by the second at once.
+    claiming: DashMap<ActorKey, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Registry {
@@ -90,15 +99,32 @@ impl Registry {
     /// The room's actor, loaded from the store and started if needed.
     pub async fn room(&self, room: RoomId, hub: &Arc<Hub>) -> DomainResult<Addr<RoomActor>> {
         let key = ActorKey::Room(room);
-        if let Some(Hosted::Room(addr)) = self.actors.get(&key).map(|a| a.clone()).filter(Hosted::connected) {
+        if let Some(Hosted::Room(addr, _)) = self.actors.get(&key).map(|a| a.clone()).filter(Hosted::connected) {
             return Ok(addr);
         }
-        let state = hub.store.load_room(room).await?.ok_or_else(DomainError::not_a_member)?;
+        let lock = self.claiming.entry(key).or_default().clone();
+        let claimed = async {
+            let _one_at_a_time = lock.lock().await;
+            if let Some(Hosted::Room(addr, _)) = self.actors.get(&key).map(|a| a.clone()).filter(Hosted::connected) {
+                return Ok(addr);
+            }
+            self.claim_room(key, room, hub).await
+        }
+        .await;
+        // The map's handle and ours: no one else is waiting for this key.
+        self.claiming.remove_if(&key, |_, l| Arc::strong_count(l) <= 2);
+        claimed
+    }
+
+    async fn claim_room(&self, key: ActorKey, room: RoomId, hub: &Arc<Hub>) -> DomainResult<Addr<RoomActor>> {
+        // Claimed, not just loaded: from here on an older writer of this room is fenced off.
+        let (state, epoch) = hub.store.claim_room(room).await?.ok_or_else(DomainError::not_a_member)?;
         let hosted = match self.actors.entry(key) {
-            Entry::Occupied(e) if e.get().connected() => e.get().clone(),
-            entry => entry.insert(Hosted::Room(RoomActor::new(state, hub.clone()).start())).clone(),
+            // Started meanwhile by a request that claimed after us: that one is the room's writer.
+            Entry::Occupied(e) if e.get().connected() && e.get().epoch() > epoch => e.get().clone(),
+            entry => entry.insert(Hosted::Room(RoomActor::new(state, epoch, hub.clone()).start(), epoch)).clone(),
         };
-        let Hosted::Room(addr) = hosted;
+        let Hosted::Room(addr, _) = hosted;
         Ok(addr)
     }
 
@@ -112,7 +138,7 @@ impl Registry {
     }
 
     pub(super) fn forget_room(&self, room: RoomId, addr: &Addr<RoomActor>) {
-        self.actors.remove_if(&ActorKey::Room(room), |_, hosted| *hosted == Hosted::Room(addr.clone()));
+        self.actors.remove_if(&ActorKey::Room(room), |_, hosted| matches!(hosted, Hosted::Room(a, _) if a == addr));
     }
 
     /// Hands a durable event to the user actors of its recipients that are on this node. Users with

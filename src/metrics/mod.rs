@@ -88,6 +88,7 @@ metrics! {
     events_delivered_total: Counter = "Stream events written to connections (live and catch-up).",
     events_caught_up_total: Counter = "Stream events sent from the store rather than live.",
     slow_consumers_total: Counter = "Times a connection fell behind and was moved to catch-up or told to resync.",
+    room_appends_fenced_total: Counter = "Appends refused because another writer had taken the room over (ownership moving).",
     bridge_published_total: Counter = "Messages published to other nodes through Redis.",
     bridge_publish_failures_total: Counter = "Publishes to Redis that failed (receivers catch up from the store).",
     bridge_publish_dropped_total: Counter = "Events not bridged because the publish queue was full (receivers catch up from the store).",

@@ -65,6 +65,11 @@ pub trait RoomStore: Send + Sync {
     /// room that already exists between the two users, returns it instead.
     async fn create_room(&self, room: NewRoom) -> StoreResult<CreateRoomOutcome>;
     async fn load_room(&self, room: RoomId) -> StoreResult<Option<RoomState>>;
+    /// Takes over writing to `room`: a fresh epoch, and the room's state as of the takeover. From
+    /// then on an append carrying an older epoch is refused (`AppendOutcome::Fenced`), so a writer
+    /// that lost the room (another node took it while views disagreed) cannot append any more.
+    /// `None` when the room does not exist.
+    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<(RoomState, u64)>>;
     /// Starts appending one entry to a room's log: applies its effect and puts it in each
     /// recipient's stream, atomically. Does not wait: the submission is queued before this returns,
     /// so appends to one room submitted in seq order are applied in that order (and every recipient's

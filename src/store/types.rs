@@ -69,6 +69,8 @@ pub enum CreateRoomOutcome {
 #[derive(Debug, Clone)]
 pub struct Append {
     pub entry: std::sync::Arc<RoomEntry>,
+    /// The writer's epoch (`RoomStore::claim_room`); refused unless it is still the room's.
+    pub epoch: u64,
     /// Whose streams receive the entry.
     pub recipients: Vec<UserId>,
     pub effect: Effect,
@@ -195,6 +197,8 @@ pub enum AppendOutcome {
     NotAllowed,
     /// The seq is taken: another owner wrote to this room. The caller must reload the room.
     SeqTaken,
+    /// Another writer has taken the room over since this one claimed it: nothing was written.
+    Fenced,
 }
 
 #[derive(Debug, Clone)]

@@ -51,9 +51,16 @@ pub async fn group(store: &dyn Store, id: u64, creator: UserId, members: &[UserI
     room
 }
 
+/// The room's writer epoch, claimed now (the writer a test plays).
+async fn claim(store: &dyn Store, room: RoomId) -> u64 {
+    store.claim_room(room).await.unwrap().expect("the room exists").1
+}
+
 async fn append(store: &dyn Store, e: RoomEntry, recipients: &[UserId], effect: Effect) -> AppendOutcome {
+    let epoch = claim(store, e.room).await;
     store
         .submit_append(Append {
+            epoch,
             entry: Arc::new(e),
             recipients: recipients.to_vec(),
             effect,
@@ -222,11 +229,13 @@ pub async fn ordered_submission(store: Arc<dyn Store>) {
     let s = &*store;
     let (a, b) = (user(s, 1, "a").await, user(s, 2, "b").await);
     let room = group(s, 300, a, &[a, b]).await;
+    let epoch = claim(s, room).await;
     let mut pending = Vec::new();
     for seq in 2..=500u64 {
         let e = Arc::new(entry(room, seq, a, text(&format!("m{seq}"), &format!("c{seq}"))));
         pending.push(
             s.submit_append(Append {
+                epoch,
                 entry: e,
                 recipients: vec![a, b],
                 effect: Effect::None,
@@ -284,8 +293,10 @@ async fn append_pushed(store: &dyn Store, e: RoomEntry, recipients: &[UserId], p
         due_at_ms: 0,
         platforms: Platform::ALL.to_vec(),
     };
+    let epoch = claim(store, e.room).await;
     store
         .submit_append(Append {
+            epoch,
             entry: Arc::new(e),
             recipients: recipients.to_vec(),
             effect: Effect::None,
@@ -295,6 +306,39 @@ async fn append_pushed(store: &dyn Store, e: RoomEntry, recipients: &[UserId], p
         .unwrap()
         .await
         .unwrap()
+}
+
+/// Ownership: a writer whose room another writer claimed since cannot append, whatever seq it
+/// uses; the new writer continues from the state its claim returned.
+pub async fn fencing(store: Arc<dyn Store>) {
+    let s = &*store;
+    let a = user(s, 1, "a").await;
+    let room = group(s, 9, a, &[a]).await;
+    assert!(s.claim_room(RoomId(404)).await.unwrap().is_none(), "no such room");
+    let old = claim(s, room).await;
+    let sent = |epoch, seq: u64, text_: &str| Append {
+        epoch,
+        entry: Arc::new(entry(room, seq, a, text(text_, &format!("{text_}{seq}")))),
+        recipients: vec![a],
+        effect: Effect::None,
+        push: None,
+        revised_preview: None,
+    };
+    let first = s.submit_append(sent(old, 2, "old")).unwrap().await.unwrap();
+    assert!(matches!(first, AppendOutcome::Committed { .. }));
+    let (state, new) = s.claim_room(room).await.unwrap().unwrap();
+    assert!(new > old, "a claim moves the epoch on");
+    assert_eq!(state.last_seq, 2, "the new writer sees everything the old one committed");
+    for seq in [3, 4, 100] {
+        let refused = s.submit_append(sent(old, seq, "stale")).unwrap().await.unwrap();
+        assert_eq!(refused, AppendOutcome::Fenced, "seq {seq}");
+    }
+    let next = s.submit_append(sent(new, 3, "new")).unwrap().await.unwrap();
+    assert!(matches!(next, AppendOutcome::Committed { .. }));
+    let (entries, _) = s.history(room, HistoryPage::After { seq: 0, limit: 10 }).await.unwrap();
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    let streamed = s.events_after(a, 0, 10).await.unwrap();
+    assert_eq!(streamed.len(), 3, "nothing of the fenced writer reached a stream");
 }
 
 /// Push tokens and the push queue: queued with the append, merged per device and room, leased,
@@ -433,6 +477,12 @@ macro_rules! store_suite {
                 let (_guard, store) = $make;
                 super::push_queue(store).await;
             }
+
+            #[tokio::test]
+            async fn a_writer_that_lost_its_room_is_fenced() {
+                let (_guard, store) = $make;
+                super::fencing(store).await;
+            }
         }
     };
 }
@@ -478,9 +528,12 @@ async fn sqlite_two_writers_never_share_a_seq() {
     let (one, two) = (open(), open());
     let a = user(&*one, 1, "a").await;
     let room = group(&*one, 5, a, &[a]).await;
+    // Both under the room's current epoch (as if both had read it): the seq is the fence left.
+    let epoch = claim(&*one, room).await;
     let mut committed = 0;
     for seq in 2..=50 {
         let first = one.submit_append(Append {
+            epoch,
             entry: Arc::new(entry(room, seq, a, text("from one", &format!("one{seq}")))),
             recipients: vec![a],
             effect: Effect::None,
@@ -488,6 +541,7 @@ async fn sqlite_two_writers_never_share_a_seq() {
             revised_preview: None,
         });
         let second = two.submit_append(Append {
+            epoch,
             entry: Arc::new(entry(room, seq, a, text("from two", &format!("two{seq}")))),
             recipients: vec![a],
             effect: Effect::None,

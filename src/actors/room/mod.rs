@@ -6,7 +6,12 @@
 //!   every member's stream has them in that order.
 //! - The in-memory member list is changed when a membership entry is submitted, so an entry is
 //!   delivered to exactly the members the room had at its seq. If a submitted entry then fails, the
-//!   actor stops and the next request reloads the room from the store.
+//!   actor retires: it leaves the registry at once (the next request starts a fresh actor, which
+//!   reloads the room), answers what reaches it meanwhile with UNAVAILABLE, and stops once its
+//!   submitted appends have all been answered, so no request is ever dropped unanswered.
+//! - The actor writes under the epoch it claimed when it started (`RoomStore::claim_room`). Once
+//!   another actor (on another node, while ownership moves) claims the room, every append of this
+//!   one is refused (`Fenced`), so two writers never interleave their entries in a room.
 //! - A sender is acknowledged only after the store reported the entry durable.
 
 mod plan;
@@ -50,10 +55,18 @@ pub struct RoomActor {
     last_seq: u64,
     hub: Arc<Hub>,
     last_activity: Instant,
+    /// The epoch this actor claimed the room under; its appends are refused once it is not the
+    /// room's any more.
+    epoch: u64,
+    /// Appends submitted and not yet answered.
+    in_flight: usize,
+    /// An append failed (the room moved, or the store did): answer everything UNAVAILABLE and stop
+    /// once nothing is in flight.
+    retiring: bool,
 }
 
 impl RoomActor {
-    pub fn new(state: RoomState, hub: Arc<Hub>) -> Self {
+    pub fn new(state: RoomState, epoch: u64, hub: Arc<Hub>) -> Self {
         Self {
             id: state.meta.id,
             kind: state.meta.kind,
@@ -61,6 +74,21 @@ impl RoomActor {
             last_seq: state.last_seq,
             hub,
             last_activity: Instant::now(),
+            epoch,
+            in_flight: 0,
+            retiring: false,
+        }
+    }
+
+    /// Stops taking requests: the registry forgets this actor now (the next request starts a fresh
+    /// one), and it stops once its appends in flight are answered.
+    fn retire(&mut self, ctx: &mut Context<Self>) {
+        if !self.retiring {
+            self.retiring = true;
+            self.hub.registry.forget_room(self.id, &ctx.address());
+        }
+        if self.in_flight == 0 {
+            ctx.stop();
         }
     }
 
@@ -102,6 +130,7 @@ impl RoomActor {
         let revised_preview = self.hub.push.revised_preview(&entry);
         let append = Append {
             entry: entry.clone(),
+            epoch: self.epoch,
             recipients: planned.recipients,
             effect: planned.effect,
             push,
@@ -113,6 +142,7 @@ impl RoomActor {
             Err(e) => return replier.error(e.into()),
         };
         // Submitted: the next entry is checked against the room as this one leaves it.
+        self.in_flight += 1;
         self.last_seq = entry.seq;
         planned.change.apply(&mut self.members);
         let on_commit = planned.on_commit;
@@ -120,7 +150,11 @@ impl RoomActor {
             if let (Ok(AppendOutcome::Committed { .. }), Some((users, due_at_ms))) = (&outcome, &pushed_to) {
                 act.hub.push.queued(users, *due_at_ms);
             }
+            act.in_flight -= 1;
             act.on_committed(entry, outcome, on_commit, replier, ctx);
+            if act.retiring {
+                act.retire(ctx);
+            }
         }));
     }
 
@@ -156,16 +190,19 @@ impl RoomActor {
             }
             Ok(AppendOutcome::SeqTaken) => {
                 tracing::warn!(room = %self.id, seq = entry.seq, "seq taken by another writer; reloading room");
-                replier.error(DomainError {
-                    retry_after_ms: 100,
-                    ..DomainError::new(Code::Unavailable, "room moved; retry")
-                });
-                ctx.stop();
+                replier.error(room_moved());
+                self.retire(ctx);
+            }
+            Ok(AppendOutcome::Fenced) => {
+                tracing::info!(room = %self.id, seq = entry.seq, "another writer took the room over; retiring");
+                METRICS.room_appends_fenced_total.inc();
+                replier.error(room_moved());
+                self.retire(ctx);
             }
             Err(e) => {
                 tracing::warn!(room = %self.id, seq = entry.seq, error = %e, "append failed; reloading room");
                 replier.error(e.into());
-                ctx.stop();
+                self.retire(ctx);
             }
         }
     }
@@ -223,6 +260,12 @@ impl RoomActor {
     }
 }
 
+/// The answer while a room changes writers: retry shortly (the client keeps its `client_msg_id`,
+/// so a retry never duplicates).
+fn room_moved() -> DomainError {
+    DomainError { retry_after_ms: 100, ..DomainError::new(Code::Unavailable, "room moved; retry") }
+}
+
 impl Actor for RoomActor {
     type Context = Context<Self>;
 
@@ -231,7 +274,7 @@ impl Actor for RoomActor {
         METRICS.rooms_active.inc();
         let idle = Duration::from_secs(self.hub.limits.room_idle_secs.max(1));
         ctx.run_interval(idle.min(Duration::from_secs(30)), move |act, ctx| {
-            if act.last_activity.elapsed() >= idle {
+            if act.last_activity.elapsed() >= idle && act.in_flight == 0 {
                 ctx.stop();
             }
         });
@@ -249,6 +292,10 @@ impl Handler<RoomRequest> for RoomActor {
     fn handle(&mut self, msg: RoomRequest, ctx: &mut Context<Self>) {
         self.last_activity = Instant::now();
         let RoomRequest { user, op, replier } = msg;
+        if self.retiring {
+            // Sent before the registry forgot this actor; a retry reaches the fresh one.
+            return replier.error(room_moved());
+        }
         match op {
             RoomOp::History(page) => self.history(user, page, replier, ctx),
             RoomOp::Typing { active } => self.typing(user, active, replier),

@@ -216,6 +216,10 @@ impl RoomStore for SqliteStore {
         self.write(|reply| WriteCmd::CreateRoom(room, reply)).await
     }
 
+    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<(RoomState, u64)>> {
+        self.write(|reply| WriteCmd::ClaimRoom(room, reply)).await
+    }
+
     async fn load_room(&self, room: RoomId) -> StoreResult<Option<RoomState>> {
         self.read(move |c| reads::load_room(c, room)).await
     }

@@ -79,6 +79,12 @@ CREATE TABLE IF NOT EXISTS entries (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS entries_by_client_msg_id
     ON entries (room_id, sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+-- The epoch of a room's current writer: taking a room over increments it, and an append that
+-- carries an older epoch is refused (the fence between an old owner and a new one).
+CREATE TABLE IF NOT EXISTS room_owners (
+    room_id INTEGER PRIMARY KEY,
+    epoch INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     user_id INTEGER NOT NULL,
     pos INTEGER NOT NULL,

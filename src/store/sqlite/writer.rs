@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::codec::{entry_columns, event_row, role_code, room_kind_code};
 use super::push;
 use crate::domain::{
-    DeviceId, EntryBody, EventRef, PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, UserId, now_ms,
+    DeviceId, EntryBody, EventRef, PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId,
+    now_ms,
 };
 use crate::metrics::METRICS;
 use crate::store::{
@@ -47,6 +48,7 @@ pub(super) enum WriteCmd {
         reply: Reply<()>,
     },
     CreateRoom(NewRoom, Reply<CreateRoomOutcome>),
+    ClaimRoom(RoomId, Reply<Option<(RoomState, u64)>>),
     Append(Append, Reply<AppendOutcome>),
     Receipt(ReceiptWrite, Reply<Option<Positions>>),
     SetPushToken(PushRegistration, Reply<()>),
@@ -189,6 +191,7 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
             Ok(Ok(()))
         }),
         WriteCmd::CreateRoom(room, reply) => run!(reply, |tx, heads| create_room(tx, heads, &room)),
+        WriteCmd::ClaimRoom(room, reply) => run!(reply, |tx, _| claim_room(tx, room)),
         WriteCmd::Append(append, reply) => run!(reply, |tx, heads| append_entry(tx, heads, &append)),
         WriteCmd::Receipt(receipt, reply) => run!(reply, |tx, heads| set_receipt(tx, heads, &receipt)),
         WriteCmd::SetPushToken(registration, reply) => {
@@ -462,9 +465,27 @@ fn standing_message_sender(tx: &Transaction<'_>, room: u64, seq: u64) -> rusqlit
         .map(|s| s.map(|s| UserId(s as u64)))
 }
 
+fn claim_room(tx: &Transaction<'_>, room: RoomId) -> CmdResult<Option<(RoomState, u64)>> {
+    let Some(state) = super::reads::load_room(tx, room)? else { return Ok(Ok(None)) };
+    let epoch: i64 = tx
+        .prepare_cached(
+            "INSERT INTO room_owners (room_id, epoch) VALUES (?1, 1)
+             ON CONFLICT (room_id) DO UPDATE SET epoch = epoch + 1 RETURNING epoch",
+        )?
+        .query_row([room.0 as i64], |r| r.get(0))?;
+    Ok(Ok(Some((state, epoch as u64))))
+}
+
 fn append_entry(tx: &Transaction<'_>, heads: &mut StreamHeads, append: &Append) -> CmdResult<AppendOutcome> {
     let entry = &append.entry;
     let room = entry.room.0;
+    let epoch: Option<i64> = tx
+        .prepare_cached("SELECT epoch FROM room_owners WHERE room_id = ?1")?
+        .query_row([room as i64], |r| r.get(0))
+        .optional()?;
+    if epoch != Some(append.epoch as i64) {
+        return Ok(Ok(AppendOutcome::Fenced));
+    }
     if let EntryBody::Text(message) = &entry.body {
         if !message.client_msg_id.is_empty() {
             let earlier = tx
