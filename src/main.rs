@@ -31,6 +31,10 @@ struct Args {
     /// Any setting as section.key=value; repeatable. E.g. --set limits.max_connections=50000
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Start every user's stream in a new epoch before serving: after restoring the store from a
+    /// backup, so that clients resuming with positions of the lost events sync from 0 instead.
+    #[arg(long)]
+    new_stream_epoch: bool,
 }
 
 impl Args {
@@ -87,6 +91,12 @@ fn main() -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides()?)?;
     init_logging(&config);
     actix_web::rt::System::new().block_on(async move {
+        if args.new_stream_epoch {
+            let store = tidings::server::open_store(&config)?;
+            let epoch = store.rotate_stream_epochs().await?;
+            store.close().await;
+            tracing::info!(%epoch, "every stream starts a new epoch: resuming clients will sync from 0");
+        }
         let running = tidings::server::start(config).await?;
         running.run_until(shutdown_signal()).await
     })

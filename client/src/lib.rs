@@ -374,8 +374,14 @@ impl Connection {
 
     /// Starts the stream after `after_pos`; returns the head position.
     pub async fn sync(&self, after_pos: u64) -> Result<u64, ClientError> {
-        match self.request(Req::Sync(wire::SyncRequest { after_pos })).await? {
-            ReplyResult::Sync(s) => Ok(s.head_pos),
+        self.sync_in(after_pos, "").await.map(|s| s.head_pos)
+    }
+
+    /// Sync from a position stored under stream `epoch` (empty: none); the answer carries the
+    /// stream's epoch to store with the positions.
+    pub async fn sync_in(&self, after_pos: u64, epoch: &str) -> Result<wire::SyncStarted, ClientError> {
+        match self.request(Req::Sync(wire::SyncRequest { after_pos, epoch: epoch.into() })).await? {
+            ReplyResult::Sync(s) => Ok(s),
             other => Err(unexpected(other)),
         }
     }

@@ -55,7 +55,7 @@ pub enum RoomWrite {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ReplyBody {
     Ok,
-    SyncStarted { head_pos: u64 },
+    SyncStarted { head_pos: u64, epoch: String },
     Pong { server_time_ms: i64 },
     Room(Box<RoomSummary>),
     Rooms(Vec<RoomSummary>),

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::cursor::{Cursor, GAP_WAIT, Next};
 use super::{Ephemeral, Hub, Notice, Outbound, PresenceInfo, Replier, ReplyBody};
-use crate::domain::{ConnId, DeviceId, DomainError, StreamEvent, UserId, now_ms};
+use crate::domain::{Code, ConnId, DeviceId, DomainError, StreamEvent, UserId, now_ms};
 use crate::metrics::METRICS;
 
 /// How soon a connection whose queue was full is tried again.
@@ -46,6 +46,8 @@ pub struct Detach {
 pub struct SyncFrom {
     pub conn: ConnId,
     pub after_pos: u64,
+    /// The stream epoch `after_pos` belongs to, when the client knows it.
+    pub epoch: Option<String>,
     pub replier: Replier,
 }
 
@@ -239,19 +241,27 @@ impl Handler<SyncFrom> for UserActor {
     type Result = ();
 
     fn handle(&mut self, msg: SyncFrom, ctx: &mut Context<Self>) {
-        let SyncFrom { conn: conn_id, after_pos, replier } = msg;
+        let SyncFrom { conn: conn_id, after_pos, epoch: resumed, replier } = msg;
         if !self.conns.contains_key(&conn_id) {
             replier.error(DomainError::internal());
             return;
         }
         let store = self.hub.store.clone();
         let user = self.user;
-        let head = async move { store.stream_head(user).await };
+        let head = async move {
+            Ok::<_, crate::store::StoreError>((store.stream_head(user).await?, store.stream_epoch(user).await?))
+        };
         ctx.spawn(head.into_actor(self).map(move |head, act, ctx| {
-            let head = match head {
+            let (head, epoch) = match head {
                 Ok(head) => head,
                 Err(e) => return replier.error(e.into()),
             };
+            if resumed.as_ref().is_some_and(|resumed| *resumed != epoch) {
+                return replier.error(DomainError::new(
+                    Code::StreamReset,
+                    format!("this stream was started anew (epoch {epoch}); forget the stored position and sync from 0"),
+                ));
+            }
             if after_pos > head {
                 return replier.error(DomainError::invalid(format!(
                     "after_pos {after_pos} is ahead of this stream (head {head}); sync from 0"
@@ -259,7 +269,7 @@ impl Handler<SyncFrom> for UserActor {
             }
             let Some(conn) = act.conns.get_mut(&conn_id) else { return replier.error(DomainError::internal()) };
             conn.cursor.sync_from(after_pos, Instant::now());
-            replier.reply(Ok(ReplyBody::SyncStarted { head_pos: head }));
+            replier.reply(Ok(ReplyBody::SyncStarted { head_pos: head, epoch }));
             act.read_page(conn_id, ctx);
         }));
     }

@@ -23,6 +23,8 @@ pub enum Code {
     Unavailable,
     Internal,
     NotAMember,
+    /// The stream a client resumes was started anew: its positions name other events now.
+    StreamReset,
 }
 
 /// An error answer: a stable code and a message for people.

@@ -28,10 +28,10 @@ pub enum SessionOp {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamOp {
-    /// Stream from after `after_pos`.
-    Sync { after_pos: u64 },
+    /// Stream from after `after_pos`, a position of stream epoch `epoch` (if the client knows it).
+    Sync { after_pos: u64, epoch: Option<String> },
     /// The client stored everything up to `pos`.
     Ack { pos: u64 },
 }

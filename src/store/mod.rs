@@ -97,6 +97,13 @@ pub trait StreamStore: Send + Sync {
     async fn events_after(&self, user: UserId, after_pos: u64, limit: usize) -> StoreResult<Vec<(u64, StreamEvent)>>;
     /// The newest position of the user's stream (0 when empty).
     async fn stream_head(&self, user: UserId) -> StoreResult<u64>;
+    /// The epoch of the user's stream. Positions mean something only within one epoch; a new one
+    /// starts when streams are started anew (a store restored from a backup, or moved to another
+    /// backend: `rotate_stream_epochs`), so that a client resuming with positions of an earlier
+    /// stream is told to start over instead of silently skipping what its positions now name.
+    async fn stream_epoch(&self, user: UserId) -> StoreResult<String>;
+    /// Starts a new epoch for every stream; returns it.
+    async fn rotate_stream_epochs(&self) -> StoreResult<String>;
 }
 
 /// Push tokens, preferences and the durable push queue.

@@ -21,6 +21,7 @@ pub fn wire_code(code: Code) -> ErrorCode {
         Code::Unavailable => ErrorCode::Unavailable,
         Code::Internal => ErrorCode::Internal,
         Code::NotAMember => ErrorCode::NotAMember,
+        Code::StreamReset => ErrorCode::StreamReset,
     }
 }
 
@@ -31,7 +32,7 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Unauthenticated | Code::TokenExpired => StatusCode::UNAUTHORIZED,
         Code::Forbidden | Code::NotAMember => StatusCode::FORBIDDEN,
         Code::NotFound => StatusCode::NOT_FOUND,
-        Code::Conflict => StatusCode::CONFLICT,
+        Code::Conflict | Code::StreamReset => StatusCode::CONFLICT,
         Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Code::Overloaded | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,

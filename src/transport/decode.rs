@@ -168,7 +168,10 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
     let room_op = |room_id: u64, op: RoomOp| Ok(Request::Room { room: room(room_id)?, op });
     let write = |room_id: u64, write: RoomWrite| room_op(room_id, RoomOp::Write(write));
     match wire {
-        Wire::Sync(s) => Ok(Request::Stream(StreamOp::Sync { after_pos: s.after_pos })),
+        Wire::Sync(s) => {
+            let epoch = (!s.epoch.is_empty()).then_some(s.epoch);
+            Ok(Request::Stream(StreamOp::Sync { after_pos: s.after_pos, epoch }))
+        }
         Wire::Ack(a) => Ok(Request::Stream(StreamOp::Ack { pos: a.pos })),
         Wire::Ping(_) => Ok(Request::Session(SessionOp::Ping)),
         Wire::Reauthenticate(r) => Ok(Request::Session(SessionOp::Reauthenticate { access_token: r.access_token })),

@@ -39,8 +39,8 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
             });
         }
         // A failed hand-over drops the replier, which answers INTERNAL.
-        Request::Stream(StreamOp::Sync { after_pos }) => {
-            let _ = caller.user_actor.addr.send(SyncFrom { conn: caller.conn, after_pos, replier }).await;
+        Request::Stream(StreamOp::Sync { after_pos, epoch }) => {
+            let _ = caller.user_actor.addr.send(SyncFrom { conn: caller.conn, after_pos, epoch, replier }).await;
         }
         Request::Stream(StreamOp::Ack { pos }) => {
             let _ = caller.user_actor.addr.send(StreamAck { conn: caller.conn, pos, replier }).await;

@@ -44,7 +44,9 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
     use wire::reply::Result as R;
     let result = match body {
         ReplyBody::Ok => R::Ok(wire::Success {}),
-        ReplyBody::SyncStarted { head_pos } => R::Sync(wire::SyncStarted { head_pos: *head_pos }),
+        ReplyBody::SyncStarted { head_pos, epoch } => {
+            R::Sync(wire::SyncStarted { head_pos: *head_pos, epoch: epoch.clone() })
+        }
         ReplyBody::Pong { server_time_ms } => R::Pong(wire::Pong { server_time_ms: *server_time_ms }),
         ReplyBody::Room(summary) => R::Room(room(summary)),
         ReplyBody::Rooms(rooms) => R::Rooms(wire::RoomList { rooms: rooms.iter().map(room).collect() }),

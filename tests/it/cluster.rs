@@ -790,7 +790,10 @@ async fn a_draining_node_leaves_the_membership_at_once_and_stays_out_until_it_ex
     {
         use futures_util::SinkExt;
         use prost::Message as _;
-        let sync = wire::ClientFrame { request_id: 1, request: Some(Req::Sync(wire::SyncRequest { after_pos: 0 })) };
+        let sync = wire::ClientFrame {
+            request_id: 1,
+            request: Some(Req::Sync(wire::SyncRequest { after_pos: 0, ..Default::default() })),
+        };
         socket.send(tokio_tungstenite::tungstenite::Message::Binary(sync.encode_to_vec().into())).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -107,6 +107,11 @@ impl TestServer {
         format!("ws://{}", self.addr)
     }
 
+    /// The same account and device on this server (one that shares the first one's data).
+    pub fn user_from(&self, user: &TestUser) -> TestUser {
+        TestUser { name: user.name.clone(), auth: user.auth.clone(), ws_base: self.ws_base(), http: self.http() }
+    }
+
     /// Signs up a user with one device.
     pub async fn user(&self, name: &str) -> TestUser {
         let auth = self.http().sign_up(name, PASSWORD, "phone").await.expect("sign up");

@@ -219,7 +219,10 @@ async fn sockets_that_sync_from_zero_and_never_read_hold_two_pages_each_not_thei
     let mut stalled = Vec::new();
     for _ in 0..4 {
         let mut socket = bob.raw_socket().await;
-        let sync = wire::ClientFrame { request_id: 1, request: Some(Req::Sync(wire::SyncRequest { after_pos: 0 })) };
+        let sync = wire::ClientFrame {
+            request_id: 1,
+            request: Some(Req::Sync(wire::SyncRequest { after_pos: 0, ..Default::default() })),
+        };
         socket.send(Message::Binary(sync.encode_to_vec().into())).await.unwrap();
         stalled.push(socket);
     }

@@ -308,6 +308,18 @@ async fn append_pushed(store: &dyn Store, e: RoomEntry, recipients: &[UserId], p
         .unwrap()
 }
 
+/// Stream epochs: stable (and not empty) until rotated; a rotation gives every stream a new one.
+pub async fn stream_epochs(store: Arc<dyn Store>) {
+    let s = &*store;
+    let a = user(s, 1, "a").await;
+    let first = s.stream_epoch(a).await.unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(s.stream_epoch(a).await.unwrap(), first);
+    let rotated = s.rotate_stream_epochs().await.unwrap();
+    assert_ne!(rotated, first);
+    assert_eq!(s.stream_epoch(a).await.unwrap(), rotated);
+}
+
 /// Ownership: a writer whose room another writer claimed since cannot append, whatever seq it
 /// uses; the new writer continues from the state its claim returned.
 pub async fn fencing(store: Arc<dyn Store>) {
@@ -476,6 +488,12 @@ macro_rules! store_suite {
             async fn push_queue() {
                 let (_guard, store) = $make;
                 super::push_queue(store).await;
+            }
+
+            #[tokio::test]
+            async fn stream_epochs_hold_until_rotated() {
+                let (_guard, store) = $make;
+                super::stream_epochs(store).await;
             }
 
             #[tokio::test]

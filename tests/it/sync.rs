@@ -149,7 +149,10 @@ async fn a_client_that_stops_reading_is_given_up_on_and_loses_nothing() {
     use prost::Message as _;
     use tokio_tungstenite::tungstenite::Message;
     let mut stalled = bob.raw_socket().await;
-    let sync = wire::ClientFrame { request_id: 1, request: Some(Req::Sync(wire::SyncRequest { after_pos: 0 })) };
+    let sync = wire::ClientFrame {
+        request_id: 1,
+        request: Some(Req::Sync(wire::SyncRequest { after_pos: 0, ..Default::default() })),
+    };
     stalled.send(Message::Binary(sync.encode_to_vec().into())).await.unwrap();
 
     // Enough data to fill the socket buffers many times over.
@@ -214,4 +217,45 @@ async fn sync_edges() {
     let rest = until_caught_up(&mut fresh).await;
     assert_eq!(rest.len(), 1);
     assert_eq!(text(&rest[0]), "three");
+}
+
+/// A client resuming with positions of a stream that was started anew (the store restored from a
+/// backup, then `--new-stream-epoch`) is told STREAM_RESET instead of silently missing what its
+/// positions now name; a client that sends no epoch (older apps) is served as before.
+#[tokio::test]
+async fn a_client_resuming_a_stream_that_was_started_anew_is_told_to_start_over() {
+    let data = tempfile::tempdir().unwrap();
+    let on_data = || TestServer::start_with(|c| c.store.data_dir = data.path().to_path_buf());
+    let (bob, first_epoch, stored) = {
+        let server = on_data();
+        let ana = server.user("ana").await;
+        let bob = server.user("bob").await;
+        let a = ana.connect().await;
+        let room = a.create_direct(bob.id()).await.unwrap().room_id;
+        a.send_text(room, "m1", "hello").await.unwrap();
+        let b = bob.connect().await;
+        let started = b.sync_in(0, "").await.unwrap();
+        assert!(!started.epoch.is_empty(), "the answer names the stream's epoch");
+        assert_eq!(b.sync_in(1, &started.epoch).await.unwrap().epoch, started.epoch, "same epoch: resumed");
+        (bob, started.epoch, started.head_pos)
+    };
+    {
+        // Restarted on the same data: the same epoch.
+        let server = on_data();
+        let b = server.user_from(&bob).connect().await;
+        assert_eq!(b.sync_in(stored, &first_epoch).await.unwrap().epoch, first_epoch);
+    }
+    let options = tidings::store::sqlite::SqliteOptions::new(data.path().join("tidings.db"));
+    let store = tidings::store::sqlite::SqliteStore::open(options).unwrap();
+    use tidings::store::StreamStore;
+    let rotated = store.rotate_stream_epochs().await.unwrap();
+    tidings::store::Store::close(&store).await;
+    drop(store);
+    let server = on_data();
+    let b = server.user_from(&bob).connect().await;
+    let e = b.sync_in(stored, &first_epoch).await.unwrap_err();
+    assert_eq!(code_of(&e), wire::ErrorCode::StreamReset, "{e}");
+    let fresh = b.sync_in(0, "").await.unwrap();
+    assert_eq!(fresh.epoch, rotated);
+    assert!(b.sync_in(stored, "").await.is_ok(), "a client without epochs is served as before");
 }

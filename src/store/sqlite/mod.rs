@@ -96,7 +96,7 @@ impl SqliteStore {
         let deadline = std::time::Instant::now() + options.busy_timeout;
         loop {
             let attempt = schema::open(&options.path, options.synchronous, options.busy_timeout)
-                .and_then(|conn| schema::create_tables(&conn).map(|()| conn));
+                .and_then(|conn| schema::migrate(&conn).map(|()| conn));
             match attempt {
                 Ok(conn) => return Ok(conn),
                 Err(rusqlite::Error::SqliteFailure(e, _))
@@ -278,6 +278,15 @@ impl StreamStore for SqliteStore {
 
     async fn stream_head(&self, user: UserId) -> StoreResult<u64> {
         self.read(move |c| reads::stream_head(c, user)).await
+    }
+
+    /// One epoch for every stream of the file.
+    async fn stream_epoch(&self, _user: UserId) -> StoreResult<String> {
+        self.read(reads::stream_epoch).await
+    }
+
+    async fn rotate_stream_epochs(&self) -> StoreResult<String> {
+        self.write(WriteCmd::RotateStreamEpochs).await
     }
 }
 

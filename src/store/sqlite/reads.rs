@@ -230,3 +230,7 @@ pub(super) fn stream_head(conn: &Connection, user: UserId) -> rusqlite::Result<u
         .optional()?
         .unwrap_or(0) as u64)
 }
+
+pub(super) fn stream_epoch(conn: &Connection) -> rusqlite::Result<String> {
+    conn.prepare_cached("SELECT value FROM meta WHERE key = 'stream_epoch'")?.query_row([], |r| r.get(0))
+}

@@ -1,4 +1,4 @@
-//! Opening a database file: pragmas and tables.
+//! Opening a database file: pragmas, tables and versioned migrations.
 //!
 //! Tables mirror the partition-friendly layout of the traits: `entries` is keyed by (room, seq),
 //! `events` by (user, pos); nothing needs a cross-partition transaction, even though SQLite could
@@ -11,7 +11,13 @@ use rusqlite::Connection;
 
 use crate::config::Synchronous;
 
+/// Version 1: every table (`IF NOT EXISTS`, so a database of before versioning gets what it lacks).
+/// A later change to the schema is a migration of its own, never an edit here.
 const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (
     user_id INTEGER PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,
@@ -165,28 +171,68 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
     Ok(conn)
 }
 
-pub(super) fn create_tables(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(TABLES)?;
-    add_missing_columns(conn)
-}
+/// The schema's version (`PRAGMA user_version`) this build writes. A database is brought up to it
+/// on open, one migration at a time; one of a newer version (made by a newer tidings) is refused.
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
-/// Columns added after a table was first created: a database made by an earlier version gets
-/// them (with their defaults) when it is opened.
-fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    const ADDED: &[(&str, &str, &str)] = &[("push_prefs", "hide_previews", "INTEGER NOT NULL DEFAULT 0")];
-    for (table, column, definition) in ADDED {
-        let present: bool = conn.query_row(
-            &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-            [column],
-            |r| r.get::<_, i64>(0).map(|n| n > 0),
-        )?;
-        if !present {
-            match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}")) {
-                // Another process sharing the file added it first.
-                Err(e) if e.to_string().contains("duplicate column") => {}
-                other => other?,
+/// A schema version, what it brings (for the log), and the step that brings it.
+type Migration = (i64, &'static str, fn(&Connection) -> rusqlite::Result<()>);
+
+/// The migrations after version 0 (a database of before versioning, or a new one), in order. Each
+/// is idempotent, so that a database of before versioning, whatever it already has, ends up whole.
+const MIGRATIONS: &[Migration] = &[
+    (1, "the tables", |c| c.execute_batch(TABLES)),
+    (2, "push_prefs.hide_previews", |c| add_column(c, "push_prefs", "hide_previews", "INTEGER NOT NULL DEFAULT 0")),
+    (3, "the stream epoch", |c| {
+        c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('stream_epoch', ?1)", [new_stream_epoch()])
+            .map(|_| ())
+    }),
+];
+
+/// Brings the database up to `SCHEMA_VERSION`. Each step runs in its own immediate transaction,
+/// so processes opening one file at once apply each migration once, in order.
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for &(version, what, step) in MIGRATIONS {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = (|| {
+            let at: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if at > SCHEMA_VERSION {
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "the database is at schema version {at}, newer than this tidings knows ({SCHEMA_VERSION}): \
+                     run the newer tidings, or restore a backup"
+                )));
+            }
+            if at < version {
+                tracing::info!(version, what, "migrating the database");
+                step(conn)?;
+                conn.pragma_update(None, "user_version", version)?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
             }
         }
+    }
+    Ok(())
+}
+
+/// A new stream epoch: clients' stored positions belong to one epoch (see `StreamStore`).
+pub(super) fn new_stream_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Adds a column unless a database from before versioning already has it.
+fn add_column(conn: &Connection, table: &str, column: &str, definition: &str) -> rusqlite::Result<()> {
+    let present: bool =
+        conn.query_row(&format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| {
+            r.get::<_, i64>(0).map(|n| n > 0)
+        })?;
+    if !present {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
     }
     Ok(())
 }
@@ -203,13 +249,30 @@ mod tests {
              INSERT INTO push_prefs (user_id, dnd_until_ms) VALUES (7, 42);",
         )
         .unwrap();
-        create_tables(&conn).unwrap();
-        create_tables(&conn).unwrap();
+        migrate(&conn).unwrap();
+        migrate(&conn).unwrap();
         let row: (i64, i64) = conn
             .query_row("SELECT dnd_until_ms, hide_previews FROM push_prefs WHERE user_id = 7", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
         assert_eq!(row, (42, 0));
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_schema_is_refused_and_the_epoch_is_kept() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn).unwrap();
+        let epoch = |c: &Connection| -> String {
+            c.query_row("SELECT value FROM meta WHERE key = 'stream_epoch'", [], |r| r.get(0)).unwrap()
+        };
+        let first = epoch(&conn);
+        migrate(&conn).unwrap();
+        assert_eq!(epoch(&conn), first, "opening again keeps the epoch");
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        let refused = migrate(&conn).unwrap_err().to_string();
+        assert!(refused.contains("newer than this tidings knows"), "{refused}");
     }
 }

@@ -49,6 +49,7 @@ pub(super) enum WriteCmd {
     },
     CreateRoom(NewRoom, Reply<CreateRoomOutcome>),
     ClaimRoom(RoomId, Reply<Option<(RoomState, u64)>>),
+    RotateStreamEpochs(Reply<String>),
     Append(Append, Reply<AppendOutcome>),
     Receipt(ReceiptWrite, Reply<Option<Positions>>),
     SetPushToken(PushRegistration, Reply<()>),
@@ -192,6 +193,11 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         }),
         WriteCmd::CreateRoom(room, reply) => run!(reply, |tx, heads| create_room(tx, heads, &room)),
         WriteCmd::ClaimRoom(room, reply) => run!(reply, |tx, _| claim_room(tx, room)),
+        WriteCmd::RotateStreamEpochs(reply) => run!(reply, |tx, _| {
+            let epoch = super::schema::new_stream_epoch();
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('stream_epoch', ?1)", [&epoch])?;
+            Ok(Ok(epoch))
+        }),
         WriteCmd::Append(append, reply) => run!(reply, |tx, heads| append_entry(tx, heads, &append)),
         WriteCmd::Receipt(receipt, reply) => run!(reply, |tx, heads| set_receipt(tx, heads, &receipt)),
         WriteCmd::SetPushToken(registration, reply) => {
