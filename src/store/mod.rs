@@ -11,6 +11,7 @@
 //! acknowledge clients after that and never before.
 
 mod error;
+pub mod scylla;
 pub mod sqlite;
 mod types;
 

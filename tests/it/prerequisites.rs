@@ -1,4 +1,5 @@
-//! Programs some tests need from outside Cargo (`redis-server`, later a CQL node, a browser).
+//! Programs some tests need from outside Cargo (`redis-server`, a CQL node named by
+//! `TIDINGS_SCYLLA_NODES`).
 //!
 //! A test that needs one starts with `require!(Prerequisite::X)`. When the program is missing the
 //! test returns at once and says so in one line, written past the test harness's output capture so
@@ -11,31 +12,64 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub const REQUIRE_ALL: &str = "TIDINGS_TEST_REQUIRE_ALL";
+/// Prerequisites that may still be skipped under `REQUIRE_ALL` (comma-separated names: `scylla`):
+/// `.ci/run` sets it when there is no CQL node to start.
+pub const ALLOW_SKIP: &str = "TIDINGS_TEST_ALLOW_SKIP";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prerequisite {
     /// `redis-server` and `redis-cli`: the cluster tests start private Redis servers and clusters.
     Redis,
+    /// A CQL node (ScyllaDB or Cassandra) named by `TIDINGS_SCYLLA_NODES`: the ScyllaDB store's tests.
+    Scylla,
+}
+
+/// Where the ScyllaDB store's tests find a CQL node: contact points, `host:port,...`.
+pub const SCYLLA_NODES: &str = "TIDINGS_SCYLLA_NODES";
+
+/// The contact points, when set.
+pub fn scylla_nodes() -> Option<Vec<String>> {
+    let nodes = std::env::var(SCYLLA_NODES).ok()?;
+    let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+    (!nodes.is_empty()).then_some(nodes)
 }
 
 impl Prerequisite {
+    fn name(self) -> &'static str {
+        match self {
+            Prerequisite::Redis => "redis",
+            Prerequisite::Scylla => "scylla",
+        }
+    }
+
     fn programs(self) -> &'static [&'static str] {
         match self {
             Prerequisite::Redis => &["redis-server", "redis-cli"],
+            Prerequisite::Scylla => &[],
         }
     }
 
     fn how_to_get(self) -> &'static str {
         match self {
             Prerequisite::Redis => "apt install redis-server",
+            Prerequisite::Scylla => "run a CQL node and set it; .ci/run starts one from ../shared/cql-node",
         }
     }
 
     /// `None` when everything is there, or the line that says what is missing and how to get it.
     fn missing(self) -> Option<&'static str> {
         static REDIS: OnceLock<Option<String>> = OnceLock::new();
+        static SCYLLA: OnceLock<Option<String>> = OnceLock::new();
+        if self == Prerequisite::Scylla {
+            return SCYLLA
+                .get_or_init(|| {
+                    scylla_nodes().is_none().then(|| format!("{SCYLLA_NODES} is not set ({})", self.how_to_get()))
+                })
+                .as_deref();
+        }
         let cell = match self {
             Prerequisite::Redis => &REDIS,
+            Prerequisite::Scylla => unreachable!("answered above"),
         };
         cell.get_or_init(|| {
             let missing: Vec<&str> = self.programs().iter().copied().filter(|p| find_on_path(p).is_none()).collect();
@@ -66,7 +100,8 @@ pub fn skip_log(run: u32) -> PathBuf {
 pub fn check(prerequisite: Prerequisite) -> bool {
     let Some(missing) = prerequisite.missing() else { return true };
     let test = std::thread::current().name().unwrap_or("?").to_owned();
-    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") {
+    let allowed = std::env::var(ALLOW_SKIP).is_ok_and(|v| v.split(',').any(|name| name.trim() == prerequisite.name()));
+    if std::env::var(REQUIRE_ALL).is_ok_and(|v| v == "1") && !allowed {
         panic!("{test}: {missing}, and {REQUIRE_ALL}=1 forbids skipping");
     }
     // `eprintln!` would be captured with the passing test's output; the handle itself is not.

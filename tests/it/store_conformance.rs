@@ -9,11 +9,11 @@ use tidings::domain::{
     StreamEvent, TextMessage, UserId,
 };
 use tidings::store::{
-    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, PushFanout,
-    PushJobEnd, ReceiptWrite, Store, StoreErrorKind,
+    AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser,
+    PushFanout, PushJobEnd, ReceiptWrite, Store, StoreErrorKind,
 };
 
-pub async fn user(store: &dyn Store, id: u64, name: &str) -> UserId {
+pub async fn user(store: &dyn AccountStore, id: u64, name: &str) -> UserId {
     store
         .create_user(NewUser { id: UserId(id), username: name.into(), password_hash: "h".into(), created_at_ms: 1 })
         .await
@@ -72,9 +72,9 @@ async fn append(store: &dyn Store, e: RoomEntry, recipients: &[UserId], effect: 
         .unwrap()
 }
 
-pub async fn accounts(store: Arc<dyn Store>) {
+pub async fn accounts(store: &dyn AccountStore) {
     use tidings::store::RefreshRotation::{Reused, Rotated, Unknown};
-    let ana = user(&*store, 1, "ana").await;
+    let ana = user(store, 1, "ana").await;
     let dup = store
         .create_user(NewUser { id: UserId(2), username: "ana".into(), password_hash: "h".into(), created_at_ms: 1 })
         .await
@@ -469,7 +469,7 @@ macro_rules! store_suite {
             #[tokio::test]
             async fn accounts() {
                 let (_guard, store) = $make;
-                super::accounts(store).await;
+                super::accounts(&*store).await;
             }
 
             #[tokio::test]
@@ -513,6 +513,42 @@ fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
 }
 
 store_suite!(sqlite, sqlite());
+
+/// The ScyllaDB store, on the CQL node `TIDINGS_SCYLLA_NODES` names, in a keyspace of its own that
+/// is dropped afterwards. It runs the parts of the suite it implements so far (see
+/// `store/scylla/mod.rs`); it joins `store_suite!` when it is a whole `Store`.
+mod scylla {
+    use tidings::store::scylla::{ScyllaOptions, ScyllaStore};
+
+    use crate::prerequisites::{Prerequisite, require, scylla_nodes};
+
+    async fn open() -> ScyllaStore {
+        let keyspace = format!("tidings_test_{:08x}", rand::random::<u32>());
+        let options = ScyllaOptions::new(scylla_nodes().expect("required"), keyspace);
+        ScyllaStore::open(options).await.expect("the CQL node answers")
+    }
+
+    #[tokio::test]
+    async fn accounts() {
+        require!(Prerequisite::Scylla);
+        let store = open().await;
+        super::accounts(&store).await;
+        store.drop_keyspace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_keyspace_is_migrated_once_and_reopened_as_it_is() {
+        require!(Prerequisite::Scylla);
+        let store = open().await;
+        super::user(&store, 1, "ana").await;
+        let keyspace = store.keyspace().to_owned();
+        drop(store);
+        let again = ScyllaStore::open(ScyllaOptions::new(scylla_nodes().unwrap(), keyspace)).await.unwrap();
+        use tidings::store::AccountStore;
+        assert!(again.user_by_name("ana").await.unwrap().is_some(), "the data is still there");
+        again.drop_keyspace().await.unwrap();
+    }
+}
 
 /// Reopening the same file keeps everything, and the stream continues where it was.
 #[tokio::test]

@@ -1,0 +1,234 @@
+//! Accounts and devices on ScyllaDB.
+//!
+//! Uniqueness and the refresh-token rotation are lightweight transactions (sign-up, refresh and
+//! logout: none is on a per-message path); everything else is a plain read or write of one
+//! partition.
+
+use async_trait::async_trait;
+use scylla::client::session::Session;
+use scylla::response::query_result::QueryResult;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, Row};
+
+use super::{ScyllaOptions, ScyllaStore, corrupt, prepare, unavailable};
+use crate::domain::{DeviceId, UserId};
+use crate::store::{
+    AccountStore, DeviceRecord, NewUser, RefreshRotation, StoreError, StoreErrorKind, StoreResult, UserRecord,
+};
+
+pub(super) struct Statements {
+    insert_user: PreparedStatement,
+    claim_name: PreparedStatement,
+    delete_user: PreparedStatement,
+    name_owner: PreparedStatement,
+    user_row: PreparedStatement,
+    users_in: PreparedStatement,
+    insert_device: PreparedStatement,
+    device_row: PreparedStatement,
+    rotate: PreparedStatement,
+    device_serial: PreparedStatement,
+    devices_of: PreparedStatement,
+    revoke: PreparedStatement,
+    delete_push_token: PreparedStatement,
+    set_last_seen: PreparedStatement,
+    last_seen_in: PreparedStatement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(session: &Session, options: &ScyllaOptions) -> Result<Self, StoreError> {
+        let p = |cql: &'static str| prepare(session, options, cql);
+        let mut device_serial =
+            p("SELECT refresh_previous, revoked FROM {ks}.devices WHERE user_id = ? AND device_id = ?").await?;
+        // Reads what the last lightweight transaction on the row decided.
+        device_serial.set_consistency(Consistency::Serial);
+        Ok(Self {
+            insert_user: p(
+                "INSERT INTO {ks}.users (user_id, username, password_hash, created_at_ms) VALUES (?, ?, ?, ?)",
+            )
+            .await?,
+            claim_name: p("INSERT INTO {ks}.usernames (username, user_id) VALUES (?, ?) IF NOT EXISTS").await?,
+            delete_user: p("DELETE FROM {ks}.users WHERE user_id = ?").await?,
+            name_owner: p("SELECT user_id FROM {ks}.usernames WHERE username = ?").await?,
+            user_row: p("SELECT username, password_hash FROM {ks}.users WHERE user_id = ?").await?,
+            users_in: p("SELECT user_id FROM {ks}.users WHERE user_id IN ?").await?,
+            insert_device: p("INSERT INTO {ks}.devices (user_id, device_id, name, refresh_hash, refresh_expires_at_ms,
+                created_at_ms, revoked) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .await?,
+            device_row: p("SELECT name, refresh_hash, refresh_expires_at_ms, created_at_ms, revoked
+                FROM {ks}.devices WHERE user_id = ? AND device_id = ?")
+            .await?,
+            rotate: p("UPDATE {ks}.devices SET refresh_hash = ?, refresh_previous = ?, refresh_expires_at_ms = ?
+                WHERE user_id = ? AND device_id = ? IF refresh_hash = ? AND revoked = false")
+            .await?,
+            device_serial,
+            devices_of: p("SELECT device_id, revoked FROM {ks}.devices WHERE user_id = ?").await?,
+            revoke: p("UPDATE {ks}.devices SET revoked = true, refresh_hash = 0x, refresh_previous = null
+                WHERE user_id = ? AND device_id = ? IF revoked = false")
+            .await?,
+            delete_push_token: p("DELETE FROM {ks}.push_tokens WHERE user_id = ? AND device_id = ?").await?,
+            set_last_seen: p("INSERT INTO {ks}.last_seen (user_id, at_ms) VALUES (?, ?)").await?,
+            last_seen_in: p("SELECT user_id, at_ms FROM {ks}.last_seen WHERE user_id IN ?").await?,
+        })
+    }
+}
+
+/// Ids are random 63-bit numbers: they fit CQL's signed bigint as they fit SQLite's INTEGER.
+fn id(value: u64) -> i64 {
+    value as i64
+}
+
+/// Whether a lightweight transaction applied (its first column, `[applied]`).
+fn applied(result: QueryResult) -> StoreResult<bool> {
+    let rows = result.into_rows_result().map_err(corrupt)?;
+    let row: Row = rows.first_row().map_err(corrupt)?;
+    match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
+        other => Err(StoreError::new(StoreErrorKind::Corrupt, format!("no [applied] column: {other:?}"))),
+    }
+}
+
+impl ScyllaStore {
+    async fn execute(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<QueryResult> {
+        self.session.execute_unpaged(statement, values).await.map_err(unavailable)
+    }
+
+    /// The rows of a one-partition read, typed.
+    async fn rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
+    {
+        let rows = self.execute(statement, values).await?.into_rows_result().map_err(corrupt)?;
+        rows.rows::<R>().map_err(corrupt)?.collect::<Result<Vec<R>, _>>().map_err(corrupt)
+    }
+}
+
+#[async_trait]
+impl AccountStore for ScyllaStore {
+    async fn create_user(&self, user: NewUser) -> StoreResult<()> {
+        let s = &self.accounts;
+        let values = (id(user.id.0), &user.username, &user.password_hash, user.created_at_ms);
+        self.execute(&s.insert_user, values).await?;
+        let claimed = self.execute(&s.claim_name, (&user.username, id(user.id.0))).await?;
+        if applied(claimed)? {
+            return Ok(());
+        }
+        // The name is someone's: ours, if this is a retry of a sign-up that did claim it.
+        if self.rows::<(i64,)>(&s.name_owner, (&user.username,)).await?.first() == Some(&(id(user.id.0),)) {
+            return Ok(());
+        }
+        self.execute(&s.delete_user, (id(user.id.0),)).await?;
+        Err(StoreError::new(StoreErrorKind::Conflict, "username taken"))
+    }
+
+    async fn user_by_name(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        let s = &self.accounts;
+        let Some(&(user,)) = self.rows::<(i64,)>(&s.name_owner, (username,)).await?.first() else { return Ok(None) };
+        let rows = self.rows::<(String, String)>(&s.user_row, (user,)).await?;
+        Ok(rows.into_iter().next().map(|(username, password_hash)| UserRecord {
+            id: UserId(user as u64),
+            username,
+            password_hash,
+        }))
+    }
+
+    async fn existing_users(&self, users: Vec<UserId>) -> StoreResult<Vec<UserId>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = users.iter().map(|u| id(u.0)).collect();
+        let found = self.rows::<(i64,)>(&self.accounts.users_in, (ids,)).await?;
+        // In the order asked, as SQLite answers.
+        Ok(users.into_iter().filter(|u| found.contains(&(id(u.0),))).collect())
+    }
+
+    async fn create_device(&self, d: DeviceRecord) -> StoreResult<()> {
+        let values = (
+            id(d.user.0),
+            id(d.device.0),
+            &d.name,
+            &d.refresh_hash,
+            d.refresh_expires_at_ms,
+            d.created_at_ms,
+            d.revoked,
+        );
+        self.execute(&self.accounts.insert_device, values).await?;
+        Ok(())
+    }
+
+    async fn device(&self, user: UserId, device: DeviceId) -> StoreResult<Option<DeviceRecord>> {
+        let rows = self
+            .rows::<(String, Vec<u8>, i64, i64, bool)>(&self.accounts.device_row, (id(user.0), id(device.0)))
+            .await?;
+        Ok(rows.into_iter().next().map(|(name, refresh_hash, refresh_expires_at_ms, created_at_ms, revoked)| {
+            DeviceRecord { user, device, name, refresh_hash, refresh_expires_at_ms, created_at_ms, revoked }
+        }))
+    }
+
+    async fn rotate_refresh(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        old_hash: Vec<u8>,
+        new_hash: Vec<u8>,
+        new_expires_at_ms: i64,
+    ) -> StoreResult<RefreshRotation> {
+        let s = &self.accounts;
+        let values = (&new_hash, &old_hash, new_expires_at_ms, id(user.0), id(device.0), &old_hash);
+        if applied(self.execute(&s.rotate, values).await?)? {
+            return Ok(RefreshRotation::Rotated);
+        }
+        let rows = self.rows::<(Option<Vec<u8>>, Option<bool>)>(&s.device_serial, (id(user.0), id(device.0))).await?;
+        match rows.first() {
+            Some((Some(previous), Some(false))) if *previous == old_hash => {
+                let revoked = self.revoke_devices(user, Some(device)).await?;
+                Ok(RefreshRotation::Reused { revoked })
+            }
+            _ => Ok(RefreshRotation::Unknown),
+        }
+    }
+
+    async fn revoke_devices(&self, user: UserId, only: Option<DeviceId>) -> StoreResult<Vec<DeviceId>> {
+        let s = &self.accounts;
+        let devices = self.rows::<(i64, Option<bool>)>(&s.devices_of, (id(user.0),)).await?;
+        let mut revoked = Vec::new();
+        for (device, was_revoked) in devices {
+            let device = DeviceId(device as u64);
+            if was_revoked == Some(true) || only.is_some_and(|o| o != device) {
+                continue;
+            }
+            if applied(self.execute(&s.revoke, (id(user.0), id(device.0))).await?)? {
+                revoked.push(device);
+            }
+            // A logged-out device must not be woken by pushes meant for whoever uses the app next.
+            self.execute(&s.delete_push_token, (id(user.0), id(device.0))).await?;
+        }
+        revoked.sort_unstable_by_key(|d| d.0);
+        Ok(revoked)
+    }
+
+    async fn set_last_seen(&self, user: UserId, at_ms: i64) -> StoreResult<()> {
+        self.execute(&self.accounts.set_last_seen, (id(user.0), at_ms)).await?;
+        Ok(())
+    }
+
+    async fn last_seen(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, i64)>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = users.iter().map(|u| id(u.0)).collect();
+        let rows = self.rows::<(i64, i64)>(&self.accounts.last_seen_in, (ids,)).await?;
+        Ok(users
+            .into_iter()
+            .filter_map(|u| rows.iter().find(|(seen, _)| *seen == id(u.0)).map(|(_, at)| (u, *at)))
+            .collect())
+    }
+}

@@ -1,0 +1,93 @@
+//! The store on ScyllaDB (or Apache Cassandra: CQL v4), for clusters of nodes that share no file.
+//!
+//! Being built contract by contract, each part tested against a real CQL node by the same
+//! conformance suite as SQLite (`tests/it/store_conformance.rs`, when `TIDINGS_SCYLLA_NODES` is
+//! set). So far: the session and its versioned schema (`schema.rs`), accounts and devices
+//! (`accounts.rs`). Until every store trait is here, `ScyllaStore` is not a `Store` and no setting
+//! selects it.
+//!
+//! Rules every part follows (the driver's guidance): prepared statements only, every statement
+//! names its partition key, reads of more than one row are paged, and lightweight transactions only
+//! where uniqueness needs one and never on the per-message path.
+
+mod accounts;
+mod schema;
+
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+
+use crate::store::{StoreError, StoreErrorKind};
+
+/// Where the cluster is and how its data is kept.
+#[derive(Debug, Clone)]
+pub struct ScyllaOptions {
+    /// Contact points, `host:port`.
+    pub nodes: Vec<String>,
+    pub keyspace: String,
+    pub replication_factor: u32,
+    /// For every read and write (QUORUM unless set): with replication 3, QUORUM survives one node
+    /// down and reads what was acknowledged.
+    pub consistency: Consistency,
+}
+
+impl ScyllaOptions {
+    pub fn new(nodes: Vec<String>, keyspace: impl Into<String>) -> Self {
+        Self { nodes, keyspace: keyspace.into(), replication_factor: 1, consistency: Consistency::Quorum }
+    }
+}
+
+pub struct ScyllaStore {
+    session: Session,
+    options: ScyllaOptions,
+    accounts: accounts::Statements,
+}
+
+impl ScyllaStore {
+    /// Connects, brings the keyspace's schema up to date, and prepares every statement.
+    pub async fn open(options: ScyllaOptions) -> Result<Self, StoreError> {
+        if !options.keyspace.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || options.keyspace.is_empty() {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                "store.scylla_keyspace: letters, digits and _ only",
+            ));
+        }
+        let session = SessionBuilder::new()
+            .known_nodes(&options.nodes)
+            .build()
+            .await
+            .map_err(|e| StoreError::caused_by(StoreErrorKind::Unavailable, e))?;
+        schema::migrate(&session, &options).await?;
+        let accounts = accounts::Statements::prepare(&session, &options).await?;
+        Ok(Self { session, options, accounts })
+    }
+
+    pub fn keyspace(&self) -> &str {
+        &self.options.keyspace
+    }
+
+    /// Drops the keyspace and everything in it (tests clean up with this).
+    pub async fn drop_keyspace(&self) -> Result<(), StoreError> {
+        let cql = format!("DROP KEYSPACE IF EXISTS {}", self.options.keyspace);
+        self.session.query_unpaged(cql, ()).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// Prepares `cql` (with `{ks}` for the keyspace) at the store's consistency.
+async fn prepare(session: &Session, options: &ScyllaOptions, cql: &str) -> Result<PreparedStatement, StoreError> {
+    let mut statement = session.prepare(cql.replace("{ks}", &options.keyspace)).await.map_err(unavailable)?;
+    statement.set_consistency(options.consistency);
+    Ok(statement)
+}
+
+/// A driver error: the cluster cannot serve now (retry later), with the driver's error as source.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::caused_by(StoreErrorKind::Unavailable, e)
+}
+
+/// Stored data that does not decode: a bug or a schema mismatch.
+fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::caused_by(StoreErrorKind::Corrupt, e)
+}
