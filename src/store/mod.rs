@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, Positions,
-    PushContext, PushFanout, PushJob, PushJobEnd, ReceiptWrite, RefreshRotation, UserRecord,
+    PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, ReceiptWrite, RefreshRotation, UserRecord,
 };
 
 use crate::domain::{DeviceId, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
@@ -114,17 +114,27 @@ pub trait StreamStore: Send + Sync {
 /// claimed (leased to one sender; a lease that runs out makes it claimable again, so a crash loses
 /// nothing) -> finished (deleted, or kept as failed).
 #[async_trait]
-pub trait PushStore: Send + Sync {
-    /// Registers or replaces the device's token. A token registered by another device moves here.
+pub trait PushPrefsStore: Send + Sync {
+    /// Registers or replaces the device's token. A token another device of the same user had
+    /// moves here; one another account holds is refused (`Conflict`), as is a logged-out device.
     async fn set_push_token(&self, registration: PushRegistration) -> StoreResult<()>;
     /// Forgets the device's token and its queued pushes.
     async fn clear_push_token(&self, user: UserId, device: DeviceId) -> StoreResult<()>;
+    /// The device's registered token, if any.
+    async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>>;
     /// Mutes pushes for one room until `until_ms` (0 unmutes).
     async fn set_room_mute(&self, user: UserId, room: RoomId, until_ms: i64) -> StoreResult<()>;
     /// No pushes at all until `until_ms` (0 turns it off).
     async fn set_do_not_disturb(&self, user: UserId, until_ms: i64) -> StoreResult<()>;
     /// Pushes to the user show no sender, room or text.
     async fn set_hide_previews(&self, user: UserId, hide: bool) -> StoreResult<()>;
+    /// The user's preferences as they bear on a push from `room`.
+    async fn push_preferences(&self, user: UserId, room: RoomId) -> StoreResult<PushPreferences>;
+}
+
+/// The durable push queue.
+#[async_trait]
+pub trait PushQueueStore: Send + Sync {
     /// A device of `user` received its stream up to `pos`: cancels the pending pushes it covers.
     /// Returns how many pending pushes the user still has.
     async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64>;
@@ -138,13 +148,11 @@ pub trait PushStore: Send + Sync {
     async fn users_with_pending_pushes(&self) -> StoreResult<Vec<UserId>>;
     /// Deletes failed jobs that failed before `before_ms`; returns how many.
     async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64>;
-    /// The device's registered token, if any.
-    async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>>;
 }
 
 /// Everything the server needs from a backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + StreamStore + PushStore {
+pub trait Store: AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;
     /// Finishes queued writes and releases the backend. Later calls fail with `Unavailable`.

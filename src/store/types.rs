@@ -122,6 +122,16 @@ pub struct PushJob {
     pub sandbox: bool,
 }
 
+/// A user's preferences as they bear on a push from one room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushPreferences {
+    /// Pushes from the room are muted until then (0: not muted).
+    pub muted_until_ms: i64,
+    /// No pushes at all until then (0: off).
+    pub dnd_until_ms: i64,
+    pub hide_previews: bool,
+}
+
 /// What a push needs from the store besides the job, read when it is about to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushContext {

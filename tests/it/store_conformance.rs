@@ -10,10 +10,10 @@ use tidings::domain::{
 };
 use tidings::store::{
     AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser,
-    PushFanout, PushJobEnd, ReceiptWrite, Store, StoreErrorKind,
+    PushFanout, PushJobEnd, PushPreferences, PushPrefsStore, ReceiptWrite, Store, StoreErrorKind,
 };
 
-pub async fn user(store: &dyn AccountStore, id: u64, name: &str) -> UserId {
+pub async fn user<S: AccountStore + ?Sized>(store: &S, id: u64, name: &str) -> UserId {
     store
         .create_user(NewUser { id: UserId(id), username: name.into(), password_hash: "h".into(), created_at_ms: 1 })
         .await
@@ -259,7 +259,7 @@ pub async fn ordered_submission(store: Arc<dyn Store>) {
     assert_eq!(seqs, (1..=500).collect::<Vec<_>>());
 }
 
-async fn device(store: &dyn Store, user: UserId, id: u64) -> DeviceId {
+async fn device<S: AccountStore + ?Sized>(store: &S, user: UserId, id: u64) -> DeviceId {
     let record = DeviceRecord {
         user,
         device: DeviceId(id),
@@ -306,6 +306,49 @@ async fn append_pushed(store: &dyn Store, e: RoomEntry, recipients: &[UserId], p
         .unwrap()
         .await
         .unwrap()
+}
+
+/// Push tokens and preferences: a token belongs to one account (a reinstall on another device of
+/// the same user moves it; another account is refused), a logged-out device registers nothing, and
+/// the preferences read back as set.
+pub async fn push_preferences<S: AccountStore + PushPrefsStore + ?Sized>(s: &S) {
+    let (ana, bob) = (user(s, 1, "ana").await, user(s, 2, "bob").await);
+    let (old_phone, new_phone) = (device(s, ana, 10).await, device(s, ana, 11).await);
+    let bobs = device(s, bob, 20).await;
+    s.set_push_token(registration(ana, old_phone, Platform::Ios, "tok-a")).await.unwrap();
+    assert_eq!(s.push_token(ana, old_phone).await.unwrap().unwrap().token, "tok-a");
+    let stolen = s.set_push_token(registration(bob, bobs, Platform::Ios, "tok-a")).await.unwrap_err();
+    assert_eq!(stolen.kind, StoreErrorKind::Conflict, "another account's token");
+    assert!(s.push_token(bob, bobs).await.unwrap().is_none());
+    // The same user reinstalled: the token moves to the new device.
+    s.set_push_token(registration(ana, new_phone, Platform::Ios, "tok-a")).await.unwrap();
+    assert!(s.push_token(ana, old_phone).await.unwrap().is_none(), "the old device gave it up");
+    assert_eq!(s.push_token(ana, new_phone).await.unwrap().unwrap().token, "tok-a");
+    // A new token for a device frees its old one.
+    s.set_push_token(registration(ana, new_phone, Platform::Ios, "tok-b")).await.unwrap();
+    s.set_push_token(registration(bob, bobs, Platform::Ios, "tok-a")).await.unwrap();
+    assert_eq!(s.push_token(bob, bobs).await.unwrap().unwrap().token, "tok-a");
+    // Clearing, and logging out, free a token too.
+    s.clear_push_token(ana, new_phone).await.unwrap();
+    assert!(s.push_token(ana, new_phone).await.unwrap().is_none());
+    s.revoke_devices(bob, None).await.unwrap();
+    assert!(s.push_token(bob, bobs).await.unwrap().is_none());
+    let gone = s.set_push_token(registration(bob, bobs, Platform::Ios, "tok-c")).await.unwrap_err();
+    assert_eq!(gone.kind, StoreErrorKind::Conflict, "a logged-out device");
+    s.set_push_token(registration(ana, old_phone, Platform::Ios, "tok-a")).await.unwrap();
+
+    let room = RoomId(77);
+    assert_eq!(s.push_preferences(ana, room).await.unwrap(), PushPreferences::default());
+    s.set_room_mute(ana, room, 5_000).await.unwrap();
+    s.set_do_not_disturb(ana, 9_000).await.unwrap();
+    s.set_hide_previews(ana, true).await.unwrap();
+    let set = PushPreferences { muted_until_ms: 5_000, dnd_until_ms: 9_000, hide_previews: true };
+    assert_eq!(s.push_preferences(ana, room).await.unwrap(), set);
+    assert_eq!(s.push_preferences(ana, RoomId(78)).await.unwrap().muted_until_ms, 0, "per room");
+    s.set_room_mute(ana, room, 0).await.unwrap();
+    s.set_do_not_disturb(ana, 0).await.unwrap();
+    let unmuted = s.push_preferences(ana, room).await.unwrap();
+    assert_eq!((unmuted.muted_until_ms, unmuted.dnd_until_ms, unmuted.hide_previews), (0, 0, true));
 }
 
 /// Stream epochs: stable (and not empty) until rotated; a rotation gives every stream a new one.
@@ -491,6 +534,12 @@ macro_rules! store_suite {
             }
 
             #[tokio::test]
+            async fn push_tokens_and_preferences() {
+                let (_guard, store) = $make;
+                super::push_preferences(&*store).await;
+            }
+
+            #[tokio::test]
             async fn stream_epochs_hold_until_rotated() {
                 let (_guard, store) = $make;
                 super::stream_epochs(store).await;
@@ -533,6 +582,14 @@ mod scylla {
         require!(Prerequisite::Scylla);
         let store = open().await;
         super::accounts(&store).await;
+        store.drop_keyspace().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn push_tokens_and_preferences() {
+        require!(Prerequisite::Scylla);
+        let store = open().await;
+        super::push_preferences(&store).await;
         store.drop_keyspace().await.unwrap();
     }
 

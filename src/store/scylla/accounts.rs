@@ -11,7 +11,7 @@ use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlValue, Row};
 
-use super::{ScyllaOptions, ScyllaStore, corrupt, prepare, unavailable};
+use super::{ScyllaOptions, ScyllaStore, corrupt, prepare};
 use crate::domain::{DeviceId, UserId};
 use crate::store::{
     AccountStore, DeviceRecord, NewUser, RefreshRotation, StoreError, StoreErrorKind, StoreResult, UserRecord,
@@ -30,7 +30,6 @@ pub(super) struct Statements {
     device_serial: PreparedStatement,
     devices_of: PreparedStatement,
     revoke: PreparedStatement,
-    delete_push_token: PreparedStatement,
     set_last_seen: PreparedStatement,
     last_seen_in: PreparedStatement,
 }
@@ -66,7 +65,6 @@ impl Statements {
             revoke: p("UPDATE {ks}.devices SET revoked = true, refresh_hash = 0x, refresh_previous = null
                 WHERE user_id = ? AND device_id = ? IF revoked = false")
             .await?,
-            delete_push_token: p("DELETE FROM {ks}.push_tokens WHERE user_id = ? AND device_id = ?").await?,
             set_last_seen: p("INSERT INTO {ks}.last_seen (user_id, at_ms) VALUES (?, ?)").await?,
             last_seen_in: p("SELECT user_id, at_ms FROM {ks}.last_seen WHERE user_id IN ?").await?,
         })
@@ -85,29 +83,6 @@ fn applied(result: QueryResult) -> StoreResult<bool> {
     match row.columns.first() {
         Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
         other => Err(StoreError::new(StoreErrorKind::Corrupt, format!("no [applied] column: {other:?}"))),
-    }
-}
-
-impl ScyllaStore {
-    async fn execute(
-        &self,
-        statement: &PreparedStatement,
-        values: impl scylla::serialize::row::SerializeRow,
-    ) -> StoreResult<QueryResult> {
-        self.session.execute_unpaged(statement, values).await.map_err(unavailable)
-    }
-
-    /// The rows of a one-partition read, typed.
-    async fn rows<R>(
-        &self,
-        statement: &PreparedStatement,
-        values: impl scylla::serialize::row::SerializeRow,
-    ) -> StoreResult<Vec<R>>
-    where
-        R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
-    {
-        let rows = self.execute(statement, values).await?.into_rows_result().map_err(corrupt)?;
-        rows.rows::<R>().map_err(corrupt)?.collect::<Result<Vec<R>, _>>().map_err(corrupt)
     }
 }
 
@@ -209,7 +184,7 @@ impl AccountStore for ScyllaStore {
                 revoked.push(device);
             }
             // A logged-out device must not be woken by pushes meant for whoever uses the app next.
-            self.execute(&s.delete_push_token, (id(user.0), id(device.0))).await?;
+            self.forget_push_token(user, device).await?;
         }
         revoked.sort_unstable_by_key(|d| d.0);
         Ok(revoked)

@@ -3,7 +3,7 @@
 //! Being built contract by contract, each part tested against a real CQL node by the same
 //! conformance suite as SQLite (`tests/it/store_conformance.rs`, when `TIDINGS_SCYLLA_NODES` is
 //! set). So far: the session and its versioned schema (`schema.rs`), accounts and devices
-//! (`accounts.rs`). Until every store trait is here, `ScyllaStore` is not a `Store` and no setting
+//! (`accounts.rs`), push tokens and preferences (`push_prefs.rs`). Until every store trait is here, `ScyllaStore` is not a `Store` and no setting
 //! selects it.
 //!
 //! Rules every part follows (the driver's guidance): prepared statements only, every statement
@@ -11,6 +11,7 @@
 //! where uniqueness needs one and never on the per-message path.
 
 mod accounts;
+mod push_prefs;
 mod schema;
 
 use scylla::client::session::Session;
@@ -18,7 +19,9 @@ use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 
-use crate::store::{StoreError, StoreErrorKind};
+use scylla::response::query_result::QueryResult;
+
+use crate::store::{StoreError, StoreErrorKind, StoreResult};
 
 /// Where the cluster is and how its data is kept.
 #[derive(Debug, Clone)]
@@ -42,6 +45,7 @@ pub struct ScyllaStore {
     session: Session,
     options: ScyllaOptions,
     accounts: accounts::Statements,
+    push_prefs: push_prefs::Statements,
 }
 
 impl ScyllaStore {
@@ -60,7 +64,8 @@ impl ScyllaStore {
             .map_err(|e| StoreError::caused_by(StoreErrorKind::Unavailable, e))?;
         schema::migrate(&session, &options).await?;
         let accounts = accounts::Statements::prepare(&session, &options).await?;
-        Ok(Self { session, options, accounts })
+        let push_prefs = push_prefs::Statements::prepare(&session, &options).await?;
+        Ok(Self { session, options, accounts, push_prefs })
     }
 
     pub fn keyspace(&self) -> &str {
@@ -72,6 +77,29 @@ impl ScyllaStore {
         let cql = format!("DROP KEYSPACE IF EXISTS {}", self.options.keyspace);
         self.session.query_unpaged(cql, ()).await.map_err(unavailable)?;
         Ok(())
+    }
+}
+
+impl ScyllaStore {
+    pub(super) async fn execute(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<QueryResult> {
+        self.session.execute_unpaged(statement, values).await.map_err(unavailable)
+    }
+
+    /// The rows of a one-partition read, typed.
+    pub(super) async fn rows<R>(
+        &self,
+        statement: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> StoreResult<Vec<R>>
+    where
+        R: for<'f> scylla::deserialize::row::DeserializeRow<'f, 'f>,
+    {
+        let rows = self.execute(statement, values).await?.into_rows_result().map_err(corrupt)?;
+        rows.rows::<R>().map_err(corrupt)?.collect::<Result<Vec<R>, _>>().map_err(corrupt)
     }
 }
 

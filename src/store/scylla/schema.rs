@@ -9,31 +9,46 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 1;
+pub(super) const SCHEMA_VERSION: i32 = 2;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
-const MIGRATIONS: &[(i32, &str, &[&str])] = &[(
-    1,
-    "accounts and devices",
-    &[
-        // A user's row is written before its name is claimed: a crash between the two leaves an
-        // unreachable row under a random id, never a name that no account holds.
-        "CREATE TABLE IF NOT EXISTS {ks}.users (
+const MIGRATIONS: &[(i32, &str, &[&str])] = &[
+    (
+        1,
+        "accounts and devices",
+        &[
+            // A user's row is written before its name is claimed: a crash between the two leaves an
+            // unreachable row under a random id, never a name that no account holds.
+            "CREATE TABLE IF NOT EXISTS {ks}.users (
             user_id bigint PRIMARY KEY, username text, password_hash text, created_at_ms bigint)",
-        // Usernames are unique by a lightweight transaction (sign-up only, never a hot path).
-        "CREATE TABLE IF NOT EXISTS {ks}.usernames (username text PRIMARY KEY, user_id bigint)",
-        "CREATE TABLE IF NOT EXISTS {ks}.devices (
+            // Usernames are unique by a lightweight transaction (sign-up only, never a hot path).
+            "CREATE TABLE IF NOT EXISTS {ks}.usernames (username text PRIMARY KEY, user_id bigint)",
+            "CREATE TABLE IF NOT EXISTS {ks}.devices (
             user_id bigint, device_id bigint, name text, refresh_hash blob, refresh_previous blob,
             refresh_expires_at_ms bigint, created_at_ms bigint, revoked boolean,
             PRIMARY KEY (user_id, device_id))",
-        // Apart from `users`: an update there would create a row for a user that does not exist.
-        "CREATE TABLE IF NOT EXISTS {ks}.last_seen (user_id bigint PRIMARY KEY, at_ms bigint)",
-        // A device's push token; revoking the device removes it.
-        "CREATE TABLE IF NOT EXISTS {ks}.push_tokens (
+            // Apart from `users`: an update there would create a row for a user that does not exist.
+            "CREATE TABLE IF NOT EXISTS {ks}.last_seen (user_id bigint PRIMARY KEY, at_ms bigint)",
+            // A device's push token; revoking the device removes it.
+            "CREATE TABLE IF NOT EXISTS {ks}.push_tokens (
             user_id bigint, device_id bigint, platform int, push_token text, app_id text, locale text,
             sandbox boolean, PRIMARY KEY (user_id, device_id))",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        "push token owners and preferences",
+        &[
+            // Who holds a token: claimed by a lightweight transaction, so no two accounts hold one.
+            "CREATE TABLE IF NOT EXISTS {ks}.push_token_owners (
+                platform int, push_token text, user_id bigint, device_id bigint,
+                PRIMARY KEY ((platform, push_token)))",
+            "CREATE TABLE IF NOT EXISTS {ks}.room_mutes (
+                user_id bigint, room_id bigint, until_ms bigint, PRIMARY KEY (user_id, room_id))",
+            "CREATE TABLE IF NOT EXISTS {ks}.push_prefs (user_id bigint PRIMARY KEY, dnd_until_ms bigint, hide_previews boolean)",
+        ],
+    ),
+];
 
 pub(super) async fn migrate(session: &Session, options: &ScyllaOptions) -> Result<(), StoreError> {
     let ks = &options.keyspace;

@@ -23,8 +23,8 @@ use writer::WriteCmd;
 
 use super::{
     AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, HistoryPage, NewRoom, NewUser, Positions,
-    PushContext, PushJob, PushJobEnd, PushStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError,
-    StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    PushContext, PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation,
+    RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{DeviceId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
@@ -291,7 +291,7 @@ impl StreamStore for SqliteStore {
 }
 
 #[async_trait]
-impl PushStore for SqliteStore {
+impl PushPrefsStore for SqliteStore {
     async fn set_push_token(&self, registration: PushRegistration) -> StoreResult<()> {
         self.write(|reply| WriteCmd::SetPushToken(registration, reply)).await
     }
@@ -312,6 +312,17 @@ impl PushStore for SqliteStore {
         self.write(|reply| WriteCmd::SetHidePreviews { user, hide, reply }).await
     }
 
+    async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>> {
+        self.read(move |c| push::token(c, user, device)).await
+    }
+
+    async fn push_preferences(&self, user: UserId, room: RoomId) -> StoreResult<PushPreferences> {
+        self.read(move |c| push::preferences(c, user, room)).await
+    }
+}
+
+#[async_trait]
+impl PushQueueStore for SqliteStore {
     async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64> {
         self.write(|reply| WriteCmd::CancelDeliveredPushes { user, up_to_pos, reply }).await
     }
@@ -338,10 +349,6 @@ impl PushStore for SqliteStore {
 
     async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64> {
         self.write(|reply| WriteCmd::PurgeFailedPushes { before_ms, reply }).await
-    }
-
-    async fn push_token(&self, user: UserId, device: DeviceId) -> StoreResult<Option<PushRegistration>> {
-        self.read(move |c| push::token(c, user, device)).await
     }
 }
 

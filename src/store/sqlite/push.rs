@@ -7,7 +7,9 @@ use super::codec::room_kind_from;
 use super::reads::UNREAD_COUNT_CAP;
 use crate::domain::{DeviceId, Platform, PushKind, PushRegistration, RoomId, UserId};
 use crate::metrics::PUSH_METRICS;
-use crate::store::{Positions, PushContext, PushFanout, PushJob, PushJobEnd, StoreError, StoreErrorKind, StoreResult};
+use crate::store::{
+    Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, StoreError, StoreErrorKind, StoreResult,
+};
 
 /// The badge never claims more than this many unread messages.
 const BADGE_CAP: u32 = 9_999;
@@ -350,16 +352,7 @@ pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<Push
         .prepare_cached("SELECT read_seq, delivered_seq FROM members WHERE room_id = ?1 AND user_id = ?2")?
         .query_row(params![room, user], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let muted_until_ms: i64 = conn
-        .prepare_cached("SELECT until_ms FROM room_mutes WHERE user_id = ?1 AND room_id = ?2")?
-        .query_row(params![user, room], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
-    let (dnd_until_ms, hide_previews): (i64, bool) = conn
-        .prepare_cached("SELECT dnd_until_ms, hide_previews FROM push_prefs WHERE user_id = ?1")?
-        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .unwrap_or((0, false));
+    let PushPreferences { muted_until_ms, dnd_until_ms, hide_previews } = preferences(conn, job.user, job.room)?;
     Ok(PushContext {
         room_kind: room_kind_from(kind),
         room_name,
@@ -372,6 +365,21 @@ pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<Push
         hide_previews,
         member: marks.is_some(),
     })
+}
+
+pub(super) fn preferences(conn: &Connection, user: UserId, room: RoomId) -> rusqlite::Result<PushPreferences> {
+    let (user, room) = (user.0 as i64, room.0 as i64);
+    let muted_until_ms: i64 = conn
+        .prepare_cached("SELECT until_ms FROM room_mutes WHERE user_id = ?1 AND room_id = ?2")?
+        .query_row(params![user, room], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let (dnd_until_ms, hide_previews): (i64, bool) = conn
+        .prepare_cached("SELECT dnd_until_ms, hide_previews FROM push_prefs WHERE user_id = ?1")?
+        .query_row([user], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .unwrap_or((0, false));
+    Ok(PushPreferences { muted_until_ms, dnd_until_ms, hide_previews })
 }
 
 /// Unread messages from others over all of the user's rooms (each room counted up to its cap).
