@@ -6,12 +6,10 @@
 
 use async_trait::async_trait;
 use scylla::client::session::Session;
-use scylla::response::query_result::QueryResult;
 use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
 
-use super::{ScyllaOptions, ScyllaStore, corrupt, prepare};
+use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare};
 use crate::domain::{DeviceId, UserId};
 use crate::store::{
     AccountStore, DeviceRecord, NewUser, RefreshRotation, StoreError, StoreErrorKind, StoreResult, UserRecord,
@@ -71,21 +69,6 @@ impl Statements {
     }
 }
 
-/// Ids are random 63-bit numbers: they fit CQL's signed bigint as they fit SQLite's INTEGER.
-fn id(value: u64) -> i64 {
-    value as i64
-}
-
-/// Whether a lightweight transaction applied (its first column, `[applied]`).
-fn applied(result: QueryResult) -> StoreResult<bool> {
-    let rows = result.into_rows_result().map_err(corrupt)?;
-    let row: Row = rows.first_row().map_err(corrupt)?;
-    match row.columns.first() {
-        Some(Some(CqlValue::Boolean(applied))) => Ok(*applied),
-        other => Err(StoreError::new(StoreErrorKind::Corrupt, format!("no [applied] column: {other:?}"))),
-    }
-}
-
 #[async_trait]
 impl AccountStore for ScyllaStore {
     async fn create_user(&self, user: NewUser) -> StoreResult<()> {
@@ -93,7 +76,7 @@ impl AccountStore for ScyllaStore {
         let values = (id(user.id.0), &user.username, &user.password_hash, user.created_at_ms);
         self.execute(&s.insert_user, values).await?;
         let claimed = self.execute(&s.claim_name, (&user.username, id(user.id.0))).await?;
-        if applied(claimed)? {
+        if lwt(claimed)?.applied {
             return Ok(());
         }
         // The name is someone's: ours, if this is a retry of a sign-up that did claim it.
@@ -158,7 +141,7 @@ impl AccountStore for ScyllaStore {
     ) -> StoreResult<RefreshRotation> {
         let s = &self.accounts;
         let values = (&new_hash, &old_hash, new_expires_at_ms, id(user.0), id(device.0), &old_hash);
-        if applied(self.execute(&s.rotate, values).await?)? {
+        if lwt(self.execute(&s.rotate, values).await?)?.applied {
             return Ok(RefreshRotation::Rotated);
         }
         let rows = self.rows::<(Option<Vec<u8>>, Option<bool>)>(&s.device_serial, (id(user.0), id(device.0))).await?;
@@ -180,7 +163,7 @@ impl AccountStore for ScyllaStore {
             if was_revoked == Some(true) || only.is_some_and(|o| o != device) {
                 continue;
             }
-            if applied(self.execute(&s.revoke, (id(user.0), id(device.0))).await?)? {
+            if lwt(self.execute(&s.revoke, (id(user.0), id(device.0))).await?)?.applied {
                 revoked.push(device);
             }
             // A logged-out device must not be woken by pushes meant for whoever uses the app next.

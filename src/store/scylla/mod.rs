@@ -20,6 +20,7 @@ use scylla::statement::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 
 use scylla::response::query_result::QueryResult;
+use scylla::value::{CqlValue, Row};
 
 use crate::store::{StoreError, StoreErrorKind, StoreResult};
 
@@ -118,4 +119,36 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 /// Stored data that does not decode: a bug or a schema mismatch.
 fn corrupt(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::caused_by(StoreErrorKind::Corrupt, e)
+}
+
+/// Ids are random 63-bit numbers: they fit CQL's signed bigint as they fit SQLite's INTEGER.
+fn id(value: u64) -> i64 {
+    value as i64
+}
+
+/// A lightweight transaction's answer: whether it applied, and the row it found otherwise, by
+/// column name.
+struct Lwt {
+    applied: bool,
+    found: Vec<(String, Option<CqlValue>)>,
+}
+
+impl Lwt {
+    fn bigint(&self, column: &str) -> Option<i64> {
+        self.found.iter().find(|(name, _)| name == column).and_then(|(_, value)| match value {
+            Some(CqlValue::BigInt(v)) => Some(*v),
+            _ => None,
+        })
+    }
+}
+
+fn lwt(result: scylla::response::query_result::QueryResult) -> StoreResult<Lwt> {
+    let rows = result.into_rows_result().map_err(corrupt)?;
+    let names: Vec<String> = rows.column_specs().iter().map(|c| c.name().to_owned()).collect();
+    let row: Row = rows.first_row().map_err(corrupt)?;
+    let applied = match row.columns.first() {
+        Some(Some(CqlValue::Boolean(applied))) => *applied,
+        other => return Err(StoreError::new(StoreErrorKind::Corrupt, format!("no [applied] column: {other:?}"))),
+    };
+    Ok(Lwt { applied, found: names.into_iter().zip(row.columns).collect() })
 }

@@ -7,9 +7,8 @@
 use async_trait::async_trait;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
 
-use super::{ScyllaOptions, ScyllaStore, corrupt, prepare};
+use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare};
 use crate::domain::{DeviceId, Platform, PushRegistration, RoomId, UserId};
 use crate::store::{PushPreferences, PushPrefsStore, StoreError, StoreErrorKind, StoreResult};
 
@@ -58,37 +57,6 @@ impl Statements {
             prefs_of: p("SELECT dnd_until_ms, hide_previews FROM {ks}.push_prefs WHERE user_id = ?").await?,
         })
     }
-}
-
-fn id(value: u64) -> i64 {
-    value as i64
-}
-
-/// A lightweight transaction's answer: whether it applied, and the row it found otherwise, by
-/// column name.
-struct Lwt {
-    applied: bool,
-    found: Vec<(String, Option<CqlValue>)>,
-}
-
-impl Lwt {
-    fn bigint(&self, column: &str) -> Option<i64> {
-        self.found.iter().find(|(name, _)| name == column).and_then(|(_, value)| match value {
-            Some(CqlValue::BigInt(v)) => Some(*v),
-            _ => None,
-        })
-    }
-}
-
-fn lwt(result: scylla::response::query_result::QueryResult) -> StoreResult<Lwt> {
-    let rows = result.into_rows_result().map_err(corrupt)?;
-    let names: Vec<String> = rows.column_specs().iter().map(|c| c.name().to_owned()).collect();
-    let row: Row = rows.first_row().map_err(corrupt)?;
-    let applied = match row.columns.first() {
-        Some(Some(CqlValue::Boolean(applied))) => *applied,
-        other => return Err(StoreError::new(StoreErrorKind::Corrupt, format!("no [applied] column: {other:?}"))),
-    };
-    Ok(Lwt { applied, found: names.into_iter().zip(row.columns).collect() })
 }
 
 impl ScyllaStore {
