@@ -10,6 +10,7 @@
 //! Invariant: a write future resolves only once the write is durable (committed to disk); callers
 //! acknowledge clients after that and never before.
 
+pub(crate) mod codec;
 mod error;
 pub mod scylla;
 pub mod sqlite;
@@ -30,6 +31,14 @@ use crate::domain::{DeviceId, PushRegistration, RoomId, RoomState, RoomSummary, 
 pub const ENTRY_BUCKET_SIZE: u64 = 16_384;
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The most a push badge shows.
+pub(crate) const BADGE_CAP: u32 = 9_999;
+
+/// A new stream epoch: clients' stored positions belong to one epoch (see `StreamStore`).
+pub(crate) fn new_stream_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
 
 /// Accounts and devices.
 #[async_trait]

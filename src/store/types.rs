@@ -205,7 +205,9 @@ pub enum AppendOutcome {
     TargetNotFound,
     /// An edit of someone else's message, or a delete without the right.
     NotAllowed,
-    /// The seq is taken: another owner wrote to this room. The caller must reload the room.
+    /// The seq is taken: another owner wrote to this room. The caller must reload the room. (A
+    /// writer appends seqs in increasing order; a backend may refuse any seq not past the last one
+    /// it knows of, as ScyllaDB does, or only one that exists, as SQLite does.)
     SeqTaken,
     /// Another writer has taken the room over since this one claimed it: nothing was written.
     Fenced,

@@ -64,6 +64,7 @@ impl ScyllaStore {
     pub(super) async fn forget_push_token(&self, user: UserId, device: DeviceId) -> StoreResult<()> {
         let s = &self.push_prefs;
         let current = self.push_token(user, device).await?;
+        self.forget_device_pushes(user, device).await?;
         self.execute(&s.delete_token, (id(user.0), id(device.0))).await?;
         if let Some(r) = current {
             let values = (r.platform.code() as i32, &r.token, id(user.0), id(device.0));

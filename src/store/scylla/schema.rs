@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 2;
+pub(super) const SCHEMA_VERSION: i32 = 3;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -46,6 +46,75 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS {ks}.room_mutes (
                 user_id bigint, room_id bigint, until_ms bigint, PRIMARY KEY (user_id, room_id))",
             "CREATE TABLE IF NOT EXISTS {ks}.push_prefs (user_id bigint PRIMARY KEY, dnd_until_ms bigint, hide_previews boolean)",
+        ],
+    ),
+    (
+        3,
+        "rooms, their logs, streams and the push queue",
+        &[
+            "CREATE TABLE IF NOT EXISTS {ks}.meta (key text PRIMARY KEY, value text)",
+            "CREATE TABLE IF NOT EXISTS {ks}.rooms (room_id bigint PRIMARY KEY, kind int, name text, created_at_ms bigint)",
+            "CREATE TABLE IF NOT EXISTS {ks}.room_members (room_id bigint, user_id bigint, role int,
+                PRIMARY KEY (room_id, user_id))",
+            // Receipt markers, written USING TIMESTAMP = the seq: the highest marker wins whatever
+            // order concurrent writes land in, so a marker never moves back.
+            "CREATE TABLE IF NOT EXISTS {ks}.room_markers (room_id bigint, user_id bigint, delivered_seq bigint,
+                read_seq bigint, PRIMARY KEY (room_id, user_id))",
+            // Each user's room list, maintained with memberships (never a join).
+            "CREATE TABLE IF NOT EXISTS {ks}.user_rooms (user_id bigint, room_id bigint, PRIMARY KEY (user_id, room_id))",
+            // One direct room per pair: claimed by a lightweight transaction (room creation only).
+            "CREATE TABLE IF NOT EXISTS {ks}.direct_rooms (user_lo bigint, user_hi bigint, room_id bigint,
+                PRIMARY KEY ((user_lo, user_hi)))",
+            // Who has sent a message in a room (the 'wrote to' rule of group adds).
+            "CREATE TABLE IF NOT EXISTS {ks}.room_senders (room_id bigint, sender_id bigint, PRIMARY KEY (room_id, sender_id))",
+            // The room's writer epoch: moved only by a lightweight transaction (a takeover), and read
+            // at QUORUM after each append (the fence; see store/scylla/append.rs).
+            "CREATE TABLE IF NOT EXISTS {ks}.room_epochs (room_id bigint PRIMARY KEY, epoch bigint)",
+            // Where each epoch's writer started: rows of an older epoch at or past a newer epoch's
+            // start were never acknowledged, and readers ignore them.
+            "CREATE TABLE IF NOT EXISTS {ks}.room_claims (room_id bigint, epoch bigint, start_seq bigint,
+                PRIMARY KEY (room_id, epoch))",
+            // The room's log, one partition per bucket of seqs; the epoch in the key keeps two writers
+            // from overwriting each other. `recipients`: whose streams the entry goes to, so that a
+            // fan-out cut short by a crash is finished by the next writer.
+            "CREATE TABLE IF NOT EXISTS {ks}.room_entries (room_id bigint, bucket bigint, seq bigint, epoch bigint,
+                id bigint, sender_id bigint, sent_at_ms bigint, kind int, text text, client_msg_id text,
+                target_seq bigint, users text, role int, edited_at_ms bigint, deleted boolean,
+                recipients list<bigint>, PRIMARY KEY ((room_id, bucket), seq, epoch))",
+            "CREATE TABLE IF NOT EXISTS {ks}.room_buckets (room_id bigint, bucket bigint, PRIMARY KEY (room_id, bucket))",
+            // How far the room's entries are in their recipients' streams (USING TIMESTAMP = seq).
+            "CREATE TABLE IF NOT EXISTS {ks}.room_fanout (room_id bigint PRIMARY KEY, seq bigint)",
+            // Idempotent sends: a client's message id, per room and sender.
+            "CREATE TABLE IF NOT EXISTS {ks}.client_msgs (room_id bigint, sender_id bigint, client_msg_id text,
+                epoch bigint, seq bigint, id bigint, sent_at_ms bigint,
+                PRIMARY KEY ((room_id, sender_id, client_msg_id), epoch))",
+            // A user's stream: one writer at a time holds its lease (a lightweight transaction on a
+            // takeover only); positions are given by that writer, contiguous.
+            "CREATE TABLE IF NOT EXISTS {ks}.stream_leases (user_id bigint PRIMARY KEY, epoch bigint)",
+            "CREATE TABLE IF NOT EXISTS {ks}.stream_claims (user_id bigint, epoch bigint, start_pos bigint,
+                PRIMARY KEY (user_id, epoch))",
+            "CREATE TABLE IF NOT EXISTS {ks}.stream_events (user_id bigint, bucket bigint, pos bigint, epoch bigint,
+                kind int, source_id bigint, reference bigint, actor_id bigint, ref_epoch bigint,
+                PRIMARY KEY ((user_id, bucket), pos, epoch))",
+            "CREATE TABLE IF NOT EXISTS {ks}.stream_buckets (user_id bigint, bucket bigint, PRIMARY KEY (user_id, bucket))",
+            // Which position an event got in a stream, so that a write redone after a crash or a
+            // lost lease never puts it there twice.
+            "CREATE TABLE IF NOT EXISTS {ks}.stream_index (user_id bigint, source_id bigint, kind int,
+                reference bigint, actor_id bigint, epoch bigint, pos bigint,
+                PRIMARY KEY ((user_id, source_id), kind, reference, actor_id, epoch))",
+            // Push jobs, in their user's partition; state 0 pending, 1 claimed, 2 failed.
+            "CREATE TABLE IF NOT EXISTS {ks}.push_jobs (user_id bigint, device_id bigint, room_id bigint,
+                job_id bigint, state int, due_ms bigint, kind int, count int, last_seq bigint, last_pos bigint,
+                sender_id bigint, many_senders boolean, preview text, attempts int, created_at_ms bigint,
+                last_error text, PRIMARY KEY (user_id, device_id, room_id, job_id))",
+            // When jobs fall due, partitioned by shard (of the user) and time bucket (of the due time).
+            "CREATE TABLE IF NOT EXISTS {ks}.push_due (shard int, bucket bigint, due_ms bigint, job_id bigint,
+                user_id bigint, device_id bigint, room_id bigint, state int,
+                PRIMARY KEY ((shard, bucket), due_ms, job_id))",
+            "CREATE TABLE IF NOT EXISTS {ks}.push_due_buckets (shard int, bucket bigint, PRIMARY KEY (shard, bucket))",
+            // Jobs given up, kept for inspection until purged.
+            "CREATE TABLE IF NOT EXISTS {ks}.push_failed (shard int, failed_at_ms bigint, job_id bigint,
+                user_id bigint, device_id bigint, room_id bigint, PRIMARY KEY (shard, failed_at_ms, job_id))",
         ],
     ),
 ];

@@ -1,121 +1,37 @@
-//! Rows to domain values and back. The one place that knows how entries are laid out in columns.
+//! SQLite rows of entries: the column list and reading an entry back. The layout of the columns
+//! themselves is the backends' shared one (`store/codec.rs`).
 
 use std::sync::Arc;
 
 use rusqlite::Row;
 
-use crate::domain::{EntryBody, EventKind, EventRef, Role, RoomEntry, RoomId, RoomKind, Source, TextMessage, UserId};
+use crate::domain::{RoomEntry, RoomId, UserId};
+use crate::store::codec::{StoredBody, body_from_columns};
 
 /// Column list for reading an entry; `entry_from_row` expects them in this order at `offset`.
 pub(super) const ENTRY_COLUMNS: &str = "room_id, seq, id, sender_id, sent_at_ms, kind, text, client_msg_id, target_seq, users, role, edited_at_ms, deleted";
-
-/// The columns of an entry, ready to insert.
-pub(super) struct EntryColumns<'a> {
-    pub kind: i64,
-    pub text: &'a str,
-    pub client_msg_id: Option<&'a str>,
-    pub target_seq: u64,
-    pub users: String,
-    pub role: i64,
-    pub edited_at_ms: i64,
-    pub deleted: bool,
-}
-
-pub(super) fn entry_columns(body: &EntryBody) -> EntryColumns<'_> {
-    let mut c = EntryColumns {
-        kind: 0,
-        text: "",
-        client_msg_id: None,
-        target_seq: 0,
-        users: String::new(),
-        role: 0,
-        edited_at_ms: 0,
-        deleted: false,
-    };
-    match body {
-        EntryBody::Text(m) => {
-            c.kind = 1;
-            c.text = &m.text;
-            c.client_msg_id = (!m.client_msg_id.is_empty()).then_some(m.client_msg_id.as_str());
-            c.target_seq = m.reply_to_seq;
-            c.edited_at_ms = m.edited_at_ms;
-            c.deleted = m.deleted;
-        }
-        EntryBody::Edited { target_seq, text } => {
-            c.kind = 2;
-            c.target_seq = *target_seq;
-            c.text = text;
-        }
-        EntryBody::Deleted { target_seq } => {
-            c.kind = 3;
-            c.target_seq = *target_seq;
-        }
-        EntryBody::Created { kind, name, members } => {
-            c.kind = 4;
-            c.text = name;
-            c.users = join_users(members);
-            c.role = room_kind_code(*kind);
-        }
-        EntryBody::MembersAdded(users) => {
-            c.kind = 5;
-            c.users = join_users(users);
-        }
-        EntryBody::MemberRemoved(user) => {
-            c.kind = 6;
-            c.users = user.0.to_string();
-        }
-        EntryBody::MemberLeft(user) => {
-            c.kind = 7;
-            c.users = user.0.to_string();
-        }
-        EntryBody::Renamed(name) => {
-            c.kind = 8;
-            c.text = name;
-        }
-        EntryBody::RoleChanged(user, role) => {
-            c.kind = 9;
-            c.users = user.0.to_string();
-            c.role = role_code(*role);
-        }
-    }
-    c
-}
 
 /// Reads an entry from `row`, starting at column `offset` (see `ENTRY_COLUMNS`).
 pub(super) fn entry_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<RoomEntry> {
     let get_u64 = |i: usize| row.get::<_, i64>(offset + i).map(|v| v as u64);
     let kind: i64 = row.get(offset + 5)?;
-    let text: String = row.get(offset + 6)?;
-    let client_msg_id: Option<String> = row.get(offset + 7)?;
-    let target_seq = get_u64(8)?;
-    let users_text: String = row.get(offset + 9)?;
-    let role: i64 = row.get(offset + 10)?;
-    let users = split_users(&users_text);
-    let first_user = users.first().copied().unwrap_or_default();
-    let body = match kind {
-        1 => EntryBody::Text(TextMessage {
-            text,
-            client_msg_id: client_msg_id.unwrap_or_default(),
-            reply_to_seq: target_seq,
-            edited_at_ms: row.get(offset + 11)?,
-            deleted: row.get::<_, i64>(offset + 12)? != 0,
-        }),
-        2 => EntryBody::Edited { target_seq, text },
-        3 => EntryBody::Deleted { target_seq },
-        4 => EntryBody::Created { kind: room_kind_from(role), name: text, members: users },
-        5 => EntryBody::MembersAdded(users),
-        6 => EntryBody::MemberRemoved(first_user),
-        7 => EntryBody::MemberLeft(first_user),
-        8 => EntryBody::Renamed(text),
-        9 => EntryBody::RoleChanged(first_user, role_from(role)),
-        other => {
-            return Err(rusqlite::Error::FromSqlConversionFailure(
-                offset + 5,
-                rusqlite::types::Type::Integer,
-                format!("unknown entry kind {other}").into(),
-            ));
-        }
+    let stored = StoredBody {
+        kind,
+        text: row.get(offset + 6)?,
+        client_msg_id: row.get(offset + 7)?,
+        target_seq: get_u64(8)?,
+        users: row.get(offset + 9)?,
+        role: row.get(offset + 10)?,
+        edited_at_ms: row.get(offset + 11)?,
+        deleted: row.get::<_, i64>(offset + 12)? != 0,
     };
+    let body = body_from_columns(stored).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            offset + 5,
+            rusqlite::types::Type::Integer,
+            format!("unknown entry kind {kind}").into(),
+        )
+    })?;
     Ok(RoomEntry {
         room: RoomId(get_u64(0)?),
         seq: get_u64(1)?,
@@ -128,104 +44,4 @@ pub(super) fn entry_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<R
 
 pub(super) fn shared_entry_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<Arc<RoomEntry>> {
     entry_from_row(row, offset).map(Arc::new)
-}
-
-fn join_users(users: &[UserId]) -> String {
-    users.iter().map(|u| u.0.to_string()).collect::<Vec<_>>().join(",")
-}
-
-fn split_users(text: &str) -> Vec<UserId> {
-    text.split(',').filter_map(|s| s.parse().ok()).map(UserId).collect()
-}
-
-pub(super) fn role_code(role: Role) -> i64 {
-    match role {
-        Role::Member => 1,
-        Role::Admin => 2,
-        Role::Owner => 3,
-    }
-}
-
-pub(super) fn role_from(code: i64) -> Role {
-    match code {
-        3 => Role::Owner,
-        2 => Role::Admin,
-        _ => Role::Member,
-    }
-}
-
-pub(super) fn room_kind_code(kind: RoomKind) -> i64 {
-    match kind {
-        RoomKind::Direct => 1,
-        RoomKind::Group => 2,
-    }
-}
-
-pub(super) fn room_kind_from(code: i64) -> RoomKind {
-    if code == 1 { RoomKind::Direct } else { RoomKind::Group }
-}
-
-/// A stream event's row in `events`, the same columns for every kind: `kind`, the source's id in
-/// `room_id` (what the source is follows from the kind: every kind so far comes from a room), the
-/// reference in `seq`, the actor in `actor_id` (0: none).
-pub(super) struct EventRow {
-    pub kind: i64,
-    pub source_id: i64,
-    pub reference: i64,
-    pub actor: i64,
-}
-
-pub(super) fn event_row(event: &EventRef) -> EventRow {
-    let kind = match event.kind {
-        EventKind::Entry => 0,
-        EventKind::Delivered => 1,
-        EventKind::Read => 2,
-    };
-    let source_id = match event.source {
-        Source::Room(room) => room.0,
-        Source::User(user) | Source::Feed(user) => user.0,
-        Source::Server => 0,
-    };
-    EventRow {
-        kind,
-        source_id: source_id as i64,
-        reference: event.reference as i64,
-        actor: event.actor.map_or(0, |u| u.0 as i64),
-    }
-}
-
-/// The event a row describes, back (`None` for a kind this version does not know).
-pub(super) fn event_ref_from(row: &EventRow) -> Option<EventRef> {
-    let kind = match row.kind {
-        0 => EventKind::Entry,
-        1 => EventKind::Delivered,
-        2 => EventKind::Read,
-        _ => return None,
-    };
-    let actor = (row.actor != 0).then_some(UserId(row.actor as u64));
-    Some(EventRef { kind, source: Source::Room(RoomId(row.source_id as u64)), reference: row.reference as u64, actor })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Receipt, ReceiptKind};
-
-    #[test]
-    fn every_kind_of_event_keeps_its_row_layout() {
-        let receipt = |kind| Receipt { room: RoomId(7), user: UserId(9), kind, up_to_seq: 4 };
-        let events = [
-            EventRef::entry(RoomId(7), 3),
-            EventRef::receipt(&receipt(ReceiptKind::Delivered)),
-            EventRef::receipt(&receipt(ReceiptKind::Read)),
-        ];
-        // The rows databases already hold: kinds 0, 1, 2; source in room_id, reference in seq.
-        let rows = [(0, 7, 3, 0), (1, 7, 4, 9), (2, 7, 4, 9)];
-        for (event, expected) in events.iter().zip(rows) {
-            let row = event_row(event);
-            assert_eq!((row.kind, row.source_id, row.reference, row.actor), expected, "{event:?}");
-            assert_eq!(event_ref_from(&row).as_ref(), Some(event));
-        }
-        assert!(event_ref_from(&EventRow { kind: 99, source_id: 1, reference: 1, actor: 0 }).is_none());
-    }
 }

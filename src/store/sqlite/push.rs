@@ -3,16 +3,13 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::codec::room_kind_from;
 use super::reads::UNREAD_COUNT_CAP;
 use crate::domain::{DeviceId, Platform, PushKind, PushRegistration, RoomId, UserId};
 use crate::metrics::PUSH_METRICS;
+use crate::store::codec::room_kind_from;
 use crate::store::{
     Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, StoreError, StoreErrorKind, StoreResult,
 };
-
-/// The badge never claims more than this many unread messages.
-const BADGE_CAP: u32 = 9_999;
 
 type CmdResult<T> = rusqlite::Result<StoreResult<T>>;
 
@@ -393,5 +390,5 @@ fn unread_total(conn: &Connection, user: UserId) -> rusqlite::Result<u32> {
         )?
         .query_map(params![user.0 as i64, UNREAD_COUNT_CAP as i64], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(per_room.into_iter().map(|n| n as u32).sum::<u32>().min(BADGE_CAP))
+    Ok(per_room.into_iter().map(|n| n as u32).sum::<u32>().min(crate::store::BADGE_CAP))
 }

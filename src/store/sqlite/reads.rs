@@ -3,13 +3,12 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::codec::{
-    ENTRY_COLUMNS, EventRow, entry_from_row, event_ref_from, role_from, room_kind_from, shared_entry_from_row,
-};
+use super::codec::{ENTRY_COLUMNS, entry_from_row, shared_entry_from_row};
 use crate::domain::{
     DeviceId, EventKind, MemberRecord, Receipt, ReceiptKind, RoomEntry, RoomId, RoomMeta, RoomState, RoomSummary,
     Source, StreamEvent, UserId,
 };
+use crate::store::codec::{EventRow, event_ref_from, role_from, room_kind_from};
 use crate::store::{DeviceRecord, HistoryPage, UserRecord};
 
 /// Unread counts stop at this many: "999+" is all a badge needs, and counting stays cheap.

@@ -184,8 +184,11 @@ const MIGRATIONS: &[Migration] = &[
     (1, "the tables", |c| c.execute_batch(TABLES)),
     (2, "push_prefs.hide_previews", |c| add_column(c, "push_prefs", "hide_previews", "INTEGER NOT NULL DEFAULT 0")),
     (3, "the stream epoch", |c| {
-        c.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('stream_epoch', ?1)", [new_stream_epoch()])
-            .map(|_| ())
+        c.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('stream_epoch', ?1)",
+            [crate::store::new_stream_epoch()],
+        )
+        .map(|_| ())
     }),
 ];
 
@@ -218,11 +221,6 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A new stream epoch: clients' stored positions belong to one epoch (see `StreamStore`).
-pub(super) fn new_stream_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// Adds a column unless a database from before versioning already has it.

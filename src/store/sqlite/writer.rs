@@ -11,13 +11,13 @@ use std::thread;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{entry_columns, event_row, role_code, room_kind_code};
 use super::push;
 use crate::domain::{
     DeviceId, EntryBody, EventRef, PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId,
     now_ms,
 };
 use crate::metrics::METRICS;
+use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
 use crate::store::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewRoom, NewUser, Positions, PushJob, PushJobEnd,
     ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
@@ -194,7 +194,7 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::CreateRoom(room, reply) => run!(reply, |tx, heads| create_room(tx, heads, &room)),
         WriteCmd::ClaimRoom(room, reply) => run!(reply, |tx, _| claim_room(tx, room)),
         WriteCmd::RotateStreamEpochs(reply) => run!(reply, |tx, _| {
-            let epoch = super::schema::new_stream_epoch();
+            let epoch = crate::store::new_stream_epoch();
             tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('stream_epoch', ?1)", [&epoch])?;
             Ok(Ok(epoch))
         }),

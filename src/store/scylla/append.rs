@@ -1,0 +1,251 @@
+//! Appending to a room's log on ScyllaDB, fenced without a lightweight transaction per message.
+//!
+//! The room's writer claimed it (`claim_room`: the epoch + 1 by a lightweight transaction, and where
+//! it starts). Each append then:
+//! 1. checks what it can against the writer's own view (a duplicate `clientMsgId`, a seq already
+//!    used, the message an edit or a reply names);
+//! 2. writes the entry keyed `(room, bucket), seq, epoch`, with its `clientMsgId` row and its
+//!    bucket's listing, in one logged batch at QUORUM (two writers never overwrite each other);
+//! 3. reads the room's epoch at QUORUM: if another writer claimed the room since, the append is
+//!    `Fenced` (its row counts only if the new writer saw it, and then the new writer fans it out);
+//! 4. applies the entry's effect, puts it into each recipient's stream (`streams.rs`), queues its
+//!    pushes, and records how far the room's fan-out went.
+//!
+//! A room's appends run one after another in the order they were submitted (a lane per room), so
+//! every recipient's stream gets them in seq order; rooms run side by side.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures_util::future::BoxFuture;
+use scylla::statement::batch::{Batch, BatchType};
+use tokio::sync::oneshot;
+
+use super::fence::Claims;
+use super::rooms::entry_insert_values;
+use super::streams::StoredEvent;
+use super::{ScyllaStore, id, unavailable};
+use crate::domain::{EntryBody, EventRef, RoomId};
+use crate::store::{Append, AppendOutcome, Effect, StoreError, StoreErrorKind, StoreResult};
+
+/// Appends submitted and not yet done, over all rooms; beyond this, `submit_append` answers Busy.
+const MAX_IN_FLIGHT: usize = 8192;
+
+/// A room's writer as this process knows it: its epoch, the log's claims, the last seq it used.
+#[derive(Debug, Clone)]
+pub(super) struct Writer {
+    epoch: u64,
+    claims: Claims,
+    last_seq: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Appends {
+    /// Per room: the ticket of the newest append and the signal that it is done.
+    lanes: Mutex<HashMap<RoomId, (u64, oneshot::Receiver<()>)>>,
+    writers: Mutex<HashMap<RoomId, Writer>>,
+    tickets: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Appends {
+    /// This process claimed `room` under `epoch`, with the log's claims as of then.
+    pub(super) fn claimed(&self, room: RoomId, epoch: u64, claims: Claims) {
+        let last_seq = claims.start_of(epoch).saturating_sub(1);
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if writers.get(&room).is_none_or(|w| w.epoch < epoch) {
+            writers.insert(room, Writer { epoch, claims, last_seq });
+        }
+    }
+
+    /// No append is in flight.
+    pub(super) fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    fn writer(&self, room: RoomId) -> Option<Writer> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner()).get(&room).cloned()
+    }
+
+    fn wrote(&self, room: RoomId, epoch: u64, seq: u64) {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = writers.get_mut(&room).filter(|w| w.epoch == epoch) {
+            w.last_seq = w.last_seq.max(seq);
+        }
+    }
+
+    fn forget(&self, room: RoomId, epoch: u64) {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        if writers.get(&room).is_some_and(|w| w.epoch <= epoch) {
+            writers.remove(&room);
+        }
+    }
+}
+
+impl ScyllaStore {
+    /// Queues an append behind the room's earlier ones and starts it; the future is its outcome.
+    pub(super) fn submit(&self, append: Append) -> StoreResult<BoxFuture<'static, StoreResult<AppendOutcome>>> {
+        self.check_open()?;
+        let appends = &self.appends;
+        if appends.in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+            appends.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::new(StoreErrorKind::Busy, "too many appends in flight"));
+        }
+        let room = append.entry.room;
+        let ticket = appends.tickets.fetch_add(1, Ordering::Relaxed);
+        let (done, done_signal) = oneshot::channel::<()>();
+        let previous = {
+            let mut lanes = appends.lanes.lock().unwrap_or_else(|e| e.into_inner());
+            lanes.insert(room, (ticket, done_signal)).map(|(_, signal)| signal)
+        };
+        let (reply, outcome) = oneshot::channel();
+        let store = self.clone();
+        tokio::spawn(async move {
+            if let Some(previous) = previous {
+                // Done or dropped: either way, the room's earlier append is over.
+                let _ = previous.await;
+            }
+            let result = store.append_now(&append).await;
+            drop(done);
+            {
+                let mut lanes = store.appends.lanes.lock().unwrap_or_else(|e| e.into_inner());
+                if lanes.get(&room).is_some_and(|(t, _)| *t == ticket) {
+                    lanes.remove(&room);
+                }
+            }
+            store.appends.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let _ = reply.send(result);
+        });
+        Ok(Box::pin(
+            async move { outcome.await.unwrap_or_else(|_| Err(StoreError::unavailable("the append was dropped"))) },
+        ))
+    }
+
+    /// The writer an append names, or why it cannot write.
+    async fn writer_for(&self, append: &Append) -> StoreResult<Result<Writer, AppendOutcome>> {
+        let room = append.entry.room;
+        if let Some(writer) = self.appends.writer(room) {
+            if writer.epoch == append.epoch {
+                return Ok(Ok(writer));
+            }
+            if writer.epoch > append.epoch {
+                return Ok(Err(AppendOutcome::Fenced));
+            }
+        }
+        // Claimed through another handle on the same keyspace: learn the claim from the store.
+        let claims = self.room_claims(room).await?;
+        let start = claims.start_of(append.epoch);
+        if start == 0 || !claims.counts(append.epoch, u64::MAX) {
+            return Ok(Err(AppendOutcome::Fenced));
+        }
+        self.appends.claimed(room, append.epoch, claims);
+        Ok(self.appends.writer(room).filter(|w| w.epoch == append.epoch).ok_or(AppendOutcome::Fenced))
+    }
+
+    async fn append_now(&self, append: &Append) -> StoreResult<AppendOutcome> {
+        let entry = &append.entry;
+        let room = entry.room;
+        let writer = match self.writer_for(append).await? {
+            Ok(writer) => writer,
+            Err(outcome) => return Ok(outcome),
+        };
+        if let Some(outcome) = self.refused(append, &writer).await? {
+            return Ok(outcome);
+        }
+        self.write_entry(append).await?;
+        if self.room_epoch(room).await? != append.epoch {
+            self.appends.forget(room, append.epoch);
+            return Ok(AppendOutcome::Fenced);
+        }
+        self.appends.wrote(room, append.epoch, entry.seq);
+        self.apply_effect(room, &append.effect, &writer.claims).await?;
+        match &append.effect {
+            Effect::Edit { target_seq, .. } => {
+                if let Some(preview) = &append.revised_preview {
+                    self.revise_pushes(room, *target_seq, preview).await?;
+                }
+            }
+            Effect::Delete { target_seq, .. } => self.retract_pushes(room, *target_seq, &writer.claims).await?,
+            _ => {}
+        }
+        let event = StoredEvent { event: EventRef::entry(room, entry.seq), ref_epoch: append.epoch };
+        let positions = self.write_events(&append.recipients, event, false).await?;
+        if let Some(fanout) = &append.push {
+            self.enqueue_pushes(fanout, entry, &positions).await?;
+        }
+        self.record_fanned_out(room, entry.seq).await?;
+        Ok(AppendOutcome::Committed { positions })
+    }
+
+    /// What the writer's view refuses before anything is written.
+    async fn refused(&self, append: &Append, writer: &Writer) -> StoreResult<Option<AppendOutcome>> {
+        let entry = &append.entry;
+        let room = entry.room;
+        if let EntryBody::Text(message) = &entry.body {
+            if !message.client_msg_id.is_empty() {
+                let values = (id(room.0), id(entry.sender.0), &message.client_msg_id);
+                let earlier = self.rows::<(i64, i64, i64, i64)>(&self.rooms.client_msg, values).await?;
+                if let Some((_, seq, msg_id, sent_at_ms)) =
+                    earlier.into_iter().find(|&(epoch, seq, _, _)| writer.claims.counts(epoch as u64, seq as u64))
+                {
+                    return Ok(Some(AppendOutcome::Duplicate { seq: seq as u64, id: msg_id as u64, sent_at_ms }));
+                }
+            }
+            if message.reply_to_seq != 0
+                && self.standing_message(room, message.reply_to_seq, &writer.claims).await?.is_none()
+            {
+                return Ok(Some(AppendOutcome::TargetNotFound));
+            }
+        }
+        if entry.seq <= writer.last_seq {
+            return Ok(Some(AppendOutcome::SeqTaken));
+        }
+        let (target_seq, actor, may_any) = match &append.effect {
+            Effect::Edit { target_seq, editor, .. } => (*target_seq, *editor, false),
+            Effect::Delete { target_seq, by, by_moderator } => (*target_seq, *by, *by_moderator),
+            _ => return Ok(None),
+        };
+        Ok(match self.standing_message(room, target_seq, &writer.claims).await? {
+            None => Some(AppendOutcome::TargetNotFound),
+            Some(target) if target.entry.sender != actor && !may_any => Some(AppendOutcome::NotAllowed),
+            Some(_) => None,
+        })
+    }
+
+    /// The entry, its `clientMsgId` row, its sender and its bucket's listing: all or nothing.
+    async fn write_entry(&self, append: &Append) -> StoreResult<()> {
+        let entry = &append.entry;
+        let s = &self.rooms;
+        let (room, sender) = (id(entry.room.0), id(entry.sender.0));
+        let bucket = self.log_bucket(entry.seq);
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.set_consistency(self.options.consistency);
+        batch.append_statement(s.insert_entry.clone());
+        batch.append_statement(s.list_bucket.clone());
+        let entry_values = entry_insert_values(entry, bucket, append.epoch, &append.recipients);
+        let written = match &entry.body {
+            EntryBody::Text(message) if !message.client_msg_id.is_empty() => {
+                batch.append_statement(s.add_sender.clone());
+                batch.append_statement(s.insert_client_msg.clone());
+                let client_msg = (
+                    room,
+                    sender,
+                    &message.client_msg_id,
+                    append.epoch as i64,
+                    entry.seq as i64,
+                    entry.id as i64,
+                    entry.sent_at_ms,
+                );
+                self.session.batch(&batch, (entry_values, (room, bucket), (room, sender), client_msg)).await
+            }
+            EntryBody::Text(_) => {
+                batch.append_statement(s.add_sender.clone());
+                self.session.batch(&batch, (entry_values, (room, bucket), (room, sender))).await
+            }
+            _ => self.session.batch(&batch, (entry_values, (room, bucket))).await,
+        };
+        written.map_err(unavailable)?;
+        Ok(())
+    }
+}
