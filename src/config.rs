@@ -62,6 +62,9 @@ pub enum Synchronous {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// `sqlite`: the embedded database under `data_dir` (one host). `scylla`: a ScyllaDB (or
+    /// Cassandra) cluster, for nodes on several hosts that share no file.
+    pub backend: StoreBackend,
     /// Where the embedded database and the generated token secret live.
     pub data_dir: PathBuf,
     /// `full`: every acknowledged message survives power loss. `normal`: survives a crash of the
@@ -71,17 +74,37 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// How long a write waits on another process holding the database's write lock.
     pub busy_timeout_ms: u64,
+    /// ScyllaDB contact points, `host:port`, comma-separated.
+    pub scylla_nodes: String,
+    /// The keyspace (created and migrated on start).
+    pub scylla_keyspace: String,
+    /// Copies of every row when the keyspace is created (3 survives one node down at QUORUM).
+    pub scylla_replication_factor: u32,
+    /// Consistency of every read and write: `quorum`, `local_quorum`, `one`, `all`.
+    pub scylla_consistency: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            backend: StoreBackend::Sqlite,
             data_dir: PathBuf::from("./data"),
             synchronous: Synchronous::Full,
             max_batch: 1024,
             busy_timeout_ms: 5000,
+            scylla_nodes: "127.0.0.1:9042".into(),
+            scylla_keyspace: "tidings".into(),
+            scylla_replication_factor: 3,
+            scylla_consistency: "quorum".into(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Sqlite,
+    Scylla,
 }
 
 impl StoreConfig {

@@ -92,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     init_logging(&config);
     actix_web::rt::System::new().block_on(async move {
         if args.new_stream_epoch {
-            let store = tidings::server::open_store(&config)?;
+            let store = tidings::server::open_store(&config).await?;
             let epoch = store.rotate_stream_epochs().await?;
             store.close().await;
             tracing::info!(%epoch, "every stream starts a new epoch: resuming clients will sync from 0");

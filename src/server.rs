@@ -21,11 +21,12 @@ use crate::actors::{Hub, Peers};
 use crate::auth::AuthService;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::lifecycle::{Background, StoreService};
 use crate::push::{Presence, PushWorker, gate_for, providers_from};
 use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
+use crate::store::scylla::{ScyllaOptions, ScyllaStore};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::transport::connection_caps::ConnectionCaps;
 use crate::transport::http::{AppState, operations_routes, routes};
@@ -54,9 +55,42 @@ pub struct Running {
 }
 
 /// Opens the configured store.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let dir = &config.store.data_dir;
     private_dir(dir).with_context(|| format!("creating {} (mode 0700)", dir.display()))?;
+    match config.store.backend {
+        StoreBackend::Sqlite => open_sqlite(config),
+        StoreBackend::Scylla => open_scylla(config).await,
+    }
+}
+
+async fn open_scylla(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let c = &config.store;
+    let nodes: Vec<String> =
+        c.scylla_nodes.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned).collect();
+    anyhow::ensure!(!nodes.is_empty(), "store.scylla_nodes is empty: name at least one host:port");
+    let mut options = ScyllaOptions::new(nodes, &c.scylla_keyspace);
+    options.replication_factor = c.scylla_replication_factor.max(1);
+    options.consistency = scylla_consistency(&c.scylla_consistency)?;
+    let store = ScyllaStore::open(options)
+        .await
+        .with_context(|| format!("opening keyspace {} on {}", c.scylla_keyspace, c.scylla_nodes))?;
+    tracing::info!(nodes = %c.scylla_nodes, keyspace = %c.scylla_keyspace, "store: ScyllaDB");
+    Ok(Arc::new(store))
+}
+
+fn scylla_consistency(name: &str) -> anyhow::Result<scylla::statement::Consistency> {
+    use scylla::statement::Consistency;
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "quorum" => Consistency::Quorum,
+        "local_quorum" => Consistency::LocalQuorum,
+        "one" => Consistency::One,
+        "all" => Consistency::All,
+        other => anyhow::bail!("store.scylla_consistency = {other:?}: one of quorum, local_quorum, one, all"),
+    })
+}
+
+fn open_sqlite(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let mut options = SqliteOptions::new(config.store.database_path());
     options.synchronous = config.store.synchronous;
     options.max_batch = config.store.max_batch.max(1);
@@ -116,7 +150,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     raise_open_files_limit();
     // The one TLS backend of every HTTP client (push providers): ring, never aws-lc or openssl.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let mut background = Background::default();
     background.started(Arc::new(StoreService(store.clone())));
     let secret = token_secret(&config)?;

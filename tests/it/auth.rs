@@ -8,7 +8,7 @@ use tidings_client::{ClientError, Connection, Incoming};
 use crate::harness::*;
 
 #[tokio::test]
-async fn sign_up_log_in_refresh_and_log_out() {
+pub(crate) async fn sign_up_log_in_refresh_and_log_out() {
     let server = TestServer::start();
     let http = server.http();
     let ana = http.sign_up("ana", PASSWORD, "phone").await.unwrap();

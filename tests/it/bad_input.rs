@@ -53,7 +53,7 @@ async fn malformed_frames_get_typed_errors_and_the_connection_survives() {
 }
 
 #[tokio::test]
-async fn invalid_arguments_and_unknown_ids() {
+pub(crate) async fn invalid_arguments_and_unknown_ids() {
     let server = TestServer::start_with(|c| c.limits.max_message_bytes = 100);
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;

@@ -7,7 +7,7 @@ use tidings_client::tidings_proto::v1::{self as wire, client_frame::Request as R
 use crate::harness::*;
 
 #[tokio::test]
-async fn direct_chat_reaches_the_peer_and_the_senders_other_devices() {
+pub(crate) async fn direct_chat_reaches_the_peer_and_the_senders_other_devices() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let ana_tablet = ana.another_device("tablet").await;
@@ -46,7 +46,7 @@ async fn direct_chat_reaches_the_peer_and_the_senders_other_devices() {
 }
 
 #[tokio::test]
-async fn group_messages_have_one_order_for_every_member() {
+pub(crate) async fn group_messages_have_one_order_for_every_member() {
     let server = TestServer::start();
     let users = [server.user("ana").await, server.user("bob").await, server.user("cyd").await];
     let mut conns = Vec::new();
@@ -86,7 +86,7 @@ async fn group_messages_have_one_order_for_every_member() {
 }
 
 #[tokio::test]
-async fn a_retried_send_is_acknowledged_again_but_stored_once() {
+pub(crate) async fn a_retried_send_is_acknowledged_again_but_stored_once() {
     let server = TestServer::start();
     let DirectPair { a, mut b, room, .. } = direct_pair(&server).await;
     let first = a.send_text(room, "same-id", "once").await.unwrap();
@@ -102,7 +102,7 @@ async fn a_retried_send_is_acknowledged_again_but_stored_once() {
 }
 
 #[tokio::test]
-async fn edits_and_deletes_reach_everyone_and_history_shows_tombstones() {
+pub(crate) async fn edits_and_deletes_reach_everyone_and_history_shows_tombstones() {
     let server = TestServer::start();
     let DirectPair { a, mut b, bob, room, .. } = direct_pair(&server).await;
     let m = a.send_text(room, "1", "helo").await.unwrap();
@@ -144,7 +144,7 @@ async fn edits_and_deletes_reach_everyone_and_history_shows_tombstones() {
 }
 
 #[tokio::test]
-async fn replies_name_an_existing_message() {
+pub(crate) async fn replies_name_an_existing_message() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;
@@ -164,7 +164,7 @@ async fn replies_name_an_existing_message() {
 }
 
 #[tokio::test]
-async fn receipts_typing_and_presence() {
+pub(crate) async fn receipts_typing_and_presence() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;
@@ -246,7 +246,7 @@ async fn receipts_typing_and_presence() {
 }
 
 #[tokio::test]
-async fn json_text_frames_work_end_to_end() {
+pub(crate) async fn json_text_frames_work_end_to_end() {
     use tidings_client::tidings_proto::Encoding;
     let server = TestServer::start();
     let ana = server.user("ana").await;

@@ -42,7 +42,7 @@ pub fn spawn_server_with(data_dir: &std::path::Path, settings: &[String]) -> (Se
         .args(["--set", "auth.attempts_per_minute_per_ip=0", "--set", "auth.attempts_per_minute_per_username=0"])
         .args(["--set", "limits.requests_per_second=100000", "--set", "limits.request_burst=100000"])
         .args(["--set", "limits.user_requests_per_second=100000", "--set", "limits.user_request_burst=100000"])
-        .args(settings.iter().flat_map(|s| ["--set", s.as_str()]))
+        .args(store_settings(data_dir).iter().chain(settings).flat_map(|s| ["--set", s.as_str()]))
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -72,7 +72,7 @@ pub fn spawn_server_with(data_dir: &std::path::Path, settings: &[String]) -> (Se
 }
 
 #[tokio::test]
-async fn acknowledged_messages_survive_kill_9() {
+pub(crate) async fn acknowledged_messages_survive_kill_9() {
     let data = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn_server(data.path());
     let http = Http::new(format!("http://{addr}"));

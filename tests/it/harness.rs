@@ -27,6 +27,73 @@ pub struct TestServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+thread_local! {
+    /// Servers this test thread starts keep their data on the CQL node (see `on_scylla`).
+    static ON_SCYLLA: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The keyspaces they were given, dropped when the test ends.
+    static KEYSPACES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs a test with every server it starts on the ScyllaDB store (a keyspace per data directory,
+/// on the CQL node `TIDINGS_SCYLLA_NODES` names), or reports it skipped without one.
+pub fn on_scylla(test: impl FnOnce()) {
+    if !crate::prerequisites::check(crate::prerequisites::Prerequisite::Scylla) {
+        return;
+    }
+    ON_SCYLLA.set(true);
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(test));
+    ON_SCYLLA.set(false);
+    let nodes = crate::prerequisites::scylla_nodes().expect("checked above");
+    for keyspace in KEYSPACES.take() {
+        drop_keyspace(nodes.clone(), keyspace);
+    }
+    if let Err(panic) = ran {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Where a server on `data_dir` keeps its data when this thread's servers are on ScyllaDB: the CQL
+/// nodes and a keyspace named after the directory (a server started again on the same directory
+/// finds its data).
+fn scylla_keyspace(data_dir: &std::path::Path) -> Option<(String, String)> {
+    ON_SCYLLA.get().then(|| {
+        let nodes = crate::prerequisites::scylla_nodes().expect("checked by on_scylla").join(",");
+        let keyspace = keyspace_for(data_dir);
+        KEYSPACES.with_borrow_mut(|named| {
+            if !named.contains(&keyspace) {
+                named.push(keyspace.clone());
+            }
+        });
+        (nodes, keyspace)
+    })
+}
+
+/// The store's `--set` settings of a server binary on `data_dir` (none on SQLite).
+pub fn store_settings(data_dir: &std::path::Path) -> Vec<String> {
+    let Some((nodes, keyspace)) = scylla_keyspace(data_dir) else { return Vec::new() };
+    vec![
+        "store.backend=scylla".into(),
+        format!("store.scylla_nodes={nodes}"),
+        format!("store.scylla_keyspace={keyspace}"),
+        "store.scylla_replication_factor=1".into(),
+    ]
+}
+
+fn keyspace_for(data_dir: &std::path::Path) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(data_dir);
+    format!("tidings_it_{hash:016x}")
+}
+
+/// Drops a keyspace a test's servers used.
+fn drop_keyspace(nodes: Vec<String>, keyspace: String) {
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(tidings::store::scylla::ScyllaStore::drop_keyspace_on(nodes, &keyspace))
+    })
+    .join();
+}
+
 /// The configuration tests start from: a free port, a private data directory, cheap hashing.
 pub fn test_config(data_dir: &std::path::Path) -> Config {
     let mut config = Config::default();
@@ -43,6 +110,12 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
     config.limits.request_burst = 10_000;
     config.limits.user_requests_per_second = 10_000;
     config.limits.user_request_burst = 10_000;
+    if let Some((nodes, keyspace)) = scylla_keyspace(data_dir) {
+        config.store.backend = tidings::config::StoreBackend::Scylla;
+        config.store.scylla_nodes = nodes;
+        config.store.scylla_keyspace = keyspace;
+        config.store.scylla_replication_factor = 1;
+    }
     config
 }
 
@@ -67,6 +140,12 @@ impl TestServer {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = test_config(data_dir.path());
         adjust(&mut config);
+        if config.store.data_dir != data_dir.path()
+            && let Some((_, keyspace)) = scylla_keyspace(&config.store.data_dir)
+        {
+            // The test's own data directory, to start again on: the keyspace named after it.
+            config.store.scylla_keyspace = keyspace;
+        }
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let server_clock = clock.clone();

@@ -9,7 +9,7 @@ fn body(e: &wire::Event) -> &wire::room_entry::Body {
 }
 
 #[tokio::test]
-async fn owners_and_admins_manage_groups_members_do_not() {
+pub(crate) async fn owners_and_admins_manage_groups_members_do_not() {
     let server = TestServer::start();
     let owner = server.user("owner").await;
     let admin = server.user("admin").await;
@@ -82,7 +82,7 @@ async fn owners_and_admins_manage_groups_members_do_not() {
 }
 
 #[tokio::test]
-async fn strangers_can_neither_read_nor_write_nor_probe() {
+pub(crate) async fn strangers_can_neither_read_nor_write_nor_probe() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;
@@ -108,7 +108,7 @@ async fn strangers_can_neither_read_nor_write_nor_probe() {
 }
 
 #[tokio::test]
-async fn room_list_has_last_message_and_unread_counts_that_read_markers_clear() {
+pub(crate) async fn room_list_has_last_message_and_unread_counts_that_read_markers_clear() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;
@@ -144,7 +144,7 @@ async fn room_list_has_last_message_and_unread_counts_that_read_markers_clear() 
 }
 
 #[tokio::test]
-async fn history_pages_backwards_and_forwards() {
+pub(crate) async fn history_pages_backwards_and_forwards() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;

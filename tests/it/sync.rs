@@ -37,7 +37,7 @@ async fn send_many(conn: &tidings_client::Connection, room: u64, tag: &str, coun
 }
 
 #[tokio::test]
-async fn reconnecting_clients_get_exactly_what_they_missed_in_order() {
+pub(crate) async fn reconnecting_clients_get_exactly_what_they_missed_in_order() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let cy = server.user("cyd").await;
@@ -107,7 +107,7 @@ async fn reconnecting_clients_get_exactly_what_they_missed_in_order() {
 }
 
 #[tokio::test]
-async fn a_connection_with_a_tiny_queue_catches_up_from_the_store_without_loss() {
+pub(crate) async fn a_connection_with_a_tiny_queue_catches_up_from_the_store_without_loss() {
     let server = TestServer::start_with(|c| c.limits.outbound_queue_events = 2);
     let ana = server.user("ana").await;
     let cy = server.user("cyd").await;
@@ -186,7 +186,7 @@ async fn a_client_that_stops_reading_is_given_up_on_and_loses_nothing() {
 }
 
 #[tokio::test]
-async fn sync_edges() {
+pub(crate) async fn sync_edges() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;
@@ -223,7 +223,7 @@ async fn sync_edges() {
 /// backup, then `--new-stream-epoch`) is told STREAM_RESET instead of silently missing what its
 /// positions now name; a client that sends no epoch (older apps) is served as before.
 #[tokio::test]
-async fn a_client_resuming_a_stream_that_was_started_anew_is_told_to_start_over() {
+pub(crate) async fn a_client_resuming_a_stream_that_was_started_anew_is_told_to_start_over() {
     let data = tempfile::tempdir().unwrap();
     let on_data = || TestServer::start_with(|c| c.store.data_dir = data.path().to_path_buf());
     let (bob, first_epoch, stored) = {
@@ -245,11 +245,9 @@ async fn a_client_resuming_a_stream_that_was_started_anew_is_told_to_start_over(
         let b = server.user_from(&bob).connect().await;
         assert_eq!(b.sync_in(stored, &first_epoch).await.unwrap().epoch, first_epoch);
     }
-    let options = tidings::store::sqlite::SqliteOptions::new(data.path().join("tidings.db"));
-    let store = tidings::store::sqlite::SqliteStore::open(options).unwrap();
-    use tidings::store::StreamStore;
+    let store = tidings::server::open_store(&test_config(data.path())).await.unwrap();
     let rotated = store.rotate_stream_epochs().await.unwrap();
-    tidings::store::Store::close(&store).await;
+    store.close().await;
     drop(store);
     let server = on_data();
     let b = server.user_from(&bob).connect().await;

@@ -128,6 +128,14 @@ impl ScyllaStore {
         &self.options.keyspace
     }
 
+    /// Drops `keyspace` on the cluster at `nodes` (tests clean up with this).
+    pub async fn drop_keyspace_on(nodes: Vec<String>, keyspace: &str) -> Result<(), StoreError> {
+        let session = SessionBuilder::new().known_nodes(&nodes).build().await.map_err(unavailable)?;
+        let cql = format!("DROP KEYSPACE IF EXISTS {keyspace}");
+        session.query_unpaged(cql, ()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Drops the keyspace and everything in it (tests clean up with this).
     pub async fn drop_keyspace(&self) -> Result<(), StoreError> {
         let cql = format!("DROP KEYSPACE IF EXISTS {}", self.options.keyspace);

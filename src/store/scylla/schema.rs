@@ -121,6 +121,18 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
 
 pub(super) async fn migrate(session: &Session, options: &ScyllaOptions) -> Result<(), StoreError> {
     let ks = &options.keyspace;
+    let state = session.get_cluster_state();
+    let nodes = state.get_nodes_info().len();
+    if state.get_keyspace(ks).is_none() && options.replication_factor as usize > nodes {
+        return Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            format!(
+                "keyspace {ks} would keep {} copies of every row, but the cluster has {nodes} node(s): \
+                 lower store.scylla_replication_factor or add nodes",
+                options.replication_factor
+            ),
+        ));
+    }
     let create = format!(
         "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': {}}}",
         options.replication_factor

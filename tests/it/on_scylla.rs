@@ -1,0 +1,52 @@
+//! The protocol tests that exercise the store, again with every server on the ScyllaDB store (a
+//! keyspace per server on the CQL node `TIDINGS_SCYLLA_NODES` names): the server passes the same
+//! tests on either backend. Without a CQL node they say they were skipped.
+
+/// `on_scylla::module::test` runs `module::test` again, on ScyllaDB.
+macro_rules! on_scylla {
+    ($($module:ident: [$($test:ident),* $(,)?];)*) => {
+        $(
+            mod $module {
+                $(
+                    #[test]
+                    fn $test() {
+                        crate::harness::on_scylla(crate::$module::$test);
+                    }
+                )*
+            }
+        )*
+    };
+}
+
+on_scylla! {
+    chat: [
+        direct_chat_reaches_the_peer_and_the_senders_other_devices,
+        group_messages_have_one_order_for_every_member,
+        a_retried_send_is_acknowledged_again_but_stored_once,
+        edits_and_deletes_reach_everyone_and_history_shows_tombstones,
+        replies_name_an_existing_message,
+        receipts_typing_and_presence,
+        json_text_frames_work_end_to_end,
+    ];
+    sync: [
+        reconnecting_clients_get_exactly_what_they_missed_in_order,
+        a_connection_with_a_tiny_queue_catches_up_from_the_store_without_loss,
+        sync_edges,
+        a_client_resuming_a_stream_that_was_started_anew_is_told_to_start_over,
+    ];
+    rooms: [
+        owners_and_admins_manage_groups_members_do_not,
+        strangers_can_neither_read_nor_write_nor_probe,
+        room_list_has_last_message_and_unread_counts_that_read_markers_clear,
+        history_pages_backwards_and_forwards,
+    ];
+    durability: [
+        acknowledged_messages_survive_kill_9,
+    ];
+    auth: [
+        sign_up_log_in_refresh_and_log_out,
+    ];
+    bad_input: [
+        invalid_arguments_and_unknown_ids,
+    ];
+}
