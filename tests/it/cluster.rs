@@ -182,7 +182,7 @@ async fn on(server: &TestServer, name: &str) -> (TestUser, Connection) {
     (user, conn)
 }
 
-fn texts(events: &[wire::Event]) -> Vec<String> {
+pub fn texts(events: &[wire::Event]) -> Vec<String> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
@@ -358,28 +358,39 @@ async fn a_redis_restart_loses_nothing_across_nodes() {
     assert_eq!(texts(&messages(&mut b, 1).await), ["live again"]);
 }
 
+/// What a `persistent_sender` did.
+pub struct Sent {
+    /// The client message ids, in the order sent.
+    pub ids: Vec<String>,
+    /// INTERNAL answers (the protocol promises UNAVAILABLE while a room moves).
+    pub internal: Vec<String>,
+    /// The longest a message took from its first attempt to its acknowledgement.
+    pub longest: Duration,
+}
+
 /// Sends `n` messages, one at a time, through whichever of `servers` answers; a send that fails is
-/// retried with the same client_msg_id (on a fresh connection if the node died). Returns what it
-/// sent and the INTERNAL answers it got (the protocol promises UNAVAILABLE while a room moves).
-async fn persistent_sender(
+/// retried with the same client_msg_id (on a fresh connection if the node died).
+pub async fn persistent_sender(
     servers: Vec<String>,
     token: String,
     room: u64,
     prefix: &'static str,
     n: usize,
     acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) -> (Vec<String>, Vec<String>) {
+) -> Sent {
     use tidings_client::tidings_proto::Encoding;
     let mut node = 0;
     let mut conn = Connection::connect(&servers[node], &token, Encoding::Protobuf).await.unwrap();
     let mut sent = Vec::new();
     let mut internal = Vec::new();
+    let mut longest = Duration::ZERO;
     for i in 0..n {
         let id = format!("{prefix}{i}");
         let mut attempts = 0;
+        let first_try = Instant::now();
         loop {
             attempts += 1;
-            assert!(attempts < 100, "{id} never got through");
+            assert!(attempts < 400, "{id} never got through");
             match conn.send_text(room, &id, &format!("{prefix} {i}")).await {
                 Ok(_) => break,
                 Err(e) if e.code() == Some(wire::ErrorCode::Unavailable) => {
@@ -399,12 +410,17 @@ async fn persistent_sender(
                 }
             }
         }
+        let took = first_try.elapsed();
+        if took > Duration::from_secs(1) {
+            eprintln!("{id} took {took:?} ({attempts} attempts)");
+        }
+        longest = longest.max(took);
         sent.push(id);
         acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Paced, so that the storm outlasts a node's restart and its return to the membership.
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    (sent, internal)
+    Sent { ids: sent, internal, longest }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,8 +492,8 @@ async fn killing_a_rooms_owner_mid_storm_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (_restarted, _) = spawn_server_with(data.path(), &settings(owner));
-    let (bob_sent, bob_internal) = bob_task.await.unwrap();
-    let (ana_sent, ana_internal) = ana_task.await.unwrap();
+    let Sent { ids: bob_sent, internal: bob_internal, .. } = bob_task.await.unwrap();
+    let Sent { ids: ana_sent, internal: ana_internal, .. } = ana_task.await.unwrap();
     assert_eq!((&bob_internal, &ana_internal), (&vec![], &vec![]), "no send is answered INTERNAL");
 
     // Carol saw every message once, in one order, with contiguous positions.

@@ -12,6 +12,7 @@ mod ops;
 mod prerequisites;
 mod push;
 mod rooms;
+mod scylla_failover;
 mod security;
 mod store_conformance;
 mod swarm;

@@ -22,6 +22,67 @@ pub enum Prerequisite {
     Redis,
     /// A CQL node (ScyllaDB or Cassandra) named by `TIDINGS_SCYLLA_NODES`: the ScyllaDB store's tests.
     Scylla,
+    /// A three-node CQL cluster started by `cql-node/cluster.sh up 3 PORT BASE`, named by
+    /// `TIDINGS_SCYLLA_CLUSTER=BASE`: the failover test kills and restarts its nodes.
+    ScyllaCluster,
+}
+
+/// The base directory of a CQL cluster made by `cluster.sh` (its nodes' settings are in
+/// `BASE/nodeI/node.env`).
+pub const SCYLLA_CLUSTER: &str = "TIDINGS_SCYLLA_CLUSTER";
+
+/// A CQL cluster the test may stop and start nodes of.
+pub struct CqlCluster {
+    pub base: PathBuf,
+    /// `host:port` of node 1, 2, 3.
+    pub nodes: Vec<String>,
+}
+
+impl CqlCluster {
+    pub fn from_env() -> Option<Self> {
+        let base = PathBuf::from(std::env::var_os(SCYLLA_CLUSTER)?);
+        let nodes = (1..=3)
+            .map(|i| {
+                let env = std::fs::read_to_string(base.join(format!("node{i}/node.env"))).ok()?;
+                let value = |key: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned));
+                Some(format!("{}:{}", value("ADDR")?, value("PORT")?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { base, nodes })
+    }
+
+    /// `cluster.sh`, beside this repository (`../shared/cql-node`) unless `TIDINGS_CQL_NODE_HOME`
+    /// names its folder.
+    fn script() -> PathBuf {
+        let home = std::env::var_os("TIDINGS_CQL_NODE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/cql-node"));
+        home.join("cluster.sh")
+    }
+
+    /// SIGKILLs node `i` (1-based).
+    pub fn kill(&self, i: usize) {
+        let status = std::process::Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.base)
+            .arg(i.to_string())
+            .arg("--kill")
+            .status()
+            .expect("cluster.sh runs");
+        assert!(status.success(), "cluster.sh stop {i} --kill");
+    }
+
+    /// Starts node `i` again and waits until the cluster is whole.
+    pub fn restart(&self, i: usize) {
+        let status = std::process::Command::new(Self::script())
+            .arg("start")
+            .arg(&self.base)
+            .arg(i.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cluster.sh runs");
+        assert!(status.success(), "cluster.sh start {i}");
+    }
 }
 
 /// Where the ScyllaDB store's tests find a CQL node: contact points, `host:port,...`.
@@ -39,13 +100,14 @@ impl Prerequisite {
         match self {
             Prerequisite::Redis => "redis",
             Prerequisite::Scylla => "scylla",
+            Prerequisite::ScyllaCluster => "scylla-cluster",
         }
     }
 
     fn programs(self) -> &'static [&'static str] {
         match self {
             Prerequisite::Redis => &["redis-server", "redis-cli"],
-            Prerequisite::Scylla => &[],
+            Prerequisite::Scylla | Prerequisite::ScyllaCluster => &[],
         }
     }
 
@@ -53,6 +115,7 @@ impl Prerequisite {
         match self {
             Prerequisite::Redis => "apt install redis-server",
             Prerequisite::Scylla => "run a CQL node and set it; .ci/run starts one from ../shared/cql-node",
+            Prerequisite::ScyllaCluster => "cluster.sh up 3 PORT BASE from ../shared/cql-node, then set it to BASE",
         }
     }
 
@@ -60,6 +123,16 @@ impl Prerequisite {
     fn missing(self) -> Option<&'static str> {
         static REDIS: OnceLock<Option<String>> = OnceLock::new();
         static SCYLLA: OnceLock<Option<String>> = OnceLock::new();
+        static CLUSTER: OnceLock<Option<String>> = OnceLock::new();
+        if self == Prerequisite::ScyllaCluster {
+            return CLUSTER
+                .get_or_init(|| {
+                    CqlCluster::from_env()
+                        .is_none()
+                        .then(|| format!("{SCYLLA_CLUSTER} does not name a three-node cluster ({})", self.how_to_get()))
+                })
+                .as_deref();
+        }
         if self == Prerequisite::Scylla {
             return SCYLLA
                 .get_or_init(|| {
@@ -69,7 +142,7 @@ impl Prerequisite {
         }
         let cell = match self {
             Prerequisite::Redis => &REDIS,
-            Prerequisite::Scylla => unreachable!("answered above"),
+            Prerequisite::Scylla | Prerequisite::ScyllaCluster => unreachable!("answered above"),
         };
         cell.get_or_init(|| {
             let missing: Vec<&str> = self.programs().iter().copied().filter(|p| find_on_path(p).is_none()).collect();

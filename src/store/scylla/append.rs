@@ -4,8 +4,12 @@
 //! it starts). Each append then:
 //! 1. checks what it can against the writer's own view (a duplicate `clientMsgId`, a seq already
 //!    used, the message an edit or a reply names);
-//! 2. writes the entry keyed `(room, bucket), seq, epoch`, with its `clientMsgId` row and its
-//!    bucket's listing, in one logged batch at QUORUM (two writers never overwrite each other);
+//! 2. writes its bucket's listing, its sender and its `clientMsgId` row, then the entry keyed
+//!    `(room, bucket), seq, epoch` at QUORUM (two writers never overwrite each other). No logged
+//!    batch: its parts become visible one by one anyway, and a batch log held up by one dead
+//!    replica stalls every write until the cluster notices. So the order carries the meaning: an
+//!    entry that is visible has its `clientMsgId` row visible too, and a `clientMsgId` row counts
+//!    only with its entry (a write cut short between the two left the row alone);
 //! 3. reads the room's epoch at QUORUM: if another writer claimed the room since, the append is
 //!    `Fenced` (its row counts only if the new writer saw it, and then the new writer fans it out);
 //! 4. applies the entry's effect, puts it into each recipient's stream (`streams.rs`), queues its
@@ -19,13 +23,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures_util::future::BoxFuture;
-use scylla::statement::batch::{Batch, BatchType};
 use tokio::sync::oneshot;
 
 use super::fence::Claims;
 use super::rooms::entry_insert_values;
 use super::streams::StoredEvent;
-use super::{ScyllaStore, id, unavailable};
+use super::{ScyllaStore, id};
 use crate::domain::{EntryBody, EventRef, RoomId};
 use crate::store::{Append, AppendOutcome, Effect, StoreError, StoreErrorKind, StoreResult};
 
@@ -186,10 +189,12 @@ impl ScyllaStore {
             if !message.client_msg_id.is_empty() {
                 let values = (id(room.0), id(entry.sender.0), &message.client_msg_id);
                 let earlier = self.rows::<(i64, i64, i64, i64)>(&self.rooms.client_msg, values).await?;
-                if let Some((_, seq, msg_id, sent_at_ms)) =
-                    earlier.into_iter().find(|&(epoch, seq, _, _)| writer.claims.counts(epoch as u64, seq as u64))
-                {
-                    return Ok(Some(AppendOutcome::Duplicate { seq: seq as u64, id: msg_id as u64, sent_at_ms }));
+                for (epoch, seq, msg_id, sent_at_ms) in earlier {
+                    let (epoch, seq) = (epoch as u64, seq as u64);
+                    // It counts only with its entry: a send cut short may have written the row alone.
+                    if writer.claims.counts(epoch, seq) && self.entry_row(room, seq, epoch).await?.is_some() {
+                        return Ok(Some(AppendOutcome::Duplicate { seq, id: msg_id as u64, sent_at_ms }));
+                    }
                 }
             }
             if message.reply_to_seq != 0
@@ -213,39 +218,39 @@ impl ScyllaStore {
         })
     }
 
-    /// The entry, its `clientMsgId` row, its sender and its bucket's listing: all or nothing.
+    /// The entry's bucket listing, sender and `clientMsgId` rows, then the entry itself.
     async fn write_entry(&self, append: &Append) -> StoreResult<()> {
         let entry = &append.entry;
         let s = &self.rooms;
         let (room, sender) = (id(entry.room.0), id(entry.sender.0));
         let bucket = self.log_bucket(entry.seq);
-        let mut batch = Batch::new(BatchType::Logged);
-        batch.set_consistency(self.options.consistency);
-        batch.append_statement(s.insert_entry.clone());
-        batch.append_statement(s.list_bucket.clone());
-        let entry_values = entry_insert_values(entry, bucket, append.epoch, &append.recipients);
-        let written = match &entry.body {
-            EntryBody::Text(message) if !message.client_msg_id.is_empty() => {
-                batch.append_statement(s.add_sender.clone());
-                batch.append_statement(s.insert_client_msg.clone());
-                let client_msg = (
-                    room,
-                    sender,
-                    &message.client_msg_id,
-                    append.epoch as i64,
-                    entry.seq as i64,
-                    entry.id as i64,
-                    entry.sent_at_ms,
-                );
-                self.session.batch(&batch, (entry_values, (room, bucket), (room, sender), client_msg)).await
+        let listed = self.execute(&s.list_bucket, (room, bucket));
+        match &entry.body {
+            EntryBody::Text(message) => {
+                let client_msg = async {
+                    if message.client_msg_id.is_empty() {
+                        return Ok(());
+                    }
+                    let values = (
+                        room,
+                        sender,
+                        &message.client_msg_id,
+                        append.epoch as i64,
+                        entry.seq as i64,
+                        entry.id as i64,
+                        entry.sent_at_ms,
+                    );
+                    self.execute(&s.insert_client_msg, values).await.map(|_| ())
+                };
+                let sender_row = self.execute(&s.add_sender, (room, sender));
+                futures_util::try_join!(listed, sender_row, client_msg)?;
             }
-            EntryBody::Text(_) => {
-                batch.append_statement(s.add_sender.clone());
-                self.session.batch(&batch, (entry_values, (room, bucket), (room, sender))).await
+            _ => {
+                listed.await?;
             }
-            _ => self.session.batch(&batch, (entry_values, (room, bucket))).await,
-        };
-        written.map_err(unavailable)?;
+        }
+        let values = entry_insert_values(entry, bucket, append.epoch, &append.recipients);
+        self.execute(&s.insert_entry, values).await?;
         Ok(())
     }
 }

@@ -3,10 +3,14 @@
 //! A stream's positions are contiguous and given by one writer at a time: the process holding the
 //! stream's lease. Taking a lease over is a lightweight transaction (the epoch + 1), then a read of
 //! the stream's tail at QUORUM; the new writer records where it starts (`stream_claims`). Each event
-//! is written with its writer's epoch (its index row and the event row in one logged batch), then
-//! the lease is read back at QUORUM: only if it is still the writer's does the position count.
-//! A writer that lost its lease takes it back and looks the event up in `stream_index` before
-//! writing it again, so an event is never in a stream twice (see `fence.rs` for which rows count).
+//! is written with its writer's epoch (its index row first, then the event row), then the lease is
+//! read back at QUORUM: only if it is still the writer's does the position count.
+//! A writer that lost its lease (or whose write failed) takes it back and looks the event up in
+//! `stream_index` before writing it again, so an event is never in a stream twice (see `fence.rs`
+//! for which rows count). An index row counts only with its event row: a write cut short between
+//! the two left an index row alone. No logged batch: a batch log that one dead replica holds up
+//! stalls every write for as long as the cluster takes to notice (seconds), and its parts become
+//! visible one by one anyway.
 //!
 //! In one process, the writes to one stream are serialized by that stream's lock, in the order
 //! they arrive; a room's appends arrive in seq order (`append.rs`), so every stream has a room's
@@ -15,13 +19,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 use scylla::client::session::Session;
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::fence::Claims;
-use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare, unavailable};
+use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare};
 use crate::domain::{EventKind, EventRef, Receipt, ReceiptKind, Source, StreamEvent, UserId};
 use crate::store::codec::{EventRow, event_ref_from, event_row};
 use crate::store::{StoreError, StoreErrorKind, StoreResult};
@@ -48,8 +51,10 @@ pub(super) struct Streams {
     tail_page: PreparedStatement,
     page_after: PreparedStatement,
     index_find: PreparedStatement,
-    write: Batch,
-    write_first_in_bucket: Batch,
+    insert_index: PreparedStatement,
+    insert_event: PreparedStatement,
+    list_bucket: PreparedStatement,
+    event_at: PreparedStatement,
     epoch_read: PreparedStatement,
     epoch_create: PreparedStatement,
     epoch_rotate: PreparedStatement,
@@ -78,15 +83,11 @@ impl Streams {
             actor_id, ref_epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
         .await?;
         let list_bucket = p("INSERT INTO {ks}.stream_buckets (user_id, bucket) VALUES (?, ?)").await?;
-        // The index row and the event together or not at all, so a lookup never finds one without
-        // the other.
-        let mut write = Batch::new(BatchType::Logged);
-        write.set_consistency(options.consistency);
-        write.append_statement(insert_index.clone());
-        write.append_statement(insert_event.clone());
-        let mut write_first_in_bucket = write.clone();
-        write_first_in_bucket.append_statement(list_bucket);
         Ok(Self {
+            event_at: p(
+                "SELECT pos FROM {ks}.stream_events WHERE user_id = ? AND bucket = ? AND pos = ? AND epoch = ?",
+            )
+            .await?,
             lease_epoch: p("SELECT epoch FROM {ks}.stream_leases WHERE user_id = ?").await?,
             lease_create: p("INSERT INTO {ks}.stream_leases (user_id, epoch) VALUES (?, 1) IF NOT EXISTS").await?,
             lease_move: p("UPDATE {ks}.stream_leases SET epoch = ? WHERE user_id = ? IF epoch = ?").await?,
@@ -103,8 +104,9 @@ impl Streams {
             index_find: p("SELECT epoch, pos FROM {ks}.stream_index WHERE user_id = ? AND source_id = ? AND kind = ?
                 AND reference = ? AND actor_id = ?")
             .await?,
-            write,
-            write_first_in_bucket,
+            insert_index,
+            insert_event,
+            list_bucket,
             epoch_read: p("SELECT value FROM {ks}.meta WHERE key = 'stream_epoch'").await?,
             epoch_create: p("INSERT INTO {ks}.meta (key, value) VALUES ('stream_epoch', ?) IF NOT EXISTS").await?,
             epoch_rotate: p("UPDATE {ks}.meta SET value = ? WHERE key = 'stream_epoch' IF value = ?").await?,
@@ -135,11 +137,15 @@ impl ScyllaStore {
         let mut users = users.to_vec();
         users.sort_unstable();
         users.dedup();
-        try_join_all(users.into_iter().map(|user| async move {
+        // Every write runs to its end even when another fails: one dropped half-way would leave its
+        // stream in doubt (see `write_event`), costing the next writer a takeover.
+        join_all(users.into_iter().map(|user| async move {
             let pos = self.write_event(user, event, redo).await?;
             Ok::<_, StoreError>((user, pos))
         }))
         .await
+        .into_iter()
+        .collect()
     }
 
     async fn write_event(&self, user: UserId, event: StoredEvent, redo: bool) -> StoreResult<u64> {
@@ -155,6 +161,10 @@ impl ScyllaStore {
                 return Ok(pos);
             }
             let pos = lease.next_pos;
+            // In doubt until the write is checked: if this future is dropped half-way (its caller
+            // went away), the row may be there or not, and the next write must take the stream
+            // over (reading its tail) rather than use `pos` again.
+            let epoch = std::mem::take(&mut lease.epoch);
             let bucket = self.stream_bucket(pos);
             let row = event_row(&event.event);
             let index =
@@ -163,39 +173,31 @@ impl ScyllaStore {
                 id(user.0),
                 bucket,
                 pos as i64,
-                lease.epoch as i64,
+                epoch as i64,
                 row.kind as i32,
                 row.source_id,
                 row.reference,
                 row.actor,
                 event.ref_epoch as i64,
             );
-            let written = if lease.listed_bucket == Some(bucket as u64) {
-                self.session.batch(&s.write, (index, values)).await
-            } else {
-                self.session.batch(&s.write_first_in_bucket, (index, values, (id(user.0), bucket))).await
+            let written = async {
+                if lease.listed_bucket != Some(bucket as u64) {
+                    self.execute(&s.list_bucket, (id(user.0), bucket)).await?;
+                }
+                // The index first: an event row is never without its index row.
+                self.execute(&s.insert_index, index).await?;
+                self.execute(&s.insert_event, values).await
             };
-            if let Err(e) = written {
-                // Written or not, we cannot tell: whoever writes next takes the lease anew.
-                lease.epoch = 0;
-                return Err(unavailable(e));
-            }
+            // Written or not, a failed write cannot tell: the lease stays in doubt.
+            written.await?;
             lease.listed_bucket = Some(bucket as u64);
-            match self.stream_lease_epoch(user).await {
-                Ok(epoch) if epoch == lease.epoch => {
-                    lease.next_pos += 1;
-                    return Ok(pos);
-                }
-                Ok(_) => {
-                    // Another writer took the stream over: our row counts only if it saw it.
-                    lease.epoch = 0;
-                    look_first = true;
-                }
-                Err(e) => {
-                    lease.epoch = 0;
-                    return Err(e);
-                }
+            if self.stream_lease_epoch(user).await? == epoch {
+                lease.epoch = epoch;
+                lease.next_pos += 1;
+                return Ok(pos);
             }
+            // Another writer took the stream over: our row counts only if it saw it.
+            look_first = true;
         }
         Err(StoreError::unavailable(format!("stream of user {user} is contended; retry")))
     }
@@ -266,7 +268,17 @@ impl ScyllaStore {
         let row = event_row(&event.event);
         let values = (id(user.0), row.source_id, row.kind as i32, row.reference, row.actor);
         let found = self.rows::<(i64, i64)>(&self.streams.index_find, values).await?;
-        Ok(found.into_iter().find(|&(epoch, pos)| claims.counts(epoch as u64, pos as u64)).map(|(_, pos)| pos as u64))
+        for (epoch, pos) in found {
+            if !claims.counts(epoch as u64, pos as u64) {
+                continue;
+            }
+            // An index row counts only with its event (a write cut short leaves the index alone).
+            let at = (id(user.0), self.stream_bucket(pos as u64), pos, epoch);
+            if !self.rows::<(i64,)>(&self.streams.event_at, at).await?.is_empty() {
+                return Ok(Some(pos as u64));
+            }
+        }
+        Ok(None)
     }
 
     /// The stream's events after `after_pos` that count, in order, with the rows of their entries.
