@@ -118,7 +118,11 @@ impl Registry {
 
     async fn claim_room(&self, key: ActorKey, room: RoomId, hub: &Arc<Hub>) -> DomainResult<Addr<RoomActor>> {
         // Claimed, not just loaded: from here on an older writer of this room is fenced off.
-        let (state, epoch) = hub.store.claim_room(room).await?.ok_or_else(DomainError::not_a_member)?;
+        let claim = hub.store.claim_room(room).await?.ok_or_else(DomainError::not_a_member)?;
+        let (state, epoch) = (claim.state, claim.epoch);
+        for (positions, event) in &claim.finished {
+            hub.deliver(positions, event);
+        }
         let hosted = match self.actors.entry(key) {
             // Started meanwhile by a request that claimed after us: that one is the room's writer.
             Entry::Occupied(e) if e.get().connected() && e.get().epoch() > epoch => e.get().clone(),

@@ -21,7 +21,7 @@ use futures_util::future::BoxFuture;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
-    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, Positions,
+    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, Positions,
     PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, ReceiptWrite, RefreshRotation, UserRecord,
 };
 
@@ -78,8 +78,9 @@ pub trait RoomStore: Send + Sync {
     /// Takes over writing to `room`: a fresh epoch, and the room's state as of the takeover. From
     /// then on an append carrying an older epoch is refused (`AppendOutcome::Fenced`), so a writer
     /// that lost the room (another node took it while views disagreed) cannot append any more.
-    /// `None` when the room does not exist.
-    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<(RoomState, u64)>>;
+    /// `None` when the room does not exist. A backend whose writes are steps (ScyllaDB) finishes
+    /// what a stopped writer left half done before it returns, and says what it finished.
+    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<Claim>>;
     /// Starts appending one entry to a room's log: applies its effect and puts it in each
     /// recipient's stream, atomically. Does not wait: the submission is queued before this returns,
     /// so appends to one room submitted in seq order are applied in that order (and every recipient's

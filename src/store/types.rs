@@ -1,6 +1,8 @@
 //! Arguments and results of the store traits.
 
-use crate::domain::{DeviceId, Platform, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, UserId};
+use crate::domain::{
+    DeviceId, Platform, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId,
+};
 
 #[derive(Debug, Clone)]
 pub struct NewUser {
@@ -54,6 +56,19 @@ pub struct NewRoom {
     pub members: Vec<UserId>,
     /// The `Created` entry (seq 1).
     pub entry: RoomEntry,
+}
+
+/// A room taken over for writing (`RoomStore::claim_room`).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The room as of the claim.
+    pub state: RoomState,
+    /// The writer's epoch: its appends carry it.
+    pub epoch: u64,
+    /// Entries a stopped writer had left half fanned out, now in every recipient's stream: deliver
+    /// them to live sessions (those who missed them live would otherwise learn of them only from
+    /// a later event's gap).
+    pub finished: Vec<(Positions, StreamEvent)>,
 }
 
 #[derive(Debug, Clone)]

@@ -67,7 +67,8 @@ pub fn spawn_server_with(data_dir: &std::path::Path, settings: &[String]) -> (Se
         }
     });
     let server = Server(child);
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("the server logs its address");
+    // Long enough for a first start that creates a ScyllaDB keyspace on a busy machine.
+    let addr = rx.recv_timeout(Duration::from_secs(90)).expect("the server logs its address");
     (server, addr)
 }
 

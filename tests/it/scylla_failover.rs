@@ -210,4 +210,6 @@ async fn three_nodes_sharing_no_file_lose_nothing_when_a_node_a_cql_node_and_red
     assert_eq!(message_texts(&entries).len(), total);
 
     cql.restart(2);
+    drop(processes);
+    tidings::store::scylla::ScyllaStore::drop_keyspace_on(cql.nodes.clone(), &keyspace).await.unwrap();
 }

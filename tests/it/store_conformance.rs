@@ -53,7 +53,7 @@ pub async fn group(store: &dyn Store, id: u64, creator: UserId, members: &[UserI
 
 /// The room's writer epoch, claimed now (the writer a test plays).
 async fn claim(store: &dyn Store, room: RoomId) -> u64 {
-    store.claim_room(room).await.unwrap().expect("the room exists").1
+    store.claim_room(room).await.unwrap().expect("the room exists").epoch
 }
 
 async fn append(store: &dyn Store, e: RoomEntry, recipients: &[UserId], effect: Effect) -> AppendOutcome {
@@ -381,7 +381,8 @@ pub async fn fencing(store: Arc<dyn Store>) {
     };
     let first = s.submit_append(sent(old, 2, "old")).unwrap().await.unwrap();
     assert!(matches!(first, AppendOutcome::Committed { .. }));
-    let (state, new) = s.claim_room(room).await.unwrap().unwrap();
+    let claim = s.claim_room(room).await.unwrap().unwrap();
+    let (state, new) = (claim.state, claim.epoch);
     assert!(new > old, "a claim moves the epoch on");
     assert_eq!(state.last_seq, 2, "the new writer sees everything the old one committed");
     for seq in [3, 4, 100] {

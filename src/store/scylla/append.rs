@@ -16,7 +16,8 @@
 //!    pushes, and records how far the room's fan-out went.
 //!
 //! A room's appends run one after another in the order they were submitted (a lane per room), so
-//! every recipient's stream gets them in seq order; rooms run side by side.
+//! every recipient's stream gets them in seq order; rooms run side by side. A claim of the room
+//! takes its turn in the same lane.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -41,8 +42,41 @@ pub(super) struct Writer {
     epoch: u64,
     claims: Claims,
     last_seq: u64,
+    /// An append of this writer failed or was fenced: it may have left an entry half fanned out,
+    /// and a later append must not pass over it (the fan-out mark would skip it). Its appends are
+    /// refused from then on; the next writer's claim finishes the fan-out.
+    broken: bool,
 }
 
+/// A place in a room's lane, waiting for its turn.
+pub(super) struct Place {
+    room: RoomId,
+    ticket: u64,
+    previous: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+}
+
+/// A room's lane is this one's until it leaves (or is dropped).
+pub(super) struct Turn {
+    room: RoomId,
+    ticket: u64,
+    done: oneshot::Sender<()>,
+}
+
+impl Place {
+    pub(super) async fn wait(self) -> Turn {
+        if let Some(previous) = self.previous {
+            // Done or dropped: either way, what entered before is over.
+            let _ = previous.await;
+        }
+        Turn { room: self.room, ticket: self.ticket, done: self.done }
+    }
+}
+
+/// Per room, one lane: its appends, and a claim's completion of the fan-out, run one at a time in
+/// this process, in the order they entered. A claim that finishes a fan-out therefore never races
+/// an append of this process still fanning out the same entry (across processes, the streams'
+/// leases keep such a race from writing an event twice).
 #[derive(Default)]
 pub(super) struct Appends {
     /// Per room: the ticket of the newest append and the signal that it is done.
@@ -58,7 +92,26 @@ impl Appends {
         let last_seq = claims.start_of(epoch).saturating_sub(1);
         let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         if writers.get(&room).is_none_or(|w| w.epoch < epoch) {
-            writers.insert(room, Writer { epoch, claims, last_seq });
+            writers.insert(room, Writer { epoch, claims, last_seq, broken: false });
+        }
+    }
+
+    /// Takes a place in the room's lane: what entered before goes first.
+    pub(super) fn enter(&self, room: RoomId) -> Place {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        let (done, signal) = oneshot::channel::<()>();
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = lanes.insert(room, (ticket, signal)).map(|(_, signal)| signal);
+        Place { room, ticket, previous, done }
+    }
+
+    /// Leaves the lane (dropping a `Turn` lets the next one go too, but keeps the lane listed).
+    pub(super) fn leave(&self, turn: Turn) {
+        let Turn { room, ticket, done } = turn;
+        drop(done);
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        if lanes.get(&room).is_some_and(|(t, _)| *t == ticket) {
+            lanes.remove(&room);
         }
     }
 
@@ -78,10 +131,16 @@ impl Appends {
         }
     }
 
-    fn forget(&self, room: RoomId, epoch: u64) {
+    /// The writer of `epoch` writes no more (see `Writer::broken`).
+    fn break_writer(&self, room: RoomId, epoch: u64) {
         let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-        if writers.get(&room).is_some_and(|w| w.epoch <= epoch) {
-            writers.remove(&room);
+        match writers.get_mut(&room) {
+            Some(w) if w.epoch == epoch => w.broken = true,
+            Some(w) if w.epoch > epoch => {}
+            _ => {
+                let broken = Writer { epoch, claims: Claims::default(), last_seq: u64::MAX, broken: true };
+                writers.insert(room, broken);
+            }
         }
     }
 }
@@ -96,27 +155,17 @@ impl ScyllaStore {
             return Err(StoreError::new(StoreErrorKind::Busy, "too many appends in flight"));
         }
         let room = append.entry.room;
-        let ticket = appends.tickets.fetch_add(1, Ordering::Relaxed);
-        let (done, done_signal) = oneshot::channel::<()>();
-        let previous = {
-            let mut lanes = appends.lanes.lock().unwrap_or_else(|e| e.into_inner());
-            lanes.insert(room, (ticket, done_signal)).map(|(_, signal)| signal)
-        };
+        let place = appends.enter(room);
         let (reply, outcome) = oneshot::channel();
         let store = self.clone();
         tokio::spawn(async move {
-            if let Some(previous) = previous {
-                // Done or dropped: either way, the room's earlier append is over.
-                let _ = previous.await;
-            }
+            let turn = place.wait().await;
             let result = store.append_now(&append).await;
-            drop(done);
-            {
-                let mut lanes = store.appends.lanes.lock().unwrap_or_else(|e| e.into_inner());
-                if lanes.get(&room).is_some_and(|(t, _)| *t == ticket) {
-                    lanes.remove(&room);
-                }
+            if result.is_err() {
+                store.appends.break_writer(room, append.epoch);
             }
+            tracing::debug!(room = %room, seq = append.entry.seq, epoch = append.epoch, outcome = ?result, "append");
+            store.appends.leave(turn);
             store.appends.in_flight.fetch_sub(1, Ordering::AcqRel);
             let _ = reply.send(result);
         });
@@ -129,8 +178,11 @@ impl ScyllaStore {
     async fn writer_for(&self, append: &Append) -> StoreResult<Result<Writer, AppendOutcome>> {
         let room = append.entry.room;
         if let Some(writer) = self.appends.writer(room) {
-            if writer.epoch == append.epoch {
+            if writer.epoch == append.epoch && !writer.broken {
                 return Ok(Ok(writer));
+            }
+            if writer.epoch == append.epoch {
+                return Ok(Err(AppendOutcome::Fenced));
             }
             if writer.epoch > append.epoch {
                 return Ok(Err(AppendOutcome::Fenced));
@@ -158,7 +210,7 @@ impl ScyllaStore {
         }
         self.write_entry(append).await?;
         if self.room_epoch(room).await? != append.epoch {
-            self.appends.forget(room, append.epoch);
+            self.appends.break_writer(room, append.epoch);
             return Ok(AppendOutcome::Fenced);
         }
         self.appends.wrote(room, append.epoch, entry.seq);
@@ -193,6 +245,12 @@ impl ScyllaStore {
                     let (epoch, seq) = (epoch as u64, seq as u64);
                     // It counts only with its entry: a send cut short may have written the row alone.
                     if writer.claims.counts(epoch, seq) && self.entry_row(room, seq, epoch).await?.is_some() {
+                        // Only the room's writer may say so: a writer fenced meanwhile knows
+                        // nothing of newer claims, under which that row may not count.
+                        if self.room_epoch(room).await? != append.epoch {
+                            self.appends.break_writer(room, append.epoch);
+                            return Ok(Some(AppendOutcome::Fenced));
+                        }
                         return Ok(Some(AppendOutcome::Duplicate { seq, id: msg_id as u64, sent_at_ms }));
                     }
                 }

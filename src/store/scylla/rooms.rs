@@ -19,14 +19,14 @@ use super::streams::StoredEvent;
 use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare};
 use crate::domain::{
     EntryBody, EventRef, MemberRecord, Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomMeta, RoomState,
-    RoomSummary, UserId,
+    RoomSummary, StreamEvent, UserId,
 };
 use crate::store::codec::{
     StoredBody, body_from_columns, entry_columns, role_code, role_from, room_kind_code, room_kind_from,
 };
 use crate::store::sqlite::UNREAD_COUNT_CAP;
 use crate::store::{
-    Append, AppendOutcome, CreateRoomOutcome, Effect, HistoryPage, NewRoom, Positions, ReceiptWrite, RoomStore,
+    Append, AppendOutcome, Claim, CreateRoomOutcome, Effect, HistoryPage, NewRoom, Positions, ReceiptWrite, RoomStore,
     StoreError, StoreErrorKind, StoreResult,
 };
 
@@ -487,6 +487,7 @@ impl ScyllaStore {
                 let mut claims = self.room_claims(room).await?;
                 let tail = self.last_entry(room, &claims).await?.map_or(0, |e| e.entry.seq);
                 self.execute(&s.claim_insert, (id(room.0), epoch as i64, (tail + 1) as i64)).await?;
+                tracing::debug!(%room, epoch, start = tail + 1, "claimed the room");
                 claims.push(epoch, tail + 1);
                 return Ok((epoch, claims, tail));
             }
@@ -509,7 +510,13 @@ impl ScyllaStore {
     /// Finishes what a writer that stopped (crashed, or lost the room) may have left undone: each
     /// entry after the fan-out mark gets its effect applied and reaches its recipients' streams.
     /// Both steps are idempotent.
-    async fn finish_fanout(&self, room: RoomId, claims: &Claims, tail: u64) -> StoreResult<()> {
+    async fn finish_fanout(
+        &self,
+        room: RoomId,
+        claims: &Claims,
+        tail: u64,
+    ) -> StoreResult<Vec<(Positions, StreamEvent)>> {
+        let mut finished = Vec::new();
         let mut done = self.fanned_out(room).await?;
         while done < tail {
             let rows = self.entries_after(room, claims, done, PAGE).await?;
@@ -519,14 +526,25 @@ impl ScyllaStore {
             for row in rows {
                 self.apply_effect(room, &effect_of(&row.entry), claims).await?;
                 let event = StoredEvent { event: EventRef::entry(room, row.entry.seq), ref_epoch: row.epoch };
-                self.write_events(&row.recipients, event, true).await?;
+                let positions = self.write_events(&row.recipients, event, true).await?;
                 done = row.entry.seq;
+                finished.push((positions, StreamEvent::Entry(std::sync::Arc::new(row.entry))));
             }
+        }
+        if !finished.is_empty() {
+            let seqs: Vec<u64> = finished
+                .iter()
+                .filter_map(|(_, e)| match e {
+                    StreamEvent::Entry(entry) => Some(entry.seq),
+                    StreamEvent::Receipt(_) => None,
+                })
+                .collect();
+            tracing::info!(%room, ?seqs, "finished the fan-out a stopped writer left");
         }
         if done > 0 {
             self.record_fanned_out(room, done).await?;
         }
-        Ok(())
+        Ok(finished)
     }
 
     /// Applies what an entry changes besides the log. Idempotent, so a writer finishing another's
@@ -647,7 +665,9 @@ impl ScyllaStore {
         let values = (id(room.id.0), room_kind_code(room.kind) as i32, &room.name, entry.sent_at_ms);
         self.execute(&s.insert_room, values).await?;
         let event = StoredEvent { event: EventRef::entry(room.id, entry.seq), ref_epoch: 0 };
-        let positions = self.write_events(&room.members, event, false).await?;
+        // Looked up first: a member's first send may claim the room (and finish this fan-out)
+        // before this write of it.
+        let positions = self.write_events(&room.members, event, true).await?;
         self.record_fanned_out(room.id, entry.seq).await?;
         Ok(CreateRoomOutcome::Created { positions })
     }
@@ -690,16 +710,23 @@ impl RoomStore for ScyllaStore {
         self.load(room, &claims).await
     }
 
-    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<(RoomState, u64)>> {
+    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<Claim>> {
         self.check_open()?;
         if self.room_meta(room).await?.is_none() {
             return Ok(None);
         }
-        let (epoch, claims, tail) = self.take_room(room).await?;
-        self.finish_fanout(room, &claims, tail).await?;
-        let Some(state) = self.load(room, &claims).await? else { return Ok(None) };
-        self.appends.claimed(room, epoch, claims);
-        Ok(Some((state, epoch)))
+        // After this process's appends to the room: their fan-outs are not redone under them.
+        let turn = self.appends.enter(room).wait().await;
+        let claimed = async {
+            let (epoch, claims, tail) = self.take_room(room).await?;
+            let finished = self.finish_fanout(room, &claims, tail).await?;
+            let Some(state) = self.load(room, &claims).await? else { return Ok(None) };
+            self.appends.claimed(room, epoch, claims);
+            Ok(Some(Claim { state, epoch, finished }))
+        }
+        .await;
+        self.appends.leave(turn);
+        claimed
     }
 
     fn submit_append(

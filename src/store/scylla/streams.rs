@@ -158,6 +158,7 @@ impl ScyllaStore {
                 *lease = self.take_stream(user).await?;
             }
             if look_first && let Some(pos) = self.find_in_stream(user, &event, &lease.claims).await? {
+                tracing::debug!(%user, pos, event = ?event.event, "stream write found done");
                 return Ok(pos);
             }
             let pos = lease.next_pos;
@@ -194,6 +195,7 @@ impl ScyllaStore {
             if self.stream_lease_epoch(user).await? == epoch {
                 lease.epoch = epoch;
                 lease.next_pos += 1;
+                tracing::debug!(%user, pos, epoch, event = ?event.event, "stream write");
                 return Ok(pos);
             }
             // Another writer took the stream over: our row counts only if it saw it.
@@ -228,6 +230,7 @@ impl ScyllaStore {
         let mut claims = self.stream_claims(user).await?;
         let start = self.stream_tail(user, &claims).await? + 1;
         self.execute(&s.claim_insert, (id(user.0), epoch as i64, start as i64)).await?;
+        tracing::debug!(%user, epoch, start, "took the stream's lease");
         claims.push(epoch, start);
         Ok(Lease { epoch, next_pos: start, claims, listed_bucket: None })
     }

@@ -22,9 +22,9 @@ pub use reads::UNREAD_COUNT_CAP;
 use writer::WriteCmd;
 
 use super::{
-    AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, HistoryPage, NewRoom, NewUser, Positions,
-    PushContext, PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation,
-    RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, HistoryPage, NewRoom, NewUser,
+    Positions, PushContext, PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite,
+    RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{DeviceId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
@@ -216,8 +216,10 @@ impl RoomStore for SqliteStore {
         self.write(|reply| WriteCmd::CreateRoom(room, reply)).await
     }
 
-    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<(RoomState, u64)>> {
-        self.write(|reply| WriteCmd::ClaimRoom(room, reply)).await
+    async fn claim_room(&self, room: RoomId) -> StoreResult<Option<Claim>> {
+        // One transaction per write: nothing is ever left half done to finish.
+        let claimed = self.write(|reply| WriteCmd::ClaimRoom(room, reply)).await?;
+        Ok(claimed.map(|(state, epoch)| Claim { state, epoch, finished: Vec::new() }))
     }
 
     async fn load_room(&self, room: RoomId) -> StoreResult<Option<RoomState>> {
