@@ -211,5 +211,6 @@ async fn three_nodes_sharing_no_file_lose_nothing_when_a_node_a_cql_node_and_red
 
     cql.restart(2);
     drop(processes);
-    tidings::store::scylla::ScyllaStore::drop_keyspace_on(cql.nodes.clone(), &keyspace).await.unwrap();
+    // Cleanup only (a node just restarted may be slow to agree on schemas): not part of the test.
+    let _ = tidings::store::scylla::ScyllaStore::drop_keyspace_on(cql.nodes.clone(), &keyspace).await;
 }
