@@ -14,6 +14,8 @@ use tokio::sync::{oneshot, watch};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const WAIT: Duration = Duration::from_secs(10);
+/// How long a test server may take to start.
+pub const START_WAIT: Duration = Duration::from_secs(90);
 
 /// A server running in its own thread with its own actix system and data directory.
 pub struct TestServer {
@@ -161,7 +163,9 @@ impl TestServer {
                     .expect("server runs");
             });
         });
-        let (addr, push_worker) = addr_rx.recv_timeout(WAIT).expect("server started");
+        // A first start on ScyllaDB creates its keyspace (some thirty tables): seconds, more on a
+        // busy machine.
+        let (addr, push_worker) = addr_rx.recv_timeout(START_WAIT).expect("server started");
         let push_progress = push_worker.progress();
         Self { addr, data_dir, clock, push_progress, push_worker, stop: Some(stop), thread: Some(thread) }
     }

@@ -19,6 +19,19 @@ macro_rules! on_scylla {
 }
 
 on_scylla! {
+    push: [
+        offline_recipient_gets_exactly_one_push_with_the_right_payload,
+        ack_within_the_grace_window_cancels_the_push,
+        reading_on_another_device_cancels_the_push,
+        a_burst_is_coalesced_into_one_push_with_the_badge,
+        throttling_and_outages_are_retried_honouring_retry_after,
+        a_dead_token_is_removed_and_never_used_again,
+        mute_and_do_not_disturb_hold_pushes_back,
+        a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_one_is_pushed_as_edited,
+    ];
+    security: [
+        a_stolen_refresh_token_used_first_by_the_thief_logs_the_device_out_when_the_victim_refreshes,
+    ];
     chat: [
         direct_chat_reaches_the_peer_and_the_senders_other_devices,
         group_messages_have_one_order_for_every_member,

@@ -129,7 +129,7 @@ async fn ana_and_bob(server: &TestServer) -> (Connection, TestUser, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn offline_recipient_gets_exactly_one_push_with_the_right_payload() {
+pub(crate) async fn offline_recipient_gets_exactly_one_push_with_the_right_payload() {
     let rig = PushRig::start().await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
@@ -203,7 +203,7 @@ async fn connected_recipient_gets_no_push() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ack_within_the_grace_window_cancels_the_push() {
+pub(crate) async fn ack_within_the_grace_window_cancels_the_push() {
     let rig = PushRig::start_driven(|c| c.push.grace_ms = 1500).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
@@ -230,7 +230,7 @@ async fn ack_within_the_grace_window_cancels_the_push() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reading_on_another_device_cancels_the_push() {
+pub(crate) async fn reading_on_another_device_cancels_the_push() {
     let rig = PushRig::start_driven(|c| c.push.grace_ms = 1500).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let tablet = bob.another_device("tablet").await;
@@ -248,7 +248,7 @@ async fn reading_on_another_device_cancels_the_push() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_is_coalesced_into_one_push_with_the_badge() {
+pub(crate) async fn a_burst_is_coalesced_into_one_push_with_the_badge() {
     let rig = PushRig::start_with(|c| c.push.grace_ms = 800).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
@@ -283,7 +283,7 @@ async fn a_burst_is_coalesced_into_one_push_with_the_badge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttling_and_outages_are_retried_honouring_retry_after() {
+pub(crate) async fn throttling_and_outages_are_retried_honouring_retry_after() {
     let rig = PushRig::start_driven(|_| {}).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
@@ -316,7 +316,7 @@ async fn throttling_and_outages_are_retried_honouring_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_token_is_removed_and_never_used_again() {
+pub(crate) async fn a_dead_token_is_removed_and_never_used_again() {
     let rig = PushRig::start_driven(|_| {}).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let bob_android = bob.another_device("android").await;
@@ -345,7 +345,7 @@ async fn a_dead_token_is_removed_and_never_used_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mute_and_do_not_disturb_hold_pushes_back() {
+pub(crate) async fn mute_and_do_not_disturb_hold_pushes_back() {
     let rig = PushRig::start_driven(|_| {}).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     let far = tidings::domain::now_ms() + 3_600_000;
@@ -526,7 +526,7 @@ async fn queued_pushes_survive_kill_9_and_go_out_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_one_is_pushed_as_edited() {
+pub(crate) async fn a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_one_is_pushed_as_edited() {
     let rig = PushRig::start_driven(|c| c.push.grace_ms = 800).await;
     let (a, bob, room) = ana_and_bob(&rig.server).await;
     register_and_leave(&bob, ios(&apns_token("bob")), &a).await;

@@ -87,7 +87,7 @@ async fn the_data_directory_and_its_files_are_private() {
 }
 
 #[tokio::test]
-async fn a_stolen_refresh_token_used_first_by_the_thief_logs_the_device_out_when_the_victim_refreshes() {
+pub(crate) async fn a_stolen_refresh_token_used_first_by_the_thief_logs_the_device_out_when_the_victim_refreshes() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     let (mut conn, _) = ana.connect_synced(0).await;
