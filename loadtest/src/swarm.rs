@@ -129,6 +129,26 @@ fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Signs up as an app does: an UNAVAILABLE answer (the store is busy: a burst of sign-ups is a
+/// burst of lightweight transactions on ScyllaDB) is retried after a pause, a few times.
+async fn sign_up(http: &Http, name: &str, password: &str) -> Result<wire::AuthResponse, tidings_client::ClientError> {
+    let mut pause = Duration::from_millis(200);
+    for attempt in 0..8 {
+        match http.sign_up(name, password, "swarm-0").await {
+            Err(e) if e.code() == Some(wire::ErrorCode::Unavailable) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(3));
+            }
+            // A timed-out attempt that took the name after all: the account is ours.
+            Err(e) if attempt > 0 && e.code() == Some(wire::ErrorCode::Conflict) => {
+                return http.log_in(name, password, "swarm-0").await;
+            }
+            answer => return answer,
+        }
+    }
+    http.sign_up(name, password, "swarm-0").await
+}
+
 /// Signs up the users, logs in their extra devices and creates the rooms.
 pub async fn setup(target: &Target, plan: &RosterPlan, prefix: &str, progress: &Progress) -> anyhow::Result<Roster> {
     const PASSWORD: &str = "swarm-password";
@@ -139,8 +159,7 @@ pub async fn setup(target: &Target, plan: &RosterPlan, prefix: &str, progress: &
             let http = Http::new(format!("http://{}", target.servers[server]));
             let name = format!("{prefix}_{i}");
             async move {
-                let first =
-                    http.sign_up(&name, PASSWORD, "swarm-0").await.with_context(|| format!("sign up {name}"))?;
+                let first = sign_up(&http, &name, PASSWORD).await.with_context(|| format!("sign up {name}"))?;
                 let mut devices = vec![first.access_token];
                 for d in 1..plan.devices_per_user {
                     devices.push(http.log_in(&name, PASSWORD, &format!("swarm-{d}")).await?.access_token);
