@@ -129,6 +129,26 @@ fn unix_micros() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Retries a request answered UNAVAILABLE (a store that is busy or changing nodes), as an app does:
+/// after a pause that doubles, a few times.
+async fn retry_unavailable<T, F, Fut>(request: F) -> Result<T, tidings_client::ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tidings_client::ClientError>>,
+{
+    let mut pause = Duration::from_millis(200);
+    for _ in 0..8 {
+        match request().await {
+            Err(e) if e.code() == Some(wire::ErrorCode::Unavailable) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(3));
+            }
+            answer => return answer,
+        }
+    }
+    request().await
+}
+
 /// Signs up as an app does: an UNAVAILABLE answer (the store is busy: a burst of sign-ups is a
 /// burst of lightweight transactions on ScyllaDB) is retried after a pause, a few times.
 async fn sign_up(http: &Http, name: &str, password: &str) -> Result<wire::AuthResponse, tidings_client::ClientError> {
@@ -184,12 +204,15 @@ pub async fn setup(target: &Target, plan: &RosterPlan, prefix: &str, progress: &
                 e.insert(Connection::connect(&ws, &user.devices[0], Encoding::Protobuf).await?)
             }
         };
-        let room = if members.len() == 2 {
-            conn.create_direct(users[members[1]].id).await?
-        } else {
-            let ids = members[1..].iter().map(|&m| users[m].id).collect();
-            conn.create_group(&format!("{prefix} room {}", rooms.len()), ids).await?
-        };
+        let name = format!("{prefix} room {}", rooms.len());
+        let ids: Vec<u64> = members[1..].iter().map(|&m| users[m].id).collect();
+        let room = retry_unavailable(|| async {
+            match ids[..] {
+                [peer] => conn.create_direct(peer).await,
+                _ => conn.create_group(&name, ids.clone()).await,
+            }
+        })
+        .await?;
         rooms.push(RosterRoom { id: room.room_id, members: members.clone(), senders: senders.clone() });
     }
     Ok(Roster { users, rooms })
