@@ -32,6 +32,9 @@ pub const ENTRY_BUCKET_SIZE: u64 = 16_384;
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Unread counts stop at this many: "999+" is all a badge needs, and counting stays cheap.
+pub const UNREAD_COUNT_CAP: u32 = 1000;
+
 /// The most a push badge shows.
 pub(crate) const BADGE_CAP: u32 = 9_999;
 

@@ -35,7 +35,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::response::query_result::QueryResult;
 use scylla::value::{CqlValue, Row};
 
-use crate::domain::{RoomId, RoomMeta, StreamEvent, UserId};
+use crate::domain::{StreamEvent, UserId};
 use crate::store::{Store, StoreError, StoreErrorKind, StoreResult, StreamStore};
 
 /// Where the cluster is and how its data is kept.
@@ -272,7 +272,28 @@ impl Store for ScyllaStore {
 }
 
 impl ScyllaStore {
-    pub(super) async fn room_meta_of(&self, room: RoomId) -> StoreResult<Option<RoomMeta>> {
-        self.room_meta(room).await
+    /// Moves a fenced key's epoch on by one with a lightweight transaction: `create` inserts epoch 1
+    /// `IF NOT EXISTS` (bound to the key), `advance` sets `epoch + 1 ... IF epoch = ?` (bound to the
+    /// new epoch, the key and the old one). Returns the new epoch, or `None` when other writers kept
+    /// winning (`tries` times).
+    pub(super) async fn next_epoch(
+        &self,
+        create: &PreparedStatement,
+        advance: &PreparedStatement,
+        key: i64,
+        mut current: u64,
+        tries: usize,
+    ) -> StoreResult<Option<u64>> {
+        for _ in 0..tries {
+            let result = match current {
+                0 => lwt(self.execute(create, (key,)).await?)?,
+                _ => lwt(self.execute(advance, ((current + 1) as i64, key, current as i64)).await?)?,
+            };
+            if result.applied {
+                return Ok(Some(current + 1));
+            }
+            current = result.bigint("epoch").unwrap_or(0) as u64;
+        }
+        Ok(None)
     }
 }

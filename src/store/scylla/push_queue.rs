@@ -460,9 +460,8 @@ impl PushQueueStore for ScyllaStore {
                 continue;
             }
             if job.last_pos as u64 <= up_to_pos {
-                if !self.drop_job_if(id(user.0), &job, PENDING).await? {
-                    // Claimed meanwhile: no longer pending either.
-                }
+                // Not dropped means claimed meanwhile: no longer pending either.
+                self.drop_job_if(id(user.0), &job, PENDING).await?;
             } else {
                 still_pending += 1;
             }
@@ -507,7 +506,7 @@ impl PushQueueStore for ScyllaStore {
     }
 
     async fn push_context(&self, job: PushJob) -> StoreResult<crate::store::PushContext> {
-        let (kind, room_name) = match self.room_meta_of(job.room).await? {
+        let (kind, room_name) = match self.room_meta(job.room).await? {
             Some(meta) => (meta.kind, meta.name),
             None => return Err(StoreError::new(StoreErrorKind::Corrupt, format!("room {} is gone", job.room))),
         };

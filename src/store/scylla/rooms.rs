@@ -24,10 +24,9 @@ use crate::domain::{
 use crate::store::codec::{
     StoredBody, body_from_columns, entry_columns, role_code, role_from, room_kind_code, room_kind_from,
 };
-use crate::store::sqlite::UNREAD_COUNT_CAP;
 use crate::store::{
     Append, AppendOutcome, Claim, CreateRoomOutcome, Effect, HistoryPage, NewRoom, Positions, ReceiptWrite, RoomStore,
-    StoreError, StoreErrorKind, StoreResult,
+    StoreError, StoreErrorKind, StoreResult, UNREAD_COUNT_CAP,
 };
 
 /// Rows read per page when scanning a room's log.
@@ -55,6 +54,39 @@ struct EntryValues {
     edited_at_ms: Option<i64>,
     deleted: Option<bool>,
     recipients: Option<Vec<i64>>,
+}
+
+/// Which way a scan of the log runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Newest {
+    First,
+    Last,
+}
+
+/// Adds the rows of a page that count to `found`, each seq once (a page may repeat the last seq
+/// of the one before: it is read again when its rows straddle two pages); true once `found` holds
+/// `limit` entries.
+fn take_counting(
+    room: RoomId,
+    claims: &Claims,
+    rows: Vec<EntryValues>,
+    found: &mut Vec<EntryRow>,
+    limit: usize,
+    order: Newest,
+) -> StoreResult<bool> {
+    for row in rows {
+        let seen = found.last().is_some_and(|f| match order {
+            Newest::First => f.entry.seq as i64 <= row.seq,
+            Newest::Last => f.entry.seq as i64 >= row.seq,
+        });
+        if !seen && claims.counts(row.epoch as u64, row.seq as u64) {
+            found.push(row.into_row(room)?);
+            if found.len() == limit {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// An entry read back, with what only the store keeps of it.
@@ -302,16 +334,9 @@ impl ScyllaStore {
                 let values = (id(room.0), bucket as i64, bound, PAGE as i32);
                 let rows = self.rows::<EntryValues>(&self.rooms.entries_before, values).await?;
                 let full = rows.len() == PAGE;
-                let mut lowest = bound;
-                for row in rows {
-                    lowest = lowest.min(row.seq);
-                    let taken = found.last().is_some_and(|f| f.entry.seq as i64 <= row.seq);
-                    if !taken && claims.counts(row.epoch as u64, row.seq as u64) {
-                        found.push(row.into_row(room)?);
-                        if found.len() == limit {
-                            return Ok(found);
-                        }
-                    }
+                let lowest = rows.iter().map(|r| r.seq).min().unwrap_or(bound);
+                if take_counting(room, claims, rows, &mut found, limit, Newest::First)? {
+                    return Ok(found);
                 }
                 if !full {
                     break;
@@ -339,16 +364,9 @@ impl ScyllaStore {
                 let values = (id(room.0), bucket as i64, bound, PAGE as i32);
                 let rows = self.rows::<EntryValues>(&self.rooms.entries_after, values).await?;
                 let full = rows.len() == PAGE;
-                let mut highest = bound;
-                for row in rows {
-                    highest = highest.max(row.seq);
-                    let taken = found.last().is_some_and(|f| f.entry.seq as i64 >= row.seq);
-                    if !taken && claims.counts(row.epoch as u64, row.seq as u64) {
-                        found.push(row.into_row(room)?);
-                        if found.len() == limit {
-                            return Ok(found);
-                        }
-                    }
+                let highest = rows.iter().map(|r| r.seq).max().unwrap_or(bound);
+                if take_counting(room, claims, rows, &mut found, limit, Newest::Last)? {
+                    return Ok(found);
                 }
                 if !full {
                     break;
@@ -423,11 +441,21 @@ impl ScyllaStore {
         Ok(((delivered.unwrap_or(0) as u64).max(read), read))
     }
 
-    async fn load(&self, room: RoomId, claims: &Claims) -> StoreResult<Option<RoomState>> {
+    /// The room, with its newest entry that counts.
+    async fn load_with_last(
+        &self,
+        room: RoomId,
+        claims: &Claims,
+    ) -> StoreResult<Option<(RoomState, Option<RoomEntry>)>> {
         let Some(meta) = self.room_meta(room).await? else { return Ok(None) };
         let members = self.members(room).await?;
-        let last_seq = self.last_entry(room, claims).await?.map_or(0, |e| e.entry.seq);
-        Ok(Some(RoomState { meta, members, last_seq }))
+        let last = self.last_entry(room, claims).await?.map(|e| e.entry);
+        let last_seq = last.as_ref().map_or(0, |e| e.seq);
+        Ok(Some((RoomState { meta, members, last_seq }, last)))
+    }
+
+    async fn load(&self, room: RoomId, claims: &Claims) -> StoreResult<Option<RoomState>> {
+        Ok(self.load_with_last(room, claims).await?.map(|(state, _)| state))
     }
 
     pub(super) async fn user_rooms(&self, user: UserId) -> StoreResult<Vec<RoomId>> {
@@ -475,25 +503,16 @@ impl ScyllaStore {
     /// Claims the room: the epoch + 1 by a lightweight transaction, then where this writer starts.
     async fn take_room(&self, room: RoomId) -> StoreResult<(u64, Claims, u64)> {
         let s = &self.rooms;
-        let mut current = self.room_epoch(room).await?;
-        for _ in 0..8 {
-            let result = if current == 0 {
-                lwt(self.execute(&s.epoch_create, (id(room.0),)).await?)?
-            } else {
-                lwt(self.execute(&s.epoch_move, ((current + 1) as i64, id(room.0), current as i64)).await?)?
-            };
-            if result.applied {
-                let epoch = current + 1;
-                let mut claims = self.room_claims(room).await?;
-                let tail = self.last_entry(room, &claims).await?.map_or(0, |e| e.entry.seq);
-                self.execute(&s.claim_insert, (id(room.0), epoch as i64, (tail + 1) as i64)).await?;
-                tracing::debug!(%room, epoch, start = tail + 1, "claimed the room");
-                claims.push(epoch, tail + 1);
-                return Ok((epoch, claims, tail));
-            }
-            current = result.bigint("epoch").unwrap_or(0) as u64;
-        }
-        Err(StoreError::unavailable(format!("room {room} is being claimed elsewhere; retry")))
+        let current = self.room_epoch(room).await?;
+        let Some(epoch) = self.next_epoch(&s.epoch_create, &s.epoch_move, id(room.0), current, 8).await? else {
+            return Err(StoreError::unavailable(format!("room {room} is being claimed elsewhere; retry")));
+        };
+        let mut claims = self.room_claims(room).await?;
+        let tail = self.last_entry(room, &claims).await?.map_or(0, |e| e.entry.seq);
+        self.execute(&s.claim_insert, (id(room.0), epoch as i64, (tail + 1) as i64)).await?;
+        tracing::debug!(%room, epoch, start = tail + 1, "claimed the room");
+        claims.push(epoch, tail + 1);
+        Ok((epoch, claims, tail))
     }
 
     /// How far the room's entries are known to be in their recipients' streams.
@@ -619,11 +638,10 @@ impl ScyllaStore {
 
     async fn summary(&self, room: RoomId, user: UserId) -> StoreResult<Option<RoomSummary>> {
         let claims = self.room_claims(room).await?;
-        let Some(state) = self.load(room, &claims).await? else { return Ok(None) };
+        let Some((state, last_entry)) = self.load_with_last(room, &claims).await? else { return Ok(None) };
         let Some(me) = state.members.iter().find(|m| m.user == user) else { return Ok(None) };
         let read_up_to_seq = me.read_up_to_seq;
         let unread_count = self.unread(room, user, read_up_to_seq, &claims).await?;
-        let last_entry = self.last_entry(room, &claims).await?.map(|e| e.entry);
         Ok(Some(RoomSummary {
             meta: state.meta,
             members: state.members,

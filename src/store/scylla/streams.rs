@@ -212,21 +212,11 @@ impl ScyllaStore {
     /// Takes the stream's lease: a new epoch, starting after the last event that counts.
     async fn take_stream(&self, user: UserId) -> StoreResult<Lease> {
         let s = &self.streams;
-        let mut current = self.stream_lease_epoch(user).await?;
-        let mut epoch = None;
-        for _ in 0..LEASE_TRIES {
-            let result = if current == 0 {
-                lwt(self.execute(&s.lease_create, (id(user.0),)).await?)?
-            } else {
-                lwt(self.execute(&s.lease_move, ((current + 1) as i64, id(user.0), current as i64)).await?)?
-            };
-            if result.applied {
-                epoch = Some(if current == 0 { 1 } else { current + 1 });
-                break;
-            }
-            current = result.bigint("epoch").unwrap_or(0) as u64;
-        }
-        let epoch = epoch.ok_or_else(|| StoreError::unavailable(format!("stream of user {user} is contended")))?;
+        let current = self.stream_lease_epoch(user).await?;
+        let epoch = self
+            .next_epoch(&s.lease_create, &s.lease_move, id(user.0), current, LEASE_TRIES)
+            .await?
+            .ok_or_else(|| StoreError::unavailable(format!("stream of user {user} is contended")))?;
         let mut claims = self.stream_claims(user).await?;
         let start = self.stream_tail(user, &claims).await? + 1;
         self.execute(&s.claim_insert, (id(user.0), epoch as i64, start as i64)).await?;

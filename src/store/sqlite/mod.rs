@@ -18,7 +18,6 @@ use futures_util::future::BoxFuture;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-pub use reads::UNREAD_COUNT_CAP;
 use writer::WriteCmd;
 
 use super::{

@@ -3,9 +3,9 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use super::reads::UNREAD_COUNT_CAP;
 use crate::domain::{DeviceId, Platform, PushKind, PushRegistration, RoomId, UserId};
 use crate::metrics::PUSH_METRICS;
+use crate::store::UNREAD_COUNT_CAP;
 use crate::store::codec::room_kind_from;
 use crate::store::{
     Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, StoreError, StoreErrorKind, StoreResult,

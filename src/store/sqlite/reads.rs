@@ -11,8 +11,7 @@ use crate::domain::{
 use crate::store::codec::{EventRow, event_ref_from, role_from, room_kind_from};
 use crate::store::{DeviceRecord, HistoryPage, UserRecord};
 
-/// Unread counts stop at this many: "999+" is all a badge needs, and counting stays cheap.
-pub const UNREAD_COUNT_CAP: u32 = 1000;
+use crate::store::UNREAD_COUNT_CAP;
 
 pub(super) fn user_by_name(conn: &Connection, username: &str) -> rusqlite::Result<Option<UserRecord>> {
     conn.prepare_cached("SELECT user_id, username, password_hash FROM users WHERE username = ?1")?
