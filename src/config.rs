@@ -82,6 +82,9 @@ pub struct StoreConfig {
     pub scylla_replication_factor: u32,
     /// Consistency of every read and write: `quorum`, `local_quorum`, `one`, `all`.
     pub scylla_consistency: String,
+    /// On ScyllaDB, a message for at least this many recipients is acknowledged once it is in the
+    /// room's log and reaches their streams right after; a smaller one before the acknowledgement.
+    pub scylla_fanout_after_ack_from: usize,
 }
 
 impl Default for StoreConfig {
@@ -96,6 +99,7 @@ impl Default for StoreConfig {
             scylla_keyspace: "tidings".into(),
             scylla_replication_factor: 3,
             scylla_consistency: "quorum".into(),
+            scylla_fanout_after_ack_from: crate::store::scylla::DEFAULT_FANOUT_AFTER_ACK_FROM,
         }
     }
 }

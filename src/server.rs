@@ -17,7 +17,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
-use crate::actors::{Hub, Peers};
+use crate::actors::{FanoutSweep, Hub, Peers};
 use crate::auth::AuthService;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
@@ -72,6 +72,7 @@ async fn open_scylla(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let mut options = ScyllaOptions::new(nodes, &c.scylla_keyspace);
     options.replication_factor = c.scylla_replication_factor.max(1);
     options.consistency = scylla_consistency(&c.scylla_consistency)?;
+    options.fanout_after_ack_from = c.scylla_fanout_after_ack_from.max(1);
     let store = ScyllaStore::open(options)
         .await
         .with_context(|| format!("opening keyspace {} on {}", c.scylla_keyspace, c.scylla_nodes))?;
@@ -177,6 +178,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         cluster.start(hub.clone());
         background.started(cluster.clone());
     }
+    background.started(Arc::new(FanoutSweep::start(hub.clone())));
     let online = online_anywhere(hub.clone());
     let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));
     background.started(push_worker.clone());

@@ -5,7 +5,7 @@
 use futures_util::future::BoxFuture;
 
 use super::{ActorRequest, Ephemeral, ReplyBody};
-use crate::domain::{DeviceId, DomainResult, StreamEvent, UserId};
+use crate::domain::{ActorKey, DeviceId, DomainResult, StreamEvent, UserId};
 use crate::store::Positions;
 
 /// A request on its way to the node that owns its key: the answer, or `None` when the owner could
@@ -34,6 +34,9 @@ pub trait Peers: Send + Sync {
 
     /// Sends a request to the node that owns its key; `None` when this node owns it.
     fn forward(&self, user: UserId, device: DeviceId, request: &ActorRequest) -> Option<Forwarding<'_>>;
+
+    /// Whether this node owns `key` in its current view of the cluster (false while it has none).
+    fn owns(&self, key: ActorKey) -> bool;
 
     /// The cluster's connections are up (for `/readyz`).
     fn healthy(&self) -> bool;

@@ -493,6 +493,11 @@ impl Peers for Cluster {
         Some(Box::pin(async move { self.send_forwarded(&owner, body).await }))
     }
 
+    fn owns(&self, key: ActorKey) -> bool {
+        let view = self.view();
+        ownership::owner(key, view.iter().map(|n| n.id.as_str())) == Some(self.node_id.as_str())
+    }
+
     /// Redis answers and the bridge is subscribed (for `/readyz`).
     fn healthy(&self) -> bool {
         self.redis_up.load(Ordering::Acquire) && self.bridge_up.load(Ordering::Acquire)

@@ -21,8 +21,9 @@ use futures_util::future::BoxFuture;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
-    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser, Positions,
-    PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, ReceiptWrite, RefreshRotation, UserRecord,
+    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, LateFanout, NewRoom, NewUser,
+    Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, ReceiptWrite, RefreshRotation,
+    UserRecord,
 };
 
 use crate::domain::{DeviceId, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
@@ -102,6 +103,11 @@ pub trait RoomStore: Send + Sync {
     async fn contacts_of(&self, user: UserId) -> StoreResult<Vec<UserId>>;
     /// Those of `users` who have sent `user` a message: in a room they share with `user`.
     async fn wrote_to(&self, user: UserId, users: Vec<UserId>) -> StoreResult<Vec<UserId>>;
+    /// Rooms with acknowledged entries not yet in all their recipients' streams
+    /// (`AppendOutcome::Logged`): a live writer is still fanning them out, or one stopped (a crash)
+    /// and the room's next claim finishes them. A backend that always fans out before the
+    /// acknowledgement (SQLite) has none.
+    async fn rooms_behind(&self) -> StoreResult<Vec<RoomId>>;
 }
 
 /// The per-user durable event streams.

@@ -1,5 +1,10 @@
 //! Arguments and results of the store traits.
 
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use super::{StoreError, StoreResult};
 use crate::domain::{
     DeviceId, Platform, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId,
 };
@@ -83,7 +88,7 @@ pub enum CreateRoomOutcome {
 /// One entry to append, with the seq already chosen by the room's owner (its actor).
 #[derive(Debug, Clone)]
 pub struct Append {
-    pub entry: std::sync::Arc<RoomEntry>,
+    pub entry: Arc<RoomEntry>,
     /// The writer's epoch (`RoomStore::claim_room`); refused unless it is still the room's.
     pub epoch: u64,
     /// Whose streams receive the entry.
@@ -226,7 +231,52 @@ pub enum AppendOutcome {
     SeqTaken,
     /// Another writer has taken the room over since this one claimed it: nothing was written.
     Fenced,
+    /// The entry is durable in the room's log and its effect applied, but it reaches its
+    /// recipients' streams only after this answer (a large room on a backend that fans out after
+    /// the acknowledgement). `fanout` resolves with the positions once it has; if it fails, the
+    /// room's next writer finishes it (the store lists the room in `RoomStore::rooms_behind`).
+    Logged {
+        fanout: LateFanout,
+    },
 }
+
+/// The part of an append that its store finishes after acknowledging it (`AppendOutcome::Logged`).
+#[derive(Clone)]
+pub struct LateFanout(Arc<Mutex<Option<oneshot::Receiver<StoreResult<Positions>>>>>);
+
+impl LateFanout {
+    /// A fan-out to finish later, and where its store reports the positions.
+    pub fn new() -> (oneshot::Sender<StoreResult<Positions>>, Self) {
+        let (done, receiver) = oneshot::channel();
+        (done, Self(Arc::new(Mutex::new(Some(receiver)))))
+    }
+
+    /// The positions the entry got, once it is in every recipient's stream. Only one waiter (of
+    /// all clones) gets them; another gets `Unavailable`.
+    pub async fn done(self) -> StoreResult<Positions> {
+        let receiver = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match receiver {
+            Some(receiver) => {
+                receiver.await.unwrap_or_else(|_| Err(StoreError::unavailable("the fan-out was dropped")))
+            }
+            None => Err(StoreError::unavailable("the fan-out is awaited elsewhere")),
+        }
+    }
+}
+
+impl std::fmt::Debug for LateFanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LateFanout")
+    }
+}
+
+impl PartialEq for LateFanout {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LateFanout {}
 
 #[derive(Debug, Clone)]
 pub struct ReceiptWrite {

@@ -180,3 +180,78 @@ pub(crate) async fn acknowledged_messages_survive_kill_9() {
     assert_eq!(ids.len(), TOTAL, "every message exactly once after retries");
     assert_eq!(ids.iter().collect::<HashSet<_>>().len(), TOTAL);
 }
+
+/// On ScyllaDB a large room's messages are acknowledged once they are in the room's log, and reach
+/// the members' streams after. A kill -9 in between loses none of them: the next start finds the
+/// room listed as behind and finishes its fan-out, though no one writes to the room again.
+#[test]
+fn a_fan_out_after_the_ack_cut_short_by_kill_9_is_finished_on_the_next_start() {
+    crate::harness::on_scylla_after_ack(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(fan_out_cut_short());
+    });
+}
+
+async fn fan_out_cut_short() {
+    use tidings::store::{RoomStore, StreamStore};
+    const MEMBERS: usize = 40;
+    const SENT: usize = 120;
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_server(data.path());
+    let http = Http::new(format!("http://{addr}"));
+    let mut users = Vec::new();
+    for i in 0..MEMBERS {
+        users.push(http.sign_up(&format!("member{i}"), PASSWORD, "phone").await.unwrap());
+    }
+    let ana = Connection::connect(&format!("ws://{addr}"), &users[0].access_token, Encoding::Protobuf).await.unwrap();
+    let others = users[1..].iter().map(|u| u.user_id).collect();
+    let room = ana.create_group("big", others).await.unwrap().room_id;
+
+    // Every send in flight at once: each is answered once logged, long before all 40 streams
+    // have it; the process dies right after the last answer.
+    let mut answers = Vec::new();
+    for i in 0..SENT {
+        let send = Req::SendMessage(wire::SendMessageRequest {
+            room_id: room,
+            client_msg_id: format!("m{i}"),
+            text: format!("text {i}"),
+            reply_to_seq: 0,
+        });
+        answers.push(ana.start_request(send).await.unwrap());
+    }
+    for answer in answers {
+        assert!(matches!(answer.await, Ok(Ok(wire::reply::Result::Sent(_)))), "every send is acknowledged");
+    }
+    child.0.kill().unwrap();
+    drop(child);
+
+    // The kill caught the fan-out part-way: the room is listed as behind.
+    let store = crate::harness::scylla_store_for(data.path()).await;
+    let behind = store.rooms_behind().await.unwrap();
+    assert_eq!(behind.iter().map(|r| r.0).collect::<Vec<_>>(), vec![room], "the kill came mid-fan-out");
+    let mut shortest = u64::MAX;
+    for user in &users {
+        shortest = shortest.min(store.stream_head(tidings::domain::UserId(user.user_id)).await.unwrap());
+    }
+    assert!(shortest < (SENT + 1) as u64, "some member's stream was not complete yet ({shortest})");
+
+    // Started again, with no one writing to the room: every member gets every message once, in
+    // order (checked for three of them).
+    let (_child, addr) = spawn_server(data.path());
+    for member in [&users[1], &users[MEMBERS / 2], users.last().unwrap()] {
+        let mut conn =
+            Connection::connect(&format!("ws://{addr}"), &member.access_token, Encoding::Protobuf).await.unwrap();
+        conn.sync(0).await.unwrap();
+        let mut events = Vec::new();
+        while events.len() < SENT + 1 {
+            events.push(next_event(&mut conn).await);
+        }
+        assert_contiguous(&events, 1);
+        let seqs: Vec<u64> = events.iter().map(|e| entry(e).seq).collect();
+        assert_eq!(seqs, (1..=(SENT + 1) as u64).collect::<Vec<_>>(), "every entry once, in seq order");
+        let texts: Vec<&str> = events[1..].iter().map(text).collect();
+        let sent: Vec<String> = (0..SENT).map(|i| format!("text {i}")).collect();
+        assert_eq!(texts, sent.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    assert!(store.rooms_behind().await.unwrap().is_empty(), "the room is not behind any more");
+}

@@ -32,6 +32,8 @@ pub struct TestServer {
 thread_local! {
     /// Servers this test thread starts keep their data on the CQL node (see `on_scylla`).
     static ON_SCYLLA: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Their `store.scylla_fanout_after_ack_from` (0: the default; see `on_scylla_after_ack`).
+    static FANOUT_AFTER_ACK_FROM: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// The keyspaces they were given, dropped when the test ends.
     static KEYSPACES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -49,6 +51,17 @@ pub fn on_scylla(test: impl FnOnce()) {
     for keyspace in KEYSPACES.take() {
         drop_keyspace(nodes.clone(), keyspace);
     }
+    if let Err(panic) = ran {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// As `on_scylla`, with every message acknowledged before its fan-out (as large rooms' are): the
+/// recipients' streams and live sessions get it after the sender's answer.
+pub fn on_scylla_after_ack(test: impl FnOnce()) {
+    FANOUT_AFTER_ACK_FROM.set(1);
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_scylla(test)));
+    FANOUT_AFTER_ACK_FROM.set(0);
     if let Err(panic) = ran {
         std::panic::resume_unwind(panic);
     }
@@ -73,12 +86,24 @@ fn scylla_keyspace(data_dir: &std::path::Path) -> Option<(String, String)> {
 /// The store's `--set` settings of a server binary on `data_dir` (none on SQLite).
 pub fn store_settings(data_dir: &std::path::Path) -> Vec<String> {
     let Some((nodes, keyspace)) = scylla_keyspace(data_dir) else { return Vec::new() };
-    vec![
+    let mut settings = vec![
         "store.backend=scylla".into(),
         format!("store.scylla_nodes={nodes}"),
         format!("store.scylla_keyspace={keyspace}"),
         "store.scylla_replication_factor=1".into(),
-    ]
+    ];
+    if FANOUT_AFTER_ACK_FROM.get() > 0 {
+        settings.push(format!("store.scylla_fanout_after_ack_from={}", FANOUT_AFTER_ACK_FROM.get()));
+    }
+    settings
+}
+
+/// The ScyllaDB store a server on `data_dir` uses in this thread's `on_scylla` test, opened
+/// beside it (to look at what the server left).
+pub async fn scylla_store_for(data_dir: &std::path::Path) -> tidings::store::scylla::ScyllaStore {
+    let nodes = crate::prerequisites::scylla_nodes().expect("on ScyllaDB");
+    let options = tidings::store::scylla::ScyllaOptions::new(nodes, keyspace_for(data_dir));
+    tidings::store::scylla::ScyllaStore::open(options).await.expect("the CQL node answers")
 }
 
 fn keyspace_for(data_dir: &std::path::Path) -> String {
@@ -117,6 +142,9 @@ pub fn test_config(data_dir: &std::path::Path) -> Config {
         config.store.scylla_nodes = nodes;
         config.store.scylla_keyspace = keyspace;
         config.store.scylla_replication_factor = 1;
+        if FANOUT_AFTER_ACK_FROM.get() > 0 {
+            config.store.scylla_fanout_after_ack_from = FANOUT_AFTER_ACK_FROM.get();
+        }
     }
     config
 }

@@ -2,15 +2,16 @@
 //! keyspace per server on the CQL node `TIDINGS_SCYLLA_NODES` names): the server passes the same
 //! tests on either backend. Without a CQL node they say they were skipped.
 
-/// `on_scylla::module::test` runs `module::test` again, on ScyllaDB.
+/// `on_scylla::module::test` runs `module::test` again, on ScyllaDB (with `$run`: `on_scylla`,
+/// or `on_scylla_after_ack`).
 macro_rules! on_scylla {
-    ($($module:ident: [$($test:ident),* $(,)?];)*) => {
+    ($run:ident; $($module:ident: [$($test:ident),* $(,)?];)*) => {
         $(
             mod $module {
                 $(
                     #[test]
                     fn $test() {
-                        crate::harness::on_scylla(crate::$module::$test);
+                        crate::harness::$run(crate::$module::$test);
                     }
                 )*
             }
@@ -19,6 +20,7 @@ macro_rules! on_scylla {
 }
 
 on_scylla! {
+    on_scylla;
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,
         ack_within_the_grace_window_cancels_the_push,
@@ -62,4 +64,37 @@ on_scylla! {
     bad_input: [
         invalid_arguments_and_unknown_ids,
     ];
+}
+
+/// The same tests with every message acknowledged before its fan-out (on ScyllaDB, large rooms'
+/// messages are): what a sender, its peers and their other devices see stays the same.
+mod fanned_out_after_the_ack {
+    on_scylla! {
+        on_scylla_after_ack;
+        push: [
+            offline_recipient_gets_exactly_one_push_with_the_right_payload,
+            ack_within_the_grace_window_cancels_the_push,
+            a_burst_is_coalesced_into_one_push_with_the_badge,
+            a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_one_is_pushed_as_edited,
+        ];
+        chat: [
+            direct_chat_reaches_the_peer_and_the_senders_other_devices,
+            group_messages_have_one_order_for_every_member,
+            a_retried_send_is_acknowledged_again_but_stored_once,
+            edits_and_deletes_reach_everyone_and_history_shows_tombstones,
+            receipts_typing_and_presence,
+        ];
+        sync: [
+            reconnecting_clients_get_exactly_what_they_missed_in_order,
+            a_connection_with_a_tiny_queue_catches_up_from_the_store_without_loss,
+            sync_edges,
+        ];
+        rooms: [
+            owners_and_admins_manage_groups_members_do_not,
+            room_list_has_last_message_and_unread_counts_that_read_markers_clear,
+        ];
+        durability: [
+            acknowledged_messages_survive_kill_9,
+        ];
+    }
 }

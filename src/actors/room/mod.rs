@@ -28,7 +28,7 @@ use crate::domain::{
     Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId, now_ms, time_ordered_id,
 };
 use crate::metrics::METRICS;
-use crate::store::{Append, AppendOutcome, HistoryPage, ReceiptWrite};
+use crate::store::{Append, AppendOutcome, HistoryPage, Positions, ReceiptWrite};
 use plan::{OnCommit, RoomView, plan};
 
 const MAILBOX_CAPACITY: usize = 4096;
@@ -147,11 +147,8 @@ impl RoomActor {
         planned.change.apply(&mut self.members);
         let on_commit = planned.on_commit;
         ctx.spawn(committed.into_actor(self).map(move |outcome, act, ctx| {
-            if let (Ok(AppendOutcome::Committed { .. }), Some((users, due_at_ms))) = (&outcome, &pushed_to) {
-                act.hub.push.queued(users, *due_at_ms);
-            }
             act.in_flight -= 1;
-            act.on_committed(entry, outcome, on_commit, replier, ctx);
+            act.on_committed(entry, outcome, on_commit, pushed_to, replier, ctx);
             if act.retiring {
                 act.retire(ctx);
             }
@@ -163,21 +160,44 @@ impl RoomActor {
         entry: Arc<RoomEntry>,
         outcome: crate::store::StoreResult<AppendOutcome>,
         on_commit: OnCommit,
+        pushed_to: Option<(Vec<UserId>, i64)>,
         replier: Replier,
         ctx: &mut Context<Self>,
     ) {
         let sent = |seq, message_id, sent_at_ms, duplicate| {
             ReplyBody::Sent(SentAck { room: entry.room, seq, message_id, sent_at_ms, duplicate })
         };
+        let answer = match on_commit {
+            OnCommit::Sent => sent(entry.seq, entry.id, entry.sent_at_ms, false),
+            OnCommit::Ok => ReplyBody::Ok,
+        };
         match outcome {
             Ok(AppendOutcome::Committed { positions }) => {
                 METRICS.messages_committed_total.inc();
-                let answer = match on_commit {
-                    OnCommit::Sent => sent(entry.seq, entry.id, entry.sent_at_ms, false),
-                    OnCommit::Ok => ReplyBody::Ok,
-                };
                 replier.reply(Ok(answer));
-                self.hub.deliver(&positions, &StreamEvent::Entry(entry));
+                self.fanned_out(entry, &positions, pushed_to);
+            }
+            Ok(AppendOutcome::Logged { fanout }) => {
+                // Durable: the sender hears now, the recipients once the store has fanned it out.
+                METRICS.messages_committed_total.inc();
+                METRICS.room_fanouts_after_ack_total.inc();
+                replier.reply(Ok(answer));
+                self.in_flight += 1;
+                ctx.spawn(fanout.done().into_actor(self).map(move |fanned_out, act, ctx| {
+                    act.in_flight -= 1;
+                    match fanned_out {
+                        Ok(positions) => act.fanned_out(entry, &positions, pushed_to),
+                        Err(e) => {
+                            METRICS.room_fanouts_after_ack_failed_total.inc();
+                            tracing::warn!(room = %act.id, seq = entry.seq, error = %e, "fan-out failed; reloading room");
+                            act.retire(ctx);
+                            act.reopen();
+                        }
+                    }
+                    if act.retiring {
+                        act.retire(ctx);
+                    }
+                }));
             }
             Ok(AppendOutcome::Duplicate { seq, id, sent_at_ms }) => {
                 replier.reply(Ok(sent(seq, id, sent_at_ms, true)));
@@ -205,6 +225,26 @@ impl RoomActor {
                 self.retire(ctx);
             }
         }
+    }
+
+    /// The entry is in its recipients' streams: their sessions get it, and the push gate learns
+    /// of the pushes queued with it.
+    fn fanned_out(&self, entry: Arc<RoomEntry>, positions: &Positions, pushed_to: Option<(Vec<UserId>, i64)>) {
+        if let Some((users, due_at_ms)) = &pushed_to {
+            self.hub.push.queued(users, *due_at_ms);
+        }
+        self.hub.deliver(positions, &StreamEvent::Entry(entry));
+    }
+
+    /// Starts the room's next writer now rather than at its next request: claiming the room
+    /// finishes the fan-out this one left (and if that fails too, `fanout_sweep` tries again).
+    fn reopen(&self) {
+        let (hub, room) = (self.hub.clone(), self.id);
+        actix::spawn(async move {
+            if let Err(e) = hub.registry.room(room, &hub).await {
+                tracing::warn!(%room, error = %e, "reopening the room failed; the sweep tries again");
+            }
+        });
     }
 
     fn history(&self, user: UserId, page: HistoryPage, replier: Replier, ctx: &mut Context<Self>) {

@@ -12,12 +12,19 @@
 //!    only with its entry (a write cut short between the two left the row alone);
 //! 3. reads the room's epoch at QUORUM: if another writer claimed the room since, the append is
 //!    `Fenced` (its row counts only if the new writer saw it, and then the new writer fans it out);
-//! 4. applies the entry's effect, puts it into each recipient's stream (`streams.rs`), queues its
-//!    pushes, and records how far the room's fan-out went.
+//! 4. applies the entry's effect;
+//! 5. puts it into each recipient's stream (`streams.rs`), revises and queues its pushes, and
+//!    records how far the room's fan-out went.
 //!
-//! A room's appends run one after another in the order they were submitted (a lane per room), so
-//! every recipient's stream gets them in seq order; rooms run side by side. A claim of the room
-//! takes its turn in the same lane.
+//! Steps 1-4 are the entry's logging, step 5 its fan-out. Each room has two lanes, one per part,
+//! and its appends pass through both in the order they were submitted: every recipient's stream
+//! gets the room's entries in seq order, and the next entry can be logged while this one fans out;
+//! rooms run side by side. An entry for fewer than `fanout_after_ack_from` recipients is answered
+//! after its fan-out (`Committed`). A larger one is answered once logged (`Logged`): a room of
+//! 10,000 members does not make its sender wait for 10,000 stream writes. It is listed in
+//! `rooms_behind` first, so that if this process dies before the fan-out is done, the room's next
+//! claim finishes it (someone looks: `RoomStore::rooms_behind`). A claim of the room takes its
+//! turn in both lanes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,7 +38,7 @@ use super::rooms::entry_insert_values;
 use super::streams::StoredEvent;
 use super::{ScyllaStore, id};
 use crate::domain::{EntryBody, EventRef, RoomId};
-use crate::store::{Append, AppendOutcome, Effect, StoreError, StoreErrorKind, StoreResult};
+use crate::store::{Append, AppendOutcome, Effect, LateFanout, Positions, StoreError, StoreErrorKind, StoreResult};
 
 /// Appends submitted and not yet done, over all rooms; beyond this, `submit_append` answers Busy.
 const MAX_IN_FLIGHT: usize = 8192;
@@ -48,8 +55,21 @@ pub(super) struct Writer {
     broken: bool,
 }
 
+/// The two lanes every append of a room passes through, in this order.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Lane {
+    /// Checks, the entry and its effect.
+    Log = 0,
+    /// Streams, pushes and the fan-out mark.
+    Fanout = 1,
+}
+
+/// Per room: the ticket of the lane's newest comer and the signal that it is done.
+type LaneMap = HashMap<RoomId, (u64, oneshot::Receiver<()>)>;
+
 /// A place in a room's lane, waiting for its turn.
 pub(super) struct Place {
+    lane: Lane,
     room: RoomId,
     ticket: u64,
     previous: Option<oneshot::Receiver<()>>,
@@ -58,6 +78,7 @@ pub(super) struct Place {
 
 /// A room's lane is this one's until it leaves (or is dropped).
 pub(super) struct Turn {
+    lane: Lane,
     room: RoomId,
     ticket: u64,
     done: oneshot::Sender<()>,
@@ -69,18 +90,18 @@ impl Place {
             // Done or dropped: either way, what entered before is over.
             let _ = previous.await;
         }
-        Turn { room: self.room, ticket: self.ticket, done: self.done }
+        Turn { lane: self.lane, room: self.room, ticket: self.ticket, done: self.done }
     }
 }
 
-/// Per room, one lane: its appends, and a claim's completion of the fan-out, run one at a time in
-/// this process, in the order they entered. A claim that finishes a fan-out therefore never races
-/// an append of this process still fanning out the same entry (across processes, the streams'
-/// leases keep such a race from writing an event twice).
+/// Per room, two lanes (`Lane`): in each, its appends, and a claim's completion of the fan-out,
+/// run one at a time in this process, in the order they entered. A claim that finishes a fan-out
+/// therefore never races an append of this process still fanning out the same entry (across
+/// processes, the streams' leases keep such a race from writing an event twice).
 #[derive(Default)]
 pub(super) struct Appends {
-    /// Per room: the ticket of the newest append and the signal that it is done.
-    lanes: Mutex<HashMap<RoomId, (u64, oneshot::Receiver<()>)>>,
+    /// Per lane.
+    lanes: [Mutex<LaneMap>; 2],
     writers: Mutex<HashMap<RoomId, Writer>>,
     tickets: AtomicU64,
     in_flight: AtomicUsize,
@@ -96,20 +117,28 @@ impl Appends {
         }
     }
 
-    /// Takes a place in the room's lane: what entered before goes first.
-    pub(super) fn enter(&self, room: RoomId) -> Place {
+    /// Takes a place in one of the room's lanes: what entered before goes first.
+    pub(super) fn enter(&self, room: RoomId, lane: Lane) -> Place {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
         let (done, signal) = oneshot::channel::<()>();
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lanes = self.lanes[lane as usize].lock().unwrap_or_else(|e| e.into_inner());
         let previous = lanes.insert(room, (ticket, signal)).map(|(_, signal)| signal);
-        Place { room, ticket, previous, done }
+        Place { lane, room, ticket, previous, done }
+    }
+
+    /// The room to oneself, in both lanes: after every append that entered before.
+    pub(super) async fn enter_both(&self, room: RoomId) -> [Turn; 2] {
+        let log = self.enter(room, Lane::Log).wait().await;
+        // Every earlier append has left the log lane, so its place in the fan-out lane is taken.
+        let fanout = self.enter(room, Lane::Fanout).wait().await;
+        [log, fanout]
     }
 
     /// Leaves the lane (dropping a `Turn` lets the next one go too, but keeps the lane listed).
     pub(super) fn leave(&self, turn: Turn) {
-        let Turn { room, ticket, done } = turn;
+        let Turn { lane, room, ticket, done } = turn;
         drop(done);
-        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lanes = self.lanes[lane as usize].lock().unwrap_or_else(|e| e.into_inner());
         if lanes.get(&room).is_some_and(|(t, _)| *t == ticket) {
             lanes.remove(&room);
         }
@@ -155,23 +184,66 @@ impl ScyllaStore {
             return Err(StoreError::new(StoreErrorKind::Busy, "too many appends in flight"));
         }
         let room = append.entry.room;
-        let place = appends.enter(room);
+        let place = appends.enter(room, Lane::Log);
         let (reply, outcome) = oneshot::channel();
         let store = self.clone();
         tokio::spawn(async move {
-            let turn = place.wait().await;
-            let result = store.append_now(&append).await;
-            if result.is_err() {
-                store.appends.break_writer(room, append.epoch);
-            }
-            tracing::debug!(room = %room, seq = append.entry.seq, epoch = append.epoch, outcome = ?result, "append");
-            store.appends.leave(turn);
+            store.run_append(append, place, reply).await;
             store.appends.in_flight.fetch_sub(1, Ordering::AcqRel);
-            let _ = reply.send(result);
         });
         Ok(Box::pin(
             async move { outcome.await.unwrap_or_else(|_| Err(StoreError::unavailable("the append was dropped"))) },
         ))
+    }
+
+    /// Logs the append in its turn, then fans it out in its turn; answers after the one or the
+    /// other (see the module's notes).
+    async fn run_append(&self, append: Append, place: Place, reply: oneshot::Sender<StoreResult<AppendOutcome>>) {
+        let (room, seq, epoch) = (append.entry.room, append.entry.seq, append.epoch);
+        let turn = place.wait().await;
+        let after_ack = append.recipients.len() >= self.options.fanout_after_ack_from;
+        let logged = self.log_append(&append, after_ack).await;
+        let logged = match logged {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refused)) => Err(Ok(refused)),
+            Err(e) => {
+                self.appends.break_writer(room, epoch);
+                Err(Err(e))
+            }
+        };
+        if let Err(answer) = logged {
+            tracing::debug!(%room, seq, epoch, outcome = ?answer, "append not logged");
+            self.appends.leave(turn);
+            let _ = reply.send(answer);
+            return;
+        }
+        // Its place in the fan-out lane before it leaves the log lane: the fan-outs keep seq order.
+        let place = self.appends.enter(room, Lane::Fanout);
+        self.appends.leave(turn);
+        // Answered now, with the positions to come; or after the fan-out, with them.
+        let answer = match after_ack {
+            true => {
+                let (done, fanout) = LateFanout::new();
+                let _ = reply.send(Ok(AppendOutcome::Logged { fanout }));
+                Err(done)
+            }
+            false => Ok(reply),
+        };
+        let turn = place.wait().await;
+        let fanned_out = self.fan_out(&append, after_ack).await;
+        if fanned_out.is_err() {
+            self.appends.break_writer(room, epoch);
+        }
+        tracing::debug!(%room, seq, epoch, after_ack, outcome = ?fanned_out, "append fanned out");
+        self.appends.leave(turn);
+        match answer {
+            Err(done) => {
+                let _ = done.send(fanned_out);
+            }
+            Ok(reply) => {
+                let _ = reply.send(fanned_out.map(|positions| AppendOutcome::Committed { positions }));
+            }
+        }
     }
 
     /// The writer an append names, or why it cannot write.
@@ -198,23 +270,45 @@ impl ScyllaStore {
         Ok(self.appends.writer(room).filter(|w| w.epoch == append.epoch).ok_or(AppendOutcome::Fenced))
     }
 
-    async fn append_now(&self, append: &Append) -> StoreResult<AppendOutcome> {
+    /// Checks the append, writes the entry (listing the room as behind first when its fan-out
+    /// comes after the acknowledgement) and applies its effect; or says why it was refused.
+    async fn log_append(&self, append: &Append, after_ack: bool) -> StoreResult<Result<(), AppendOutcome>> {
         let entry = &append.entry;
         let room = entry.room;
         let writer = match self.writer_for(append).await? {
             Ok(writer) => writer,
-            Err(outcome) => return Ok(outcome),
+            Err(outcome) => return Ok(Err(outcome)),
         };
         if let Some(outcome) = self.refused(append, &writer).await? {
-            return Ok(outcome);
+            return Ok(Err(outcome));
+        }
+        if after_ack {
+            self.list_behind(room, entry.seq).await?;
         }
         self.write_entry(append).await?;
         if self.room_epoch(room).await? != append.epoch {
             self.appends.break_writer(room, append.epoch);
-            return Ok(AppendOutcome::Fenced);
+            return Ok(Err(AppendOutcome::Fenced));
         }
         self.appends.wrote(room, append.epoch, entry.seq);
         self.apply_effect(room, &append.effect, &writer.claims).await?;
+        Ok(Ok(()))
+    }
+
+    /// Puts a logged entry into its recipients' streams, revises and queues pushes, and moves the
+    /// room's fan-out mark; the positions the entry got.
+    async fn fan_out(&self, append: &Append, listed_behind: bool) -> StoreResult<Positions> {
+        let entry = &append.entry;
+        let room = entry.room;
+        let writer = match self.appends.writer(room) {
+            Some(writer) if writer.epoch == append.epoch && !writer.broken => writer,
+            // An earlier fan-out of this writer failed: passing it would move the mark over it.
+            _ => {
+                return Err(StoreError::unavailable(
+                    "an earlier fan-out in this room failed; the next claim finishes it",
+                ));
+            }
+        };
         match &append.effect {
             Effect::Edit { target_seq, .. } => {
                 if let Some(preview) = &append.revised_preview {
@@ -230,7 +324,10 @@ impl ScyllaStore {
             self.enqueue_pushes(fanout, entry, &positions).await?;
         }
         self.record_fanned_out(room, entry.seq).await?;
-        Ok(AppendOutcome::Committed { positions })
+        if listed_behind {
+            self.unlist_behind(room, entry.seq).await?;
+        }
+        Ok(positions)
     }
 
     /// What the writer's view refuses before anything is written.

@@ -31,6 +31,10 @@ use crate::store::{
 
 /// Rows read per page when scanning a room's log.
 const PAGE: usize = 128;
+/// `rooms_behind` partitions: a few, so that no one partition takes every big room's writes.
+const BEHIND_SHARDS: i32 = 16;
+/// Rooms read per shard by one `rooms_behind` call; the rest wait for the next.
+const BEHIND_LISTED_AT_ONCE: usize = 1000;
 /// How many rooms' summaries are read at once for a room list.
 const SUMMARIES_AT_ONCE: usize = 16;
 
@@ -160,6 +164,9 @@ pub(super) struct Statements {
     claim_insert: PreparedStatement,
     fanout_of: PreparedStatement,
     pub fanout_done: PreparedStatement,
+    pub list_behind: PreparedStatement,
+    unlist_behind: PreparedStatement,
+    rooms_behind: PreparedStatement,
     pub client_msg: PreparedStatement,
     pub insert_client_msg: PreparedStatement,
 }
@@ -230,6 +237,11 @@ impl Statements {
             claim_insert: p("INSERT INTO {ks}.room_claims (room_id, epoch, start_seq) VALUES (?, ?, ?)".into()).await?,
             fanout_of: p("SELECT seq FROM {ks}.room_fanout WHERE room_id = ?".into()).await?,
             fanout_done: p("UPDATE {ks}.room_fanout USING TIMESTAMP ? SET seq = ? WHERE room_id = ?".into()).await?,
+            list_behind: p("INSERT INTO {ks}.rooms_behind (shard, room_id) VALUES (?, ?) USING TIMESTAMP ?".into())
+                .await?,
+            unlist_behind: p("DELETE FROM {ks}.rooms_behind USING TIMESTAMP ? WHERE shard = ? AND room_id = ?".into())
+                .await?,
+            rooms_behind: p("SELECT room_id FROM {ks}.rooms_behind WHERE shard = ? LIMIT ?".into()).await?,
             client_msg: p("SELECT epoch, seq, id, sent_at_ms FROM {ks}.client_msgs
                 WHERE room_id = ? AND sender_id = ? AND client_msg_id = ?"
                 .into())
@@ -526,6 +538,25 @@ impl ScyllaStore {
         Ok(())
     }
 
+    /// Lists the room as behind until its fan-out reaches `seq` (before the entry is written).
+    pub(super) async fn list_behind(&self, room: RoomId, seq: u64) -> StoreResult<()> {
+        self.execute(&self.rooms.list_behind, (behind_shard(room), id(room.0), seq as i64)).await?;
+        Ok(())
+    }
+
+    /// The room's fan-out reached `seq`: it is not behind, unless a later entry listed it again.
+    pub(super) async fn unlist_behind(&self, room: RoomId, seq: u64) -> StoreResult<()> {
+        self.execute(&self.rooms.unlist_behind, (seq as i64, behind_shard(room), id(room.0))).await?;
+        Ok(())
+    }
+
+    async fn behind(&self) -> StoreResult<Vec<RoomId>> {
+        let shards = (0..BEHIND_SHARDS)
+            .map(|shard| self.rows::<(i64,)>(&self.rooms.rooms_behind, (shard, BEHIND_LISTED_AT_ONCE as i32)));
+        let listed = try_join_all(shards).await?;
+        Ok(listed.into_iter().flatten().map(|(room,)| RoomId(room as u64)).collect())
+    }
+
     /// Finishes what a writer that stopped (crashed, or lost the room) may have left undone: each
     /// entry after the fan-out mark gets its effect applied and reaches its recipients' streams.
     /// Both steps are idempotent.
@@ -562,6 +593,7 @@ impl ScyllaStore {
         }
         if done > 0 {
             self.record_fanned_out(room, done).await?;
+            self.unlist_behind(room, done).await?;
         }
         Ok(finished)
     }
@@ -728,13 +760,18 @@ impl RoomStore for ScyllaStore {
         self.load(room, &claims).await
     }
 
+    async fn rooms_behind(&self) -> StoreResult<Vec<RoomId>> {
+        self.check_open()?;
+        self.behind().await
+    }
+
     async fn claim_room(&self, room: RoomId) -> StoreResult<Option<Claim>> {
         self.check_open()?;
         if self.room_meta(room).await?.is_none() {
             return Ok(None);
         }
         // After this process's appends to the room: their fan-outs are not redone under them.
-        let turn = self.appends.enter(room).wait().await;
+        let turns = self.appends.enter_both(room).await;
         let claimed = async {
             let (epoch, claims, tail) = self.take_room(room).await?;
             let finished = self.finish_fanout(room, &claims, tail).await?;
@@ -743,7 +780,9 @@ impl RoomStore for ScyllaStore {
             Ok(Some(Claim { state, epoch, finished }))
         }
         .await;
-        self.appends.leave(turn);
+        for turn in turns {
+            self.appends.leave(turn);
+        }
         claimed
     }
 
@@ -837,4 +876,8 @@ fn effect_of(entry: &RoomEntry) -> Effect {
         }
         EntryBody::Text(_) | EntryBody::Created { .. } => Effect::None,
     }
+}
+
+fn behind_shard(room: RoomId) -> i32 {
+    (room.0 % BEHIND_SHARDS as u64) as i32
 }

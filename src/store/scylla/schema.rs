@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 3;
+pub(super) const SCHEMA_VERSION: i32 = 4;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -115,6 +115,17 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             // Jobs given up, kept for inspection until purged.
             "CREATE TABLE IF NOT EXISTS {ks}.push_failed (shard int, failed_at_ms bigint, job_id bigint,
                 user_id bigint, device_id bigint, room_id bigint, PRIMARY KEY (shard, failed_at_ms, job_id))",
+        ],
+    ),
+    (
+        4,
+        "rooms fanned out after the acknowledgement",
+        &[
+            // Rooms with acknowledged entries not yet in every recipient's stream, by shard of the
+            // room. Written USING TIMESTAMP = the entry's seq before the entry, deleted USING
+            // TIMESTAMP = the seq fanned out to: a delete removes the row only if no later entry
+            // listed it again, in whatever order the two land.
+            "CREATE TABLE IF NOT EXISTS {ks}.rooms_behind (shard int, room_id bigint, PRIMARY KEY (shard, room_id))",
         ],
     ),
 ];

@@ -269,6 +269,11 @@ impl RoomStore for SqliteStore {
         })
         .await
     }
+
+    /// None: an append's one transaction puts the entry in every recipient's stream.
+    async fn rooms_behind(&self) -> StoreResult<Vec<RoomId>> {
+        Ok(Vec::new())
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,75 @@
+//! Finishes fan-outs that a stopped writer left behind.
+//!
+//! A large room's entries are acknowledged before they reach their recipients' streams
+//! (`AppendOutcome::Logged`). If the writer's process dies in between, the entries are safe in the
+//! room's log, and the room's next claim puts them into the streams; but a room nobody writes to
+//! again would not be claimed. So each node looks, when it starts and then every
+//! `SWEEP_EVERY`, at the rooms its store lists as behind (`RoomStore::rooms_behind`), and opens
+//! those it owns: a room whose actor runs here is being fanned out already and is left alone, any
+//! other is claimed, which finishes its fan-out and delivers it to live sessions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::Hub;
+use crate::lifecycle::Stoppable;
+
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+pub struct FanoutSweep {
+    stop: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl FanoutSweep {
+    pub fn start(hub: Arc<Hub>) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        // On the actix runtime: opening a room starts its actor.
+        let task = actix_web::rt::spawn(async move {
+            loop {
+                sweep(&hub).await;
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                }
+            }
+        });
+        Self { stop, task: std::sync::Mutex::new(Some(task)) }
+    }
+}
+
+/// One look at the rooms behind: opens those this node owns.
+async fn sweep(hub: &Arc<Hub>) {
+    let rooms = match hub.store.rooms_behind().await {
+        Ok(rooms) => rooms,
+        Err(e) => return tracing::warn!(error = %e, "listing the rooms behind failed; trying again later"),
+    };
+    for room in rooms {
+        if hub.peers.as_ref().is_some_and(|peers| !peers.owns(room.into())) {
+            continue;
+        }
+        match hub.registry.room(room, hub).await {
+            Ok(_) => tracing::debug!(%room, "room behind is open"),
+            Err(e) => tracing::warn!(%room, error = %e, "opening a room behind failed; trying again later"),
+        }
+    }
+}
+
+#[async_trait]
+impl Stoppable for FanoutSweep {
+    fn name(&self) -> &'static str {
+        "fan-out sweep"
+    }
+
+    async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
