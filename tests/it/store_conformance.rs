@@ -618,6 +618,63 @@ mod scylla {
         open_with(|_| {}).await
     }
 
+    /// A large room's entry is answered once logged (`Logged`) and its positions follow once it
+    /// is in every stream; a small room's is answered after its fan-out (`Committed`). Entries
+    /// submitted back to back keep their seq order in every stream either way.
+    #[tokio::test]
+    async fn a_large_rooms_entries_are_answered_before_their_fan_out() {
+        use tidings::domain::StreamEvent;
+        use tidings::store::{Append, AppendOutcome, Effect, RoomStore, Store, StreamStore};
+        require!(Prerequisite::Scylla);
+        let store = open_with(|options| options.fanout_after_ack_from = 3).await;
+        let users =
+            [super::user(&store, 1, "a").await, super::user(&store, 2, "b").await, super::user(&store, 3, "c").await];
+        let room = super::group(&store as &dyn Store, 7, users[0], &users).await;
+        let epoch = store.claim_room(room).await.unwrap().unwrap().epoch;
+        let submit = |seq: u64, recipients: &[tidings::domain::UserId]| {
+            let entry = super::entry(room, seq, users[0], super::text("hi", &format!("m{seq}")));
+            let append = Append {
+                epoch,
+                entry: std::sync::Arc::new(entry),
+                recipients: recipients.to_vec(),
+                effect: Effect::None,
+                push: None,
+                revised_preview: None,
+            };
+            store.submit_append(append).unwrap()
+        };
+        // Two large entries and a small one, submitted back to back.
+        let (first, second, small) = (submit(2, &users), submit(3, &users), submit(4, &users[..1]));
+        let mut late = Vec::new();
+        for outcome in [first.await.unwrap(), second.await.unwrap()] {
+            let AppendOutcome::Logged { fanout } = outcome else { panic!("{outcome:?}") };
+            late.push(fanout);
+        }
+        assert!(
+            matches!(small.await.unwrap(), AppendOutcome::Committed { positions } if positions == vec![(users[0], 4)])
+        );
+        for (fanout, pos) in late.into_iter().zip([2, 3]) {
+            let mut positions = fanout.done().await.unwrap();
+            positions.sort();
+            assert_eq!(positions, users.iter().map(|&u| (u, pos)).collect::<Vec<_>>());
+        }
+        for user in &users[1..] {
+            let seqs: Vec<u64> = store
+                .events_after(*user, 0, 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| match e {
+                    StreamEvent::Entry(e) => e.seq,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(seqs, vec![1, 2, 3]);
+        }
+        assert!(store.rooms_behind().await.unwrap().is_empty(), "every fan-out is done");
+        store.drop_keyspace().await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_keyspace_is_migrated_once_and_reopened_as_it_is() {
         require!(Prerequisite::Scylla);
