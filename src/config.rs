@@ -59,6 +59,11 @@ pub enum Synchronous {
     Normal,
 }
 
+/// Rooms this large get their entries acknowledged before the fan-out (ScyllaDB): a send to 10,000
+/// members must not wait for 10,000 stream writes. Below it, the fan-out (a few milliseconds)
+/// comes first, so an acknowledged message is already in every member's stream.
+pub const DEFAULT_FANOUT_AFTER_ACK_FROM: usize = 100;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
@@ -99,7 +104,7 @@ impl Default for StoreConfig {
             scylla_keyspace: "tidings".into(),
             scylla_replication_factor: 3,
             scylla_consistency: "quorum".into(),
-            scylla_fanout_after_ack_from: crate::store::scylla::DEFAULT_FANOUT_AFTER_ACK_FROM,
+            scylla_fanout_after_ack_from: DEFAULT_FANOUT_AFTER_ACK_FROM,
         }
     }
 }

@@ -38,11 +38,6 @@ use scylla::value::{CqlValue, Row};
 use crate::domain::{StreamEvent, UserId};
 use crate::store::{Store, StoreError, StoreErrorKind, StoreResult, StreamStore};
 
-/// Rooms this large get their entries acknowledged before the fan-out: a send to 10,000 members
-/// must not wait for 10,000 stream writes. Below it, the fan-out (a few milliseconds) comes first,
-/// so an acknowledged message is already in every member's stream.
-pub const DEFAULT_FANOUT_AFTER_ACK_FROM: usize = 100;
-
 /// Where the cluster is and how its data is kept.
 #[derive(Debug, Clone)]
 pub struct ScyllaOptions {
@@ -68,7 +63,7 @@ impl ScyllaOptions {
             replication_factor: 1,
             consistency: Consistency::Quorum,
             bucket_size: crate::store::ENTRY_BUCKET_SIZE,
-            fanout_after_ack_from: DEFAULT_FANOUT_AFTER_ACK_FROM,
+            fanout_after_ack_from: crate::config::DEFAULT_FANOUT_AFTER_ACK_FROM,
         }
     }
 }
