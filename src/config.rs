@@ -19,6 +19,31 @@ pub struct Config {
     pub apns: ApnsConfig,
     pub fcm: FcmConfig,
     pub cluster: ClusterConfig,
+    pub media: MediaConfig,
+}
+
+/// Images: uploads, storage and serving (`media/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The largest upload taken; a bigger one is refused (PAYLOAD_TOO_LARGE) as soon as it passes
+    /// this, with nothing more read.
+    pub max_upload_bytes: u64,
+    /// The most pixels (width x height) an image may have, checked from its header before any
+    /// pixel is decoded (a decompression bomb is refused there).
+    pub max_pixels: u64,
+    /// Stored images are cut in chunks of this many bytes.
+    pub chunk_bytes: u32,
+    /// Threads for image work (checking uploads, making variants); 0: one per core.
+    pub workers: usize,
+    /// Image jobs that may wait for a thread; beyond them requests are answered OVERLOADED.
+    pub queue: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self { max_upload_bytes: 20 << 20, max_pixels: 50_000_000, chunk_bytes: 256 << 10, workers: 0, queue: 64 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 //!   per active room (orders and persists its entries, fans them out), and the registry that finds them.
 //! - `auth`: accounts, passwords, access and refresh tokens.
 //! - `cluster`: several nodes bridged by Redis (membership, presence, room ownership, the bridge).
+//! - `media`: images: uploads checked and cleaned, stored in chunks, read back.
 //! - `push`: reaching users with no live session through APNs and FCM, from a durable queue.
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod domain;
 pub mod jws;
 pub mod lifecycle;
+pub mod media;
 pub mod metrics;
 pub mod push;
 pub mod rate_limit;

@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::{Config, StoreBackend};
 use crate::lifecycle::{Background, StoreService};
+use crate::media::MediaService;
 use crate::push::{Presence, PushWorker, gate_for, providers_from};
 use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
@@ -182,6 +183,10 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let online = online_anywhere(hub.clone());
     let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));
     background.started(push_worker.clone());
+    let media = Arc::new(
+        MediaService::new(store.clone(), config.media.clone(), &config.store.data_dir)
+            .context("preparing the media spool directory")?,
+    );
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -189,6 +194,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let state = web::Data::new(AppState {
         hub: hub.clone(),
         auth,
+        media,
         connection_slots: connection_slots.clone(),
         connection_caps: ConnectionCaps::new(
             config.limits.max_connections_per_user,

@@ -42,4 +42,6 @@ pub mod paths {
     pub const LOG_IN: &str = "/v1/auth/login";
     pub const REFRESH: &str = "/v1/auth/refresh";
     pub const LOG_OUT: &str = "/v1/auth/logout";
+    /// `POST` uploads an image; `GET {MEDIA}/{mediaId}` reads one.
+    pub const MEDIA: &str = "/v1/media";
 }

@@ -3,12 +3,14 @@
 
 pub mod error;
 mod ids;
+mod media;
 mod push;
 mod room;
 mod stream;
 
 pub use error::{Code, DomainError, DomainResult};
 pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
+pub use media::{ImageFormat, MediaId, MediaInfo};
 pub use push::{Platform, PushKind, PushRegistration};
 pub use room::{
     EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage, room_name,

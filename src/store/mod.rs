@@ -21,12 +21,12 @@ use futures_util::future::BoxFuture;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
-    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, LateFanout, NewRoom, NewUser,
-    Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, ReceiptWrite, RefreshRotation,
-    UserRecord,
+    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, LateFanout, MediaRecord,
+    NewMedia, NewRoom, NewUser, Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, ReceiptWrite,
+    RefreshRotation, UserRecord,
 };
 
-use crate::domain::{DeviceId, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
+use crate::domain::{DeviceId, MediaId, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
 
 /// How many seqs share one partition of a room's log in partitioned backends.
 pub const ENTRY_BUCKET_SIZE: u64 = 16_384;
@@ -169,9 +169,24 @@ pub trait PushQueueStore: Send + Sync {
     async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64>;
 }
 
+/// Stored images, content-addressed and cut in chunks.
+#[async_trait]
+pub trait MediaStore: Send + Sync {
+    /// Stores an image under its id unless the same bytes are there already, and records
+    /// `uploader` as one who uploaded it. The chunks are written before the image's record, so an
+    /// image whose record exists is whole; a crash in between leaves chunks that no record names,
+    /// which the next upload of the same bytes writes again.
+    async fn put_media(&self, media: NewMedia) -> StoreResult<()>;
+    async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>>;
+    /// One chunk of a stored image (`None` past the last, or for an unknown image).
+    async fn media_chunk(&self, id: MediaId, index: u32) -> StoreResult<Option<bytes::Bytes>>;
+    /// Whether `user` uploaded the image.
+    async fn uploaded_media(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
+}
+
 /// Everything the server needs from a backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore {
+pub trait Store: AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore + MediaStore {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;
     /// Finishes queued writes and releases the backend. Later calls fail with `Unavailable`.

@@ -6,7 +6,8 @@ use tokio::sync::oneshot;
 
 use super::{StoreError, StoreResult};
 use crate::domain::{
-    DeviceId, Platform, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId,
+    DeviceId, MediaInfo, Platform, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent,
+    UserId,
 };
 
 #[derive(Debug, Clone)]
@@ -302,4 +303,24 @@ pub enum HistoryPage {
         seq: u64,
         limit: usize,
     },
+}
+
+/// An image to store (`MediaStore::put_media`), its bytes cut in chunks of `chunk_bytes` (the last
+/// may be shorter).
+#[derive(Debug, Clone)]
+pub struct NewMedia {
+    pub info: MediaInfo,
+    pub uploader: UserId,
+    pub at_ms: i64,
+    pub chunk_bytes: u32,
+    pub chunks: Vec<bytes::Bytes>,
+}
+
+/// A stored image and how its bytes are cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaRecord {
+    pub info: MediaInfo,
+    pub chunk_bytes: u32,
+    pub chunks: u32,
+    pub created_at_ms: i64,
 }

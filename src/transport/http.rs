@@ -1,4 +1,5 @@
-//! HTTP endpoints: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`. (The
+//! HTTP endpoints: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`; the
+//! routes of `/v1/media` (handled in `media_http.rs`). (The
 //! cluster's node-to-node endpoint is on its own listener: `internal.rs`.)
 //!
 //! Auth bodies are the protocol's messages, as JSON (proto3 mapping) by default or protobuf when the
@@ -26,7 +27,7 @@ use crate::domain::error::{Code, DomainError};
 use crate::domain::{DeviceId, UserId};
 use crate::metrics::METRICS;
 
-const PROTOBUF: &str = "application/x-protobuf";
+pub(super) const PROTOBUF: &str = "application/x-protobuf";
 /// Auth request bodies are small; anything bigger is refused before parsing.
 const MAX_AUTH_BODY_BYTES: usize = 16 * 1024;
 
@@ -34,6 +35,7 @@ const MAX_AUTH_BODY_BYTES: usize = 16 * 1024;
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub auth: Arc<AuthService>,
+    pub media: Arc<crate::media::MediaService>,
     /// One permit per open WebSocket: the node's connection cap.
     pub connection_slots: Arc<Semaphore>,
     /// Open WebSockets per user and per client address.
@@ -53,6 +55,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .route(paths::LOG_IN, web::post().to(log_in))
         .route(paths::REFRESH, web::post().to(refresh))
         .route(paths::LOG_OUT, web::post().to(log_out))
+        .route(paths::MEDIA, web::post().to(super::media_http::upload))
+        .route(&format!("{}/{{media_id}}", paths::MEDIA), web::get().to(super::media_http::read))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
     if with_metrics {
@@ -72,7 +76,7 @@ fn body_encoding(req: &HttpRequest) -> Encoding {
     if content_type.starts_with(PROTOBUF) { Encoding::Protobuf } else { Encoding::Json }
 }
 
-fn respond<T: Message + serde::Serialize>(
+pub(super) fn respond<T: Message + serde::Serialize>(
     encoding: Encoding,
     status: actix_web::http::StatusCode,
     body: &T,
@@ -83,7 +87,7 @@ fn respond<T: Message + serde::Serialize>(
     }
 }
 
-fn error_response(encoding: Encoding, error: &DomainError) -> HttpResponse {
+pub(super) fn error_response(encoding: Encoding, error: &DomainError) -> HttpResponse {
     let body = HttpError { code: wire_code(error.code) as i32, message: error.message.clone() };
     let mut response = respond(encoding, http_status(error.code), &body);
     if error.retry_after_ms > 0 {
@@ -244,7 +248,7 @@ fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
         .find_map(|(k, v)| (k == name).then_some(v))
 }
 
-async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authenticated, DomainError> {
+pub(super) async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Authenticated, DomainError> {
     let token =
         access_token(req).ok_or_else(|| DomainError::new(Code::Unauthenticated, "an access token is required"))?;
     state.auth.authenticate(&token).await

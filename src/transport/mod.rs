@@ -6,6 +6,7 @@
 //! - `decode.rs` / `encode.rs`: protobuf or JSON frames to domain requests, domain answers and
 //!   events to frames. `codes.rs`: the one table of wire error codes.
 //! - `http.rs`: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`.
+//! - `media_http.rs`: `POST /v1/media` and `GET /v1/media/{mediaId}`.
 //! - `internal.rs`: the cluster's internal listener (signed node-to-node requests).
 //! - `connection_caps.rs`: open connections counted per user and per client address.
 
@@ -17,3 +18,4 @@ pub mod dispatch;
 pub mod encode;
 pub mod http;
 pub mod internal;
+pub mod media_http;

@@ -7,6 +7,7 @@ mod chat;
 mod cluster;
 mod durability;
 mod harness;
+mod media;
 mod on_scylla;
 mod ops;
 mod prerequisites;

@@ -6,7 +6,7 @@
 //! - `accounts.rs`: accounts and devices; `push_prefs.rs`: push tokens and preferences;
 //! - `rooms.rs`: rooms, members, logs, receipts and the room list; `append.rs`: appends, fenced;
 //! - `streams.rs`: users' streams under leases; `fence.rs`: which rows of a fenced log count;
-//! - `push_queue.rs`: the push queue.
+//! - `push_queue.rs`: the push queue; `media.rs`: stored images.
 //!
 //! Rules every part follows (the driver's guidance): prepared statements only, every statement
 //! names its partition key, reads of more than one row are paged, and lightweight transactions only
@@ -15,6 +15,7 @@
 mod accounts;
 mod append;
 mod fence;
+mod media;
 mod push_prefs;
 mod push_queue;
 mod rooms;
@@ -81,6 +82,7 @@ pub struct Parts {
     streams: streams::Streams,
     appends: append::Appends,
     push_queue: push_queue::Statements,
+    media: media::Statements,
     closed: AtomicBool,
 }
 
@@ -115,6 +117,7 @@ impl ScyllaStore {
         let rooms = rooms::Statements::prepare(&session, &options).await?;
         let streams = streams::Streams::prepare(&session, &options).await?;
         let push_queue = push_queue::Statements::prepare(&session, &options).await?;
+        let media = media::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -124,6 +127,7 @@ impl ScyllaStore {
             streams,
             appends: append::Appends::default(),
             push_queue,
+            media,
             closed: AtomicBool::new(false),
         })))
     }

@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 4;
+pub(super) const SCHEMA_VERSION: i32 = 5;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -126,6 +126,20 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             // TIMESTAMP = the seq fanned out to: a delete removes the row only if no later entry
             // listed it again, in whatever order the two land.
             "CREATE TABLE IF NOT EXISTS {ks}.rooms_behind (shard int, room_id bigint, PRIMARY KEY (shard, room_id))",
+        ],
+    ),
+    (
+        5,
+        "stored images",
+        &[
+            // Content-addressed: the id is the first 16 bytes of the SHA-256 of the bytes. The record
+            // is written after every chunk, so an image with a record is whole.
+            "CREATE TABLE IF NOT EXISTS {ks}.media (media_id blob PRIMARY KEY, format int, width int, height int,
+                size bigint, chunk_bytes int, chunks int, created_at_ms bigint)",
+            "CREATE TABLE IF NOT EXISTS {ks}.media_chunks (media_id blob, idx int, data blob,
+                PRIMARY KEY (media_id, idx))",
+            "CREATE TABLE IF NOT EXISTS {ks}.media_uploaders (media_id blob, user_id bigint, at_ms bigint,
+                PRIMARY KEY (media_id, user_id))",
         ],
     ),
 ];

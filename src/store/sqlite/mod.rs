@@ -3,6 +3,7 @@
 
 mod checkpointer;
 mod codec;
+mod media;
 mod push;
 mod reads;
 mod schema;
@@ -21,12 +22,15 @@ use tokio::sync::{mpsc, oneshot};
 use writer::WriteCmd;
 
 use super::{
-    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, HistoryPage, NewRoom, NewUser,
-    Positions, PushContext, PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite,
-    RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, HistoryPage, MediaRecord, MediaStore,
+    NewMedia, NewRoom, NewUser, Positions, PushContext, PushJob, PushJobEnd, PushPreferences, PushPrefsStore,
+    PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind, StoreResult,
+    StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
-use crate::domain::{DeviceId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
+use crate::domain::{
+    DeviceId, MediaId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+};
 
 /// Settings of the SQLite backend.
 #[derive(Debug, Clone)]
@@ -355,6 +359,25 @@ impl PushQueueStore for SqliteStore {
 
     async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64> {
         self.write(|reply| WriteCmd::PurgeFailedPushes { before_ms, reply }).await
+    }
+}
+
+#[async_trait]
+impl MediaStore for SqliteStore {
+    async fn put_media(&self, media: NewMedia) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::PutMedia(media, reply)).await
+    }
+
+    async fn media(&self, id: MediaId) -> StoreResult<Option<MediaRecord>> {
+        self.read(move |c| media::record(c, id)).await
+    }
+
+    async fn media_chunk(&self, id: MediaId, index: u32) -> StoreResult<Option<bytes::Bytes>> {
+        Ok(self.read(move |c| media::chunk(c, id, index)).await?.map(bytes::Bytes::from))
+    }
+
+    async fn uploaded_media(&self, id: MediaId, user: UserId) -> StoreResult<bool> {
+        self.read(move |c| media::uploaded(c, id, user)).await
     }
 }
 

@@ -19,8 +19,8 @@ use crate::domain::{
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
 use crate::store::{
-    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewRoom, NewUser, Positions, PushJob, PushJobEnd,
-    ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewMedia, NewRoom, NewUser, Positions, PushJob,
+    PushJobEnd, ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -90,6 +90,7 @@ pub(super) enum WriteCmd {
         before_ms: i64,
         reply: Reply<u64>,
     },
+    PutMedia(NewMedia, Reply<()>),
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -222,6 +223,7 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         }
         WriteCmd::FinishPushJob(job, end, reply) => run!(reply, |tx, _| push::finish(tx, &job, &end)),
         WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
+        WriteCmd::PutMedia(media, reply) => run!(reply, |tx, _| super::media::put(tx, &media)),
         WriteCmd::Close(done) => {
             let _ = done.send(());
             Box::new(|_| {})

@@ -1,0 +1,130 @@
+//! Images: uploads checked and cleaned (`sanitize.rs`), received into spool files (`spool.rs`),
+//! worked on by a bounded pool of threads (`work.rs`), stored content-addressed in chunks through
+//! the store's `MediaStore`, and read back chunk by chunk.
+//!
+//! Who may read an image: whoever uploaded it (the same bytes uploaded by two people are one image
+//! that both may read).
+
+mod sanitize;
+mod spool;
+mod work;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use sanitize::Sanitized;
+pub use spool::Spooled;
+
+use crate::config::MediaConfig;
+use crate::domain::{DomainError, DomainResult, ImageFormat, MediaId, MediaInfo, UserId, now_ms};
+use crate::store::{MediaRecord, NewMedia, Store, StoreError};
+use work::ImageWork;
+
+pub struct MediaService {
+    store: Arc<dyn Store>,
+    config: MediaConfig,
+    work: ImageWork,
+    spool_dir: PathBuf,
+}
+
+impl MediaService {
+    /// Spool files live in `data_dir/uploads` (what a killed process left there is removed now).
+    pub fn new(store: Arc<dyn Store>, config: MediaConfig, data_dir: &Path) -> std::io::Result<Self> {
+        let spool_dir = data_dir.join("uploads");
+        spool::clear(&spool_dir)?;
+        let work = ImageWork::new(config.workers, config.queue);
+        Ok(Self { store, config, work, spool_dir })
+    }
+
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.config.max_upload_bytes
+    }
+
+    /// A spool file for an upload to arrive in.
+    pub async fn spool(&self) -> DomainResult<Spooled> {
+        Spooled::create(&self.spool_dir).await.map_err(|e| {
+            tracing::error!(error = %e, dir = %self.spool_dir.display(), "creating a spool file failed");
+            DomainError::internal()
+        })
+    }
+
+    /// Checks, cleans and stores an upload; what was stored.
+    pub async fn upload(
+        &self,
+        uploader: UserId,
+        declared: Option<ImageFormat>,
+        spooled: Spooled,
+    ) -> DomainResult<MediaInfo> {
+        let max_pixels = self.config.max_pixels;
+        let clean = self
+            .work
+            .run(move || {
+                let data = spooled.read_blocking().map_err(|e| {
+                    tracing::error!(error = %e, "reading a spool file failed");
+                    DomainError::internal()
+                })?;
+                drop(spooled);
+                sanitize::sanitize(data, declared, max_pixels)
+            })
+            .await?;
+        let info = MediaInfo {
+            id: MediaId::of(&clean.bytes),
+            format: clean.format,
+            width: clean.width,
+            height: clean.height,
+            bytes: clean.bytes.len() as u64,
+        };
+        let chunk_bytes = self.config.chunk_bytes.max(1024);
+        let all = Bytes::from(clean.bytes);
+        let chunks = (0..all.len()).step_by(chunk_bytes as usize).map(|at| {
+            let end = (at + chunk_bytes as usize).min(all.len());
+            all.slice(at..end)
+        });
+        let media = NewMedia { info: info.clone(), uploader, at_ms: now_ms(), chunk_bytes, chunks: chunks.collect() };
+        self.store.put_media(media).await?;
+        tracing::debug!(media = %info.id, user = %uploader, bytes = info.bytes, "image stored");
+        Ok(info)
+    }
+
+    /// The image, if `reader` may see it.
+    pub async fn open(&self, reader: UserId, id: MediaId) -> DomainResult<MediaRecord> {
+        let record = self.store.media(id).await?.ok_or_else(|| DomainError::not_found("no such media"))?;
+        if !self.store.uploaded_media(id, reader).await? {
+            return Err(DomainError::forbidden("you may not see this image"));
+        }
+        Ok(record)
+    }
+
+    /// Bytes `range` of a stored image, read chunk by chunk as the stream is polled.
+    pub fn bytes(
+        &self,
+        record: &MediaRecord,
+        range: Range<u64>,
+    ) -> impl Stream<Item = Result<Bytes, StoreError>> + use<> {
+        let store = self.store.clone();
+        let (id, chunk) = (record.info.id, record.chunk_bytes.max(1) as u64);
+        futures_util::stream::try_unfold(range.start, move |at| {
+            let store = store.clone();
+            let end = range.end;
+            async move {
+                if at >= end {
+                    return Ok(None);
+                }
+                let index = (at / chunk) as u32;
+                let data = store.media_chunk(id, index).await?.ok_or_else(|| {
+                    StoreError::new(crate::store::StoreErrorKind::Corrupt, format!("image {id} lacks chunk {index}"))
+                })?;
+                let from = (at - index as u64 * chunk) as usize;
+                let to = ((end - index as u64 * chunk) as usize).min(data.len());
+                if from >= to {
+                    return Err(StoreError::new(crate::store::StoreErrorKind::Corrupt, format!("image {id} is short")));
+                }
+                Ok(Some((data.slice(from..to), at + (to - from) as u64)))
+            }
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! Stored images on ScyllaDB: a record per image, its chunks in the image's own partition (so an
+//! image of 20 MiB is a partition of about 80 rows of 256 KiB), and who uploaded it.
+
+use async_trait::async_trait;
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+
+use super::{ScyllaOptions, ScyllaStore, corrupt, id, prepare};
+use crate::domain::{ImageFormat, MediaId, MediaInfo, UserId};
+use crate::store::{MediaRecord, MediaStore, NewMedia, StoreError, StoreErrorKind, StoreResult};
+
+/// Chunks written at once by one upload.
+const CHUNKS_AT_ONCE: usize = 8;
+
+pub(super) struct Statements {
+    record: PreparedStatement,
+    insert_record: PreparedStatement,
+    chunk: PreparedStatement,
+    insert_chunk: PreparedStatement,
+    uploader: PreparedStatement,
+    insert_uploader: PreparedStatement,
+}
+
+impl Statements {
+    pub(super) async fn prepare(session: &Session, options: &ScyllaOptions) -> Result<Self, StoreError> {
+        let p = |cql: &'static str| prepare(session, options, cql);
+        Ok(Self {
+            record: p("SELECT format, width, height, size, chunk_bytes, chunks, created_at_ms FROM {ks}.media
+                WHERE media_id = ?")
+            .await?,
+            insert_record: p("INSERT INTO {ks}.media (media_id, format, width, height, size, chunk_bytes, chunks,
+                created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .await?,
+            chunk: p("SELECT data FROM {ks}.media_chunks WHERE media_id = ? AND idx = ?").await?,
+            insert_chunk: p("INSERT INTO {ks}.media_chunks (media_id, idx, data) VALUES (?, ?, ?)").await?,
+            uploader: p("SELECT at_ms FROM {ks}.media_uploaders WHERE media_id = ? AND user_id = ?").await?,
+            insert_uploader: p("INSERT INTO {ks}.media_uploaders (media_id, user_id, at_ms) VALUES (?, ?, ?)
+                IF NOT EXISTS")
+            .await?,
+        })
+    }
+}
+
+#[async_trait]
+impl MediaStore for ScyllaStore {
+    async fn put_media(&self, media: NewMedia) -> StoreResult<()> {
+        self.check_open()?;
+        let s = &self.media;
+        let key = &media.info.id.0[..];
+        if self.media(media.info.id).await?.is_none() {
+            for (batch, chunks) in media.chunks.chunks(CHUNKS_AT_ONCE).enumerate() {
+                let writes = chunks.iter().enumerate().map(|(i, chunk)| {
+                    let index = (batch * CHUNKS_AT_ONCE + i) as i32;
+                    self.execute(&s.insert_chunk, (key, index, &chunk[..]))
+                });
+                futures_util::future::try_join_all(writes).await?;
+            }
+            // Written once every chunk is: an image with a record is whole. Rewriting it with the
+            // same values (two uploads of the same bytes at once) changes nothing.
+            let info = &media.info;
+            let values = (
+                key,
+                info.format.code(),
+                info.width as i32,
+                info.height as i32,
+                info.bytes as i64,
+                media.chunk_bytes as i32,
+                media.chunks.len() as i32,
+                media.at_ms,
+            );
+            self.execute(&s.insert_record, values).await?;
+        }
+        // Only the first upload's time is kept (a lightweight transaction: uploads are rare).
+        self.execute(&s.insert_uploader, (key, id(media.uploader.0), media.at_ms)).await?;
+        Ok(())
+    }
+
+    async fn media(&self, media: MediaId) -> StoreResult<Option<MediaRecord>> {
+        self.check_open()?;
+        let rows = self.rows::<(i32, i32, i32, i64, i32, i32, i64)>(&self.media.record, (&media.0[..],)).await?;
+        let Some((format, width, height, size, chunk_bytes, chunks, created_at_ms)) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let format = ImageFormat::from_code(format)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Corrupt, format!("unknown image format {format}")))?;
+        Ok(Some(MediaRecord {
+            info: MediaInfo { id: media, format, width: width as u32, height: height as u32, bytes: size as u64 },
+            chunk_bytes: chunk_bytes as u32,
+            chunks: chunks as u32,
+            created_at_ms,
+        }))
+    }
+
+    async fn media_chunk(&self, media: MediaId, index: u32) -> StoreResult<Option<bytes::Bytes>> {
+        self.check_open()?;
+        let Some(record) = self.media(media).await? else { return Ok(None) };
+        if index >= record.chunks {
+            return Ok(None);
+        }
+        let rows = self.rows::<(Vec<u8>,)>(&self.media.chunk, (&media.0[..], index as i32)).await?;
+        match rows.into_iter().next() {
+            Some((data,)) => Ok(Some(bytes::Bytes::from(data))),
+            None => Err(corrupt(std::io::Error::other(format!("image {media} lacks chunk {index}")))),
+        }
+    }
+
+    async fn uploaded_media(&self, media: MediaId, user: UserId) -> StoreResult<bool> {
+        self.check_open()?;
+        let rows = self.rows::<(i64,)>(&self.media.uploader, (&media.0[..], id(user.0))).await?;
+        Ok(!rows.is_empty())
+    }
+}

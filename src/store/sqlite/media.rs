@@ -1,0 +1,99 @@
+//! Stored images: a record per image, its bytes in chunks, and who uploaded it.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use crate::domain::{ImageFormat, MediaId, MediaInfo, UserId};
+use crate::store::{MediaRecord, NewMedia, StoreResult};
+
+/// Version 4 of the schema.
+pub(super) const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS media (
+    media_id BLOB PRIMARY KEY,
+    format INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    chunk_bytes INTEGER NOT NULL,
+    chunks INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS media_chunks (
+    media_id BLOB NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (media_id, idx)
+);
+CREATE TABLE IF NOT EXISTS media_uploaders (
+    media_id BLOB NOT NULL,
+    user_id INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (media_id, user_id)
+) WITHOUT ROWID;
+";
+
+/// The image's chunks and record unless it is stored already; its uploader either way. (In one
+/// transaction here, so the order of the contract holds trivially.)
+pub(super) fn put(tx: &Transaction<'_>, media: &NewMedia) -> rusqlite::Result<StoreResult<()>> {
+    let id = &media.info.id.0[..];
+    let stored: Option<i64> =
+        tx.prepare_cached("SELECT 1 FROM media WHERE media_id = ?1")?.query_row([id], |r| r.get(0)).optional()?;
+    if stored.is_none() {
+        let mut insert =
+            tx.prepare_cached("INSERT OR REPLACE INTO media_chunks (media_id, idx, data) VALUES (?1, ?2, ?3)")?;
+        for (index, chunk) in media.chunks.iter().enumerate() {
+            insert.execute(params![id, index as i64, &chunk[..]])?;
+        }
+        let info = &media.info;
+        tx.prepare_cached(
+            "INSERT INTO media (media_id, format, width, height, size, chunk_bytes, chunks, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            id,
+            info.format.code(),
+            info.width,
+            info.height,
+            info.bytes as i64,
+            media.chunk_bytes,
+            media.chunks.len() as i64,
+            media.at_ms
+        ])?;
+    }
+    tx.prepare_cached("INSERT OR IGNORE INTO media_uploaders (media_id, user_id, at_ms) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, media.uploader.0 as i64, media.at_ms])?;
+    Ok(Ok(()))
+}
+
+pub(super) fn record(c: &Connection, id: MediaId) -> rusqlite::Result<Option<MediaRecord>> {
+    c.prepare_cached(
+        "SELECT format, width, height, size, chunk_bytes, chunks, created_at_ms FROM media WHERE media_id = ?1",
+    )?
+    .query_row([&id.0[..]], |r| {
+        let format = ImageFormat::from_code(r.get(0)?).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, "unknown image format".into())
+        })?;
+        Ok(MediaRecord {
+            info: MediaInfo { id, format, width: r.get(1)?, height: r.get(2)?, bytes: r.get::<_, i64>(3)? as u64 },
+            chunk_bytes: r.get(4)?,
+            chunks: r.get(5)?,
+            created_at_ms: r.get(6)?,
+        })
+    })
+    .optional()
+}
+
+pub(super) fn chunk(c: &Connection, id: MediaId, index: u32) -> rusqlite::Result<Option<Vec<u8>>> {
+    c.prepare_cached(
+        "SELECT data FROM media_chunks WHERE media_id = ?1 AND idx = ?2
+           AND EXISTS (SELECT 1 FROM media WHERE media_id = ?1)",
+    )?
+    .query_row(params![&id.0[..], index], |r| r.get(0))
+    .optional()
+}
+
+pub(super) fn uploaded(c: &Connection, id: MediaId, user: UserId) -> rusqlite::Result<bool> {
+    c.prepare_cached("SELECT 1 FROM media_uploaders WHERE media_id = ?1 AND user_id = ?2")?
+        .query_row(params![&id.0[..], user.0 as i64], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+}

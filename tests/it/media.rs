@@ -1,0 +1,260 @@
+//! Images over HTTP: `POST /v1/media` and `GET /v1/media/{mediaId}` against the real server,
+//! with images made here in each format.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageFormat, RgbImage};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::harness::*;
+
+/// A 40x30 picture with a gradient (so that rotations and crops show), encoded as `format`.
+fn picture(format: ImageFormat) -> Vec<u8> {
+    let image = RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 128]));
+    let mut out = Vec::new();
+    DynamicImage::ImageRgb8(image).write_to(&mut Cursor::new(&mut out), format).unwrap();
+    out
+}
+
+fn content_type(format: ImageFormat) -> &'static str {
+    format.to_mime_type()
+}
+
+async fn upload(server: &TestServer, token: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/media", server.addr))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn fetch(server: &TestServer, token: &str, id: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(format!("http://{}/v1/media/{id}", server.addr)).bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+fn code(body: &Value) -> &str {
+    body["code"].as_str().unwrap_or("").trim_start_matches("ERROR_CODE_")
+}
+
+#[tokio::test]
+async fn each_format_round_trips() {
+    let server = TestServer::start();
+    let ana = server.user("ana").await;
+    for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif] {
+        let sent = picture(format);
+        let (status, info) = upload(&server, &ana.auth.access_token, content_type(format), sent.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{format:?}: {info}");
+        assert_eq!((info["width"].as_u64(), info["height"].as_u64()), (Some(40), Some(30)), "{format:?}");
+        assert_eq!(info["contentType"], content_type(format));
+        let id = info["mediaId"].as_str().unwrap();
+        let response = fetch(&server, &ana.auth.access_token, id, &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], content_type(format));
+        let got = response.bytes().await.unwrap();
+        // uint64 is a string in the proto3 JSON mapping.
+        assert_eq!(got.len().to_string(), info["bytes"].as_str().unwrap());
+        // Nothing to strip from these: the very bytes come back.
+        assert_eq!(&got[..], &sent[..], "{format:?}");
+        let decoded = image::load_from_memory(&got).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (40, 30));
+    }
+}
+
+/// A JPEG with EXIF saying "rotate 90 degrees clockwise" (and so carrying EXIF, where a camera
+/// puts the location): stored upright (30x40), with no EXIF left.
+#[tokio::test]
+async fn exif_orientation_is_applied_and_exif_removed() {
+    let server = TestServer::start();
+    let ana = server.user("ana").await;
+    for (orientation, size) in [(6u16, (30, 40)), (1u16, (40, 30))] {
+        let tagged = with_exif_orientation(&picture(ImageFormat::Jpeg), orientation);
+        assert!(contains(&tagged, b"Exif\0\0"));
+        let (status, info) = upload(&server, &ana.auth.access_token, "image/jpeg", tagged).await;
+        assert_eq!(status, StatusCode::CREATED, "{info}");
+        assert_eq!(
+            (info["width"].as_u64().unwrap(), info["height"].as_u64().unwrap()),
+            size,
+            "orientation {orientation}"
+        );
+        let stored = fetch(&server, &ana.auth.access_token, info["mediaId"].as_str().unwrap(), &[]).await;
+        let stored = stored.bytes().await.unwrap();
+        assert!(!contains(&stored, b"Exif"), "orientation {orientation}: EXIF removed");
+        let decoded = image::load_from_memory(&stored).unwrap();
+        assert_eq!((decoded.width() as u64, decoded.height() as u64), size);
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The JPEG with an APP1 EXIF segment (big-endian TIFF, one IFD entry: Orientation) after SOI.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut payload = b"Exif\0\0".to_vec();
+    payload.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&payload);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A lying Content-Type, a file that is not an image, a truncated file, a pixel bomb and an
+/// oversized upload each get their typed error, and none leaves anything stored or spooled.
+#[tokio::test]
+async fn bad_uploads_get_typed_errors_and_leave_nothing() {
+    let server = TestServer::start_with(|c| c.media.max_upload_bytes = 64 * 1024);
+    let ana = server.user("ana").await;
+    let token = &ana.auth.access_token;
+    let png = picture(ImageFormat::Png);
+    let jpeg = picture(ImageFormat::Jpeg);
+    let truncated = jpeg[..jpeg.len() / 2].to_vec();
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        ("lying type", "image/jpeg", png.clone(), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("not an image type", "text/plain", png.clone(), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("not an image", "image/png", b"<svg onload=alert(1)>".to_vec(), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("truncated", "image/jpeg", truncated.clone(), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+        ("pixel bomb", "image/png", png_bomb(60_000, 60_000), StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+        ("oversized", "image/png", vec![0u8; 200 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
+        ("empty", "image/png", Vec::new(), StatusCode::BAD_REQUEST, "INVALID_ARGUMENT"),
+    ];
+    for (what, content_type, body, status, wire_code) in cases {
+        let (got, answer) = upload(&server, token, content_type, body).await;
+        assert_eq!((got, code(&answer)), (status, wire_code), "{what}: {answer}");
+    }
+    // Nothing of them was stored: not the PNG sent as a JPEG, not the truncated JPEG.
+    for bytes in [&png, &truncated] {
+        let id = tidings::domain::MediaId::of(bytes).to_string();
+        let response = fetch(&server, token, &id, &[]).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    let spool = server.data_dir.path().join("uploads");
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "no spool file is left");
+    // Without a token: 401.
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/media", server.addr))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A PNG whose header claims `width` x `height` pixels, with almost no data: refused from its
+/// header, before anything is decoded.
+fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]); // 8-bit greyscale
+    for (kind, data) in
+        [(&b"IHDR"[..], ihdr), (&b"IDAT"[..], vec![0x78, 0x9c, 0x03, 0, 0, 0, 0, 1]), (&b"IEND"[..], vec![])]
+    {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut crc_input = kind.to_vec();
+        crc_input.extend_from_slice(&data);
+        out.extend_from_slice(&crc_input);
+        out.extend_from_slice(&crc32(&crc_input).to_be_bytes());
+    }
+    out
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// A PNG of some 100 KiB (a pattern that does not compress away).
+fn noisy_png() -> Vec<u8> {
+    let image = RgbImage::from_fn(300, 200, |x, y| image::Rgb([(x ^ y) as u8, (x * y) as u8, (x + y) as u8]));
+    let mut out = Vec::new();
+    DynamicImage::ImageRgb8(image).write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+    out
+}
+
+/// The same bytes uploaded by two people are one image, stored once, that both may read; a third
+/// may not; an unknown id is not found.
+#[tokio::test]
+async fn the_same_bytes_are_stored_once_and_strangers_cannot_read_them() {
+    let server = TestServer::start_with(|c| c.media.chunk_bytes = 1024);
+    let (ana, bob, carol) = (server.user("ana").await, server.user("bob").await, server.user("carol").await);
+    let big = noisy_png();
+    let (_, first) = upload(&server, &ana.auth.access_token, "image/png", big.clone()).await;
+    let (_, second) = upload(&server, &bob.auth.access_token, "image/png", big.clone()).await;
+    assert_eq!(first["mediaId"], second["mediaId"], "content-addressed");
+    let id = first["mediaId"].as_str().unwrap();
+    for reader in [&ana, &bob] {
+        let response = fetch(&server, &reader.auth.access_token, id, &[]).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(&response.bytes().await.unwrap()[..], &big[..]);
+    }
+    let response = fetch(&server, &carol.auth.access_token, id, &[]).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let unknown = tidings::domain::MediaId::of(b"nothing like it").to_string();
+    for id in [unknown.as_str(), "not-an-id"] {
+        assert_eq!(fetch(&server, &ana.auth.access_token, id, &[]).await.status(), StatusCode::NOT_FOUND);
+    }
+    // Stored once, in chunks of 1 KiB.
+    let db = rusqlite::Connection::open(server.data_dir.path().join("tidings.db")).unwrap();
+    let chunks: i64 = db.query_row("SELECT count(*) FROM media_chunks", [], |r| r.get(0)).unwrap();
+    assert_eq!(chunks as usize, big.len().div_ceil(1024));
+}
+
+/// `If-None-Match` -> 304; one `Range` -> 206 with exactly those bytes; past the end -> 416.
+#[tokio::test]
+async fn conditional_and_range_reads() {
+    let server = TestServer::start_with(|c| c.media.chunk_bytes = 1024);
+    let ana = server.user("ana").await;
+    let token = &ana.auth.access_token;
+    let sent = noisy_png();
+    assert!(sent.len() > 4096);
+    let (_, info) = upload(&server, token, "image/png", sent.clone()).await;
+    let id = info["mediaId"].as_str().unwrap();
+    let whole = fetch(&server, token, id, &[]).await;
+    let etag = whole.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{id}\""));
+    assert!(whole.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    assert_eq!(fetch(&server, token, id, &[("if-none-match", &etag)]).await.status(), StatusCode::NOT_MODIFIED);
+    let size = sent.len();
+    // Across a chunk boundary, the tail, and the last few bytes.
+    for (range, expected) in [
+        ("bytes=1000-1100".to_string(), 1000..1101),
+        (format!("bytes={}-", size - 10), size - 10..size),
+        ("bytes=-7".to_string(), size - 7..size),
+    ] {
+        let response = fetch(&server, token, id, &[("range", &range)]).await;
+        assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        let content_range = format!("bytes {}-{}/{size}", expected.start, expected.end - 1);
+        assert_eq!(response.headers()["content-range"], content_range.as_str());
+        assert_eq!(&response.bytes().await.unwrap()[..], &sent[expected], "{range}");
+    }
+    let response = fetch(&server, token, id, &[("range", &format!("bytes={size}-"))]).await;
+    assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(response.headers()["content-range"], format!("bytes */{size}").as_str());
+}
