@@ -47,7 +47,7 @@ fn code(body: &Value) -> &str {
 }
 
 #[tokio::test]
-async fn each_format_round_trips() {
+pub(crate) async fn each_format_round_trips() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif] {
@@ -73,7 +73,7 @@ async fn each_format_round_trips() {
 /// A JPEG with EXIF saying "rotate 90 degrees clockwise" (and so carrying EXIF, where a camera
 /// puts the location): stored upright (30x40), with no EXIF left.
 #[tokio::test]
-async fn exif_orientation_is_applied_and_exif_removed() {
+pub(crate) async fn exif_orientation_is_applied_and_exif_removed() {
     let server = TestServer::start();
     let ana = server.user("ana").await;
     for (orientation, size) in [(6u16, (30, 40)), (1u16, (40, 30))] {
@@ -121,7 +121,7 @@ fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 /// A lying Content-Type, a file that is not an image, a truncated file, a pixel bomb and an
 /// oversized upload each get their typed error, and none leaves anything stored or spooled.
 #[tokio::test]
-async fn bad_uploads_get_typed_errors_and_leave_nothing() {
+pub(crate) async fn bad_uploads_get_typed_errors_and_leave_nothing() {
     let server = TestServer::start_with(|c| c.media.max_upload_bytes = 64 * 1024);
     let ana = server.user("ana").await;
     let token = &ana.auth.access_token;
@@ -228,7 +228,7 @@ async fn the_same_bytes_are_stored_once_and_strangers_cannot_read_them() {
 
 /// `If-None-Match` -> 304; one `Range` -> 206 with exactly those bytes; past the end -> 416.
 #[tokio::test]
-async fn conditional_and_range_reads() {
+pub(crate) async fn conditional_and_range_reads() {
     let server = TestServer::start_with(|c| c.media.chunk_bytes = 1024);
     let ana = server.user("ana").await;
     let token = &ana.auth.access_token;
@@ -257,4 +257,57 @@ async fn conditional_and_range_reads() {
     let response = fetch(&server, token, id, &[("range", &format!("bytes={size}-"))]).await;
     assert_eq!(response.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(response.headers()["content-range"], format!("bytes */{size}").as_str());
+}
+
+/// A kill -9 in the middle of an upload leaves no image and, after the next start, no spool file.
+#[tokio::test]
+async fn a_kill_9_during_an_upload_leaves_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let data = tempfile::tempdir().unwrap();
+    let (mut child, addr) = crate::durability::spawn_server_with(data.path(), &[]);
+    let ana = tidings_client::Http::new(format!("http://{addr}")).sign_up("ana", PASSWORD, "phone").await.unwrap();
+    let body = noisy_png();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/media HTTP/1.1\r\nHost: tidings\r\nAuthorization: Bearer {}\r\nContent-Type: image/png\r\n\
+         Content-Length: {}\r\n\r\n",
+        ana.access_token,
+        body.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&body[..body.len() / 2]).await.unwrap();
+    socket.flush().await.unwrap();
+    let spool = data.path().join("uploads");
+    let spooled = || {
+        std::fs::read_dir(&spool).unwrap().filter_map(Result::ok).filter(|e| e.metadata().unwrap().len() > 0).count()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while spooled() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the upload is being received");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.0.kill().unwrap(); // SIGKILL, mid-upload
+    drop(child);
+    drop(socket);
+    assert_eq!(spooled(), 1, "the killed process left its spool file");
+
+    let (_child, addr) = crate::durability::spawn_server_with(data.path(), &[]);
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 0, "the next start removed it");
+    let id = tidings::domain::MediaId::of(&body).to_string();
+    let get = |token: String| {
+        let url = format!("http://{addr}/v1/media/{id}");
+        async move { reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().status() }
+    };
+    assert_eq!(get(ana.access_token.clone()).await, StatusCode::NOT_FOUND, "no partial image");
+    // The same upload, whole this time, is stored.
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/media"))
+        .bearer_auth(&ana.access_token)
+        .header("content-type", "image/png")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(get(ana.access_token.clone()).await, StatusCode::OK);
 }

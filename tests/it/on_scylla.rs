@@ -21,6 +21,12 @@ macro_rules! on_scylla {
 
 on_scylla! {
     on_scylla;
+    media: [
+        each_format_round_trips,
+        exif_orientation_is_applied_and_exif_removed,
+        bad_uploads_get_typed_errors_and_leave_nothing,
+        conditional_and_range_reads,
+    ];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,
         ack_within_the_grace_window_cancels_the_push,

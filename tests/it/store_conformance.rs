@@ -520,6 +520,41 @@ impl Guard {
     }
 }
 
+/// Images: content-addressed (a second upload of the same bytes adds an uploader, nothing else),
+/// read back chunk by chunk.
+pub async fn media(store: &dyn Store) {
+    use tidings::domain::{ImageFormat, MediaId, MediaInfo};
+    use tidings::store::{MediaStore, NewMedia};
+    let bytes: Vec<u8> = (0..2500u32).map(|i| (i * 7 % 251) as u8).collect();
+    let id = MediaId::of(&bytes);
+    let info = MediaInfo { id, format: ImageFormat::Png, width: 3, height: 2, bytes: bytes.len() as u64 };
+    let chunks: Vec<bytes::Bytes> = bytes.chunks(1024).map(bytes::Bytes::copy_from_slice).collect();
+    let put = |uploader: u64, at_ms: i64| NewMedia {
+        info: info.clone(),
+        uploader: UserId(uploader),
+        at_ms,
+        chunk_bytes: 1024,
+        chunks: chunks.clone(),
+    };
+    assert_eq!(store.media(id).await.unwrap(), None);
+    store.put_media(put(1, 100)).await.unwrap();
+    store.put_media(put(2, 200)).await.unwrap();
+    let record = store.media(id).await.unwrap().expect("stored");
+    assert_eq!((record.info, record.chunk_bytes, record.chunks, record.created_at_ms), (info, 1024, 3, 100));
+    let mut back = Vec::new();
+    for index in 0..3 {
+        back.extend_from_slice(&store.media_chunk(id, index).await.unwrap().expect("a chunk"));
+    }
+    assert_eq!(back, bytes);
+    assert_eq!(store.media_chunk(id, 3).await.unwrap(), None);
+    assert!(store.uploaded_media(id, UserId(1)).await.unwrap());
+    assert!(store.uploaded_media(id, UserId(2)).await.unwrap());
+    assert!(!store.uploaded_media(id, UserId(3)).await.unwrap());
+    let other = MediaId::of(b"other");
+    assert_eq!(store.media_chunk(other, 0).await.unwrap(), None);
+    assert!(!store.uploaded_media(other, UserId(1)).await.unwrap());
+}
+
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to
 /// `Some((Guard, Arc<dyn Store>))`, or `None` when the backend is not there (the skip is reported).
 macro_rules! store_suite {
@@ -566,6 +601,13 @@ macro_rules! store_suite {
             async fn stream_epochs_hold_until_rotated() {
                 let Some((guard, store)) = $make else { return };
                 super::stream_epochs(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
+            async fn media_is_stored_once_in_chunks() {
+                let Some((guard, store)) = $make else { return };
+                super::media(&*store).await;
                 guard.finish().await;
             }
 
