@@ -524,7 +524,7 @@ impl Guard {
 /// read back chunk by chunk.
 pub async fn media(store: &dyn Store) {
     use tidings::domain::{ImageFormat, MediaId, MediaInfo};
-    use tidings::store::{MediaStore, NewMedia};
+    use tidings::store::NewMedia;
     let bytes: Vec<u8> = (0..2500u32).map(|i| (i * 7 % 251) as u8).collect();
     let id = MediaId::of(&bytes);
     let info = MediaInfo { id, format: ImageFormat::Png, width: 3, height: 2, bytes: bytes.len() as u64 };
