@@ -38,11 +38,27 @@ pub struct MediaConfig {
     pub workers: usize,
     /// Image jobs that may wait for a thread; beyond them requests are answered OVERLOADED.
     pub queue: usize,
+    /// The widths and heights variants are made at: a request is snapped up to the next one (or
+    /// down to the largest), so that the cache cannot be flooded with distinct sizes.
+    pub sizes: Vec<u32>,
+    /// Where variants are kept once made (empty: `media-cache` under `store.data_dir`).
+    pub cache_dir: PathBuf,
+    /// The variant cache's size; the least recently used variants go beyond it.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for MediaConfig {
     fn default() -> Self {
-        Self { max_upload_bytes: 20 << 20, max_pixels: 50_000_000, chunk_bytes: 256 << 10, workers: 0, queue: 64 }
+        Self {
+            max_upload_bytes: 20 << 20,
+            max_pixels: 50_000_000,
+            chunk_bytes: 256 << 10,
+            workers: 0,
+            queue: 64,
+            sizes: vec![64, 128, 256, 320, 480, 640, 960, 1280, 1920],
+            cache_dir: PathBuf::new(),
+            cache_max_bytes: 512 << 20,
+        }
     }
 }
 

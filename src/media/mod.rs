@@ -1,12 +1,15 @@
 //! Images: uploads checked and cleaned (`sanitize.rs`), received into spool files (`spool.rs`),
 //! worked on by a bounded pool of threads (`work.rs`), stored content-addressed in chunks through
-//! the store's `MediaStore`, and read back chunk by chunk.
+//! the store's `MediaStore`, and read back chunk by chunk; variants (`variant.rs`) made on first
+//! request, once however many ask at the same moment, and kept in a bounded cache (`cache.rs`).
 //!
 //! Who may read an image: whoever uploaded it (the same bytes uploaded by two people are one image
 //! that both may read).
 
+mod cache;
 mod sanitize;
 mod spool;
+mod variant;
 mod work;
 
 use std::ops::Range;
@@ -14,14 +17,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt};
 
 pub use sanitize::Sanitized;
 pub use spool::Spooled;
+pub use variant::{Fit, VariantSpec};
 
 use crate::config::MediaConfig;
 use crate::domain::{DomainError, DomainResult, ImageFormat, MediaId, MediaInfo, UserId, now_ms};
+use crate::metrics::METRICS;
 use crate::store::{MediaRecord, NewMedia, Store, StoreError};
+use cache::VariantCache;
 use work::ImageWork;
 
 pub struct MediaService {
@@ -29,6 +35,10 @@ pub struct MediaService {
     config: MediaConfig,
     work: ImageWork,
     spool_dir: PathBuf,
+    cache: VariantCache,
+    /// Per variant being made: the one maker's lock (those who ask meanwhile wait, then read the
+    /// cache).
+    making: dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl MediaService {
@@ -37,7 +47,45 @@ impl MediaService {
         let spool_dir = data_dir.join("uploads");
         spool::clear(&spool_dir)?;
         let work = ImageWork::new(config.workers, config.queue);
-        Ok(Self { store, config, work, spool_dir })
+        let cache_dir = match config.cache_dir.as_os_str().is_empty() {
+            true => data_dir.join("media-cache"),
+            false => config.cache_dir.clone(),
+        };
+        let cache = VariantCache::open(cache_dir, config.cache_max_bytes)?;
+        Ok(Self { store, config, work, spool_dir, cache, making: Default::default() })
+    }
+
+    /// The variant a request's query asks for (`None`: the original).
+    pub fn variant_spec(&self, query: &[(String, String)], original: ImageFormat) -> DomainResult<Option<VariantSpec>> {
+        VariantSpec::from_query(query, original, &self.config.sizes)
+    }
+
+    /// A variant of an image: from the cache, or made now (once, however many ask at the same
+    /// moment); and whether this request made it.
+    pub async fn variant(&self, record: &MediaRecord, spec: &VariantSpec) -> DomainResult<(Bytes, bool)> {
+        let key = spec.key(record.info.id);
+        if let Some(kept) = self.cache.get(&key).await {
+            METRICS.media_variants_cached_total.inc();
+            return Ok((kept, false));
+        }
+        let lock = self.making.entry(key.clone()).or_default().clone();
+        let made = async {
+            let _maker = lock.lock().await;
+            if let Some(kept) = self.cache.get(&key).await {
+                METRICS.media_variants_cached_total.inc();
+                return Ok((kept, false));
+            }
+            let original: Vec<Bytes> = self.bytes(record, 0..record.info.bytes).try_collect().await?;
+            let original = original.concat();
+            let (info, spec) = (record.info.clone(), spec.clone());
+            let made = Bytes::from(self.work.run(move || variant::make(&original, &info, &spec)).await?);
+            METRICS.media_variants_made_total.inc();
+            self.cache.put(&key, &made).await;
+            Ok::<_, DomainError>((made, true))
+        }
+        .await;
+        self.making.remove_if(&key, |_, l| Arc::strong_count(l) <= 2);
+        made
     }
 
     pub fn max_upload_bytes(&self) -> u64 {

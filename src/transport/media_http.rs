@@ -5,7 +5,8 @@
 //! checked and stored (`media::MediaService`). The answer is `MediaInfo`, as JSON, or protobuf when
 //! the request's `Accept` names `application/x-protobuf`.
 //!
-//! A read answers the stored bytes with a strong `ETag` (the id: the bytes never change),
+//! A read answers the stored bytes, or with `?w=&h=&fit=&format=&q=` a variant (`media::variant`),
+//! with a strong `ETag` (the id, or the variant's key: the bytes behind one never change),
 //! `If-None-Match` -> 304, and one `Range` -> 206 (several ranges: the whole image, as RFC 9110
 //! allows).
 
@@ -111,8 +112,14 @@ async fn answer(req: &HttpRequest, id: &str, state: &AppState) -> DomainResult<H
     let caller = authenticate(req, state).await?;
     let id = MediaId::parse(id).ok_or_else(|| DomainError::not_found("no such media"))?;
     let record = state.media.open(caller.user, id).await?;
-    let etag = format!("\"{id}\"");
-    let size = record.info.bytes;
+    let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|_| DomainError::invalid("the query does not parse"))?
+        .into_inner();
+    let spec = state.media.variant_spec(&query, record.info.format)?;
+    let etag = match &spec {
+        Some(spec) => format!("\"{}\"", spec.key(id)),
+        None => format!("\"{id}\""),
+    };
     let response = |status: StatusCode| {
         let mut builder = HttpResponse::build(status);
         builder
@@ -130,6 +137,11 @@ async fn answer(req: &HttpRequest, id: &str, state: &AppState) -> DomainResult<H
     {
         return Ok(response(StatusCode::NOT_MODIFIED).finish());
     }
+    let variant = match &spec {
+        Some(spec) => Some((spec.format, state.media.variant(&record, spec).await?)),
+        None => None,
+    };
+    let size = variant.as_ref().map_or(record.info.bytes, |(_, (data, _))| data.len() as u64);
     let range = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, range) = match range.map(|r| parse_range(r, size)) {
         None | Some(Ranged::Whole) => (StatusCode::OK, 0..size),
@@ -141,9 +153,15 @@ async fn answer(req: &HttpRequest, id: &str, state: &AppState) -> DomainResult<H
         }
     };
     let mut builder = response(status);
-    builder.content_type(record.info.format.content_type()).no_chunking(range.end - range.start);
+    let format = variant.as_ref().map_or(record.info.format, |(format, _)| *format);
+    builder.content_type(format.content_type()).no_chunking(range.end - range.start);
     if status == StatusCode::PARTIAL_CONTENT {
         builder.insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", range.start, range.end - 1)));
+    }
+    if let Some((_, (data, made))) = variant {
+        // As CDNs say it: whether this answer made the variant or found it made.
+        builder.insert_header(("x-cache", if made { "MISS" } else { "HIT" }));
+        return Ok(builder.body(data.slice(range.start as usize..range.end as usize)));
     }
     let body = state.media.bytes(&record, range).map_err(|e| {
         tracing::warn!(error = %e, "reading an image failed mid-answer");

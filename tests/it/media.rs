@@ -311,3 +311,71 @@ async fn a_kill_9_during_an_upload_leaves_nothing() {
     assert_eq!(response.status(), StatusCode::CREATED);
     assert_eq!(get(ana.access_token.clone()).await, StatusCode::OK);
 }
+
+/// A picture of `width` x `height`, encoded as `format`, with alpha when `alpha`.
+fn sized(width: u32, height: u32, format: ImageFormat, alpha: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let image = match alpha {
+        true => DynamicImage::ImageRgba8(image::RgbaImage::from_fn(width, height, |x, y| {
+            image::Rgba([(x % 256) as u8, (y % 256) as u8, 90, if x < width / 2 { 0 } else { 255 }])
+        })),
+        false => DynamicImage::ImageRgb8(RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+        })),
+    };
+    image.write_to(&mut Cursor::new(&mut out), format).unwrap();
+    out
+}
+
+/// Variants: contain keeps the aspect within the box, cover fills it, sizes snap to the list,
+/// nothing grows, the format is as asked; a variant is made once however many ask at once, then
+/// served from the cache; bad parameters are INVALID_ARGUMENT.
+#[tokio::test]
+pub(crate) async fn variants_have_the_right_size_and_are_made_once() {
+    let server = TestServer::start();
+    let ana = server.user("ana").await;
+    let token = &ana.auth.access_token;
+    let (_, info) = upload(&server, token, "image/jpeg", sized(1200, 900, ImageFormat::Jpeg, false)).await;
+    let jpeg = info["mediaId"].as_str().unwrap().to_owned();
+    let (_, info) = upload(&server, token, "image/png", sized(400, 200, ImageFormat::Png, true)).await;
+    let png = info["mediaId"].as_str().unwrap().to_owned();
+    let cases = [
+        (&jpeg, "w=320&h=320", (320, 240), "image/jpeg"),
+        (&jpeg, "w=320&h=320&fit=contain&format=webp&q=75", (320, 240), "image/webp"),
+        (&jpeg, "w=320&h=320&fit=cover", (320, 320), "image/jpeg"),
+        (&jpeg, "w=300", (320, 240), "image/jpeg"), // snapped up to 320
+        (&jpeg, "h=100&format=png", (171, 128), "image/png"), // snapped up to 128
+        (&jpeg, "w=5000&h=5000", (1200, 900), "image/jpeg"), // never larger
+        (&png, "w=128&h=128&fit=cover&format=jpeg", (128, 128), "image/jpeg"),
+        (&png, "w=128", (128, 64), "image/png"),
+        (&png, "w=128&format=webp", (128, 64), "image/webp"),
+    ];
+    for (id, query, size, content_type) in cases {
+        let response = fetch(&server, token, &format!("{id}?{query}"), &[]).await;
+        assert_eq!(response.status(), StatusCode::OK, "{query}");
+        assert_eq!(response.headers()["content-type"], content_type, "{query}");
+        let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with(&format!("\"{id}-")), "{query}: a variant's own ETag ({etag})");
+        let image = image::load_from_memory(&response.bytes().await.unwrap()).unwrap();
+        assert_eq!((image.width(), image.height()), size, "{query}");
+        let again = fetch(&server, token, &format!("{id}?{query}"), &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{query}");
+    }
+    // Ten at once for a variant nobody asked for yet: one makes it, nine find it made.
+    let url = format!("{jpeg}?w=640&h=640&fit=cover&q=55");
+    let answers = futures_util::future::join_all((0..10).map(|_| fetch(&server, token, &url, &[]))).await;
+    let mut made = 0;
+    let mut bodies = std::collections::HashSet::new();
+    for answer in answers {
+        assert_eq!(answer.status(), StatusCode::OK);
+        made += (answer.headers()["x-cache"] == "MISS") as usize;
+        bodies.insert(answer.bytes().await.unwrap());
+    }
+    assert_eq!((made, bodies.len()), (1, 1), "made once, the same bytes for all");
+    let cached = std::fs::read_dir(server.data_dir.path().join("media-cache")).unwrap().count();
+    assert_eq!(cached, cases.len() + 1, "one file per variant made");
+    for bad in ["w=0", "w=x", "w=10&fit=fill", "fit=cover", "w=10&fit=cover", "w=10&format=bmp", "w=10&q=101"] {
+        let response = fetch(&server, token, &format!("{jpeg}?{bad}"), &[]).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+}

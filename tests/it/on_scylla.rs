@@ -26,6 +26,7 @@ on_scylla! {
         exif_orientation_is_applied_and_exif_removed,
         bad_uploads_get_typed_errors_and_leave_nothing,
         conditional_and_range_reads,
+        variants_have_the_right_size_and_are_made_once,
     ];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,
