@@ -404,6 +404,7 @@ impl Connection {
             client_msg_id: client_msg_id.into(),
             text: text.into(),
             reply_to_seq: 0,
+            media_ids: Vec::new(),
         };
         match self.request(Req::SendMessage(request)).await? {
             ReplyResult::Sent(ack) => Ok(ack),

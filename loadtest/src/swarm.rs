@@ -457,6 +457,7 @@ async fn drive_device(
                 client_msg_id: format!("{}.{}.{}.{}", behaviour.phase, device.user_id, room, number),
                 text: message_text(behaviour.phase, number, intended, behaviour.body_bytes),
                 reply_to_seq: 0,
+                media_ids: Vec::new(),
             });
             let tag = outbox.sent(send);
             match conn.start_request(request).await {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::domain::error::DomainError;
-use crate::domain::{ActorKey, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
+use crate::domain::{ActorKey, MediaId, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
 use crate::store::HistoryPage;
 
 /// A request for the actor of one key: what a node hands to the node that owns the key.
@@ -41,9 +41,21 @@ pub enum RoomOp {
 /// What a member may add to a room's log (one plan per verb: `room/plan.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RoomWrite {
-    Send { client_msg_id: String, text: String, reply_to_seq: u64 },
-    Edit { seq: u64, text: String },
-    Delete { seq: u64 },
+    Send {
+        client_msg_id: String,
+        text: String,
+        reply_to_seq: u64,
+        /// Images sent with the text as their caption (absent from requests of older nodes).
+        #[serde(default)]
+        media: Vec<MediaId>,
+    },
+    Edit {
+        seq: u64,
+        text: String,
+    },
+    Delete {
+        seq: u64,
+    },
     AddMembers(Vec<UserId>),
     RemoveMember(UserId),
     Leave,

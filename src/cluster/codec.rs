@@ -144,6 +144,7 @@ mod tests {
                 reply_to_seq: 2,
                 edited_at_ms: 5,
                 deleted: false,
+                media: vec![crate::domain::MediaId::of(b"a photo")],
             })),
             entry(EntryBody::Edited { target_seq: 2, text: "x".into() }),
             entry(EntryBody::Deleted { target_seq: 2 }),
@@ -177,7 +178,12 @@ mod tests {
     #[test]
     fn forwarded_requests_and_answers_survive_the_codec() {
         let ops = [
-            RoomOp::Write(RoomWrite::Send { client_msg_id: "m1".into(), text: "hi".into(), reply_to_seq: 0 }),
+            RoomOp::Write(RoomWrite::Send {
+                client_msg_id: "m1".into(),
+                text: "hi".into(),
+                reply_to_seq: 0,
+                media: Vec::new(),
+            }),
             RoomOp::History(HistoryPage::Before { seq: 9, limit: 50 }),
             RoomOp::Write(RoomWrite::SetRole(UserId(4), Role::Admin)),
             RoomOp::Receipt { kind: ReceiptKind::Delivered, up_to_seq: 3 },

@@ -36,6 +36,19 @@ impl fmt::Display for MediaId {
     }
 }
 
+impl serde::Serialize for MediaId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MediaId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        MediaId::parse(&text).ok_or_else(|| serde::de::Error::custom("a media id is 32 hex digits"))
+    }
+}
+
 impl fmt::Debug for MediaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "MediaId({self})")

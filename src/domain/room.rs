@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{DomainError, DomainResult, RoomId, UserId};
+use super::{DomainError, DomainResult, MediaId, RoomId, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoomKind {
@@ -97,6 +97,9 @@ pub struct TextMessage {
     pub reply_to_seq: u64,
     pub edited_at_ms: i64,
     pub deleted: bool,
+    /// Images sent with the message (`text` is their caption). Absent from what older nodes send.
+    #[serde(default)]
+    pub media: Vec<MediaId>,
 }
 
 impl EntryBody {

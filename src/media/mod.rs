@@ -4,7 +4,7 @@
 //! request, once however many ask at the same moment, and kept in a bounded cache (`cache.rs`).
 //!
 //! Who may read an image: whoever uploaded it (the same bytes uploaded by two people are one image
-//! that both may read).
+//! that both may read), and the members of every room whose messages show it.
 
 mod cache;
 mod sanitize;
@@ -141,7 +141,7 @@ impl MediaService {
     /// The image, if `reader` may see it.
     pub async fn open(&self, reader: UserId, id: MediaId) -> DomainResult<MediaRecord> {
         let record = self.store.media(id).await?.ok_or_else(|| DomainError::not_found("no such media"))?;
-        if !self.store.uploaded_media(id, reader).await? {
+        if !self.store.may_see_media(id, reader).await? {
             return Err(DomainError::forbidden("you may not see this image"));
         }
         Ok(record)

@@ -13,8 +13,8 @@ use super::RoomsOp;
 use crate::actors::{ActorRequest, Hub, Replier, ReplyBody, RoomOp, RoomRequest, RoomWrite};
 use crate::config::GroupAdds;
 use crate::domain::{
-    DeviceId, DomainError, DomainResult, EntryBody, RoomEntry, RoomId, RoomKind, StreamEvent, UserId, new_random_id,
-    now_ms, room_name, time_ordered_id,
+    DeviceId, DomainError, DomainResult, EntryBody, MediaId, RoomEntry, RoomId, RoomKind, StreamEvent, UserId,
+    new_random_id, now_ms, room_name, time_ordered_id,
 };
 use crate::store::{CreateRoomOutcome, NewRoom};
 
@@ -54,14 +54,19 @@ pub async fn forwarded(hub: &Arc<Hub>, me: UserId, request: ActorRequest) -> Dom
 
 /// Hands a request to the room's actor on this node (loading the room if needed).
 async fn request_here(hub: &Arc<Hub>, me: UserId, room: RoomId, op: RoomOp, replier: Replier) {
-    if let RoomOp::Write(RoomWrite::AddMembers(users)) = &op {
-        let checked = async {
-            require_existing(hub, users.clone()).await?;
-            require_addable(hub, me, users.clone()).await
-        };
-        if let Err(e) = checked.await {
-            return replier.error(e);
+    let checked = match &op {
+        RoomOp::Write(RoomWrite::AddMembers(users)) => {
+            async {
+                require_existing(hub, users.clone()).await?;
+                require_addable(hub, me, users.clone()).await
+            }
+            .await
         }
+        RoomOp::Write(RoomWrite::Send { media, .. }) if !media.is_empty() => require_visible(hub, me, media).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = checked {
+        return replier.error(e);
     }
     match hub.registry.room(room, hub).await {
         Ok(addr) => {
@@ -69,6 +74,20 @@ async fn request_here(hub: &Arc<Hub>, me: UserId, room: RoomId, op: RoomOp, repl
         }
         Err(e) => replier.error(e),
     }
+}
+
+/// Every image exists and `me` may see it (uploaded it, or is in a room that shows it): an image id
+/// seen elsewhere cannot be sent on to make it readable to others.
+async fn require_visible(hub: &Arc<Hub>, me: UserId, media: &[MediaId]) -> DomainResult<()> {
+    for &id in media {
+        if hub.store.media(id).await?.is_none() {
+            return Err(DomainError::not_found(format!("no media {id}: upload it first (POST /v1/media)")));
+        }
+        if !hub.store.may_see_media(id, me).await? {
+            return Err(DomainError::forbidden(format!("you may not send media {id}")));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the direct room between `me` and `peer`, or returns the one they already have.

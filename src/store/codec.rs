@@ -1,8 +1,9 @@
 //! Domain values to columns and back, the same for every backend: how an entry's body and a stream
-//! event are laid out in columns, and the codes of roles and room kinds. Each backend reads and
+//! event are laid out in columns (a column may mean one thing for one kind and another for
+//! another: `users` holds a message's image ids), and the codes of roles and room kinds. Each backend reads and
 //! writes these columns its own way (`sqlite/codec.rs`, `scylla/`).
 
-use crate::domain::{EntryBody, EventKind, EventRef, Role, RoomId, RoomKind, Source, TextMessage, UserId};
+use crate::domain::{EntryBody, EventKind, EventRef, MediaId, Role, RoomId, RoomKind, Source, TextMessage, UserId};
 
 /// The columns of an entry, ready to insert.
 pub(crate) struct EntryColumns<'a> {
@@ -31,6 +32,8 @@ pub(crate) fn entry_columns(body: &EntryBody) -> EntryColumns<'_> {
         EntryBody::Text(m) => {
             c.kind = 1;
             c.text = &m.text;
+            // A message names no users: the column holds its images' ids.
+            c.users = m.media.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(",");
             c.client_msg_id = (!m.client_msg_id.is_empty()).then_some(m.client_msg_id.as_str());
             c.target_seq = m.reply_to_seq;
             c.edited_at_ms = m.edited_at_ms;
@@ -90,7 +93,7 @@ pub(crate) struct StoredBody {
 
 /// The body back from its columns; `None` for a kind this version does not know.
 pub(crate) fn body_from_columns(c: StoredBody) -> Option<EntryBody> {
-    let users = split_users(&c.users);
+    let users = if c.kind == 1 { Vec::new() } else { split_users(&c.users) };
     let first_user = users.first().copied().unwrap_or_default();
     Some(match c.kind {
         1 => EntryBody::Text(TextMessage {
@@ -99,6 +102,7 @@ pub(crate) fn body_from_columns(c: StoredBody) -> Option<EntryBody> {
             reply_to_seq: c.target_seq,
             edited_at_ms: c.edited_at_ms,
             deleted: c.deleted,
+            media: c.users.split(',').filter_map(MediaId::parse).collect(),
         }),
         2 => EntryBody::Edited { target_seq: c.target_seq, text: c.text },
         3 => EntryBody::Deleted { target_seq: c.target_seq },

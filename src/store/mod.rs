@@ -182,6 +182,9 @@ pub trait MediaStore: Send + Sync {
     async fn media_chunk(&self, id: MediaId, index: u32) -> StoreResult<Option<bytes::Bytes>>;
     /// Whether `user` uploaded the image.
     async fn uploaded_media(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
+    /// Whether `user` may see the image: they uploaded it, or they are a member of a room whose
+    /// messages show it (an append of a message with images records that with the message).
+    async fn may_see_media(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
 }
 
 /// Everything the server needs from a backend.

@@ -10,7 +10,7 @@ use tidings_proto::v1::{
 
 use crate::actors::{RoomOp, RoomWrite};
 use crate::domain::error::{Code, DomainError};
-use crate::domain::{Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId};
+use crate::domain::{DomainResult, MediaId, Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId};
 use crate::services::{PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
 use crate::store::HistoryPage;
 
@@ -198,10 +198,19 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
         Wire::SendMessage(m) if m.client_msg_id.trim().is_empty() => {
             Err(DomainError::invalid("client_msg_id is required: a fresh id per message makes retries safe"))
         }
-        Wire::SendMessage(m) => write(
-            m.room_id,
-            RoomWrite::Send { client_msg_id: m.client_msg_id, text: m.text, reply_to_seq: m.reply_to_seq },
-        ),
+        Wire::SendMessage(m) => {
+            let media = m
+                .media_ids
+                .iter()
+                .map(|id| {
+                    MediaId::parse(id)
+                        .ok_or_else(|| DomainError::invalid(format!("media_ids: {id:?} is not a media id")))
+                })
+                .collect::<DomainResult<Vec<_>>>()?;
+            let send =
+                RoomWrite::Send { client_msg_id: m.client_msg_id, text: m.text, reply_to_seq: m.reply_to_seq, media };
+            write(m.room_id, send)
+        }
         Wire::EditMessage(e) => write(e.room_id, RoomWrite::Edit { seq: e.seq, text: e.text }),
         Wire::DeleteMessage(d) => write(d.room_id, RoomWrite::Delete { seq: d.seq }),
         Wire::History(h) => {
@@ -240,7 +249,12 @@ mod tests {
             request,
             Request::Room {
                 room: RoomId(42),
-                op: RoomOp::Write(RoomWrite::Send { client_msg_id: "a".into(), text: "hi".into(), reply_to_seq: 0 })
+                op: RoomOp::Write(RoomWrite::Send {
+                    client_msg_id: "a".into(),
+                    text: "hi".into(),
+                    reply_to_seq: 0,
+                    media: Vec::new()
+                })
             }
         );
         let frame = br#"{"requestId":8,"ping":{}}"#;
@@ -296,6 +310,7 @@ mod tests {
                     client_msg_id: "c".into(),
                     text: "hello".into(),
                     reply_to_seq: 0,
+                    media_ids: Vec::new(),
                 })),
             }
             .encode_to_vec(),

@@ -144,6 +144,7 @@ pub fn entry(e: &RoomEntry) -> wire::RoomEntry {
             reply_to_seq: m.reply_to_seq,
             edited_at_ms: m.edited_at_ms,
             deleted: m.deleted,
+            media_ids: m.media.iter().map(|id| id.to_string()).collect(),
         }),
         EntryBody::Edited { target_seq, text } => {
             B::Edited(wire::MessageEdited { target_seq: *target_seq, text: text.clone() })

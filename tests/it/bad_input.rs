@@ -225,8 +225,13 @@ async fn a_send_without_a_client_message_id_is_refused() {
     let bob = server.user("bob").await;
     let conn = ana.connect().await;
     let room = conn.create_direct(bob.id()).await.unwrap().room_id;
-    let send =
-        wire::SendMessageRequest { room_id: room, client_msg_id: String::new(), text: "hi".into(), reply_to_seq: 0 };
+    let send = wire::SendMessageRequest {
+        room_id: room,
+        client_msg_id: String::new(),
+        text: "hi".into(),
+        reply_to_seq: 0,
+        media_ids: Vec::new(),
+    };
     let e = conn.request(Req::SendMessage(send)).await.unwrap_err();
     assert_eq!(code_of(&e), wire::ErrorCode::InvalidArgument);
 }

@@ -64,6 +64,7 @@ pub(crate) async fn group_messages_have_one_order_for_every_member() {
                 client_msg_id: format!("{i}-{n}"),
                 text: format!("from {i} #{n}"),
                 reply_to_seq: 0,
+                media_ids: Vec::new(),
             })));
         }
     }
@@ -157,6 +158,7 @@ pub(crate) async fn replies_name_an_existing_message() {
             client_msg_id: format!("r{seq}"),
             text: "answer".into(),
             reply_to_seq: seq,
+            media_ids: Vec::new(),
         })
     };
     assert!(matches!(a.request(reply(m.seq)).await.unwrap(), R::Sent(_)));

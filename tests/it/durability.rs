@@ -94,6 +94,7 @@ pub(crate) async fn acknowledged_messages_survive_kill_9() {
             client_msg_id: id.clone(),
             text: format!("text {i}"),
             reply_to_seq: 0,
+            media_ids: Vec::new(),
         });
         match conn.start_request(send).await {
             Ok(answer) => in_flight.push((id, answer)),
@@ -216,6 +217,7 @@ async fn fan_out_cut_short() {
             client_msg_id: format!("m{i}"),
             text: format!("text {i}"),
             reply_to_seq: 0,
+            media_ids: Vec::new(),
         });
         answers.push(ana.start_request(send).await.unwrap());
     }

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::harness::*;
+use tidings_client::tidings_proto::v1 as wire;
 
 /// A 40x30 picture with a gradient (so that rotations and crops show), encoded as `format`.
 fn picture(format: ImageFormat) -> Vec<u8> {
@@ -378,4 +379,71 @@ pub(crate) async fn variants_have_the_right_size_and_are_made_once() {
         let response = fetch(&server, token, &format!("{jpeg}?{bad}"), &[]).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
     }
+}
+
+fn send_images(room_id: u64, client_msg_id: &str, caption: &str, media: &[&str]) -> wire::client_frame::Request {
+    wire::client_frame::Request::SendMessage(wire::SendMessageRequest {
+        room_id,
+        client_msg_id: client_msg_id.into(),
+        text: caption.into(),
+        reply_to_seq: 0,
+        media_ids: media.iter().map(|m| m.to_string()).collect(),
+    })
+}
+
+/// Images in chat: a message carries media ids and a caption; every member of the room may read
+/// them, nobody else; only an image one may see can be sent on (forwarding it makes it readable in
+/// the new room too); a deleted message shows no images.
+#[tokio::test]
+pub(crate) async fn chat_images_are_readable_by_the_rooms_members_only() {
+    let server = TestServer::start();
+    let (ana, bob, carol) = (server.user("ana").await, server.user("bob").await, server.user("carol").await);
+    let (_, info) = upload(&server, &ana.auth.access_token, "image/png", picture(ImageFormat::Png)).await;
+    let photo = info["mediaId"].as_str().unwrap().to_owned();
+    let a = ana.connect().await;
+    let group = a.create_group("trip", vec![bob.id()]).await.unwrap().room_id;
+    let (mut b, _) = bob.connect_synced(0).await;
+    let sent = a.request(send_images(group, "p1", "", &[&photo])).await.unwrap();
+    assert!(matches!(sent, wire::reply::Result::Sent(_)), "an image with no caption");
+    let event = loop {
+        let event = next_event(&mut b).await;
+        if matches!(&entry(&event).body, Some(wire::room_entry::Body::Text(_))) {
+            break event;
+        }
+    };
+    let Some(wire::room_entry::Body::Text(message)) = &entry(&event).body else { unreachable!() };
+    assert_eq!(message.media_ids, vec![photo.clone()]);
+    assert_eq!(fetch(&server, &bob.auth.access_token, &photo, &[]).await.status(), StatusCode::OK, "a member reads it");
+    assert_eq!(fetch(&server, &carol.auth.access_token, &photo, &[]).await.status(), StatusCode::FORBIDDEN);
+
+    // Carol cannot send an image she may not see; unknown and malformed ids are refused too.
+    let c = carol.connect().await;
+    let own = c.create_direct(ana.id()).await.unwrap().room_id;
+    let refused = |r: Result<wire::reply::Result, tidings_client::ClientError>| code_of(&r.unwrap_err());
+    assert_eq!(refused(c.request(send_images(own, "c1", "look", &[&photo])).await), wire::ErrorCode::Forbidden);
+    let unknown = tidings::domain::MediaId::of(b"never uploaded").to_string();
+    assert_eq!(refused(c.request(send_images(own, "c2", "x", &[&unknown])).await), wire::ErrorCode::NotFound);
+    assert_eq!(refused(c.request(send_images(own, "c3", "x", &["nope"])).await), wire::ErrorCode::InvalidArgument);
+    let eleven: Vec<&str> = vec![photo.as_str(); 11];
+    assert_eq!(refused(a.request(send_images(group, "a11", "x", &eleven)).await), wire::ErrorCode::InvalidArgument);
+
+    // Bob, who may see it, forwards it to carol: now she may read it.
+    let b_c = bob.connect().await.create_direct(carol.id()).await.unwrap().room_id;
+    let bob_conn = bob.connect().await;
+    assert!(bob_conn.request(send_images(b_c, "fwd", "from the trip", &[&photo])).await.is_ok());
+    assert_eq!(fetch(&server, &carol.auth.access_token, &photo, &[]).await.status(), StatusCode::OK);
+
+    // Deleted: the message shows no images any more.
+    let seq = match sent {
+        wire::reply::Result::Sent(ack) => ack.seq,
+        _ => unreachable!(),
+    };
+    a.request(wire::client_frame::Request::DeleteMessage(wire::DeleteMessageRequest { room_id: group, seq }))
+        .await
+        .unwrap();
+    let history =
+        a.history(wire::HistoryRequest { room_id: group, before_seq: None, after_seq: None, limit: 10 }).await.unwrap();
+    let shown = history.entries.iter().find(|e| e.seq == seq).unwrap();
+    let Some(wire::room_entry::Body::Text(message)) = &shown.body else { panic!("{shown:?}") };
+    assert!(message.deleted && message.media_ids.is_empty());
 }

@@ -27,6 +27,7 @@ on_scylla! {
         bad_uploads_get_typed_errors_and_leave_nothing,
         conditional_and_range_reads,
         variants_have_the_right_size_and_are_made_once,
+        chat_images_are_readable_by_the_rooms_members_only,
     ];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,

@@ -385,7 +385,12 @@ fn forwarded_send(user: u64, room: u64, text: &str) -> Vec<u8> {
     use tidings::actors::{ActorRequest, RoomOp, RoomWrite};
     use tidings::cluster::codec::{ForwardedRequest, encode};
     use tidings::domain::{DeviceId, RoomId, UserId};
-    let op = RoomOp::Write(RoomWrite::Send { client_msg_id: text.into(), text: text.into(), reply_to_seq: 0 });
+    let op = RoomOp::Write(RoomWrite::Send {
+        client_msg_id: text.into(),
+        text: text.into(),
+        reply_to_seq: 0,
+        media: Vec::new(),
+    });
     let request = ActorRequest::Room { room: RoomId(room), op };
     encode(&ForwardedRequest { user: UserId(user), device: DeviceId(1), request })
 }

@@ -21,6 +21,7 @@ async fn send_many(conn: &tidings_client::Connection, room: u64, tag: &str, coun
                     client_msg_id: format!("{tag}-{i}"),
                     text: format!("{tag} {i}"),
                     reply_to_seq: 0,
+                    media_ids: Vec::new(),
                 }))
                 .await
                 .unwrap(),

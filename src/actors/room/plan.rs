@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use crate::actors::RoomWrite;
 use crate::config::LimitsConfig;
 use crate::domain::{
-    Code, DomainError, DomainResult, EntryBody, Role, RoomKind, TextMessage, UserId, now_ms, room_name,
+    Code, DomainError, DomainResult, EntryBody, MediaId, Role, RoomKind, TextMessage, UserId, now_ms, room_name,
 };
 use crate::store::Effect;
 
 const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
+/// Images in one message (an album, as the big messengers allow).
+const MAX_IMAGES_PER_MESSAGE: usize = 10;
 
 /// The room a plan is checked against.
 pub(super) struct RoomView<'a> {
@@ -66,7 +68,9 @@ impl MemberChange {
 pub(super) fn plan(room: &RoomView, user: UserId, write: RoomWrite) -> DomainResult<Planned> {
     let role = room.role_of(user)?;
     match write {
-        RoomWrite::Send { client_msg_id, text, reply_to_seq } => send(room, client_msg_id, text, reply_to_seq),
+        RoomWrite::Send { client_msg_id, text, reply_to_seq, media } => {
+            send(room, client_msg_id, text, reply_to_seq, media)
+        }
         RoomWrite::Edit { seq, text } => edit(room, user, seq, text),
         RoomWrite::Delete { seq } => delete(room, user, role, seq),
         RoomWrite::AddMembers(users) => add_members(room, user, users),
@@ -77,15 +81,27 @@ pub(super) fn plan(room: &RoomView, user: UserId, write: RoomWrite) -> DomainRes
     }
 }
 
-fn send(room: &RoomView, client_msg_id: String, text: String, reply_to_seq: u64) -> DomainResult<Planned> {
-    room.check_text(&text)?;
+fn send(
+    room: &RoomView,
+    client_msg_id: String,
+    text: String,
+    reply_to_seq: u64,
+    media: Vec<MediaId>,
+) -> DomainResult<Planned> {
+    if media.len() > MAX_IMAGES_PER_MESSAGE {
+        return Err(DomainError::invalid(format!("a message has at most {MAX_IMAGES_PER_MESSAGE} images")));
+    }
+    // An image's caption may be empty.
+    if media.is_empty() || !text.is_empty() {
+        room.check_text(&text)?;
+    }
     if client_msg_id.chars().count() > MAX_CLIENT_MSG_ID_CHARS {
         return Err(DomainError::invalid(format!("client_msg_id is longer than {MAX_CLIENT_MSG_ID_CHARS}")));
     }
     if reply_to_seq != 0 {
         room.check_seq(reply_to_seq)?;
     }
-    let body = EntryBody::Text(TextMessage { text, client_msg_id, reply_to_seq, ..Default::default() });
+    let body = EntryBody::Text(TextMessage { text, client_msg_id, reply_to_seq, media, ..Default::default() });
     Ok(room.message(body, Effect::None))
 }
 
@@ -246,8 +262,12 @@ mod tests {
     #[test]
     fn each_verb_is_checked_against_roles_and_the_log() {
         let members = group();
-        let send =
-            |text: &str, reply| RoomWrite::Send { client_msg_id: "c".into(), text: text.into(), reply_to_seq: reply };
+        let send = |text: &str, reply| RoomWrite::Send {
+            client_msg_id: "c".into(),
+            text: text.into(),
+            reply_to_seq: reply,
+            media: Vec::new(),
+        };
         let cases: Vec<(UserId, RoomWrite, Option<Code>)> = vec![
             (MEMBER, send("hi", 0), None),
             (STRANGER, send("hi", 0), Some(Code::NotAMember)),
@@ -289,8 +309,11 @@ mod tests {
         assert_eq!(removed.on_commit, OnCommit::Ok);
         removed.change.apply(&mut members);
         assert!(!members.contains_key(&MEMBER));
-        let sent =
-            check(&members, ADMIN, RoomWrite::Send { client_msg_id: "c".into(), text: "hi".into(), reply_to_seq: 0 });
+        let sent = check(
+            &members,
+            ADMIN,
+            RoomWrite::Send { client_msg_id: "c".into(), text: "hi".into(), reply_to_seq: 0, media: Vec::new() },
+        );
         assert_eq!(sent.unwrap().on_commit, OnCommit::Sent);
     }
 

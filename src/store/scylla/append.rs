@@ -285,6 +285,9 @@ impl ScyllaStore {
         if after_ack {
             self.list_behind(room, entry.seq).await?;
         }
+        if let EntryBody::Text(message) = &entry.body {
+            self.link_media(room, &message.media).await?;
+        }
         self.write_entry(append).await?;
         if self.room_epoch(room).await? != append.epoch {
             self.appends.break_writer(room, append.epoch);

@@ -11,6 +11,18 @@ use crate::store::{MediaRecord, MediaStore, NewMedia, StoreError, StoreErrorKind
 
 /// Chunks written at once by one upload.
 const CHUNKS_AT_ONCE: usize = 8;
+/// Rooms showing an image that a reader's membership is checked in (an image forwarded into more
+/// rooms than this is readable through its first ones).
+const ROOMS_LOOKED_AT: usize = 256;
+
+impl ScyllaStore {
+    /// A message of `room` shows these images: recorded before the message is written.
+    pub(super) async fn link_media(&self, room: crate::domain::RoomId, media: &[MediaId]) -> StoreResult<()> {
+        let links = media.iter().map(|m| self.execute(&self.media.insert_ref, (&m.0[..], id(room.0))));
+        futures_util::future::try_join_all(links).await?;
+        Ok(())
+    }
+}
 
 pub(super) struct Statements {
     record: PreparedStatement,
@@ -19,6 +31,9 @@ pub(super) struct Statements {
     insert_chunk: PreparedStatement,
     uploader: PreparedStatement,
     insert_uploader: PreparedStatement,
+    pub(super) insert_ref: PreparedStatement,
+    refs: PreparedStatement,
+    member: PreparedStatement,
 }
 
 impl Statements {
@@ -37,6 +52,9 @@ impl Statements {
             insert_uploader: p("INSERT INTO {ks}.media_uploaders (media_id, user_id, at_ms) VALUES (?, ?, ?)
                 IF NOT EXISTS")
             .await?,
+            insert_ref: p("INSERT INTO {ks}.media_refs (media_id, room_id) VALUES (?, ?)").await?,
+            refs: p("SELECT room_id FROM {ks}.media_refs WHERE media_id = ? LIMIT ?").await?,
+            member: p("SELECT role FROM {ks}.room_members WHERE room_id = ? AND user_id = ?").await?,
         })
     }
 }
@@ -102,6 +120,19 @@ impl MediaStore for ScyllaStore {
             Some((data,)) => Ok(Some(bytes::Bytes::from(data))),
             None => Err(corrupt(std::io::Error::other(format!("image {media} lacks chunk {index}")))),
         }
+    }
+
+    async fn may_see_media(&self, media: MediaId, user: UserId) -> StoreResult<bool> {
+        if self.uploaded_media(media, user).await? {
+            return Ok(true);
+        }
+        let rooms = self.rows::<(i64,)>(&self.media.refs, (&media.0[..], ROOMS_LOOKED_AT as i32)).await?;
+        for (room,) in rooms {
+            if !self.rows::<(i32,)>(&self.media.member, (room, id(user.0))).await?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn uploaded_media(&self, media: MediaId, user: UserId) -> StoreResult<bool> {

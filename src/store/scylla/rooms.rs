@@ -191,7 +191,7 @@ impl Statements {
                 WHERE room_id = ? AND bucket = ? AND seq = ? AND epoch = ?"
                 .into())
             .await?,
-            delete_entry: p("UPDATE {ks}.room_entries SET text = '', deleted = true
+            delete_entry: p("UPDATE {ks}.room_entries SET text = '', users = '', deleted = true
                 WHERE room_id = ? AND bucket = ? AND seq = ? AND epoch = ?"
                 .into())
             .await?,

@@ -140,6 +140,9 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
                 PRIMARY KEY (media_id, idx))",
             "CREATE TABLE IF NOT EXISTS {ks}.media_uploaders (media_id blob, user_id bigint, at_ms bigint,
                 PRIMARY KEY (media_id, user_id))",
+            // The rooms whose messages show an image (written before the message): their members may
+            // read it.
+            "CREATE TABLE IF NOT EXISTS {ks}.media_refs (media_id blob, room_id bigint, PRIMARY KEY (media_id, room_id))",
         ],
     ),
 ];

@@ -29,7 +29,22 @@ CREATE TABLE IF NOT EXISTS media_uploaders (
     at_ms INTEGER NOT NULL,
     PRIMARY KEY (media_id, user_id)
 ) WITHOUT ROWID;
+-- The rooms whose messages show an image: their members may read it.
+CREATE TABLE IF NOT EXISTS media_refs (
+    media_id BLOB NOT NULL,
+    room_id INTEGER NOT NULL,
+    PRIMARY KEY (media_id, room_id)
+) WITHOUT ROWID;
 ";
+
+/// A message of `room` shows these images (in the message's own transaction).
+pub(super) fn link(tx: &Transaction<'_>, room: crate::domain::RoomId, media: &[MediaId]) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO media_refs (media_id, room_id) VALUES (?1, ?2)")?;
+    for id in media {
+        insert.execute(params![&id.0[..], room.0 as i64])?;
+    }
+    Ok(())
+}
 
 /// The image's chunks and record unless it is stored already; its uploader either way. (In one
 /// transaction here, so the order of the contract holds trivially.)
@@ -89,6 +104,16 @@ pub(super) fn chunk(c: &Connection, id: MediaId, index: u32) -> rusqlite::Result
     )?
     .query_row(params![&id.0[..], index], |r| r.get(0))
     .optional()
+}
+
+/// The uploader, or a member of a room whose messages show the image.
+pub(super) fn may_see(c: &Connection, id: MediaId, user: UserId) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM media_uploaders WHERE media_id = ?1 AND user_id = ?2)
+             OR EXISTS (SELECT 1 FROM media_refs r JOIN members m ON m.room_id = r.room_id
+                        WHERE r.media_id = ?1 AND m.user_id = ?2)",
+    )?
+    .query_row(params![&id.0[..], user.0 as i64], |r| r.get(0))
 }
 
 pub(super) fn uploaded(c: &Connection, id: MediaId, user: UserId) -> rusqlite::Result<bool> {

@@ -379,6 +379,10 @@ impl MediaStore for SqliteStore {
     async fn uploaded_media(&self, id: MediaId, user: UserId) -> StoreResult<bool> {
         self.read(move |c| media::uploaded(c, id, user)).await
     }
+
+    async fn may_see_media(&self, id: MediaId, user: UserId) -> StoreResult<bool> {
+        self.read(move |c| media::may_see(c, id, user)).await
+    }
 }
 
 #[async_trait]

@@ -528,6 +528,9 @@ fn append_entry(tx: &Transaction<'_>, heads: &mut StreamHeads, append: &Append) 
     if !insert_entry(tx, entry)? {
         return Ok(Ok(AppendOutcome::SeqTaken));
     }
+    if let EntryBody::Text(message) = &entry.body {
+        super::media::link(tx, entry.room, &message.media)?;
+    }
     apply_effect(tx, room, &append.effect)?;
     match &append.effect {
         Effect::Edit { target_seq, .. } => {
@@ -574,7 +577,7 @@ fn apply_effect(tx: &Transaction<'_>, room: u64, effect: &Effect) -> rusqlite::R
                 .execute(params![room as i64, *target_seq as i64, text, at_ms])?;
         }
         Effect::Delete { target_seq, .. } => {
-            tx.prepare_cached("UPDATE entries SET text = '', deleted = 1 WHERE room_id = ?1 AND seq = ?2")?
+            tx.prepare_cached("UPDATE entries SET text = '', users = '', deleted = 1 WHERE room_id = ?1 AND seq = ?2")?
                 .execute(params![room as i64, *target_seq as i64])?;
         }
     }
