@@ -10,10 +10,12 @@
 //! - `stats`: HDR latency histograms that merge across processes.
 //! - `report`: the summary table, the JSON line, the PNG plot.
 //! - `push_bench`: the push pipeline benchmark against fake APNs and FCM servers.
+//! - `media_bench`: uploads, variants made and served, against `vipsthumbnail` on the same images.
 //! - `procfs`: a server process's CPU time and memory.
 //!
 //! Every loop is bounded in count and time, and only loopback targets are accepted.
 
+pub mod media_bench;
 pub mod oracle;
 pub mod outbox;
 pub mod procfs;

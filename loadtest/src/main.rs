@@ -13,10 +13,10 @@ use anyhow::{Context, bail, ensure};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tidings_loadtest::procfs::{cpu_secs, rss_kib};
-use tidings_loadtest::push_bench;
 use tidings_loadtest::report::{self, RunReport};
 use tidings_loadtest::scenario;
 use tidings_loadtest::swarm::{self, Behaviour, Faults, Progress, Roster, RosterPlan, ShardResult, Target};
+use tidings_loadtest::{media_bench, push_bench};
 
 #[derive(Parser)]
 #[command(about = "The tidings load swarm (loopback targets only)")]
@@ -156,6 +156,23 @@ enum Scenario {
         grace_ms: u64,
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+    },
+    /// Images: uploads/s and MB/s (with the server's peak memory), 320 px variants made/s (JPEG and
+    /// WebP, from 1 and 4 MP photos) with the server's CPU per variant, cached variants served/s;
+    /// and `vipsthumbnail` (Debian's libvips-tools) on the same images. Targets --server.
+    Media {
+        /// Images of each size.
+        #[arg(long, default_value_t = 10)]
+        images: usize,
+        /// Image sizes in megapixels, comma-separated.
+        #[arg(long, default_value = "1,4")]
+        megapixels: String,
+        #[arg(long, default_value_t = 4)]
+        upload_concurrency: usize,
+        #[arg(long, default_value_t = 2000)]
+        cached_requests: usize,
+        #[arg(long, default_value_t = 32)]
+        cached_concurrency: usize,
     },
     /// Internal: one shard of a multi-process run (reads its roster, prints its result as JSON).
     #[command(hide = true)]
@@ -339,6 +356,47 @@ async fn push(bench: &push_bench::PushBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn media(bench: &media_bench::MediaBench) -> anyhow::Result<()> {
+    let bar = spinner("images");
+    let report = media_bench::run(bench, |phase, done, of| bar.set_message(format!("{phase} {done}/{of}"))).await?;
+    bar.finish_and_clear();
+    println!("images against {} ({} of each of {:?} MP)", bench.server, bench.images, bench.megapixels);
+    println!(
+        "  {:<34} {:>6} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "phase", "count", "per s", "MB/s", "p50 ms", "p99 ms", "server CPU"
+    );
+    for p in &report.phases {
+        let cpu = p.server_cpu_secs.map_or("-".into(), |c| format!("{:.1} ms each", c * 1000.0 / p.count as f64));
+        println!(
+            "  {:<34} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>12}",
+            p.name,
+            p.count,
+            p.count as f64 / p.secs,
+            p.bytes as f64 / 1e6 / p.secs,
+            p.latency.ms(0.5),
+            p.latency.ms(0.99),
+            cpu
+        );
+        if let (Some(peak), Some(before)) = (p.server_peak_rss_kib, report.rss_before_kib) {
+            println!("  {:<34} {} MiB before, {} MiB at most", "  server memory", before / 1024, peak / 1024);
+        }
+    }
+    println!("  vipsthumbnail on the same images (one process per row):");
+    for v in &report.vips {
+        println!(
+            "  {:<34} {:>6} {:>9.1} {:>9} {:>9} {:>9} {:>12}",
+            v.name,
+            v.count,
+            v.count as f64 / v.wall_secs,
+            "",
+            "",
+            "",
+            format!("{:.1} ms each", v.cpu_secs * 1000.0 / v.count as f64)
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -394,6 +452,19 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(*timeout_secs),
             };
             return push(&bench).await;
+        }
+        Scenario::Media { images, megapixels, upload_concurrency, cached_requests, cached_concurrency } => {
+            let bench = media_bench::MediaBench {
+                server: session.cli_servers.first().context("--server names the server")?.clone(),
+                server_pids: session.server_pids.clone(),
+                prefix: prefix.clone(),
+                images: *images,
+                megapixels: megapixels.split(',').map(|m| m.trim().parse()).collect::<Result<_, _>>()?,
+                upload_concurrency: *upload_concurrency,
+                cached_requests: *cached_requests,
+                cached_concurrency: *cached_concurrency,
+            };
+            return media(&bench).await;
         }
         Scenario::Direct { pairs, behaviour } => ("direct", scenario::direct(*pairs), behaviour.clone()),
         Scenario::Fanout { rooms, members, devices, behaviour } => {
