@@ -45,6 +45,8 @@ pub struct MediaConfig {
     pub cache_dir: PathBuf,
     /// The variant cache's size; the least recently used variants go beyond it.
     pub cache_max_bytes: u64,
+    /// How long a signed media URL (`GET /v1/media/{id}/url`) works.
+    pub signed_url_ttl_secs: u64,
 }
 
 impl Default for MediaConfig {
@@ -58,6 +60,7 @@ impl Default for MediaConfig {
             sizes: vec![64, 128, 256, 320, 480, 640, 960, 1280, 1920],
             cache_dir: PathBuf::new(),
             cache_max_bytes: 512 << 20,
+            signed_url_ttl_secs: 3600,
         }
     }
 }

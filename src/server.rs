@@ -184,7 +184,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
     let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));
     background.started(push_worker.clone());
     let media = Arc::new(
-        MediaService::new(store.clone(), config.media.clone(), &config.store.data_dir)
+        MediaService::new(store.clone(), config.media.clone(), &config.store.data_dir, &secret)
             .context("preparing the media spool directory")?,
     );
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));

@@ -25,6 +25,7 @@ pub use variant::{Fit, VariantSpec};
 
 use crate::config::MediaConfig;
 use crate::domain::{DomainError, DomainResult, ImageFormat, MediaId, MediaInfo, UserId, now_ms};
+use crate::jws::Hs256;
 use crate::metrics::METRICS;
 use crate::store::{MediaRecord, NewMedia, Store, StoreError};
 use cache::VariantCache;
@@ -39,11 +40,25 @@ pub struct MediaService {
     /// Per variant being made: the one maker's lock (those who ask meanwhile wait, then read the
     /// cache).
     making: dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Signs and checks signed URLs (a key of its own, derived from the token secret).
+    url_key: Hs256,
+}
+
+/// What a signed URL's token says: this user may read this image until then.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct UrlClaims {
+    /// The media id.
+    m: MediaId,
+    /// The user it was signed for (who must still be allowed to see the image).
+    u: u64,
+    /// Expiry, seconds since the epoch.
+    exp: i64,
 }
 
 impl MediaService {
     /// Spool files live in `data_dir/uploads` (what a killed process left there is removed now).
-    pub fn new(store: Arc<dyn Store>, config: MediaConfig, data_dir: &Path) -> std::io::Result<Self> {
+    /// `secret`: the token secret; signed URLs are signed with a key derived from it.
+    pub fn new(store: Arc<dyn Store>, config: MediaConfig, data_dir: &Path, secret: &[u8]) -> std::io::Result<Self> {
         let spool_dir = data_dir.join("uploads");
         spool::clear(&spool_dir)?;
         let work = ImageWork::new(config.workers, config.queue);
@@ -52,7 +67,35 @@ impl MediaService {
             false => config.cache_dir.clone(),
         };
         let cache = VariantCache::open(cache_dir, config.cache_max_bytes)?;
-        Ok(Self { store, config, work, spool_dir, cache, making: Default::default() })
+        let derived =
+            ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret), b"tidings media urls v1");
+        let url_key = Hs256::new(derived.as_ref());
+        Ok(Self { store, config, work, spool_dir, cache, making: Default::default(), url_key })
+    }
+
+    /// A token for `?token=`: `reader` may read the image (and its variants) with no other
+    /// credential until it expires (`media.signed_url_ttl_secs`), as long as they still may see it.
+    /// For clients that cannot send headers (an `<img>` tag). The expiry, in ms.
+    pub async fn sign_url(&self, reader: UserId, id: MediaId) -> DomainResult<(String, i64)> {
+        self.open(reader, id).await?;
+        let exp = now_ms() / 1000 + self.config.signed_url_ttl_secs.max(1) as i64;
+        Ok((self.url_key.sign(&UrlClaims { m: id, u: reader.0, exp }), exp * 1000))
+    }
+
+    /// Who a signed URL's token was signed for, if it is for `id` and has not expired.
+    pub fn check_url(&self, id: MediaId, token: &str) -> DomainResult<UserId> {
+        let refused = || DomainError::new(crate::domain::Code::Unauthenticated, "the media URL's token is not valid");
+        let claims: UrlClaims = self.url_key.verify(token).map_err(|_| refused())?;
+        if claims.m != id {
+            return Err(refused());
+        }
+        if claims.exp <= now_ms() / 1000 {
+            return Err(DomainError::new(
+                crate::domain::Code::TokenExpired,
+                "the media URL has expired: ask for a new one",
+            ));
+        }
+        Ok(UserId(claims.u))
     }
 
     /// The variant a request's query asks for (`None`: the original).

@@ -57,6 +57,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .route(paths::LOG_OUT, web::post().to(log_out))
         .route(paths::MEDIA, web::post().to(super::media_http::upload))
         .route(&format!("{}/{{media_id}}", paths::MEDIA), web::get().to(super::media_http::read))
+        .route(&format!("{}/{{media_id}}/url", paths::MEDIA), web::get().to(super::media_http::signed_url))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
     if with_metrics {

@@ -5,6 +5,9 @@
 //! checked and stored (`media::MediaService`). The answer is `MediaInfo`, as JSON, or protobuf when
 //! the request's `Accept` names `application/x-protobuf`.
 //!
+//! `GET /v1/media/{mediaId}/url` signs a URL that reads the image with no other credential (for
+//! an `<img>` tag), for `media.signed_url_ttl_secs` and while its signer may still see the image.
+//!
 //! A read answers the stored bytes, or with `?w=&h=&fit=&format=&q=` a variant (`media::variant`),
 //! with a strong `ETag` (the id, or the variant's key: the bytes behind one never change),
 //! `If-None-Match` -> 304, and one `Range` -> 206 (several ranges: the whole image, as RFC 9110
@@ -108,13 +111,33 @@ pub async fn read(req: HttpRequest, path: web::Path<String>, state: web::Data<Ap
     }
 }
 
+/// `GET /v1/media/{mediaId}/url`: a signed URL for clients that cannot send headers.
+pub async fn signed_url(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let encoding = answer_encoding(&req);
+    let signed = async {
+        let caller = authenticate(&req, &state).await?;
+        let id = MediaId::parse(&path).ok_or_else(|| DomainError::not_found("no such media"))?;
+        let (token, expires_at_ms) = state.media.sign_url(caller.user, id).await?;
+        let url = format!("{}/{id}?token={token}", tidings_proto::paths::MEDIA);
+        Ok::<_, DomainError>(wire::SignedMediaUrl { url, expires_at_ms })
+    };
+    match signed.await {
+        Ok(answer) => respond(encoding, StatusCode::OK, &answer),
+        Err(e) => error_response(encoding, &e),
+    }
+}
+
 async fn answer(req: &HttpRequest, id: &str, state: &AppState) -> DomainResult<HttpResponse> {
-    let caller = authenticate(req, state).await?;
     let id = MediaId::parse(id).ok_or_else(|| DomainError::not_found("no such media"))?;
-    let record = state.media.open(caller.user, id).await?;
     let query = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|_| DomainError::invalid("the query does not parse"))?
         .into_inner();
+    // A signed URL's token, or the caller's access token.
+    let reader = match query.iter().find(|(k, _)| k == "token") {
+        Some((_, token)) => state.media.check_url(id, token)?,
+        None => authenticate(req, state).await?.user,
+    };
+    let record = state.media.open(reader, id).await?;
     let spec = state.media.variant_spec(&query, record.info.format)?;
     let etag = match &spec {
         Some(spec) => format!("\"{}\"", spec.key(id)),

@@ -447,3 +447,50 @@ pub(crate) async fn chat_images_are_readable_by_the_rooms_members_only() {
     let Some(wire::room_entry::Body::Text(message)) = &shown.body else { panic!("{shown:?}") };
     assert!(message.deleted && message.media_ids.is_empty());
 }
+
+/// A signed URL reads the image (and its variants) with no other credential, only that image, and
+/// only until it expires; a stranger gets none.
+#[tokio::test]
+pub(crate) async fn signed_urls_read_one_image_until_they_expire() {
+    let server = TestServer::start_with(|c| c.media.signed_url_ttl_secs = 1);
+    let (ana, carol) = (server.user("ana").await, server.user("carol").await);
+    let (_, first) = upload(&server, &ana.auth.access_token, "image/png", picture(ImageFormat::Png)).await;
+    let (_, second) = upload(&server, &ana.auth.access_token, "image/jpeg", picture(ImageFormat::Jpeg)).await;
+    let (first, second) = (first["mediaId"].as_str().unwrap(), second["mediaId"].as_str().unwrap());
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", server.addr);
+    let signed: Value = client
+        .get(format!("{base}/v1/media/{first}/url"))
+        .bearer_auth(&ana.auth.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = signed["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("/v1/media/{first}?token=")), "{url}");
+    let plain = |url: String| {
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    let whole = plain(format!("{base}{url}")).await;
+    assert_eq!(whole.status(), StatusCode::OK, "no header needed");
+    assert_eq!(&whole.bytes().await.unwrap()[..], &picture(ImageFormat::Png)[..]);
+    assert_eq!(plain(format!("{base}{url}&w=64")).await.status(), StatusCode::OK, "variants too");
+    let token = url.split("token=").nth(1).unwrap();
+    let other = plain(format!("{base}/v1/media/{second}?token={token}")).await;
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED, "only the image it was signed for");
+    let mut forged = token.to_owned();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(plain(format!("{base}/v1/media/{first}?token={forged}")).await.status(), StatusCode::UNAUTHORIZED);
+    let stranger = client.get(format!("{base}/v1/media/{first}/url")).bearer_auth(&carol.auth.access_token);
+    assert_eq!(stranger.send().await.unwrap().status(), StatusCode::FORBIDDEN);
+    // Expiry is checked (the test server signs for one second).
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let expired = plain(format!("{base}{url}")).await;
+    assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = expired.json().await.unwrap();
+    assert_eq!(code(&body), "TOKEN_EXPIRED");
+}

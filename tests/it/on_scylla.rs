@@ -28,6 +28,7 @@ on_scylla! {
         conditional_and_range_reads,
         variants_have_the_right_size_and_are_made_once,
         chat_images_are_readable_by_the_rooms_members_only,
+        signed_urls_read_one_image_until_they_expire,
     ];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,
