@@ -20,8 +20,9 @@
 //! and its appends pass through both in the order they were submitted: every recipient's stream
 //! gets the room's entries in seq order, and the next entry can be logged while this one fans out;
 //! rooms run side by side. An entry for fewer than `fanout_after_ack_from` recipients is answered
-//! after its fan-out (`Committed`). A larger one is answered once logged (`Logged`): a room of
-//! 10,000 members does not make its sender wait for 10,000 stream writes. It is listed in
+//! after its fan-out (`Committed`). A larger message is answered once logged (`Logged`): a room of
+//! 10,000 members does not make its sender wait for 10,000 stream writes. (Edits, deletes and
+//! membership changes are always answered after their fan-out: it revises pending pushes.) It is listed in
 //! `rooms_behind` first, so that if this process dies before the fan-out is done, the room's next
 //! claim finishes it (someone looks: `RoomStore::rooms_behind`). A claim of the room takes its
 //! turn in both lanes.
@@ -201,7 +202,10 @@ impl ScyllaStore {
     async fn run_append(&self, append: Append, place: Place, reply: oneshot::Sender<StoreResult<AppendOutcome>>) {
         let (room, seq, epoch) = (append.entry.room, append.entry.seq, append.epoch);
         let turn = place.wait().await;
-        let after_ack = append.recipients.len() >= self.options.fanout_after_ack_from;
+        // Only plain messages: an edit or a delete is answered once its fan-out has revised or
+        // withdrawn the pushes still waiting for its target, so that none goes out as it was.
+        let after_ack =
+            append.effect == Effect::None && append.recipients.len() >= self.options.fanout_after_ack_from;
         let logged = self.log_append(&append, after_ack).await;
         let logged = match logged {
             Ok(Ok(())) => Ok(()),
