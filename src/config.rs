@@ -47,6 +47,10 @@ pub struct MediaConfig {
     pub cache_max_bytes: u64,
     /// How long a signed media URL (`GET /v1/media/{id}/url`) works.
     pub signed_url_ttl_secs: u64,
+    /// An image no message shows is deleted this long after its last upload.
+    pub orphan_ttl_hours: f64,
+    /// How often images never sent are looked for.
+    pub collect_every_secs: u64,
 }
 
 impl Default for MediaConfig {
@@ -61,6 +65,8 @@ impl Default for MediaConfig {
             cache_dir: PathBuf::new(),
             cache_max_bytes: 512 << 20,
             signed_url_ttl_secs: 3600,
+            orphan_ttl_hours: 24.0,
+            collect_every_secs: 600,
         }
     }
 }

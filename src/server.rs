@@ -23,7 +23,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::{Config, StoreBackend};
 use crate::lifecycle::{Background, StoreService};
-use crate::media::MediaService;
+use crate::media::{MediaCollector, MediaService};
 use crate::push::{Presence, PushWorker, gate_for, providers_from};
 use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
@@ -187,6 +187,12 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         MediaService::new(store.clone(), config.media.clone(), &config.store.data_dir, &secret)
             .context("preparing the media spool directory")?,
     );
+    let collector = MediaCollector::start(
+        store.clone(),
+        config.media.orphan_ttl_hours,
+        Duration::from_secs(config.media.collect_every_secs.max(1)),
+    );
+    background.started(Arc::new(collector));
     let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));

@@ -1,12 +1,14 @@
 //! Images: uploads checked and cleaned (`sanitize.rs`), received into spool files (`spool.rs`),
 //! worked on by a bounded pool of threads (`work.rs`), stored content-addressed in chunks through
 //! the store's `MediaStore`, and read back chunk by chunk; variants (`variant.rs`) made on first
-//! request, once however many ask at the same moment, and kept in a bounded cache (`cache.rs`).
+//! request, once however many ask at the same moment, and kept in a bounded cache (`cache.rs`);
+//! uploads never sent anywhere collected after a while (`collector.rs`).
 //!
 //! Who may read an image: whoever uploaded it (the same bytes uploaded by two people are one image
 //! that both may read), and the members of every room whose messages show it.
 
 mod cache;
+mod collector;
 mod sanitize;
 mod spool;
 mod variant;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 
+pub use collector::MediaCollector;
 pub use sanitize::Sanitized;
 pub use spool::Spooled;
 pub use variant::{Fit, VariantSpec};

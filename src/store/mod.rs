@@ -185,6 +185,9 @@ pub trait MediaStore: Send + Sync {
     /// Whether `user` may see the image: they uploaded it, or they are a member of a room whose
     /// messages show it (an append of a message with images records that with the message).
     async fn may_see_media(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
+    /// Deletes up to `limit` images that no message shows and that nobody uploaded since
+    /// `uploaded_before_ms` (uploads never sent anywhere); returns how many.
+    async fn collect_orphan_media(&self, uploaded_before_ms: i64, limit: usize) -> StoreResult<u64>;
 }
 
 /// Everything the server needs from a backend.

@@ -494,3 +494,30 @@ pub(crate) async fn signed_urls_read_one_image_until_they_expire() {
     let body: Value = expired.json().await.unwrap();
     assert_eq!(code(&body), "TOKEN_EXPIRED");
 }
+
+/// An image uploaded and never sent is deleted once `media.orphan_ttl_hours` have passed; one a
+/// message shows stays.
+#[tokio::test]
+pub(crate) async fn images_never_sent_are_collected() {
+    let server = TestServer::start_with(|c| {
+        c.media.orphan_ttl_hours = 2.0 / 3600.0; // two seconds
+        c.media.collect_every_secs = 1;
+    });
+    let (ana, bob) = (server.user("ana").await, server.user("bob").await);
+    let token = &ana.auth.access_token;
+    let (_, sent) = upload(&server, token, "image/png", picture(ImageFormat::Png)).await;
+    let sent = sent["mediaId"].as_str().unwrap().to_owned();
+    let a = ana.connect().await;
+    let room = a.create_direct(bob.id()).await.unwrap().room_id;
+    a.request(send_images(room, "s1", "", &[&sent])).await.unwrap();
+    let (_, kept) = upload(&server, token, "image/jpeg", picture(ImageFormat::Jpeg)).await;
+    let never_sent = kept["mediaId"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + WAIT;
+    while fetch(&server, token, &never_sent, &[]).await.status() == StatusCode::OK {
+        assert!(std::time::Instant::now() < deadline, "the image never sent is collected");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(fetch(&server, token, &never_sent, &[]).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(fetch(&server, token, &sent, &[]).await.status(), StatusCode::OK, "the one in a message stays");
+    assert_eq!(fetch(&server, &bob.auth.access_token, &sent, &[]).await.status(), StatusCode::OK);
+}

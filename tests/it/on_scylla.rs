@@ -29,6 +29,7 @@ on_scylla! {
         variants_have_the_right_size_and_are_made_once,
         chat_images_are_readable_by_the_rooms_members_only,
         signed_urls_read_one_image_until_they_expire,
+        images_never_sent_are_collected,
     ];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,

@@ -553,6 +553,14 @@ pub async fn media(store: &dyn Store) {
     let other = MediaId::of(b"other");
     assert_eq!(store.media_chunk(other, 0).await.unwrap(), None);
     assert!(!store.uploaded_media(other, UserId(1)).await.unwrap());
+    // Never sent: collected once its last upload is older than the cutoff, not before.
+    assert_eq!(store.collect_orphan_media(150, 10).await.unwrap(), 0, "uploaded again at 200");
+    assert!(store.media(id).await.unwrap().is_some());
+    assert_eq!(store.collect_orphan_media(1000, 10).await.unwrap(), 1);
+    assert_eq!(store.media(id).await.unwrap(), None);
+    assert_eq!(store.media_chunk(id, 0).await.unwrap(), None);
+    assert!(!store.uploaded_media(id, UserId(1)).await.unwrap());
+    assert_eq!(store.collect_orphan_media(1000, 10).await.unwrap(), 0);
 }
 
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to

@@ -204,8 +204,7 @@ impl ScyllaStore {
         let turn = place.wait().await;
         // Only plain messages: an edit or a delete is answered once its fan-out has revised or
         // withdrawn the pushes still waiting for its target, so that none goes out as it was.
-        let after_ack =
-            append.effect == Effect::None && append.recipients.len() >= self.options.fanout_after_ack_from;
+        let after_ack = append.effect == Effect::None && append.recipients.len() >= self.options.fanout_after_ack_from;
         let logged = self.log_append(&append, after_ack).await;
         let logged = match logged {
             Ok(Ok(())) => Ok(()),

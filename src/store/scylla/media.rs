@@ -9,6 +9,8 @@ use super::{ScyllaOptions, ScyllaStore, corrupt, id, prepare};
 use crate::domain::{ImageFormat, MediaId, MediaInfo, UserId};
 use crate::store::{MediaRecord, MediaStore, NewMedia, StoreError, StoreErrorKind, StoreResult};
 
+const HOUR_MS: i64 = 3_600_000;
+
 /// Chunks written at once by one upload.
 const CHUNKS_AT_ONCE: usize = 8;
 /// Rooms showing an image that a reader's membership is checked in (an image forwarded into more
@@ -34,6 +36,15 @@ pub(super) struct Statements {
     pub(super) insert_ref: PreparedStatement,
     refs: PreparedStatement,
     member: PreparedStatement,
+    list_hour: PreparedStatement,
+    hour_of: PreparedStatement,
+    unlist_hour: PreparedStatement,
+    uploads_of: PreparedStatement,
+    delete_record: PreparedStatement,
+    delete_chunks: PreparedStatement,
+    delete_uploaders: PreparedStatement,
+    collected_up_to: PreparedStatement,
+    set_collected_up_to: PreparedStatement,
 }
 
 impl Statements {
@@ -55,6 +66,16 @@ impl Statements {
             insert_ref: p("INSERT INTO {ks}.media_refs (media_id, room_id) VALUES (?, ?)").await?,
             refs: p("SELECT room_id FROM {ks}.media_refs WHERE media_id = ? LIMIT ?").await?,
             member: p("SELECT role FROM {ks}.room_members WHERE room_id = ? AND user_id = ?").await?,
+            list_hour: p("INSERT INTO {ks}.media_by_hour (hour, media_id) VALUES (?, ?)").await?,
+            hour_of: p("SELECT media_id FROM {ks}.media_by_hour WHERE hour = ? LIMIT ?").await?,
+            unlist_hour: p("DELETE FROM {ks}.media_by_hour WHERE hour = ? AND media_id = ?").await?,
+            uploads_of: p("SELECT at_ms FROM {ks}.media_uploaders WHERE media_id = ?").await?,
+            delete_record: p("DELETE FROM {ks}.media WHERE media_id = ?").await?,
+            delete_chunks: p("DELETE FROM {ks}.media_chunks WHERE media_id = ?").await?,
+            delete_uploaders: p("DELETE FROM {ks}.media_uploaders WHERE media_id = ?").await?,
+            collected_up_to: p("SELECT value FROM {ks}.meta WHERE key = 'media_collected_up_to_hour'").await?,
+            set_collected_up_to: p("INSERT INTO {ks}.meta (key, value) VALUES ('media_collected_up_to_hour', ?)")
+                .await?,
         })
     }
 }
@@ -88,9 +109,56 @@ impl MediaStore for ScyllaStore {
             );
             self.execute(&s.insert_record, values).await?;
         }
+        // Listed by the hour first: the collector finds every upload, even one cut short here.
+        self.execute(&s.list_hour, (media.at_ms / HOUR_MS, key)).await?;
         // Only the first upload's time is kept (a lightweight transaction: uploads are rare).
         self.execute(&s.insert_uploader, (key, id(media.uploader.0), media.at_ms)).await?;
         Ok(())
+    }
+
+    async fn collect_orphan_media(&self, uploaded_before_ms: i64, limit: usize) -> StoreResult<u64> {
+        self.check_open()?;
+        let s = &self.media;
+        let end_hour = uploaded_before_ms.div_euclid(HOUR_MS);
+        let marker = self.rows::<(String,)>(&s.collected_up_to, ()).await?;
+        // A first run looks back a week.
+        let mut hour = marker.first().and_then(|(v,)| v.parse::<i64>().ok()).unwrap_or(end_hour - 24 * 7);
+        let mut collected = 0u64;
+        // Whole hours before the cutoff's, then the cutoff's own hour (whose later uploads stay
+        // listed for the next pass).
+        while hour <= end_hour && (collected as usize) < limit {
+            let listed = self.rows::<(Vec<u8>,)>(&s.hour_of, (hour, limit as i32)).await?;
+            for (key,) in &listed {
+                let Ok(bytes) = <[u8; 16]>::try_from(key.as_slice()) else { continue };
+                let media = MediaId(bytes);
+                let shown = !self.rows::<(i64,)>(&s.refs, (&key[..], 1i32)).await?.is_empty();
+                let uploads = self.rows::<(i64,)>(&s.uploads_of, (&key[..],)).await?;
+                let last_upload = uploads.into_iter().map(|(at,)| at).max();
+                let recent = last_upload.is_some_and(|at| at >= uploaded_before_ms);
+                if recent && hour == end_hour {
+                    continue;
+                }
+                // Shown in a room, or uploaded again since (that upload is listed in its own hour).
+                if !shown && !recent {
+                    self.execute(&s.delete_record, (&key[..],)).await?;
+                    futures_util::try_join!(
+                        self.execute(&s.delete_chunks, (&key[..],)),
+                        self.execute(&s.delete_uploaders, (&key[..],)),
+                    )?;
+                    tracing::debug!(%media, "collected an image never sent");
+                    collected += 1;
+                }
+                self.execute(&s.unlist_hour, (hour, &key[..])).await?;
+            }
+            if hour == end_hour {
+                break;
+            }
+            if listed.len() < limit {
+                hour += 1;
+                self.execute(&s.set_collected_up_to, (hour.to_string(),)).await?;
+            }
+        }
+        Ok(collected)
     }
 
     async fn media(&self, media: MediaId) -> StoreResult<Option<MediaRecord>> {

@@ -143,6 +143,8 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             // The rooms whose messages show an image (written before the message): their members may
             // read it.
             "CREATE TABLE IF NOT EXISTS {ks}.media_refs (media_id blob, room_id bigint, PRIMARY KEY (media_id, room_id))",
+            // Uploads by the hour they came in: where the collector of images never sent looks.
+            "CREATE TABLE IF NOT EXISTS {ks}.media_by_hour (hour bigint, media_id blob, PRIMARY KEY (hour, media_id))",
         ],
     ),
 ];

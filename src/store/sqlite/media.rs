@@ -122,3 +122,26 @@ pub(super) fn uploaded(c: &Connection, id: MediaId, user: UserId) -> rusqlite::R
         .optional()
         .map(|found| found.is_some())
 }
+
+/// Images no message shows, last uploaded before `before_ms`: deleted, up to `limit`.
+pub(super) fn collect_orphans(
+    tx: &Transaction<'_>,
+    before_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<StoreResult<u64>> {
+    let orphans: Vec<Vec<u8>> = tx
+        .prepare_cached(
+            "SELECT m.media_id FROM media m
+             WHERE NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = m.media_id)
+               AND (SELECT MAX(u.at_ms) FROM media_uploaders u WHERE u.media_id = m.media_id) < ?1
+             LIMIT ?2",
+        )?
+        .query_map(params![before_ms, limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in &orphans {
+        for table in ["media", "media_chunks", "media_uploaders"] {
+            tx.prepare_cached(&format!("DELETE FROM {table} WHERE media_id = ?1"))?.execute([id])?;
+        }
+    }
+    Ok(Ok(orphans.len() as u64))
+}

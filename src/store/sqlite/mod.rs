@@ -383,6 +383,10 @@ impl MediaStore for SqliteStore {
     async fn may_see_media(&self, id: MediaId, user: UserId) -> StoreResult<bool> {
         self.read(move |c| media::may_see(c, id, user)).await
     }
+
+    async fn collect_orphan_media(&self, uploaded_before_ms: i64, limit: usize) -> StoreResult<u64> {
+        self.write(|reply| WriteCmd::CollectOrphanMedia { before_ms: uploaded_before_ms, limit, reply }).await
+    }
 }
 
 #[async_trait]

@@ -91,6 +91,11 @@ pub(super) enum WriteCmd {
         reply: Reply<u64>,
     },
     PutMedia(NewMedia, Reply<()>),
+    CollectOrphanMedia {
+        before_ms: i64,
+        limit: usize,
+        reply: Reply<u64>,
+    },
     /// Finish what is queued before this, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -224,6 +229,9 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::FinishPushJob(job, end, reply) => run!(reply, |tx, _| push::finish(tx, &job, &end)),
         WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
         WriteCmd::PutMedia(media, reply) => run!(reply, |tx, _| super::media::put(tx, &media)),
+        WriteCmd::CollectOrphanMedia { before_ms, limit, reply } => {
+            run!(reply, |tx, _| super::media::collect_orphans(tx, before_ms, limit))
+        }
         WriteCmd::Close(done) => {
             let _ = done.send(());
             Box::new(|_| {})
