@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tidings::error::Code;
+use tidings::domain::Code;
 use tidings::transport::decode::{decode_frame, to_request};
 use tidings_proto::Encoding;
 

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 
 pub use collector::MediaCollector;
-pub use sanitize::Sanitized;
+pub use sanitize::{Sanitized, sanitize};
 pub use spool::Spooled;
 pub use variant::{Fit, VariantSpec};
 
