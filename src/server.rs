@@ -32,6 +32,7 @@ use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::transport::connection_caps::ConnectionCaps;
 use crate::transport::http::{AppState, operations_routes, routes};
 use crate::transport::internal::internal_routes;
+use crate::transport::media_http::routes as media_routes;
 
 pub struct Running {
     pub local_addr: SocketAddr,
@@ -267,16 +268,18 @@ fn serve_public(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(|cfg| routes(cfg, with_metrics)))
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(config.server.shutdown_timeout_secs)
-        .max_connections(config.limits.max_connections + 1024)
-        // Chat frames are small and latency-bound: never hold one back waiting for an ACK (Nagle +
-        // delayed ACK added ~40 ms to p90 delivery latency before this).
-        .tcp_nodelay(true)
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        App::new().app_data(state.clone()).configure(|cfg| routes(cfg, with_metrics)).configure(media_routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(config.server.shutdown_timeout_secs)
+    .max_connections(config.limits.max_connections + 1024)
+    // Chat frames are small and latency-bound: never hold one back waiting for an ACK (Nagle +
+    // delayed ACK added ~40 ms to p90 delivery latency before this).
+    .tcp_nodelay(true)
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     Ok((handle, actix_web::rt::spawn(server)))
 }

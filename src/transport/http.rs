@@ -1,6 +1,6 @@
-//! HTTP endpoints: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`; the
-//! routes of `/v1/media` (handled in `media_http.rs`). (The
-//! cluster's node-to-node endpoint is on its own listener: `internal.rs`.)
+//! HTTP endpoints: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`. (Images
+//! have their routes in `media_http.rs`; the cluster's node-to-node endpoint is on its own
+//! listener: `internal.rs`.)
 //!
 //! Auth bodies are the protocol's messages, as JSON (proto3 mapping) by default or protobuf when the
 //! request's `Content-Type` is `application/x-protobuf`; the answer uses the same encoding.
@@ -55,9 +55,6 @@ pub fn routes(cfg: &mut web::ServiceConfig, with_metrics: bool) {
         .route(paths::LOG_IN, web::post().to(log_in))
         .route(paths::REFRESH, web::post().to(refresh))
         .route(paths::LOG_OUT, web::post().to(log_out))
-        .route(paths::MEDIA, web::post().to(super::media_http::upload))
-        .route(&format!("{}/{{media_id}}", paths::MEDIA), web::get().to(super::media_http::read))
-        .route(&format!("{}/{{media_id}}/url", paths::MEDIA), web::get().to(super::media_http::signed_url))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz));
     if with_metrics {

@@ -29,6 +29,14 @@ use crate::domain::{DomainError, DomainResult, ImageFormat, MediaId, MediaInfo};
 /// who may read an image depends on who asks.
 const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
 
+/// The public port's image routes (beside `http::routes`).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use tidings_proto::paths::MEDIA;
+    cfg.route(MEDIA, web::post().to(upload))
+        .route(&format!("{MEDIA}/{{media_id}}"), web::get().to(read))
+        .route(&format!("{MEDIA}/{{media_id}}/url"), web::get().to(signed_url));
+}
+
 fn answer_encoding(req: &HttpRequest) -> Encoding {
     let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
     if accept.contains(PROTOBUF) { Encoding::Protobuf } else { Encoding::Json }
