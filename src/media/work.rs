@@ -56,3 +56,37 @@ impl ImageWork {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn beyond_the_workers_and_the_queue_jobs_are_refused() {
+        let work = Arc::new(ImageWork::new(1, 1));
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(std::sync::Mutex::new(held));
+        // One running (held until released), one waiting: the third is refused at once.
+        let running = {
+            let (work, held) = (work.clone(), held.clone());
+            tokio::spawn(async move { work.run(move || Ok(held.lock().unwrap().recv().is_ok())).await })
+        };
+        while work.admitted.load(Ordering::Acquire) < 1 {
+            tokio::task::yield_now().await;
+        }
+        let waiting = {
+            let work = work.clone();
+            tokio::spawn(async move { work.run(|| Ok(true)).await })
+        };
+        while work.admitted.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = work.run(|| Ok(true)).await.unwrap_err();
+        assert_eq!(refused.code, crate::domain::Code::Overloaded);
+        release.send(()).unwrap();
+        assert!(running.await.unwrap().unwrap());
+        assert!(waiting.await.unwrap().unwrap());
+        // Room again.
+        assert!(work.run(|| Ok(true)).await.unwrap());
+    }
+}
