@@ -51,6 +51,8 @@ pub struct MediaConfig {
     pub orphan_ttl_hours: f64,
     /// How often images never sent are looked for.
     pub collect_every_secs: u64,
+    /// Uploads per user per minute (a burst of as many, then one every 60/n s); 0: no limit.
+    pub uploads_per_minute_per_user: u32,
 }
 
 impl Default for MediaConfig {
@@ -67,6 +69,7 @@ impl Default for MediaConfig {
             signed_url_ttl_secs: 3600,
             orphan_ttl_hours: 24.0,
             collect_every_secs: 600,
+            uploads_per_minute_per_user: 60,
         }
     }
 }

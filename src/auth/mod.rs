@@ -5,13 +5,11 @@
 //! expiry). Refresh tokens are random, one per device, stored only as a SHA-256 hash, and rotate on
 //! every use.
 
-mod attempts;
 mod hashing;
 mod password;
 mod service;
 mod tokens;
 
-pub use attempts::AttemptLimiter;
 pub use password::PasswordHasher;
 pub use service::{AuthService, Authenticated, Refreshed, Session};
 pub use tokens::TokenKeys;

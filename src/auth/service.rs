@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use super::hashing::HashingPool;
 use super::tokens::{hash_refresh_token, new_refresh_token, parse_refresh_token};
-use super::{AttemptLimiter, PasswordHasher, TokenKeys};
+use super::{PasswordHasher, TokenKeys};
 use crate::config::AuthConfig;
 use crate::domain::error::{Code, DomainError, DomainResult};
 use crate::domain::{DeviceId, UserId, new_random_id, now_ms};
+use crate::rate_limit::PerKeyLimiter;
 use crate::store::{DeviceRecord, NewUser, RefreshRotation, Store};
 
 const MAX_PASSWORD_BYTES: usize = 1024;
@@ -49,8 +50,8 @@ pub struct AuthService {
     store: Arc<dyn Store>,
     /// Every password hash and check runs here, a few at a time (`auth.max_concurrent_hashes`).
     hashing: HashingPool,
-    per_ip: AttemptLimiter,
-    per_username: AttemptLimiter,
+    per_ip: PerKeyLimiter,
+    per_username: PerKeyLimiter,
     keys: TokenKeys,
     config: AuthConfig,
 }
@@ -64,8 +65,8 @@ impl AuthService {
         Self {
             store,
             hashing: HashingPool::new(hashes, PasswordHasher::new(config.argon2_memory_kib, config.argon2_iterations)),
-            per_ip: AttemptLimiter::new(config.attempts_per_minute_per_ip),
-            per_username: AttemptLimiter::new(config.attempts_per_minute_per_username),
+            per_ip: PerKeyLimiter::new(config.attempts_per_minute_per_ip, "attempts"),
+            per_username: PerKeyLimiter::new(config.attempts_per_minute_per_username, "attempts"),
             keys: TokenKeys::new(secret),
             config,
         }
@@ -75,10 +76,10 @@ impl AuthService {
     fn admit(&self, client: Option<IpAddr>, username: Option<&str>) -> DomainResult<()> {
         let now = Instant::now();
         if let Some(ip) = client {
-            self.per_ip.attempt(&format!("ip:{ip}"), now)?;
+            self.per_ip.take(&format!("ip:{ip}"), now)?;
         }
         if let Some(name) = username {
-            self.per_username.attempt(&format!("user:{name}"), now)?;
+            self.per_username.take(&format!("user:{name}"), now)?;
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ use crate::config::MediaConfig;
 use crate::domain::{DomainError, DomainResult, ImageFormat, MediaId, MediaInfo, UserId, now_ms};
 use crate::jws::Hs256;
 use crate::metrics::METRICS;
+use crate::rate_limit::PerKeyLimiter;
 use crate::store::{MediaRecord, NewMedia, Store, StoreError};
 use cache::VariantCache;
 use work::ImageWork;
@@ -45,6 +46,8 @@ pub struct MediaService {
     making: dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Signs and checks signed URLs (a key of its own, derived from the token secret).
     url_key: Hs256,
+    /// Uploads per user per minute.
+    uploads: PerKeyLimiter,
 }
 
 /// What a signed URL's token says: this user may read this image until then.
@@ -73,7 +76,8 @@ impl MediaService {
         let derived =
             ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret), b"tidings media urls v1");
         let url_key = Hs256::new(derived.as_ref());
-        Ok(Self { store, config, work, spool_dir, cache, making: Default::default(), url_key })
+        let uploads = PerKeyLimiter::new(config.uploads_per_minute_per_user, "uploads");
+        Ok(Self { store, config, work, spool_dir, cache, making: Default::default(), url_key, uploads })
     }
 
     /// A token for `?token=`: `reader` may read the image (and its variants) with no other
@@ -136,6 +140,12 @@ impl MediaService {
 
     pub fn max_upload_bytes(&self) -> u64 {
         self.config.max_upload_bytes
+    }
+
+    /// Counts an upload of `user` against `media.uploads_per_minute_per_user` (before its body is
+    /// read): RATE_LIMITED with the wait beyond it.
+    pub fn admit_upload(&self, user: UserId) -> DomainResult<()> {
+        self.uploads.take(&user.0.to_string(), std::time::Instant::now())
     }
 
     /// A spool file for an upload to arrive in.

@@ -62,6 +62,7 @@ fn wire_info(info: &MediaInfo) -> wire::MediaInfo {
 
 async fn receive(req: &HttpRequest, mut payload: web::Payload, state: &AppState) -> DomainResult<MediaInfo> {
     let caller = authenticate(req, state).await?;
+    state.media.admit_upload(caller.user)?;
     let declared = declared_format(req)?;
     let max = state.media.max_upload_bytes();
     let too_large = || DomainError::new(Code::PayloadTooLarge, format!("an upload is at most {max} bytes"));

@@ -521,3 +521,29 @@ pub(crate) async fn images_never_sent_are_collected() {
     assert_eq!(fetch(&server, token, &sent, &[]).await.status(), StatusCode::OK, "the one in a message stays");
     assert_eq!(fetch(&server, &bob.auth.access_token, &sent, &[]).await.status(), StatusCode::OK);
 }
+
+/// Uploads are limited per user (`media.uploads_per_minute_per_user`): beyond the burst, 429
+/// RATE_LIMITED with Retry-After, before the body is read; another user is not affected.
+#[tokio::test]
+async fn uploads_beyond_the_users_rate_are_refused() {
+    let server = TestServer::start_with(|c| c.media.uploads_per_minute_per_user = 2);
+    let (ana, bob) = (server.user("ana").await, server.user("bob").await);
+    for _ in 0..2 {
+        let (status, _) = upload(&server, &ana.auth.access_token, "image/png", picture(ImageFormat::Png)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/media", server.addr))
+        .bearer_auth(&ana.auth.access_token)
+        .header("content-type", "image/png")
+        .body(picture(ImageFormat::Png))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&wait), "one upload every 30 s at 2 a minute: {wait}");
+    assert_eq!(code(&response.json().await.unwrap()), "RATE_LIMITED");
+    let (status, _) = upload(&server, &bob.auth.access_token, "image/png", picture(ImageFormat::Png)).await;
+    assert_eq!(status, StatusCode::CREATED, "bob has his own allowance");
+}
