@@ -6,7 +6,7 @@
 //! WAL checkpointer) start when it opens and stop when it closes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -40,6 +40,53 @@ impl Background {
             let began = Instant::now();
             part.stop().await;
             tracing::info!(part = part.name(), took_ms = began.elapsed().as_millis() as u64, "stopped");
+        }
+    }
+}
+
+/// A part that does one pass of work every so often until stopped (the fan-out sweep, the media
+/// collector). A pass in progress finishes before `stop` returns.
+pub struct Periodic {
+    name: &'static str,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Periodic {
+    /// Runs `pass` after `first_after`, then every `every`. On the actix runtime of the server
+    /// (a pass may start actors).
+    pub fn start<F, Fut>(name: &'static str, first_after: Duration, every: Duration, mut pass: F) -> Self
+    where
+        F: FnMut() -> Fut + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = actix_web::rt::spawn(async move {
+            let mut wait = first_after;
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                pass().await;
+                wait = every;
+            }
+        });
+        Self { name, stop, task: std::sync::Mutex::new(Some(task)) }
+    }
+}
+
+#[async_trait]
+impl Stoppable for Periodic {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
         }
     }
 }

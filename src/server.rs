@@ -17,13 +17,13 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
-use crate::actors::{FanoutSweep, Hub, Peers};
+use crate::actors::{Hub, Peers, fanout_sweep};
 use crate::auth::AuthService;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::{Config, StoreBackend};
 use crate::lifecycle::{Background, StoreService};
-use crate::media::{MediaCollector, MediaService};
+use crate::media::{MediaService, media_collector};
 use crate::push::{Presence, PushWorker, gate_for, providers_from};
 use crate::secrets::{SecretSource, private_dir, private_files};
 use crate::store::Store;
@@ -180,7 +180,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         cluster.start(hub.clone());
         background.started(cluster.clone());
     }
-    background.started(Arc::new(FanoutSweep::start(hub.clone())));
+    background.started(Arc::new(fanout_sweep(hub.clone())));
     let online = online_anywhere(hub.clone());
     let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));
     background.started(push_worker.clone());
@@ -188,7 +188,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         MediaService::new(store.clone(), config.media.clone(), &config.store.data_dir, &secret)
             .context("preparing the media spool directory")?,
     );
-    let collector = MediaCollector::start(
+    let collector = media_collector(
         store.clone(),
         config.media.orphan_ttl_hours,
         Duration::from_secs(config.media.collect_every_secs.max(1)),

@@ -11,35 +11,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-
 use super::Hub;
-use crate::lifecycle::Stoppable;
+use crate::lifecycle::Periodic;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-pub struct FanoutSweep {
-    stop: watch::Sender<bool>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
-}
-
-impl FanoutSweep {
-    pub fn start(hub: Arc<Hub>) -> Self {
-        let (stop, mut stopped) = watch::channel(false);
-        // On the actix runtime: opening a room starts its actor.
-        let task = actix_web::rt::spawn(async move {
-            loop {
-                sweep(&hub).await;
-                tokio::select! {
-                    _ = stopped.changed() => break,
-                    _ = tokio::time::sleep(SWEEP_EVERY) => {}
-                }
-            }
-        });
-        Self { stop, task: std::sync::Mutex::new(Some(task)) }
-    }
+/// Sweeps when the node starts and every `SWEEP_EVERY` after, until stopped.
+pub fn fanout_sweep(hub: Arc<Hub>) -> Periodic {
+    Periodic::start("fan-out sweep", Duration::ZERO, SWEEP_EVERY, move || {
+        let hub = hub.clone();
+        async move { sweep(&hub).await }
+    })
 }
 
 /// One look at the rooms behind: opens those this node owns.
@@ -55,21 +37,6 @@ async fn sweep(hub: &Arc<Hub>) {
         match hub.registry.room(room, hub).await {
             Ok(_) => tracing::debug!(%room, "room behind is open"),
             Err(e) => tracing::warn!(%room, error = %e, "opening a room behind failed; trying again later"),
-        }
-    }
-}
-
-#[async_trait]
-impl Stoppable for FanoutSweep {
-    fn name(&self) -> &'static str {
-        "fan-out sweep"
-    }
-
-    async fn stop(&self) {
-        let _ = self.stop.send(true);
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(task) = task {
-            let _ = task.await;
         }
     }
 }

@@ -9,7 +9,7 @@
 //!   acknowledges the sender and fans it out to the members' user actors.
 //! - `Registry` (`registry.rs`): finds (or starts) the actor of a user, or of an `ActorKey`.
 //! - `Peers` (`peers.rs`): what actors need of the other nodes, implemented by the cluster.
-//! - `FanoutSweep` (`fanout_sweep.rs`): opens the rooms whose fan-out a stopped writer left
+//! - `fanout_sweep.rs`: a periodic part that opens the rooms whose fan-out a stopped writer left
 //!   unfinished (a large room's entries reach the streams after the acknowledgement).
 //! - `protocol.rs`: what connections and services ask of actors, and what actors answer.
 //!
@@ -25,7 +25,7 @@ mod registry;
 mod room;
 mod user;
 
-pub use fanout_sweep::FanoutSweep;
+pub use fanout_sweep::fanout_sweep;
 pub use hub::Hub;
 pub use peers::{Forwarding, Peers};
 pub use protocol::{

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 
-pub use collector::MediaCollector;
+pub use collector::media_collector;
 pub use sanitize::{Sanitized, sanitize};
 pub use spool::Spooled;
 pub use variant::{Fit, VariantSpec};
