@@ -42,9 +42,8 @@ impl PerKeyLimiter {
             .entry(key.to_owned())
             .or_insert_with(|| TokenBucket::with_rate(self.per_minute / 60.0, self.per_minute, now));
         bucket.take(now).map_err(|retry_after_ms| DomainError {
-            code: Code::RateLimited,
-            message: format!("too many {}; wait before trying again", self.what),
             retry_after_ms,
+            ..DomainError::new(Code::RateLimited, format!("too many {}; wait before trying again", self.what))
         })
     }
 }

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::domain::error::DomainError;
-use crate::domain::{ActorKey, MediaId, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId};
+use crate::domain::{
+    ActorKey, MediaId, Profile, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId,
+};
 use crate::store::HistoryPage;
 
 /// A request for the actor of one key: what a node hands to the node that owns the key.
@@ -74,6 +76,8 @@ pub enum ReplyBody {
     Sent(SentAck),
     History { entries: Vec<RoomEntry>, more: bool },
     Presence(Vec<PresenceInfo>),
+    Profile(Box<Profile>),
+    Profiles(Vec<Profile>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,15 +33,24 @@ pub struct DomainError {
     pub code: Code,
     pub message: String,
     pub retry_after_ms: u32,
+    /// For `InvalidArgument`: the request field at fault, as the wire schema names it ("" when
+    /// none is, or the error is of another kind).
+    #[serde(default)]
+    pub field: String,
 }
 
 impl DomainError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after_ms: 0 }
+        Self { code, message: message.into(), retry_after_ms: 0, field: String::new() }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
+    }
+
+    /// An invalid argument that one field of the request is at fault for.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self { field: field.to_owned(), ..Self::invalid(message) }
     }
 
     pub fn not_a_member() -> Self {
@@ -57,7 +66,7 @@ impl DomainError {
     }
 
     pub fn overloaded(retry_after_ms: u32) -> Self {
-        Self { code: Code::Overloaded, message: "the server is at capacity; retry later".into(), retry_after_ms }
+        Self { retry_after_ms, ..Self::new(Code::Overloaded, "the server is at capacity; retry later") }
     }
 
     pub fn internal() -> Self {

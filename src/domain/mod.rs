@@ -4,6 +4,7 @@
 pub mod error;
 mod ids;
 mod media;
+mod profile;
 mod push;
 mod room;
 mod stream;
@@ -11,6 +12,10 @@ mod stream;
 pub use error::{Code, DomainError, DomainResult};
 pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
 pub use media::{ImageFormat, MediaId, MediaInfo};
+pub use profile::{
+    BIO_MAX_CHARS, Birthday, DISPLAY_NAME_MAX_CHARS, Profile, ProfileChange, SEARCH_MIN_CHARS, search_key,
+    search_key_head, search_keys,
+};
 pub use push::{Platform, PushKind, PushRegistration};
 pub use room::{
     EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage, room_name,

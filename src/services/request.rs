@@ -17,6 +17,8 @@ pub enum Request {
     Presence { users: Vec<UserId> },
     /// Push tokens and notification preferences (`push_prefs.rs`).
     Push(PushOp),
+    /// Profiles and finding users (`profiles.rs`).
+    Profiles(ProfilesOp),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +52,27 @@ pub enum PushOp {
     MuteRoom { room: RoomId, until_ms: i64 },
     SetDoNotDisturb { until_ms: i64 },
     SetHidePreviews { hide: bool },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProfilesOp {
+    /// Change the caller's own profile.
+    Set(ProfileEdit),
+    /// Profiles by id and by username.
+    Get { users: Vec<UserId>, usernames: Vec<String> },
+    /// Users by a prefix of their username or display name; `limit` 0 means the default.
+    Search { prefix: String, limit: u32 },
+}
+
+/// A profile change as the client sends it, unchecked: each `Some` replaces its field (an empty
+/// string clears it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfileEdit {
+    pub display_name: Option<String>,
+    pub bio: Option<String>,
+    pub avatar: Option<String>,
+    pub birthday: Option<String>,
+    pub private: Option<bool>,
 }
 
 /// A device's push token as the device sends it (the server adds who and which device).

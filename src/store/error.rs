@@ -65,9 +65,8 @@ impl From<StoreError> for DomainError {
             StoreErrorKind::Unavailable => {
                 tracing::warn!(error = %e, "store unavailable");
                 DomainError {
-                    code: Code::Unavailable,
-                    message: "storage is unavailable; retry later".into(),
                     retry_after_ms: 1000,
+                    ..DomainError::new(Code::Unavailable, "storage is unavailable; retry later")
                 }
             }
             StoreErrorKind::Busy => DomainError::overloaded(200),

@@ -26,7 +26,9 @@ pub use types::{
     RefreshRotation, UserRecord,
 };
 
-use crate::domain::{DeviceId, MediaId, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId};
+use crate::domain::{
+    DeviceId, MediaId, Profile, ProfileChange, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+};
 
 /// How many seqs share one partition of a room's log in partitioned backends.
 pub const ENTRY_BUCKET_SIZE: u64 = 16_384;
@@ -35,6 +37,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Unread counts stop at this many: "999+" is all a badge needs, and counting stays cheap.
 pub const UNREAD_COUNT_CAP: u32 = 1000;
+
+/// Index rows a search reads per user it answers: one user can match one prefix by a few keys.
+pub(crate) const SEARCH_ROWS_PER_USER: usize = 4;
 
 /// The most a push badge shows.
 pub(crate) const BADGE_CAP: u32 = 9_999;
@@ -185,14 +190,37 @@ pub trait MediaStore: Send + Sync {
     /// Whether `user` may see the image: they uploaded it, or they are a member of a room whose
     /// messages show it (an append of a message with images records that with the message).
     async fn may_see_media(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
-    /// Deletes up to `limit` images that no message shows and that nobody uploaded since
-    /// `uploaded_before_ms` (uploads never sent anywhere); returns how many.
+    /// Deletes up to `limit` images that no message shows, that are not public and that nobody
+    /// uploaded since `uploaded_before_ms` (uploads never sent anywhere); returns how many.
     async fn collect_orphan_media(&self, uploaded_before_ms: i64, limit: usize) -> StoreResult<u64>;
+    /// Makes a stored image readable by anyone (an avatar): for good, since whoever saw it may
+    /// keep it. Idempotent.
+    async fn publish_media(&self, id: MediaId) -> StoreResult<()>;
+}
+
+/// Profiles, and finding users by name.
+///
+/// A user is found by the keys `Profile::search_keys` gives (their username and each word on of
+/// their display name), kept in an index that a change of name rewrites. A backend whose index
+/// can lag the profile (ScyllaDB: no transaction spans both) checks what it finds against the
+/// profile, so a search never answers a user under a name they no longer have.
+#[async_trait]
+pub trait ProfileStore: Send + Sync {
+    /// Applies a checked change to the user's profile; `false` when the user does not exist.
+    async fn change_profile(&self, user: UserId, change: ProfileChange) -> StoreResult<bool>;
+    /// The profiles of those of `users` that exist, in no particular order (the defaults for a
+    /// user who never set one).
+    async fn profiles(&self, users: Vec<UserId>) -> StoreResult<Vec<Profile>>;
+    /// Up to `limit` users with a search key that starts with `prefix` (a `search_key` of at least
+    /// `SEARCH_MIN_CHARS` characters), in the order of their matching keys.
+    async fn search_profiles(&self, prefix: String, limit: usize) -> StoreResult<Vec<Profile>>;
 }
 
 /// Everything the server needs from a backend.
 #[async_trait]
-pub trait Store: AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore + MediaStore {
+pub trait Store:
+    AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore + MediaStore + ProfileStore
+{
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;
     /// Finishes queued writes and releases the backend. Later calls fail with `Unavailable`.

@@ -323,4 +323,6 @@ pub struct MediaRecord {
     pub chunk_bytes: u32,
     pub chunks: u32,
     pub created_at_ms: i64,
+    /// Readable by anyone logged in (`MediaStore::publish_media`).
+    pub public: bool,
 }

@@ -11,7 +11,7 @@ use tidings_proto::v1::{
 use crate::actors::{RoomOp, RoomWrite};
 use crate::domain::error::{Code, DomainError};
 use crate::domain::{DomainResult, MediaId, Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId};
-use crate::services::{PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
+use crate::services::{ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
 use crate::store::HistoryPage;
 
 /// A history page without a limit gets this many entries.
@@ -78,11 +78,11 @@ fn json_request_id(payload: &[u8]) -> u64 {
 }
 
 fn room(id: u64) -> Result<RoomId, DomainError> {
-    if id == 0 { Err(DomainError::invalid("room_id is required")) } else { Ok(RoomId(id)) }
+    if id == 0 { Err(DomainError::invalid_field("room_id", "room_id is required")) } else { Ok(RoomId(id)) }
 }
 
 fn user(id: u64, field: &str) -> Result<UserId, DomainError> {
-    if id == 0 { Err(DomainError::invalid(format!("{field} is required"))) } else { Ok(UserId(id)) }
+    if id == 0 { Err(DomainError::invalid_field(field, format!("{field} is required"))) } else { Ok(UserId(id)) }
 }
 
 fn users(ids: Vec<u64>, field: &str) -> Result<Vec<UserId>, DomainError> {
@@ -195,16 +195,18 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
             write(s.room_id, RoomWrite::SetRole(user(s.user_id, "user_id")?, role))
         }
         // Without a client message id a retry would store the message twice.
-        Wire::SendMessage(m) if m.client_msg_id.trim().is_empty() => {
-            Err(DomainError::invalid("client_msg_id is required: a fresh id per message makes retries safe"))
-        }
+        Wire::SendMessage(m) if m.client_msg_id.trim().is_empty() => Err(DomainError::invalid_field(
+            "client_msg_id",
+            "client_msg_id is required: a fresh id per message makes retries safe",
+        )),
         Wire::SendMessage(m) => {
             let media = m
                 .media_ids
                 .iter()
                 .map(|id| {
-                    MediaId::parse(id)
-                        .ok_or_else(|| DomainError::invalid(format!("media_ids: {id:?} is not a media id")))
+                    MediaId::parse(id).ok_or_else(|| {
+                        DomainError::invalid_field("media_ids", format!("media_ids: {id:?} is not a media id"))
+                    })
                 })
                 .collect::<DomainResult<Vec<_>>>()?;
             let send =
@@ -233,6 +235,17 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
         }
         Wire::SetDoNotDisturb(d) => Ok(Request::Push(PushOp::SetDoNotDisturb { until_ms: d.until_ms.max(0) })),
         Wire::SetHidePreviews(h) => Ok(Request::Push(PushOp::SetHidePreviews { hide: h.hide_previews })),
+        Wire::SetProfile(p) => Ok(Request::Profiles(ProfilesOp::Set(ProfileEdit {
+            display_name: p.display_name,
+            bio: p.bio,
+            avatar: p.avatar_media_id,
+            birthday: p.birthday,
+            private: p.private,
+        }))),
+        Wire::GetProfiles(g) => {
+            Ok(Request::Profiles(ProfilesOp::Get { users: users(g.user_ids, "user_ids")?, usernames: g.usernames }))
+        }
+        Wire::SearchUsers(s) => Ok(Request::Profiles(ProfilesOp::Search { prefix: s.prefix, limit: s.limit })),
     }
 }
 

@@ -55,6 +55,10 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
             let hub = hub.clone();
             actix::spawn(async move { replier.reply(services::presence::presence(&hub, me, users).await) });
         }
+        Request::Profiles(op) => {
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(services::profiles::handle(&hub, me, op).await) });
+        }
         Request::Push(op) => {
             let hub = hub.clone();
             actix::spawn(async move { replier.reply(services::push_prefs::handle(&hub, me, device, op).await) });

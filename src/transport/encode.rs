@@ -9,7 +9,7 @@ use super::codes::wire_code;
 use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
 use crate::domain::error::DomainError;
 use crate::domain::{
-    EntryBody, MemberRecord, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary, StreamEvent,
+    EntryBody, MemberRecord, Profile, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary, StreamEvent,
 };
 
 /// A frame ready for the socket.
@@ -32,6 +32,7 @@ pub fn error_frame(request_id: u64, error: &DomainError) -> ServerFrame {
             code: wire_code(error.code) as i32,
             message: error.message.clone(),
             retry_after_ms: error.retry_after_ms,
+            field: error.field.clone(),
         })),
     }
 }
@@ -61,6 +62,8 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
             R::History(wire::History { entries: entries.iter().map(entry).collect(), more: *more })
         }
         ReplyBody::Presence(users) => R::Presence(wire::PresenceList { users: users.iter().map(presence).collect() }),
+        ReplyBody::Profile(p) => R::Profile(profile(p)),
+        ReplyBody::Profiles(list) => R::Profiles(wire::ProfileList { profiles: list.iter().map(profile).collect() }),
     };
     ServerFrame { frame: Some(Frame::Reply(wire::Reply { request_id: answer.request_id, result: Some(result) })) }
 }
@@ -102,6 +105,18 @@ pub fn going_away_frame() -> ServerFrame {
 
 fn going(kind: wire::NoticeKind, pos: u64, message: &str) -> ServerFrame {
     ServerFrame { frame: Some(Frame::Notice(wire::Notice { kind: kind as i32, message: message.into(), pos })) }
+}
+
+fn profile(p: &Profile) -> wire::Profile {
+    wire::Profile {
+        user_id: p.user.0,
+        username: p.username.clone(),
+        display_name: p.display_name.clone(),
+        bio: p.bio.clone(),
+        avatar_media_id: p.avatar.map(|a| a.to_string()).unwrap_or_default(),
+        birthday: p.birthday.map(|b| b.to_string()).unwrap_or_default(),
+        private: p.private,
+    }
 }
 
 fn presence(p: &PresenceInfo) -> wire::Presence {

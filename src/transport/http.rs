@@ -86,7 +86,8 @@ pub(super) fn respond<T: Message + serde::Serialize>(
 }
 
 pub(super) fn error_response(encoding: Encoding, error: &DomainError) -> HttpResponse {
-    let body = HttpError { code: wire_code(error.code) as i32, message: error.message.clone() };
+    let body =
+        HttpError { code: wire_code(error.code) as i32, message: error.message.clone(), field: error.field.clone() };
     let mut response = respond(encoding, http_status(error.code), &body);
     if error.retry_after_ms > 0 {
         let secs = error.retry_after_ms.div_ceil(1000).to_string();

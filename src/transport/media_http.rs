@@ -28,6 +28,8 @@ use crate::domain::{DomainError, DomainResult, ImageFormat, MediaId, MediaInfo};
 /// Cached by clients and proxies for a year: a media id names the same bytes forever. Private:
 /// who may read an image depends on who asks.
 const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
+/// For public images (avatars): shared caches (a CDN) may keep them too.
+const CACHE_CONTROL_PUBLIC: &str = "public, max-age=31536000, immutable";
 
 /// The public port's image routes (beside `http::routes`).
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -156,7 +158,7 @@ async fn answer(req: &HttpRequest, id: &str, state: &AppState) -> DomainResult<H
         let mut builder = HttpResponse::build(status);
         builder
             .insert_header((header::ETAG, etag.clone()))
-            .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
+            .insert_header((header::CACHE_CONTROL, if record.public { CACHE_CONTROL_PUBLIC } else { CACHE_CONTROL }))
             .insert_header((header::ACCEPT_RANGES, "bytes"))
             .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
         builder

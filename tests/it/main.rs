@@ -11,6 +11,7 @@ mod media;
 mod on_scylla;
 mod ops;
 mod prerequisites;
+mod profiles;
 mod push;
 mod rooms;
 mod scylla_failover;

@@ -11,7 +11,7 @@ use crate::harness::*;
 use tidings_client::tidings_proto::v1 as wire;
 
 /// A 40x30 picture with a gradient (so that rotations and crops show), encoded as `format`.
-fn picture(format: ImageFormat) -> Vec<u8> {
+pub(crate) fn picture(format: ImageFormat) -> Vec<u8> {
     let image = RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 128]));
     let mut out = Vec::new();
     DynamicImage::ImageRgb8(image).write_to(&mut Cursor::new(&mut out), format).unwrap();
@@ -22,7 +22,7 @@ fn content_type(format: ImageFormat) -> &'static str {
     format.to_mime_type()
 }
 
-async fn upload(server: &TestServer, token: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
+pub(crate) async fn upload(server: &TestServer, token: &str, content_type: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let response = reqwest::Client::new()
         .post(format!("http://{}/v1/media", server.addr))
         .bearer_auth(token)
@@ -35,7 +35,7 @@ async fn upload(server: &TestServer, token: &str, content_type: &str, body: Vec<
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn fetch(server: &TestServer, token: &str, id: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+pub(crate) async fn fetch(server: &TestServer, token: &str, id: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = reqwest::Client::new().get(format!("http://{}/v1/media/{id}", server.addr)).bearer_auth(token);
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -512,6 +512,14 @@ pub(crate) async fn images_never_sent_are_collected() {
     a.request(send_images(room, "s1", "", &[&sent])).await.unwrap();
     let (_, kept) = upload(&server, token, "image/jpeg", picture(ImageFormat::Jpeg)).await;
     let never_sent = kept["mediaId"].as_str().unwrap().to_owned();
+    let (_, avatar) = upload(&server, token, "image/gif", picture(ImageFormat::Gif)).await;
+    let avatar = avatar["mediaId"].as_str().unwrap().to_owned();
+    crate::profiles::set_profile(
+        &a,
+        wire::SetProfileRequest { avatar_media_id: Some(avatar.clone()), ..Default::default() },
+    )
+    .await
+    .unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     while fetch(&server, token, &never_sent, &[]).await.status() == StatusCode::OK {
         assert!(std::time::Instant::now() < deadline, "the image never sent is collected");
@@ -520,6 +528,7 @@ pub(crate) async fn images_never_sent_are_collected() {
     assert_eq!(fetch(&server, token, &never_sent, &[]).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(fetch(&server, token, &sent, &[]).await.status(), StatusCode::OK, "the one in a message stays");
     assert_eq!(fetch(&server, &bob.auth.access_token, &sent, &[]).await.status(), StatusCode::OK);
+    assert_eq!(fetch(&server, token, &avatar, &[]).await.status(), StatusCode::OK, "an avatar stays");
 }
 
 /// Uploads are limited per user (`media.uploads_per_minute_per_user`): beyond the burst, 429

@@ -31,6 +31,11 @@ on_scylla! {
         signed_urls_read_one_image_until_they_expire,
         images_never_sent_are_collected,
     ];
+    profiles: [
+        profiles_are_set_read_and_found_by_name,
+        bad_profile_changes_are_refused_naming_their_field,
+        an_avatar_is_readable_by_anyone_and_cached_publicly_a_chat_image_is_not,
+    ];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,
         ack_within_the_grace_window_cancels_the_push,

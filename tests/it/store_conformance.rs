@@ -540,7 +540,7 @@ pub async fn media(store: &dyn Store) {
     store.put_media(put(1, 100)).await.unwrap();
     store.put_media(put(2, 200)).await.unwrap();
     let record = store.media(id).await.unwrap().expect("stored");
-    assert_eq!((record.info, record.chunk_bytes, record.chunks, record.created_at_ms), (info, 1024, 3, 100));
+    assert_eq!((record.info, record.chunk_bytes, record.chunks, record.created_at_ms), (info.clone(), 1024, 3, 100));
     let mut back = Vec::new();
     for index in 0..3 {
         back.extend_from_slice(&store.media_chunk(id, index).await.unwrap().expect("a chunk"));
@@ -561,6 +561,90 @@ pub async fn media(store: &dyn Store) {
     assert_eq!(store.media_chunk(id, 0).await.unwrap(), None);
     assert!(!store.uploaded_media(id, UserId(1)).await.unwrap());
     assert_eq!(store.collect_orphan_media(1000, 10).await.unwrap(), 0);
+
+    // A public image (an avatar): anyone may see it, and it is never collected.
+    let avatar_bytes = b"an avatar".to_vec();
+    let avatar = MediaId::of(&avatar_bytes);
+    let avatar_info = MediaInfo { id: avatar, bytes: avatar_bytes.len() as u64, ..info.clone() };
+    let upload = NewMedia {
+        info: avatar_info,
+        uploader: UserId(1),
+        at_ms: 100,
+        chunk_bytes: 1024,
+        chunks: vec![bytes::Bytes::from(avatar_bytes)],
+    };
+    store.put_media(upload).await.unwrap();
+    assert!(!store.media(avatar).await.unwrap().unwrap().public);
+    assert!(!store.may_see_media(avatar, UserId(5)).await.unwrap());
+    store.publish_media(avatar).await.unwrap();
+    store.publish_media(avatar).await.unwrap();
+    assert!(store.media(avatar).await.unwrap().unwrap().public);
+    assert!(store.may_see_media(avatar, UserId(5)).await.unwrap(), "anyone sees a public image");
+    assert_eq!(store.collect_orphan_media(1000, 10).await.unwrap(), 0, "a public image stays");
+    assert!(store.media_chunk(avatar, 0).await.unwrap().is_some());
+}
+
+/// Profiles: the defaults, changes of some fields, reads of many, and searches by prefix that
+/// follow renames.
+pub async fn profiles(store: Arc<dyn Store>) {
+    use tidings::domain::{Birthday, MediaId, Profile, ProfileChange};
+    let ana = user(&*store, 1, "ana_s").await;
+    let bob = user(&*store, 2, "bob").await;
+    let anatole = user(&*store, 3, "anatole").await;
+    let by_name = |prefix: &str| {
+        let (store, prefix) = (store.clone(), prefix.to_owned());
+        async move {
+            let found = store.search_profiles(prefix, 10).await.unwrap();
+            found.into_iter().map(|p| p.username).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(store.profiles(vec![bob, UserId(99)]).await.unwrap(), vec![Profile::empty(bob, "bob".into())]);
+    assert_eq!(by_name("an").await, vec!["ana_s", "anatole"], "users are found by username from sign-up");
+    assert!(!store.change_profile(UserId(99), ProfileChange::default()).await.unwrap(), "no such user");
+
+    let avatar = MediaId::of(b"x");
+    let birthday = Birthday::parse("1990-05-17");
+    let change = ProfileChange {
+        display_name: Some("Ana María Silva".into()),
+        bio: Some("tea".into()),
+        avatar: Some(Some(avatar)),
+        birthday: Some(birthday),
+        private: Some(true),
+    };
+    assert!(store.change_profile(ana, change).await.unwrap());
+    // Two changes of different fields at once: neither is lost.
+    let (renamed, bio) = futures_util::join!(
+        store.change_profile(bob, ProfileChange { display_name: Some("Bob Marley".into()), ..Default::default() }),
+        store.change_profile(bob, ProfileChange { bio: Some("reggae".into()), ..Default::default() }),
+    );
+    assert!(renamed.unwrap() && bio.unwrap());
+    let mut both = store.profiles(vec![ana, bob, anatole]).await.unwrap();
+    both.sort_by_key(|p| p.user);
+    let expected_ana = Profile {
+        user: ana,
+        username: "ana_s".into(),
+        display_name: "Ana María Silva".into(),
+        bio: "tea".into(),
+        avatar: Some(avatar),
+        birthday,
+        private: true,
+    };
+    assert_eq!(both[0], expected_ana);
+    assert_eq!((both[1].display_name.as_str(), both[1].bio.as_str()), ("Bob Marley", "reggae"));
+    assert_eq!(both[2], Profile::empty(anatole, "anatole".into()));
+
+    assert_eq!(by_name("ana").await, vec!["ana_s", "anatole"], "by key: 'ana maría silva' < 'ana_s' < 'anatole'");
+    assert_eq!(by_name("mar").await, vec!["bob", "ana_s"], "'marley' < 'maría silva'");
+    assert_eq!(by_name("marí").await, vec!["ana_s"]);
+    assert_eq!(store.search_profiles("an".into(), 1).await.unwrap().len(), 1, "at most the limit");
+
+    // A rename: the old name finds her no more, the new one does; clearing a field clears it.
+    let rename = ProfileChange { display_name: Some("Zoe".into()), avatar: Some(None), ..Default::default() };
+    assert!(store.change_profile(ana, rename).await.unwrap());
+    assert_eq!(by_name("sil").await, Vec::<String>::new());
+    assert_eq!(by_name("zo").await, vec!["ana_s"]);
+    let now = store.profiles(vec![ana]).await.unwrap().pop().unwrap();
+    assert_eq!((now.display_name.as_str(), now.avatar, now.bio.as_str()), ("Zoe", None, "tea"));
 }
 
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to
@@ -616,6 +700,13 @@ macro_rules! store_suite {
             async fn media_is_stored_once_in_chunks() {
                 let Some((guard, store)) = $make else { return };
                 super::media(&*store).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
+            async fn profiles_and_search() {
+                let Some((guard, store)) = $make else { return };
+                super::profiles(store.clone()).await;
                 guard.finish().await;
             }
 

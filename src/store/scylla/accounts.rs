@@ -76,12 +76,11 @@ impl AccountStore for ScyllaStore {
         let values = (id(user.id.0), &user.username, &user.password_hash, user.created_at_ms);
         self.execute(&s.insert_user, values).await?;
         let claimed = self.execute(&s.claim_name, (&user.username, id(user.id.0))).await?;
-        if lwt(claimed)?.applied {
-            return Ok(());
-        }
         // The name is someone's: ours, if this is a retry of a sign-up that did claim it.
-        if self.rows::<(i64,)>(&s.name_owner, (&user.username,)).await?.first() == Some(&(id(user.id.0),)) {
-            return Ok(());
+        if lwt(claimed)?.applied
+            || self.rows::<(i64,)>(&s.name_owner, (&user.username,)).await?.first() == Some(&(id(user.id.0),))
+        {
+            return self.index_profile(user.id, &super::profiles::username_key(&user.username)).await;
         }
         self.execute(&s.delete_user, (id(user.id.0),)).await?;
         Err(StoreError::new(StoreErrorKind::Conflict, "username taken"))

@@ -24,6 +24,27 @@ impl ScyllaStore {
         futures_util::future::try_join_all(links).await?;
         Ok(())
     }
+
+    /// The image's record as written at upload (not whether it is public).
+    async fn media_record(&self, media: MediaId) -> StoreResult<Option<MediaRecord>> {
+        let rows = self.rows::<(i32, i32, i32, i64, i32, i32, i64)>(&self.media.record, (&media.0[..],)).await?;
+        let Some((format, width, height, size, chunk_bytes, chunks, created_at_ms)) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let format = ImageFormat::from_code(format)
+            .ok_or_else(|| StoreError::new(StoreErrorKind::Corrupt, format!("unknown image format {format}")))?;
+        Ok(Some(MediaRecord {
+            info: MediaInfo { id: media, format, width: width as u32, height: height as u32, bytes: size as u64 },
+            chunk_bytes: chunk_bytes as u32,
+            chunks: chunks as u32,
+            created_at_ms,
+            public: false,
+        }))
+    }
+
+    async fn is_public(&self, media: MediaId) -> StoreResult<bool> {
+        Ok(!self.rows::<(Vec<u8>,)>(&self.media.public, (&media.0[..],)).await?.is_empty())
+    }
 }
 
 pub(super) struct Statements {
@@ -45,6 +66,8 @@ pub(super) struct Statements {
     delete_uploaders: PreparedStatement,
     collected_up_to: PreparedStatement,
     set_collected_up_to: PreparedStatement,
+    public: PreparedStatement,
+    publish: PreparedStatement,
 }
 
 impl Statements {
@@ -76,6 +99,8 @@ impl Statements {
             collected_up_to: p("SELECT value FROM {ks}.meta WHERE key = 'media_collected_up_to_hour'").await?,
             set_collected_up_to: p("INSERT INTO {ks}.meta (key, value) VALUES ('media_collected_up_to_hour', ?)")
                 .await?,
+            public: p("SELECT media_id FROM {ks}.public_media WHERE media_id = ?").await?,
+            publish: p("INSERT INTO {ks}.public_media (media_id) VALUES (?)").await?,
         })
     }
 }
@@ -131,7 +156,8 @@ impl MediaStore for ScyllaStore {
             for (key,) in &listed {
                 let Ok(bytes) = <[u8; 16]>::try_from(key.as_slice()) else { continue };
                 let media = MediaId(bytes);
-                let shown = !self.rows::<(i64,)>(&s.refs, (&key[..], 1i32)).await?.is_empty();
+                let shown =
+                    !self.rows::<(i64,)>(&s.refs, (&key[..], 1i32)).await?.is_empty() || self.is_public(media).await?;
                 let uploads = self.rows::<(i64,)>(&s.uploads_of, (&key[..],)).await?;
                 let last_upload = uploads.into_iter().map(|(at,)| at).max();
                 let recent = last_upload.is_some_and(|at| at >= uploaded_before_ms);
@@ -163,23 +189,19 @@ impl MediaStore for ScyllaStore {
 
     async fn media(&self, media: MediaId) -> StoreResult<Option<MediaRecord>> {
         self.check_open()?;
-        let rows = self.rows::<(i32, i32, i32, i64, i32, i32, i64)>(&self.media.record, (&media.0[..],)).await?;
-        let Some((format, width, height, size, chunk_bytes, chunks, created_at_ms)) = rows.into_iter().next() else {
-            return Ok(None);
-        };
-        let format = ImageFormat::from_code(format)
-            .ok_or_else(|| StoreError::new(StoreErrorKind::Corrupt, format!("unknown image format {format}")))?;
-        Ok(Some(MediaRecord {
-            info: MediaInfo { id: media, format, width: width as u32, height: height as u32, bytes: size as u64 },
-            chunk_bytes: chunk_bytes as u32,
-            chunks: chunks as u32,
-            created_at_ms,
-        }))
+        let (record, public) = futures_util::try_join!(self.media_record(media), self.is_public(media))?;
+        Ok(record.map(|record| MediaRecord { public, ..record }))
+    }
+
+    async fn publish_media(&self, media: MediaId) -> StoreResult<()> {
+        self.check_open()?;
+        self.execute(&self.media.publish, (&media.0[..],)).await?;
+        Ok(())
     }
 
     async fn media_chunk(&self, media: MediaId, index: u32) -> StoreResult<Option<bytes::Bytes>> {
         self.check_open()?;
-        let Some(record) = self.media(media).await? else { return Ok(None) };
+        let Some(record) = self.media_record(media).await? else { return Ok(None) };
         if index >= record.chunks {
             return Ok(None);
         }
@@ -191,7 +213,7 @@ impl MediaStore for ScyllaStore {
     }
 
     async fn may_see_media(&self, media: MediaId, user: UserId) -> StoreResult<bool> {
-        if self.uploaded_media(media, user).await? {
+        if self.is_public(media).await? || self.uploaded_media(media, user).await? {
             return Ok(true);
         }
         let rooms = self.rows::<(i64,)>(&self.media.refs, (&media.0[..], ROOMS_LOOKED_AT as i32)).await?;

@@ -16,6 +16,7 @@ mod accounts;
 mod append;
 mod fence;
 mod media;
+mod profiles;
 mod push_prefs;
 mod push_queue;
 mod rooms;
@@ -83,6 +84,7 @@ pub struct Parts {
     appends: append::Appends,
     push_queue: push_queue::Statements,
     media: media::Statements,
+    profiles: profiles::Statements,
     closed: AtomicBool,
 }
 
@@ -118,6 +120,7 @@ impl ScyllaStore {
         let streams = streams::Streams::prepare(&session, &options).await?;
         let push_queue = push_queue::Statements::prepare(&session, &options).await?;
         let media = media::Statements::prepare(&session, &options).await?;
+        let profiles = profiles::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -128,6 +131,7 @@ impl ScyllaStore {
             appends: append::Appends::default(),
             push_queue,
             media,
+            profiles,
             closed: AtomicBool::new(false),
         })))
     }

@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 5;
+pub(super) const SCHEMA_VERSION: i32 = 6;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -145,6 +145,20 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS {ks}.media_refs (media_id blob, room_id bigint, PRIMARY KEY (media_id, room_id))",
             // Uploads by the hour they came in: where the collector of images never sent looks.
             "CREATE TABLE IF NOT EXISTS {ks}.media_by_hour (hour bigint, media_id blob, PRIMARY KEY (hour, media_id))",
+        ],
+    ),
+    (
+        6,
+        "profiles, their search index, public images",
+        &[
+            "CREATE TABLE IF NOT EXISTS {ks}.profiles (user_id bigint PRIMARY KEY, display_name text, bio text,
+                avatar blob, birthday text, private boolean)",
+            // A row per search key of a user (`Profile::search_keys`), partitioned by the key's first
+            // two characters, so that a prefix search reads one partition, in key order.
+            "CREATE TABLE IF NOT EXISTS {ks}.profile_search (head text, key text, user_id bigint,
+                PRIMARY KEY (head, key, user_id))",
+            // Images anyone logged in may read (avatars).
+            "CREATE TABLE IF NOT EXISTS {ks}.public_media (media_id blob PRIMARY KEY)",
         ],
     ),
 ];

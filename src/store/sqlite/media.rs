@@ -81,7 +81,7 @@ pub(super) fn put(tx: &Transaction<'_>, media: &NewMedia) -> rusqlite::Result<St
 
 pub(super) fn record(c: &Connection, id: MediaId) -> rusqlite::Result<Option<MediaRecord>> {
     c.prepare_cached(
-        "SELECT format, width, height, size, chunk_bytes, chunks, created_at_ms FROM media WHERE media_id = ?1",
+        "SELECT format, width, height, size, chunk_bytes, chunks, created_at_ms, public FROM media WHERE media_id = ?1",
     )?
     .query_row([&id.0[..]], |r| {
         let format = ImageFormat::from_code(r.get(0)?).ok_or_else(|| {
@@ -92,6 +92,7 @@ pub(super) fn record(c: &Connection, id: MediaId) -> rusqlite::Result<Option<Med
             chunk_bytes: r.get(4)?,
             chunks: r.get(5)?,
             created_at_ms: r.get(6)?,
+            public: r.get(7)?,
         })
     })
     .optional()
@@ -106,10 +107,11 @@ pub(super) fn chunk(c: &Connection, id: MediaId, index: u32) -> rusqlite::Result
     .optional()
 }
 
-/// The uploader, or a member of a room whose messages show the image.
+/// Anyone for a public image; else the uploader, or a member of a room whose messages show it.
 pub(super) fn may_see(c: &Connection, id: MediaId, user: UserId) -> rusqlite::Result<bool> {
     c.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM media_uploaders WHERE media_id = ?1 AND user_id = ?2)
+        "SELECT EXISTS (SELECT 1 FROM media WHERE media_id = ?1 AND public)
+             OR EXISTS (SELECT 1 FROM media_uploaders WHERE media_id = ?1 AND user_id = ?2)
              OR EXISTS (SELECT 1 FROM media_refs r JOIN members m ON m.room_id = r.room_id
                         WHERE r.media_id = ?1 AND m.user_id = ?2)",
     )?
@@ -123,6 +125,12 @@ pub(super) fn uploaded(c: &Connection, id: MediaId, user: UserId) -> rusqlite::R
         .map(|found| found.is_some())
 }
 
+/// Makes an image readable by anyone.
+pub(super) fn publish(tx: &Transaction<'_>, id: MediaId) -> rusqlite::Result<StoreResult<()>> {
+    tx.prepare_cached("UPDATE media SET public = 1 WHERE media_id = ?1")?.execute([&id.0[..]])?;
+    Ok(Ok(()))
+}
+
 /// Images no message shows, last uploaded before `before_ms`: deleted, up to `limit`.
 pub(super) fn collect_orphans(
     tx: &Transaction<'_>,
@@ -132,7 +140,7 @@ pub(super) fn collect_orphans(
     let orphans: Vec<Vec<u8>> = tx
         .prepare_cached(
             "SELECT m.media_id FROM media m
-             WHERE NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = m.media_id)
+             WHERE NOT m.public AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = m.media_id)
                AND (SELECT MAX(u.at_ms) FROM media_uploaders u WHERE u.media_id = m.media_id) < ?1
              LIMIT ?2",
         )?

@@ -4,6 +4,7 @@
 mod checkpointer;
 mod codec;
 mod media;
+mod profiles;
 mod push;
 mod reads;
 mod schema;
@@ -23,13 +24,14 @@ use writer::WriteCmd;
 
 use super::{
     AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, HistoryPage, MediaRecord, MediaStore,
-    NewMedia, NewRoom, NewUser, Positions, PushContext, PushJob, PushJobEnd, PushPreferences, PushPrefsStore,
-    PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind, StoreResult,
-    StreamStore, UserRecord,
+    NewMedia, NewRoom, NewUser, Positions, ProfileStore, PushContext, PushJob, PushJobEnd, PushPreferences,
+    PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind,
+    StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
-    DeviceId, MediaId, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+    DeviceId, MediaId, Profile, ProfileChange, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary,
+    StreamEvent, UserId,
 };
 
 /// Settings of the SQLite backend.
@@ -386,6 +388,25 @@ impl MediaStore for SqliteStore {
 
     async fn collect_orphan_media(&self, uploaded_before_ms: i64, limit: usize) -> StoreResult<u64> {
         self.write(|reply| WriteCmd::CollectOrphanMedia { before_ms: uploaded_before_ms, limit, reply }).await
+    }
+
+    async fn publish_media(&self, id: MediaId) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::PublishMedia(id, reply)).await
+    }
+}
+
+#[async_trait]
+impl ProfileStore for SqliteStore {
+    async fn change_profile(&self, user: UserId, change: ProfileChange) -> StoreResult<bool> {
+        self.write(|reply| WriteCmd::ChangeProfile { user, change, reply }).await
+    }
+
+    async fn profiles(&self, users: Vec<UserId>) -> StoreResult<Vec<Profile>> {
+        self.read(move |c| profiles::read_many(c, &users)).await
+    }
+
+    async fn search_profiles(&self, prefix: String, limit: usize) -> StoreResult<Vec<Profile>> {
+        self.read(move |c| profiles::search(c, &prefix, limit)).await
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::push;
 use crate::domain::{
-    DeviceId, EntryBody, EventRef, PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId,
-    now_ms,
+    DeviceId, EntryBody, EventRef, MediaId, ProfileChange, PushRegistration, Receipt, ReceiptKind, Role, RoomId,
+    RoomKind, RoomState, UserId, now_ms,
 };
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
@@ -91,6 +91,12 @@ pub(super) enum WriteCmd {
         reply: Reply<u64>,
     },
     PutMedia(NewMedia, Reply<()>),
+    PublishMedia(MediaId, Reply<()>),
+    ChangeProfile {
+        user: UserId,
+        change: ProfileChange,
+        reply: Reply<bool>,
+    },
     CollectOrphanMedia {
         before_ms: i64,
         limit: usize,
@@ -229,6 +235,10 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::FinishPushJob(job, end, reply) => run!(reply, |tx, _| push::finish(tx, &job, &end)),
         WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
         WriteCmd::PutMedia(media, reply) => run!(reply, |tx, _| super::media::put(tx, &media)),
+        WriteCmd::PublishMedia(id, reply) => run!(reply, |tx, _| super::media::publish(tx, id)),
+        WriteCmd::ChangeProfile { user, change, reply } => {
+            run!(reply, |tx, _| super::profiles::change(tx, user, &change))
+        }
         WriteCmd::CollectOrphanMedia { before_ms, limit, reply } => {
             run!(reply, |tx, _| super::media::collect_orphans(tx, before_ms, limit))
         }
@@ -334,6 +344,7 @@ fn create_user(tx: &Transaction<'_>, user: &NewUser) -> CmdResult<()> {
     if inserted == 0 {
         return Ok(Err(StoreError::new(StoreErrorKind::Conflict, "username taken")));
     }
+    super::profiles::index_new_user(tx, user.id, &user.username)?;
     Ok(Ok(()))
 }
 

@@ -1,0 +1,125 @@
+//! Profiles: a user changes their own (display name, bio, avatar, birthday, privacy); anyone logged
+//! in reads anyone's and finds users by a prefix of their username or display name. A birthday is
+//! shown to its user only. An avatar must be an image the user uploaded, and becomes readable by
+//! anyone logged in (`MediaStore::publish_media`) before the profile names it.
+
+use std::sync::Arc;
+
+use super::{ProfileEdit, ProfilesOp};
+use crate::actors::{Hub, ReplyBody};
+use crate::domain::{
+    BIO_MAX_CHARS, Birthday, Code, DISPLAY_NAME_MAX_CHARS, DomainError, DomainResult, MediaId, Profile, ProfileChange,
+    SEARCH_MIN_CHARS, UserId, now_ms, search_key,
+};
+
+/// Profiles one request may ask for.
+pub const MAX_PROFILES_PER_REQUEST: usize = 100;
+/// Search answers: the default and the most.
+const DEFAULT_SEARCH_LIMIT: u32 = 20;
+const MAX_SEARCH_LIMIT: u32 = 50;
+/// The longest search prefix, in characters (no key is longer than a display name).
+const SEARCH_MAX_CHARS: usize = DISPLAY_NAME_MAX_CHARS;
+
+pub async fn handle(hub: &Arc<Hub>, me: UserId, op: ProfilesOp) -> DomainResult<ReplyBody> {
+    match op {
+        ProfilesOp::Set(edit) => {
+            let change = check_edit(hub, me, edit).await?;
+            if let Some(Some(avatar)) = change.avatar {
+                hub.store.publish_media(avatar).await?;
+            }
+            if !hub.store.change_profile(me, change).await? {
+                return Err(DomainError::not_found("no such user"));
+            }
+            let mine =
+                hub.store.profiles(vec![me]).await?.pop().ok_or_else(|| DomainError::not_found("no such user"))?;
+            Ok(ReplyBody::Profile(Box::new(mine)))
+        }
+        ProfilesOp::Get { users, usernames } => {
+            if users.len() + usernames.len() > MAX_PROFILES_PER_REQUEST {
+                let message = format!("at most {MAX_PROFILES_PER_REQUEST} profiles per request");
+                return Err(DomainError::invalid_field("user_ids", message));
+            }
+            let mut ids = users;
+            for name in usernames {
+                if let Some(user) = hub.store.user_by_name(&name).await? {
+                    ids.push(user.id);
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            let profiles = hub.store.profiles(ids).await?;
+            Ok(ReplyBody::Profiles(profiles.into_iter().map(|p| as_seen_by(me, p)).collect()))
+        }
+        ProfilesOp::Search { prefix, limit } => {
+            let prefix = search_key(&prefix);
+            let chars = prefix.chars().count();
+            if !(SEARCH_MIN_CHARS..=SEARCH_MAX_CHARS).contains(&chars) {
+                let message = format!("prefix must be {SEARCH_MIN_CHARS} to {SEARCH_MAX_CHARS} characters");
+                return Err(DomainError::invalid_field("prefix", message));
+            }
+            let limit = match limit {
+                0 => DEFAULT_SEARCH_LIMIT,
+                n => n.min(MAX_SEARCH_LIMIT),
+            };
+            let found = hub.store.search_profiles(prefix, limit as usize).await?;
+            Ok(ReplyBody::Profiles(found.into_iter().map(|p| as_seen_by(me, p)).collect()))
+        }
+    }
+}
+
+/// The profile as `reader` sees it: a birthday is the user's own business.
+fn as_seen_by(reader: UserId, mut profile: Profile) -> Profile {
+    if profile.user != reader {
+        profile.birthday = None;
+    }
+    profile
+}
+
+/// Checks each field the client set; the first one at fault is named in the error.
+async fn check_edit(hub: &Hub, me: UserId, edit: ProfileEdit) -> DomainResult<ProfileChange> {
+    let display_name =
+        edit.display_name.map(|n| check_text("display_name", &n, DISPLAY_NAME_MAX_CHARS, false)).transpose()?;
+    let bio = edit.bio.map(|b| check_text("bio", &b, BIO_MAX_CHARS, true)).transpose()?;
+    let birthday = match edit.birthday.as_deref() {
+        None => None,
+        Some("") => Some(None),
+        Some(text) => {
+            let birthday = Birthday::parse(text).ok_or_else(|| {
+                DomainError::invalid_field("birthday", "birthday must be a date, YYYY-MM-DD, from 1900")
+            })?;
+            if birthday > Birthday::of_time_ms(now_ms()) {
+                return Err(DomainError::invalid_field("birthday", "birthday is in the future"));
+            }
+            Some(Some(birthday))
+        }
+    };
+    let avatar = match edit.avatar.as_deref() {
+        None => None,
+        Some("") => Some(None),
+        Some(text) => {
+            let id = MediaId::parse(text)
+                .ok_or_else(|| DomainError::invalid_field("avatar_media_id", "avatar_media_id is not a media id"))?;
+            if hub.store.media(id).await?.is_none() {
+                return Err(DomainError { field: "avatar_media_id".into(), ..DomainError::not_found("no such media") });
+            }
+            if !hub.store.uploaded_media(id, me).await? {
+                return Err(DomainError::new(Code::Forbidden, "an avatar must be an image you uploaded"));
+            }
+            Some(Some(id))
+        }
+    };
+    Ok(ProfileChange { display_name, bio, avatar, birthday, private: edit.private })
+}
+
+/// Trimmed text of at most `max_chars` characters, with no control characters (but line breaks
+/// where `lines` allows them).
+fn check_text(field: &str, text: &str, max_chars: usize, lines: bool) -> DomainResult<String> {
+    let text = text.trim();
+    if text.chars().count() > max_chars {
+        return Err(DomainError::invalid_field(field, format!("{field} is longer than {max_chars} characters")));
+    }
+    if text.chars().any(|c| c.is_control() && !(lines && c == '\n')) {
+        return Err(DomainError::invalid_field(field, format!("{field} has control characters")));
+    }
+    Ok(text.to_owned())
+}
