@@ -181,6 +181,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         background.started(cluster.clone());
     }
     background.started(Arc::new(fanout_sweep(hub.clone())));
+    background.started(Arc::new(crate::services::follows::follow_settler(store.clone())));
     let online = online_anywhere(hub.clone());
     let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));
     background.started(push_worker.clone());

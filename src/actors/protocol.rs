@@ -5,7 +5,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::domain::error::DomainError;
 use crate::domain::{
-    ActorKey, MediaId, Profile, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId,
+    ActorKey, FollowState, MediaId, ProfileView, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId,
 };
 use crate::store::HistoryPage;
 
@@ -76,8 +76,10 @@ pub enum ReplyBody {
     Sent(SentAck),
     History { entries: Vec<RoomEntry>, more: bool },
     Presence(Vec<PresenceInfo>),
-    Profile(Box<Profile>),
-    Profiles(Vec<Profile>),
+    Profile(Box<ProfileView>),
+    Profiles(Vec<ProfileView>),
+    Follow { user: UserId, state: FollowState },
+    Users { profiles: Vec<ProfileView>, next_cursor: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! transport converts them to and from the wire at the edge.
 
 pub mod error;
+mod follow;
 mod ids;
 mod media;
 mod profile;
@@ -10,6 +11,7 @@ mod room;
 mod stream;
 
 pub use error::{Code, DomainError, DomainResult};
+pub use follow::{FollowCounts, FollowList, FollowState, ProfileView, cursor_after, parse_cursor};
 pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
 pub use media::{ImageFormat, MediaId, MediaInfo};
 pub use profile::{

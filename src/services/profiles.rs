@@ -8,8 +8,8 @@ use std::sync::Arc;
 use super::{ProfileEdit, ProfilesOp};
 use crate::actors::{Hub, ReplyBody};
 use crate::domain::{
-    BIO_MAX_CHARS, Birthday, Code, DISPLAY_NAME_MAX_CHARS, DomainError, DomainResult, MediaId, Profile, ProfileChange,
-    SEARCH_MIN_CHARS, UserId, now_ms, search_key,
+    BIO_MAX_CHARS, Birthday, Code, DISPLAY_NAME_MAX_CHARS, DomainError, DomainResult, FollowState, MediaId,
+    ProfileChange, ProfileView, SEARCH_MIN_CHARS, UserId, now_ms, search_key,
 };
 
 /// Profiles one request may ask for.
@@ -30,8 +30,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: ProfilesOp) -> DomainResult<
             if !hub.store.change_profile(me, change).await? {
                 return Err(DomainError::not_found("no such user"));
             }
-            let mine =
-                hub.store.profiles(vec![me]).await?.pop().ok_or_else(|| DomainError::not_found("no such user"))?;
+            let mine = views(hub, me, vec![me]).await?.pop().ok_or_else(|| DomainError::not_found("no such user"))?;
             Ok(ReplyBody::Profile(Box::new(mine)))
         }
         ProfilesOp::Get { users, usernames } => {
@@ -47,8 +46,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: ProfilesOp) -> DomainResult<
             }
             ids.sort_unstable();
             ids.dedup();
-            let profiles = hub.store.profiles(ids).await?;
-            Ok(ReplyBody::Profiles(profiles.into_iter().map(|p| as_seen_by(me, p)).collect()))
+            Ok(ReplyBody::Profiles(views(hub, me, ids).await?))
         }
         ProfilesOp::Search { prefix, limit } => {
             let prefix = search_key(&prefix);
@@ -62,17 +60,38 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: ProfilesOp) -> DomainResult<
                 n => n.min(MAX_SEARCH_LIMIT),
             };
             let found = hub.store.search_profiles(prefix, limit as usize).await?;
-            Ok(ReplyBody::Profiles(found.into_iter().map(|p| as_seen_by(me, p)).collect()))
+            Ok(ReplyBody::Profiles(views(hub, me, found.into_iter().map(|p| p.user).collect()).await?))
         }
     }
 }
 
-/// The profile as `reader` sees it: a birthday is the user's own business.
-fn as_seen_by(reader: UserId, mut profile: Profile) -> Profile {
-    if profile.user != reader {
-        profile.birthday = None;
+/// The profiles of `users` as `reader` sees them, in the order given: with their counts and the
+/// follows between reader and each; a birthday only in the reader's own; none of those who blocked
+/// the reader (to whom they do not exist).
+pub async fn views(hub: &Hub, reader: UserId, users: Vec<UserId>) -> DomainResult<Vec<ProfileView>> {
+    let store = &hub.store;
+    let (profiles, counts, blockers) = futures_util::try_join!(
+        store.profiles(users.clone()),
+        store.follow_counts(users.clone()),
+        store.blockers_of(reader, users.clone()),
+    )?;
+    let mut views = Vec::with_capacity(users.len());
+    for user in users {
+        let Some(mut profile) = profiles.iter().find(|p| p.user == user).cloned() else { continue };
+        if blockers.contains(&user) {
+            continue;
+        }
+        let (mut my_follow, mut follows_me) = (FollowState::None, false);
+        if user != reader {
+            profile.birthday = None;
+            let (mine, theirs) =
+                futures_util::try_join!(store.follow_state(reader, user), store.follow_state(user, reader))?;
+            (my_follow, follows_me) = (mine, theirs == FollowState::Following);
+        }
+        let counts = counts.iter().find(|(u, _)| *u == user).map(|(_, c)| *c).unwrap_or_default();
+        views.push(ProfileView { profile, counts, my_follow, follows_me });
     }
-    profile
+    Ok(views)
 }
 
 /// Checks each field the client set; the first one at fault is named in the error.

@@ -1,7 +1,7 @@
 //! A decoded client request, grouped by what answers it.
 
 use crate::actors::RoomOp;
-use crate::domain::{Platform, RoomId, UserId};
+use crate::domain::{FollowList, Platform, RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -19,6 +19,8 @@ pub enum Request {
     Push(PushOp),
     /// Profiles and finding users (`profiles.rs`).
     Profiles(ProfilesOp),
+    /// Follows and blocks (`follows.rs`).
+    Follows(FollowsOp),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +64,27 @@ pub enum ProfilesOp {
     Get { users: Vec<UserId>, usernames: Vec<String> },
     /// Users by a prefix of their username or display name; `limit` 0 means the default.
     Search { prefix: String, limit: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FollowsOp {
+    Follow(UserId),
+    Unfollow(UserId),
+    /// Approve or decline a user's request to follow the caller.
+    Answer {
+        user: UserId,
+        approve: bool,
+    },
+    RemoveFollower(UserId),
+    /// A page of a user's list (`None`: the caller's); `cursor` as the client sent it.
+    List {
+        user: Option<UserId>,
+        list: FollowList,
+        cursor: String,
+        limit: u32,
+    },
+    Block(UserId),
+    Unblock(UserId),
 }
 
 /// A profile change as the client sends it, unchecked: each `Some` replaces its field (an empty

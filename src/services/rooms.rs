@@ -96,6 +96,9 @@ async fn create_direct(hub: &Arc<Hub>, me: UserId, peer: UserId) -> DomainResult
         return Err(DomainError::invalid("a direct room needs another user"));
     }
     require_existing(hub, vec![peer]).await?;
+    if super::follows::blocked_between(hub, me, peer).await? {
+        return Err(DomainError::forbidden("you cannot start a chat with this user"));
+    }
     create(hub, me, RoomKind::Direct, String::new(), vec![me, peer]).await
 }
 

@@ -27,7 +27,8 @@ pub use types::{
 };
 
 use crate::domain::{
-    DeviceId, MediaId, Profile, ProfileChange, PushRegistration, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Profile, ProfileChange, PushRegistration, RoomId,
+    RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// How many seqs share one partition of a room's log in partitioned backends.
@@ -216,10 +217,50 @@ pub trait ProfileStore: Send + Sync {
     async fn search_profiles(&self, prefix: String, limit: usize) -> StoreResult<Vec<Profile>>;
 }
 
+/// The follow graph and blocks.
+///
+/// Counts are exact: a follow's change and the counts it moves are one step (SQLite: one
+/// transaction; ScyllaDB: conditional writes that change an edge and its partition's count together,
+/// with the follower's side first and the followed's side mirroring it, resumed after a crash).
+#[async_trait]
+pub trait GraphStore: Send + Sync {
+    /// `from`'s follow of `to`.
+    async fn follow_state(&self, from: UserId, to: UserId) -> StoreResult<FollowState>;
+    /// Moves `from`'s follow of `to` to `state` if it is one of `when` now (any state when `when`
+    /// is empty), with both users' counts; returns the state it had. Idempotent: a retry finds the
+    /// change made and changes nothing.
+    async fn set_follow(
+        &self,
+        from: UserId,
+        to: UserId,
+        state: FollowState,
+        when: &[FollowState],
+    ) -> StoreResult<FollowState>;
+    /// The counts of each of `users`.
+    async fn follow_counts(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, FollowCounts)>>;
+    /// Up to `limit` users of `user`'s list, in the list's order, after `after` (from the start when
+    /// `None`).
+    async fn follow_list(
+        &self,
+        user: UserId,
+        list: FollowList,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> StoreResult<Vec<UserId>>;
+    /// `blocker` blocks (or, with `on` false, unblocks) `blocked`. Ending the follows between them
+    /// is the caller's (`set_follow`).
+    async fn set_block(&self, blocker: UserId, blocked: UserId, on: bool) -> StoreResult<()>;
+    /// Those of `others` who blocked `user`.
+    async fn blockers_of(&self, user: UserId, others: Vec<UserId>) -> StoreResult<Vec<UserId>>;
+    /// Finishes up to `limit` follow changes that a stopped process left half made; returns how
+    /// many it looked at. A backend that changes a follow in one transaction (SQLite) has none.
+    async fn settle_follows(&self, limit: usize) -> StoreResult<u64>;
+}
+
 /// Everything the server needs from a backend.
 #[async_trait]
 pub trait Store:
-    AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore + MediaStore + ProfileStore
+    AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore + MediaStore + ProfileStore + GraphStore
 {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;

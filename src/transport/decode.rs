@@ -4,14 +4,16 @@
 use prost::Message;
 use tidings_proto::Encoding;
 use tidings_proto::v1::{
-    ClientFrame, HistoryRequest, PushPlatform, ReceiptKind, Role as WireRole, SetPushTokenRequest,
-    client_frame::Request as Wire,
+    ClientFrame, FollowList as WireFollowList, HistoryRequest, PushPlatform, ReceiptKind, Role as WireRole,
+    SetPushTokenRequest, client_frame::Request as Wire,
 };
 
 use crate::actors::{RoomOp, RoomWrite};
 use crate::domain::error::{Code, DomainError};
-use crate::domain::{DomainResult, MediaId, Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId};
-use crate::services::{ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
+use crate::domain::{
+    DomainResult, FollowList, MediaId, Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId,
+};
+use crate::services::{FollowsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
 use crate::store::HistoryPage;
 
 /// A history page without a limit gets this many entries.
@@ -246,6 +248,25 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
             Ok(Request::Profiles(ProfilesOp::Get { users: users(g.user_ids, "user_ids")?, usernames: g.usernames }))
         }
         Wire::SearchUsers(s) => Ok(Request::Profiles(ProfilesOp::Search { prefix: s.prefix, limit: s.limit })),
+        Wire::Follow(f) => Ok(Request::Follows(FollowsOp::Follow(user(f.user_id, "user_id")?))),
+        Wire::Unfollow(f) => Ok(Request::Follows(FollowsOp::Unfollow(user(f.user_id, "user_id")?))),
+        Wire::AnswerFollowRequest(a) => {
+            Ok(Request::Follows(FollowsOp::Answer { user: user(a.user_id, "user_id")?, approve: a.approve }))
+        }
+        Wire::RemoveFollower(r) => Ok(Request::Follows(FollowsOp::RemoveFollower(user(r.user_id, "user_id")?))),
+        Wire::Block(b) => Ok(Request::Follows(FollowsOp::Block(user(b.user_id, "user_id")?))),
+        Wire::Unblock(b) => Ok(Request::Follows(FollowsOp::Unblock(user(b.user_id, "user_id")?))),
+        Wire::ListFollows(l) => {
+            let list = match WireFollowList::try_from(l.list) {
+                Ok(WireFollowList::Followers) => FollowList::Followers,
+                Ok(WireFollowList::Following) => FollowList::Following,
+                Ok(WireFollowList::Requests) => FollowList::Requests,
+                Ok(WireFollowList::Blocked) => FollowList::Blocked,
+                _ => return Err(DomainError::invalid_field("list", "list must be one of FOLLOW_LIST_*")),
+            };
+            let user = (l.user_id != 0).then_some(UserId(l.user_id));
+            Ok(Request::Follows(FollowsOp::List { user, list, cursor: l.cursor, limit: l.limit }))
+        }
     }
 }
 

@@ -9,7 +9,8 @@ use super::codes::wire_code;
 use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
 use crate::domain::error::DomainError;
 use crate::domain::{
-    EntryBody, MemberRecord, Profile, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary, StreamEvent,
+    EntryBody, FollowState, MemberRecord, ProfileView, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary,
+    StreamEvent,
 };
 
 /// A frame ready for the socket.
@@ -64,6 +65,13 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
         ReplyBody::Presence(users) => R::Presence(wire::PresenceList { users: users.iter().map(presence).collect() }),
         ReplyBody::Profile(p) => R::Profile(profile(p)),
         ReplyBody::Profiles(list) => R::Profiles(wire::ProfileList { profiles: list.iter().map(profile).collect() }),
+        ReplyBody::Follow { user, state } => {
+            R::Follow(wire::FollowStatus { user_id: user.0, state: follow_state(*state) as i32 })
+        }
+        ReplyBody::Users { profiles, next_cursor } => R::Users(wire::UserPage {
+            profiles: profiles.iter().map(profile).collect(),
+            next_cursor: next_cursor.clone(),
+        }),
     };
     ServerFrame { frame: Some(Frame::Reply(wire::Reply { request_id: answer.request_id, result: Some(result) })) }
 }
@@ -107,7 +115,16 @@ fn going(kind: wire::NoticeKind, pos: u64, message: &str) -> ServerFrame {
     ServerFrame { frame: Some(Frame::Notice(wire::Notice { kind: kind as i32, message: message.into(), pos })) }
 }
 
-fn profile(p: &Profile) -> wire::Profile {
+fn follow_state(state: FollowState) -> wire::FollowState {
+    match state {
+        FollowState::None => wire::FollowState::None,
+        FollowState::Requested => wire::FollowState::Requested,
+        FollowState::Following => wire::FollowState::Following,
+    }
+}
+
+fn profile(view: &ProfileView) -> wire::Profile {
+    let p = &view.profile;
     wire::Profile {
         user_id: p.user.0,
         username: p.username.clone(),
@@ -116,6 +133,10 @@ fn profile(p: &Profile) -> wire::Profile {
         avatar_media_id: p.avatar.map(|a| a.to_string()).unwrap_or_default(),
         birthday: p.birthday.map(|b| b.to_string()).unwrap_or_default(),
         private: p.private,
+        followers: view.counts.followers,
+        following: view.counts.following,
+        my_follow: follow_state(view.my_follow) as i32,
+        follows_me: view.follows_me,
     }
 }
 

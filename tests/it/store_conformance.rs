@@ -647,6 +647,89 @@ pub async fn profiles(store: Arc<dyn Store>) {
     assert_eq!((now.display_name.as_str(), now.avatar, now.bio.as_str()), ("Zoe", None, "tea"));
 }
 
+/// The follow graph: transitions with their conditions, exact counts (also under concurrent
+/// changes of one user's follows), lists in pages, blocks.
+pub async fn follows(store: Arc<dyn Store>) {
+    use tidings::domain::{FollowCounts, FollowList, FollowState};
+    const FANS: u64 = 30;
+    let star = user(&*store, 1, "star").await;
+    let fans: Vec<UserId> = futures_util::future::join_all((0..FANS).map(|i| {
+        let store = store.clone();
+        async move { user(&*store, 100 + i * 7, &format!("fan{i}")).await }
+    }))
+    .await;
+    let counts = |user: UserId| {
+        let store = store.clone();
+        async move { store.follow_counts(vec![user]).await.unwrap()[0].1 }
+    };
+    let page = |user: UserId, list: FollowList, after: Option<UserId>, limit: usize| {
+        let store = store.clone();
+        async move { store.follow_list(user, list, after, limit).await.unwrap() }
+    };
+    use FollowState::{Following, None as Not, Requested};
+
+    // Every fan follows the star at once: the count is exact.
+    let follows = fans.iter().map(|&fan| {
+        let store = store.clone();
+        async move { store.set_follow(fan, star, Following, &[]).await.unwrap() }
+    });
+    assert!(futures_util::future::join_all(follows).await.iter().all(|before| *before == Not));
+    assert_eq!(counts(star).await, FollowCounts { followers: FANS, following: 0 });
+    assert_eq!(counts(fans[0]).await, FollowCounts { followers: 0, following: 1 });
+    // A retry changes nothing; neither does a change whose condition does not hold.
+    assert_eq!(store.set_follow(fans[0], star, Following, &[]).await.unwrap(), Following);
+    assert_eq!(store.set_follow(fans[0], star, Not, &[Requested]).await.unwrap(), Following);
+    assert_eq!(counts(star).await.followers, FANS);
+
+    // The followers in pages of 7, in id order, each once.
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let got = page(star, FollowList::Followers, after, 7).await;
+        listed.extend(got.iter().copied());
+        if got.len() < 7 {
+            break;
+        }
+        after = got.last().copied();
+    }
+    let mut expected = fans.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    assert_eq!(page(fans[3], FollowList::Following, None, 10).await, vec![star]);
+
+    // Half unfollow while the other half follow again (retries): exact counts after.
+    let churn = fans.iter().enumerate().map(|(i, &fan)| {
+        let store = store.clone();
+        async move {
+            let state = if i % 2 == 0 { Not } else { Following };
+            store.set_follow(fan, star, state, &[]).await.unwrap();
+        }
+    });
+    futures_util::future::join_all(churn).await;
+    assert_eq!(counts(star).await.followers, FANS / 2);
+    assert_eq!(page(star, FollowList::Followers, None, 100).await.len() as u64, FANS / 2);
+    assert_eq!(counts(fans[0]).await.following, 0);
+    assert_eq!(store.follow_state(fans[0], star).await.unwrap(), Not);
+
+    // A request counts for nothing until approved, and is listed as a request.
+    assert_eq!(store.set_follow(fans[0], star, Requested, &[Not]).await.unwrap(), Not);
+    assert_eq!(page(star, FollowList::Requests, None, 10).await, vec![fans[0]]);
+    assert_eq!(counts(star).await.followers, FANS / 2);
+    assert_eq!(store.set_follow(fans[0], star, Following, &[Requested]).await.unwrap(), Requested);
+    assert_eq!(counts(star).await.followers, FANS / 2 + 1);
+    assert_eq!(page(star, FollowList::Requests, None, 10).await, Vec::<UserId>::new());
+
+    // Blocks, one way: listed for the blocker, known to the blocked.
+    store.set_block(star, fans[1], true).await.unwrap();
+    store.set_block(star, fans[1], true).await.unwrap();
+    assert_eq!(store.blockers_of(fans[1], vec![star, fans[2]]).await.unwrap(), vec![star]);
+    assert_eq!(store.blockers_of(star, vec![fans[1]]).await.unwrap(), Vec::<UserId>::new());
+    assert_eq!(page(star, FollowList::Blocked, None, 10).await, vec![fans[1]]);
+    store.set_block(star, fans[1], false).await.unwrap();
+    assert_eq!(store.blockers_of(fans[1], vec![star]).await.unwrap(), Vec::<UserId>::new());
+    assert_eq!(store.settle_follows(100).await.unwrap(), 0, "nothing left half made");
+}
+
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to
 /// `Some((Guard, Arc<dyn Store>))`, or `None` when the backend is not there (the skip is reported).
 macro_rules! store_suite {
@@ -711,6 +794,13 @@ macro_rules! store_suite {
             }
 
             #[tokio::test]
+            async fn follows_and_blocks() {
+                let Some((guard, store)) = $make else { return };
+                super::follows(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
             async fn a_writer_that_lost_its_room_is_fenced() {
                 let Some((guard, store)) = $make else { return };
                 super::fencing(store.clone()).await;
@@ -757,6 +847,56 @@ mod scylla {
 
     async fn open() -> ScyllaStore {
         open_with(|_| {}).await
+    }
+
+    /// A follow cut short after the follower's side was written (the process died before the
+    /// followed's mirror): the follower already follows, the followed's count and list do not show
+    /// it yet, and `settle_follows` finishes it, once.
+    #[tokio::test]
+    async fn a_follow_cut_short_before_its_mirror_is_settled() {
+        use tidings::domain::{FollowList, FollowState};
+        use tidings::store::GraphStore;
+        require!(Prerequisite::Scylla);
+        let store = open().await;
+        let (fan, star) = (super::user(&store, 16, "fan").await, super::user(&store, 3, "star").await);
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(scylla_nodes().unwrap())
+            .build()
+            .await
+            .unwrap();
+        let ks = store.keyspace();
+        // What `set_follow` writes before the mirror, as it writes it: the listing (follower 16 is
+        // in listing shard 0), then the follower's edge and its partition's count (star 3 is in
+        // shard 3 of the fan's follows).
+        for cql in [
+            format!(
+                "INSERT INTO {ks}.follows_unsettled (shard, follower, followee, version, at_ms) VALUES (0, 16, 3, 1, 0)
+                 USING TIMESTAMP 1"
+            ),
+            format!("INSERT INTO {ks}.follows_out (user_id, shard, other, count) VALUES (16, 3, -1, 1)"),
+            format!("INSERT INTO {ks}.follows_out (user_id, shard, other, state, version) VALUES (16, 3, 3, 2, 1)"),
+        ] {
+            session.query_unpaged(cql, ()).await.unwrap();
+        }
+        assert_eq!(store.follow_state(fan, star).await.unwrap(), FollowState::Following);
+        assert_eq!(store.follow_counts(vec![star]).await.unwrap()[0].1.followers, 0, "not mirrored yet");
+        assert_eq!(store.settle_follows(100).await.unwrap(), 1);
+        assert_eq!(store.follow_counts(vec![star]).await.unwrap()[0].1.followers, 1);
+        assert_eq!(store.follow_counts(vec![fan]).await.unwrap()[0].1.following, 1);
+        assert_eq!(store.follow_list(star, FollowList::Followers, None, 10).await.unwrap(), vec![fan]);
+        assert_eq!(store.settle_follows(100).await.unwrap(), 0, "settled once");
+        // A change listed and never made (the process died before writing the edge): its listing
+        // goes once it is old, and changes nothing.
+        let abandoned = format!(
+            "INSERT INTO {ks}.follows_unsettled (shard, follower, followee, version, at_ms) VALUES (0, 16, 3, 2, 0)
+             USING TIMESTAMP 2"
+        );
+        session.query_unpaged(abandoned, ()).await.unwrap();
+        assert_eq!(store.settle_follows(100).await.unwrap(), 1);
+        assert_eq!(store.settle_follows(100).await.unwrap(), 0, "unlisted");
+        assert_eq!(store.follow_counts(vec![star]).await.unwrap()[0].1.followers, 1);
+        assert_eq!(store.follow_state(fan, star).await.unwrap(), FollowState::Following);
+        store.drop_keyspace().await.unwrap();
     }
 
     /// A large room's entry is answered once logged (`Logged`) and its positions follow once it

@@ -15,6 +15,7 @@
 mod accounts;
 mod append;
 mod fence;
+mod graph;
 mod media;
 mod profiles;
 mod push_prefs;
@@ -85,6 +86,7 @@ pub struct Parts {
     push_queue: push_queue::Statements,
     media: media::Statements,
     profiles: profiles::Statements,
+    graph: graph::Statements,
     closed: AtomicBool,
 }
 
@@ -121,6 +123,7 @@ impl ScyllaStore {
         let push_queue = push_queue::Statements::prepare(&session, &options).await?;
         let media = media::Statements::prepare(&session, &options).await?;
         let profiles = profiles::Statements::prepare(&session, &options).await?;
+        let graph = graph::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -132,6 +135,7 @@ impl ScyllaStore {
             push_queue,
             media,
             profiles,
+            graph,
             closed: AtomicBool::new(false),
         })))
     }

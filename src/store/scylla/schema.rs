@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 6;
+pub(super) const SCHEMA_VERSION: i32 = 7;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -159,6 +159,24 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
                 PRIMARY KEY (head, key, user_id))",
             // Images anyone logged in may read (avatars).
             "CREATE TABLE IF NOT EXISTS {ks}.public_media (media_id blob PRIMARY KEY)",
+        ],
+    ),
+    (
+        7,
+        "the follow graph and blocks",
+        &[
+            // A user's follows of others (the truth) and others' follows of the user (their mirror),
+            // each over 8 partitions by the other's id; a count row (other = -1) per partition.
+            "CREATE TABLE IF NOT EXISTS {ks}.follows_out (user_id bigint, shard int, other bigint, state int,
+                version bigint, count bigint, PRIMARY KEY ((user_id, shard), other))",
+            "CREATE TABLE IF NOT EXISTS {ks}.follows_in (user_id bigint, shard int, other bigint, state int,
+                version bigint, count bigint, PRIMARY KEY ((user_id, shard), other))",
+            // Follow changes whose mirror may not be written yet (see store/scylla/graph.rs).
+            "CREATE TABLE IF NOT EXISTS {ks}.follows_unsettled (shard int, follower bigint, followee bigint,
+                version bigint, at_ms bigint, PRIMARY KEY (shard, follower, followee))",
+            // Whom a user blocked, and who blocked a user.
+            "CREATE TABLE IF NOT EXISTS {ks}.blocks (user_id bigint, other bigint, PRIMARY KEY (user_id, other))",
+            "CREATE TABLE IF NOT EXISTS {ks}.blocked_by (user_id bigint, other bigint, PRIMARY KEY (user_id, other))",
         ],
     ),
 ];

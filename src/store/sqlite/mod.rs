@@ -3,6 +3,7 @@
 
 mod checkpointer;
 mod codec;
+mod graph;
 mod media;
 mod profiles;
 mod push;
@@ -23,15 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 use writer::WriteCmd;
 
 use super::{
-    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, HistoryPage, MediaRecord, MediaStore,
-    NewMedia, NewRoom, NewUser, Positions, ProfileStore, PushContext, PushJob, PushJobEnd, PushPreferences,
+    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, GraphStore, HistoryPage, MediaRecord,
+    MediaStore, NewMedia, NewRoom, NewUser, Positions, ProfileStore, PushContext, PushJob, PushJobEnd, PushPreferences,
     PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind,
     StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
-    DeviceId, MediaId, Profile, ProfileChange, PushRegistration, RoomEntry, RoomId, RoomState, RoomSummary,
-    StreamEvent, UserId,
+    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Profile, ProfileChange, PushRegistration, RoomEntry,
+    RoomId, RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// Settings of the SQLite backend.
@@ -407,6 +408,50 @@ impl ProfileStore for SqliteStore {
 
     async fn search_profiles(&self, prefix: String, limit: usize) -> StoreResult<Vec<Profile>> {
         self.read(move |c| profiles::search(c, &prefix, limit)).await
+    }
+}
+
+#[async_trait]
+impl GraphStore for SqliteStore {
+    async fn follow_state(&self, from: UserId, to: UserId) -> StoreResult<FollowState> {
+        self.read(move |c| graph::state(c, from, to)).await
+    }
+
+    async fn set_follow(
+        &self,
+        from: UserId,
+        to: UserId,
+        state: FollowState,
+        when: &[FollowState],
+    ) -> StoreResult<FollowState> {
+        let when = when.to_vec();
+        self.write(|reply| WriteCmd::SetFollow { from, to, state, when, reply }).await
+    }
+
+    async fn follow_counts(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, FollowCounts)>> {
+        self.read(move |c| graph::counts(c, &users)).await
+    }
+
+    async fn follow_list(
+        &self,
+        user: UserId,
+        list: FollowList,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| graph::list(c, user, list, after, limit)).await
+    }
+
+    async fn set_block(&self, blocker: UserId, blocked: UserId, on: bool) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::SetBlock { blocker, blocked, on, reply }).await
+    }
+
+    async fn blockers_of(&self, user: UserId, others: Vec<UserId>) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| graph::blockers_of(c, user, &others)).await
+    }
+
+    async fn settle_follows(&self, _limit: usize) -> StoreResult<u64> {
+        Ok(0)
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::push;
 use crate::domain::{
-    DeviceId, EntryBody, EventRef, MediaId, ProfileChange, PushRegistration, Receipt, ReceiptKind, Role, RoomId,
-    RoomKind, RoomState, UserId, now_ms,
+    DeviceId, EntryBody, EventRef, FollowState, MediaId, ProfileChange, PushRegistration, Receipt, ReceiptKind, Role,
+    RoomId, RoomKind, RoomState, UserId, now_ms,
 };
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
@@ -92,6 +92,19 @@ pub(super) enum WriteCmd {
     },
     PutMedia(NewMedia, Reply<()>),
     PublishMedia(MediaId, Reply<()>),
+    SetFollow {
+        from: UserId,
+        to: UserId,
+        state: FollowState,
+        when: Vec<FollowState>,
+        reply: Reply<FollowState>,
+    },
+    SetBlock {
+        blocker: UserId,
+        blocked: UserId,
+        on: bool,
+        reply: Reply<()>,
+    },
     ChangeProfile {
         user: UserId,
         change: ProfileChange,
@@ -236,6 +249,12 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
         WriteCmd::PutMedia(media, reply) => run!(reply, |tx, _| super::media::put(tx, &media)),
         WriteCmd::PublishMedia(id, reply) => run!(reply, |tx, _| super::media::publish(tx, id)),
+        WriteCmd::SetFollow { from, to, state, when, reply } => {
+            run!(reply, |tx, _| super::graph::set(tx, from, to, state, &when))
+        }
+        WriteCmd::SetBlock { blocker, blocked, on, reply } => {
+            run!(reply, |tx, _| super::graph::set_block(tx, blocker, blocked, on))
+        }
         WriteCmd::ChangeProfile { user, change, reply } => {
             run!(reply, |tx, _| super::profiles::change(tx, user, &change))
         }
