@@ -31,6 +31,11 @@ on_scylla! {
         signed_urls_read_one_image_until_they_expire,
         images_never_sent_are_collected,
     ];
+    follows: [
+        public_and_private_accounts_are_followed_as_their_owners_chose,
+        a_block_ends_follows_both_ways_and_hides_the_blocker,
+        counts_stay_exact_while_many_follow_and_unfollow_at_once,
+    ];
     profiles: [
         profiles_are_set_read_and_found_by_name,
         bad_profile_changes_are_refused_naming_their_field,
