@@ -161,7 +161,8 @@ impl ScyllaStore {
         let delta = i64::from(new.state == FollowState::Following) - i64::from(old.state == FollowState::Following);
         let (u, o) = (id(user.0), id(other.0));
         let count_values = (count + delta, u, shard, count);
-        let mut batch = Batch::new(BatchType::Logged);
+        // One partition: atomic without the batch log.
+        let mut batch = Batch::new(BatchType::Unlogged);
         batch.set_consistency(self.options.consistency);
         batch.set_serial_consistency(Some(scylla::statement::SerialConsistency::Serial));
         batch.append_statement(table.set_count.clone());
