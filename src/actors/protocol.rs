@@ -5,7 +5,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::domain::error::DomainError;
 use crate::domain::{
-    ActorKey, FollowState, MediaId, ProfileView, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent, UserId,
+    ActorKey, FollowState, MediaId, Post, ProfileView, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent,
+    UserId,
 };
 use crate::store::HistoryPage;
 
@@ -80,6 +81,8 @@ pub enum ReplyBody {
     Profiles(Vec<ProfileView>),
     Follow { user: UserId, state: FollowState },
     Users { profiles: Vec<ProfileView>, next_cursor: String },
+    Post(Box<Post>),
+    Posts { posts: Vec<Post>, next_cursor: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

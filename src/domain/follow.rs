@@ -60,6 +60,8 @@ pub enum FollowList {
 pub struct ProfileView {
     pub profile: Profile,
     pub counts: FollowCounts,
+    /// How many posts the user has.
+    pub posts: u64,
     /// The reader's follow of this user.
     pub my_follow: FollowState,
     /// Whether this user follows the reader (approved).

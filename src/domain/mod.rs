@@ -5,6 +5,7 @@ pub mod error;
 mod follow;
 mod ids;
 mod media;
+mod post;
 mod profile;
 mod push;
 mod room;
@@ -14,6 +15,10 @@ pub use error::{Code, DomainError, DomainResult};
 pub use follow::{FollowCounts, FollowList, FollowState, ProfileView, cursor_after, parse_cursor};
 pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
 pub use media::{ImageFormat, MediaId, MediaInfo};
+pub use post::{
+    CAPTION_MAX_CHARS, Location, POST_MAX_PHOTOS, Post, PostId, media_from_bytes, media_to_bytes, parse_post_cursor,
+    post_cursor_after,
+};
 pub use profile::{
     BIO_MAX_CHARS, Birthday, DISPLAY_NAME_MAX_CHARS, Profile, ProfileChange, SEARCH_MIN_CHARS, search_key,
     search_key_head, search_keys,

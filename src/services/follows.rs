@@ -94,6 +94,25 @@ pub fn follow_settler(store: Arc<dyn Store>) -> Periodic {
     })
 }
 
+/// Whether `reader` may see what `author` shares (posts, and a private account's lists): not if
+/// either blocked the other (`NOT_FOUND`: to the one blocked, the blocker does not exist), nor if
+/// the account is private and the reader not an approved follower (`FORBIDDEN`).
+pub async fn may_see_content(hub: &Hub, reader: UserId, author: UserId) -> DomainResult<()> {
+    if reader == author {
+        return Ok(());
+    }
+    if blocked_between(hub, reader, author).await? {
+        return Err(DomainError::not_found("no such user"));
+    }
+    let Some(profile) = hub.store.profiles(vec![author]).await?.pop() else {
+        return Err(DomainError::not_found("no such user"));
+    };
+    if profile.private && hub.store.follow_state(reader, author).await? != FollowState::Following {
+        return Err(DomainError::forbidden("this account is private"));
+    }
+    Ok(())
+}
+
 /// Whether either of the two blocked the other.
 pub async fn blocked_between(hub: &Hub, a: UserId, b: UserId) -> DomainResult<bool> {
     let (a_blocked, b_blocked) =
@@ -135,10 +154,7 @@ async fn list_page(
         if matches!(list, FollowList::Requests | FollowList::Blocked) {
             return Err(DomainError::forbidden("only your own requests and blocks are listed"));
         }
-        let owner = other_user(hub, me, user).await?;
-        if owner.private && hub.store.follow_state(me, user).await? != FollowState::Following {
-            return Err(DomainError::forbidden("this account is private"));
-        }
+        may_see_content(hub, me, user).await?;
     }
     let users = hub.store.follow_list(user, list, after, limit).await?;
     let next_cursor = match users.last() {

@@ -7,12 +7,14 @@
 //!   on the node that owns the room).
 //! - `presence.rs`: who may see whose presence.
 //! - `follows.rs`: following (requests for private accounts), lists of users, blocks.
+//! - `posts.rs`: photo posts: creating, deleting, reading them as privacy and blocks allow.
 //! - `profiles.rs`: profiles (display name, bio, avatar, birthday, privacy) and finding users.
 //! - `push_prefs.rs`: push tokens and notification preferences (mutes, do not disturb, previews).
 //! - `session.rs`: a connection's own session (a fresh access token).
 //! - `request.rs`: the requests, grouped by what answers them.
 
 pub mod follows;
+pub mod posts;
 pub mod presence;
 pub mod profiles;
 pub mod push_prefs;
@@ -20,4 +22,6 @@ mod request;
 pub mod rooms;
 pub mod session;
 
-pub use request::{FollowsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
+pub use request::{
+    FollowsOp, PostsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp,
+};

@@ -70,9 +70,10 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: ProfilesOp) -> DomainResult<
 /// the reader (to whom they do not exist).
 pub async fn views(hub: &Hub, reader: UserId, users: Vec<UserId>) -> DomainResult<Vec<ProfileView>> {
     let store = &hub.store;
-    let (profiles, counts, blockers) = futures_util::try_join!(
+    let (profiles, counts, posts, blockers) = futures_util::try_join!(
         store.profiles(users.clone()),
         store.follow_counts(users.clone()),
+        store.post_counts(users.clone()),
         store.blockers_of(reader, users.clone()),
     )?;
     let mut views = Vec::with_capacity(users.len());
@@ -89,7 +90,8 @@ pub async fn views(hub: &Hub, reader: UserId, users: Vec<UserId>) -> DomainResul
             (my_follow, follows_me) = (mine, theirs == FollowState::Following);
         }
         let counts = counts.iter().find(|(u, _)| *u == user).map(|(_, c)| *c).unwrap_or_default();
-        views.push(ProfileView { profile, counts, my_follow, follows_me });
+        let posts = posts.iter().find(|(u, _)| *u == user).map_or(0, |(_, n)| *n);
+        views.push(ProfileView { profile, counts, posts, my_follow, follows_me });
     }
     Ok(views)
 }

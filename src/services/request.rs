@@ -1,7 +1,7 @@
 //! A decoded client request, grouped by what answers it.
 
 use crate::actors::RoomOp;
-use crate::domain::{FollowList, Platform, RoomId, UserId};
+use crate::domain::{FollowList, MediaId, Platform, PostId, RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -21,6 +21,8 @@ pub enum Request {
     Profiles(ProfilesOp),
     /// Follows and blocks (`follows.rs`).
     Follows(FollowsOp),
+    /// Photo posts (`posts.rs`).
+    Posts(PostsOp),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +87,25 @@ pub enum FollowsOp {
     },
     Block(UserId),
     Unblock(UserId),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PostsOp {
+    /// A new post; the location as sent (checked by the service).
+    Create {
+        client_post_id: String,
+        media: Vec<MediaId>,
+        caption: String,
+        location: Option<(f64, f64)>,
+    },
+    Delete(PostId),
+    Get(PostId),
+    /// A page of a user's posts; `cursor` as the client sent it.
+    List {
+        author: UserId,
+        cursor: String,
+        limit: u32,
+    },
 }
 
 /// A profile change as the client sends it, unchecked: each `Some` replaces its field (an empty

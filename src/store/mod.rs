@@ -27,8 +27,8 @@ pub use types::{
 };
 
 use crate::domain::{
-    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Profile, ProfileChange, PushRegistration, RoomId,
-    RoomState, RoomSummary, StreamEvent, UserId,
+    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange, PushRegistration,
+    RoomId, RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// How many seqs share one partition of a room's log in partitioned backends.
@@ -188,10 +188,12 @@ pub trait MediaStore: Send + Sync {
     async fn media_chunk(&self, id: MediaId, index: u32) -> StoreResult<Option<bytes::Bytes>>;
     /// Whether `user` uploaded the image.
     async fn uploaded_media(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
-    /// Whether `user` may see the image: they uploaded it, or they are a member of a room whose
-    /// messages show it (an append of a message with images records that with the message).
+    /// Whether `user` may see the image: it is public, or they uploaded it, or they are a member
+    /// of a room whose messages show it (an append of a message with images records that with the
+    /// message), or it is in a post they may see (by an author who is they, public, or followed
+    /// by them).
     async fn may_see_media(&self, id: MediaId, user: UserId) -> StoreResult<bool>;
-    /// Deletes up to `limit` images that no message shows, that are not public and that nobody
+    /// Deletes up to `limit` images that no message or post shows, that are not public and that nobody
     /// uploaded since `uploaded_before_ms` (uploads never sent anywhere); returns how many.
     async fn collect_orphan_media(&self, uploaded_before_ms: i64, limit: usize) -> StoreResult<u64>;
     /// Makes a stored image readable by anyone (an avatar): for good, since whoever saw it may
@@ -257,10 +259,35 @@ pub trait GraphStore: Send + Sync {
     async fn settle_follows(&self, limit: usize) -> StoreResult<u64>;
 }
 
+/// Photo posts.
+#[async_trait]
+pub trait PostStore: Send + Sync {
+    /// Stores a post with its author's post count, and records its images as shown by its author
+    /// (`may_see_media` then follows the post's visibility). A retry with the same
+    /// `client_post_id` stores nothing more and returns the post made the first time.
+    async fn create_post(&self, post: Post, client_post_id: String) -> StoreResult<Post>;
+    async fn post(&self, id: PostId) -> StoreResult<Option<Post>>;
+    /// Deletes a post with its count; `false` when there was none.
+    async fn delete_post(&self, id: PostId) -> StoreResult<bool>;
+    /// Up to `limit` of the author's posts, newest first, older than `before` (from the newest when
+    /// `None`).
+    async fn posts_of(&self, author: UserId, before: Option<PostId>, limit: usize) -> StoreResult<Vec<Post>>;
+    /// How many posts each of `authors` has.
+    async fn post_counts(&self, authors: Vec<UserId>) -> StoreResult<Vec<(UserId, u64)>>;
+}
+
 /// Everything the server needs from a backend.
 #[async_trait]
 pub trait Store:
-    AccountStore + RoomStore + StreamStore + PushPrefsStore + PushQueueStore + MediaStore + ProfileStore + GraphStore
+    AccountStore
+    + RoomStore
+    + StreamStore
+    + PushPrefsStore
+    + PushQueueStore
+    + MediaStore
+    + ProfileStore
+    + GraphStore
+    + PostStore
 {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;

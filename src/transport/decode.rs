@@ -11,9 +11,11 @@ use tidings_proto::v1::{
 use crate::actors::{RoomOp, RoomWrite};
 use crate::domain::error::{Code, DomainError};
 use crate::domain::{
-    DomainResult, FollowList, MediaId, Platform, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId,
+    DomainResult, FollowList, MediaId, Platform, PostId, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId,
 };
-use crate::services::{FollowsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp};
+use crate::services::{
+    FollowsOp, PostsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp,
+};
 use crate::store::HistoryPage;
 
 /// A history page without a limit gets this many entries.
@@ -85,6 +87,10 @@ fn room(id: u64) -> Result<RoomId, DomainError> {
 
 fn user(id: u64, field: &str) -> Result<UserId, DomainError> {
     if id == 0 { Err(DomainError::invalid_field(field, format!("{field} is required"))) } else { Ok(UserId(id)) }
+}
+
+fn post(id: u64) -> Result<PostId, DomainError> {
+    if id == 0 { Err(DomainError::invalid_field("post_id", "post_id is required")) } else { Ok(PostId(id)) }
 }
 
 fn users(ids: Vec<u64>, field: &str) -> Result<Vec<UserId>, DomainError> {
@@ -256,6 +262,26 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
         Wire::RemoveFollower(r) => Ok(Request::Follows(FollowsOp::RemoveFollower(user(r.user_id, "user_id")?))),
         Wire::Block(b) => Ok(Request::Follows(FollowsOp::Block(user(b.user_id, "user_id")?))),
         Wire::Unblock(b) => Ok(Request::Follows(FollowsOp::Unblock(user(b.user_id, "user_id")?))),
+        Wire::CreatePost(p) => {
+            let media = p
+                .media_ids
+                .iter()
+                .map(|id| {
+                    MediaId::parse(id).ok_or_else(|| {
+                        DomainError::invalid_field("media_ids", format!("media_ids: {id:?} is not a media id"))
+                    })
+                })
+                .collect::<DomainResult<Vec<_>>>()?;
+            let location = p.location.map(|l| (l.lat, l.lng));
+            let create = PostsOp::Create { client_post_id: p.client_post_id, media, caption: p.caption, location };
+            Ok(Request::Posts(create))
+        }
+        Wire::DeletePost(d) => Ok(Request::Posts(PostsOp::Delete(post(d.post_id)?))),
+        Wire::GetPost(g) => Ok(Request::Posts(PostsOp::Get(post(g.post_id)?))),
+        Wire::ListPosts(l) => {
+            let author = user(l.user_id, "user_id")?;
+            Ok(Request::Posts(PostsOp::List { author, cursor: l.cursor, limit: l.limit }))
+        }
         Wire::ListFollows(l) => {
             let list = match WireFollowList::try_from(l.list) {
                 Ok(WireFollowList::Followers) => FollowList::Followers,

@@ -9,8 +9,8 @@ use super::codes::wire_code;
 use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
 use crate::domain::error::DomainError;
 use crate::domain::{
-    EntryBody, FollowState, MemberRecord, ProfileView, Receipt, ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary,
-    StreamEvent,
+    EntryBody, FollowState, MemberRecord, Post, ProfileView, Receipt, ReceiptKind, Role, RoomEntry, RoomKind,
+    RoomSummary, StreamEvent,
 };
 
 /// A frame ready for the socket.
@@ -72,6 +72,10 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
             profiles: profiles.iter().map(profile).collect(),
             next_cursor: next_cursor.clone(),
         }),
+        ReplyBody::Post(p) => R::Post(post(p)),
+        ReplyBody::Posts { posts, next_cursor } => {
+            R::Posts(wire::PostPage { posts: posts.iter().map(post).collect(), next_cursor: next_cursor.clone() })
+        }
     };
     ServerFrame { frame: Some(Frame::Reply(wire::Reply { request_id: answer.request_id, result: Some(result) })) }
 }
@@ -115,6 +119,17 @@ fn going(kind: wire::NoticeKind, pos: u64, message: &str) -> ServerFrame {
     ServerFrame { frame: Some(Frame::Notice(wire::Notice { kind: kind as i32, message: message.into(), pos })) }
 }
 
+fn post(p: &Post) -> wire::Post {
+    wire::Post {
+        post_id: p.id.0,
+        author_id: p.author.0,
+        media_ids: p.media.iter().map(|m| m.to_string()).collect(),
+        caption: p.caption.clone(),
+        location: p.location.map(|l| wire::Location { lat: l.lat, lng: l.lng }),
+        created_at_ms: p.created_at_ms,
+    }
+}
+
 fn follow_state(state: FollowState) -> wire::FollowState {
     match state {
         FollowState::None => wire::FollowState::None,
@@ -137,6 +152,7 @@ fn profile(view: &ProfileView) -> wire::Profile {
         following: view.counts.following,
         my_follow: follow_state(view.my_follow) as i32,
         follows_me: view.follows_me,
+        posts: view.posts,
     }
 }
 

@@ -11,6 +11,7 @@ mod harness;
 mod media;
 mod on_scylla;
 mod ops;
+mod posts;
 mod prerequisites;
 mod profiles;
 mod push;

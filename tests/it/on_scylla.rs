@@ -36,6 +36,11 @@ on_scylla! {
         a_block_ends_follows_both_ways_and_hides_the_blocker,
         counts_stay_exact_while_many_follow_and_unfollow_at_once,
     ];
+    posts: [
+        posts_are_made_once_read_listed_and_deleted,
+        bad_posts_are_refused_naming_their_field,
+        a_private_authors_posts_and_photos_are_for_followers_a_blockers_for_no_one,
+    ];
     profiles: [
         profiles_are_set_read_and_found_by_name,
         bad_profile_changes_are_refused_naming_their_field,

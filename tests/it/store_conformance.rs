@@ -730,6 +730,67 @@ pub async fn follows(store: Arc<dyn Store>) {
     assert_eq!(store.settle_follows(100).await.unwrap(), 0, "nothing left half made");
 }
 
+/// Posts: created once whatever is retried, counted exactly, listed newest first in pages,
+/// deleted; their images readable as the author's posts are.
+pub async fn posts(store: Arc<dyn Store>) {
+    use tidings::domain::{FollowState, ImageFormat, Location, MediaId, MediaInfo, Post, PostId, ProfileChange};
+    use tidings::store::NewMedia;
+    let (author, fan, stranger) =
+        (user(&*store, 1, "author").await, user(&*store, 2, "fan").await, user(&*store, 3, "stranger").await);
+    let photo_bytes = b"a photo".to_vec();
+    let photo = MediaId::of(&photo_bytes);
+    let info = MediaInfo { id: photo, format: ImageFormat::Png, width: 1, height: 1, bytes: 7 };
+    let upload = NewMedia { info, uploader: author, at_ms: 10, chunk_bytes: 1024, chunks: vec![photo_bytes.into()] };
+    store.put_media(upload).await.unwrap();
+    let post = |id: u64, caption: &str| Post {
+        id: PostId(id),
+        author,
+        media: vec![photo],
+        caption: caption.into(),
+        location: Location::checked(52.5, 13.4),
+        created_at_ms: id as i64,
+    };
+    let count = || {
+        let store = store.clone();
+        async move { store.post_counts(vec![author]).await.unwrap()[0].1 }
+    };
+    assert_eq!(count().await, 0);
+    let first = store.create_post(post(100, "first"), "c1".into()).await.unwrap();
+    assert_eq!(first, post(100, "first"));
+    // A retry, even with another id: the post made the first time, counted once.
+    assert_eq!(store.create_post(post(101, "first again"), "c1".into()).await.unwrap(), post(100, "first"));
+    assert_eq!(count().await, 1);
+    for i in 0..5u64 {
+        store.create_post(post(200 + i, &format!("p{i}")), format!("c{}", 2 + i)).await.unwrap();
+    }
+    assert_eq!(count().await, 6);
+    assert_eq!(store.post(PostId(203)).await.unwrap(), Some(post(203, "p3")));
+    assert_eq!(store.post(PostId(999)).await.unwrap(), None);
+    let page = store.posts_of(author, None, 4).await.unwrap();
+    assert_eq!(page.iter().map(|p| p.id.0).collect::<Vec<_>>(), vec![204, 203, 202, 201], "newest first");
+    let rest = store.posts_of(author, Some(PostId(201)), 4).await.unwrap();
+    assert_eq!(rest.iter().map(|p| p.id.0).collect::<Vec<_>>(), vec![200, 100]);
+    assert!(store.posts_of(fan, None, 4).await.unwrap().is_empty());
+
+    // The photo: anyone's while the author is public; followers' once private; never collected.
+    assert!(store.may_see_media(photo, stranger).await.unwrap());
+    store.change_profile(author, ProfileChange { private: Some(true), ..Default::default() }).await.unwrap();
+    assert!(!store.may_see_media(photo, stranger).await.unwrap());
+    store.set_follow(fan, author, FollowState::Following, &[]).await.unwrap();
+    assert!(store.may_see_media(photo, fan).await.unwrap());
+    assert!(store.may_see_media(photo, author).await.unwrap());
+    assert_eq!(store.collect_orphan_media(i64::MAX, 10).await.unwrap(), 0);
+
+    // Deleted once; the count follows; a retry of its creation does not bring it back.
+    assert!(store.delete_post(PostId(100)).await.unwrap());
+    assert!(!store.delete_post(PostId(100)).await.unwrap());
+    assert_eq!(store.post(PostId(100)).await.unwrap(), None);
+    assert_eq!(count().await, 5);
+    let again = store.create_post(post(300, "new"), "c1".into()).await.unwrap();
+    assert_eq!(again.id, PostId(300), "the client id is free again after a delete: a new post");
+    assert_eq!(count().await, 6);
+}
+
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to
 /// `Some((Guard, Arc<dyn Store>))`, or `None` when the backend is not there (the skip is reported).
 macro_rules! store_suite {
@@ -797,6 +858,13 @@ macro_rules! store_suite {
             async fn follows_and_blocks() {
                 let Some((guard, store)) = $make else { return };
                 super::follows(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
+            async fn posts_are_counted_exactly() {
+                let Some((guard, store)) = $make else { return };
+                super::posts(store.clone()).await;
                 guard.finish().await;
             }
 

@@ -7,7 +7,9 @@ use scylla::statement::prepared::PreparedStatement;
 
 use super::{ScyllaOptions, ScyllaStore, corrupt, id, prepare};
 use crate::domain::{ImageFormat, MediaId, MediaInfo, UserId};
-use crate::store::{MediaRecord, MediaStore, NewMedia, StoreError, StoreErrorKind, StoreResult};
+use crate::store::{
+    GraphStore, MediaRecord, MediaStore, NewMedia, ProfileStore, StoreError, StoreErrorKind, StoreResult,
+};
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -156,8 +158,9 @@ impl MediaStore for ScyllaStore {
             for (key,) in &listed {
                 let Ok(bytes) = <[u8; 16]>::try_from(key.as_slice()) else { continue };
                 let media = MediaId(bytes);
-                let shown =
-                    !self.rows::<(i64,)>(&s.refs, (&key[..], 1i32)).await?.is_empty() || self.is_public(media).await?;
+                let shown = !self.rows::<(i64,)>(&s.refs, (&key[..], 1i32)).await?.is_empty()
+                    || self.is_public(media).await?
+                    || !self.media_authors(media).await?.is_empty();
                 let uploads = self.rows::<(i64,)>(&s.uploads_of, (&key[..],)).await?;
                 let last_upload = uploads.into_iter().map(|(at,)| at).max();
                 let recent = last_upload.is_some_and(|at| at >= uploaded_before_ms);
@@ -219,6 +222,16 @@ impl MediaStore for ScyllaStore {
         let rooms = self.rows::<(i64,)>(&self.media.refs, (&media.0[..], ROOMS_LOOKED_AT as i32)).await?;
         for (room,) in rooms {
             if !self.rows::<(i32,)>(&self.media.member, (room, id(user.0))).await?.is_empty() {
+                return Ok(true);
+            }
+        }
+        // In a post: by the reader, by a public author, or by an author the reader follows.
+        for author in self.media_authors(media).await? {
+            if author == user {
+                return Ok(true);
+            }
+            let public = self.profiles(vec![author]).await?.first().is_some_and(|p| !p.private);
+            if public || self.follow_state(user, author).await? == crate::domain::FollowState::Following {
                 return Ok(true);
             }
         }

@@ -17,6 +17,7 @@ mod append;
 mod fence;
 mod graph;
 mod media;
+mod posts;
 mod profiles;
 mod push_prefs;
 mod push_queue;
@@ -87,6 +88,7 @@ pub struct Parts {
     media: media::Statements,
     profiles: profiles::Statements,
     graph: graph::Statements,
+    posts: posts::Statements,
     closed: AtomicBool,
 }
 
@@ -124,6 +126,7 @@ impl ScyllaStore {
         let media = media::Statements::prepare(&session, &options).await?;
         let profiles = profiles::Statements::prepare(&session, &options).await?;
         let graph = graph::Statements::prepare(&session, &options).await?;
+        let posts = posts::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -136,6 +139,7 @@ impl ScyllaStore {
             media,
             profiles,
             graph,
+            posts,
             closed: AtomicBool::new(false),
         })))
     }

@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 7;
+pub(super) const SCHEMA_VERSION: i32 = 8;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -177,6 +177,21 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             // Whom a user blocked, and who blocked a user.
             "CREATE TABLE IF NOT EXISTS {ks}.blocks (user_id bigint, other bigint, PRIMARY KEY (user_id, other))",
             "CREATE TABLE IF NOT EXISTS {ks}.blocked_by (user_id bigint, other bigint, PRIMARY KEY (user_id, other))",
+        ],
+    ),
+    (
+        8,
+        "posts",
+        &[
+            // An author's posts, newest first, and a count row (post_id 0) changed with each.
+            "CREATE TABLE IF NOT EXISTS {ks}.author_posts (author bigint, post_id bigint, client_post_id text,
+                media blob, caption text, lat double, lng double, created_at_ms bigint, count bigint,
+                PRIMARY KEY (author, post_id)) WITH CLUSTERING ORDER BY (post_id DESC)",
+            "CREATE TABLE IF NOT EXISTS {ks}.posts (post_id bigint PRIMARY KEY, author bigint)",
+            "CREATE TABLE IF NOT EXISTS {ks}.client_posts (author bigint, client_post_id text, post_id bigint,
+                PRIMARY KEY (author, client_post_id))",
+            // The images posts show, by author: who may see a post may see its images.
+            "CREATE TABLE IF NOT EXISTS {ks}.media_authors (media_id blob, author bigint, PRIMARY KEY (media_id, author))",
         ],
     ),
 ];

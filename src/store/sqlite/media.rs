@@ -107,13 +107,20 @@ pub(super) fn chunk(c: &Connection, id: MediaId, index: u32) -> rusqlite::Result
     .optional()
 }
 
-/// Anyone for a public image; else the uploader, or a member of a room whose messages show it.
+/// Anyone for a public image; else the uploader, a member of a room whose messages show it, or
+/// one who may see a post that shows it (its author, anyone for a public author, an approved
+/// follower of a private one).
 pub(super) fn may_see(c: &Connection, id: MediaId, user: UserId) -> rusqlite::Result<bool> {
     c.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM media WHERE media_id = ?1 AND public)
              OR EXISTS (SELECT 1 FROM media_uploaders WHERE media_id = ?1 AND user_id = ?2)
              OR EXISTS (SELECT 1 FROM media_refs r JOIN members m ON m.room_id = r.room_id
-                        WHERE r.media_id = ?1 AND m.user_id = ?2)",
+                        WHERE r.media_id = ?1 AND m.user_id = ?2)
+             OR EXISTS (SELECT 1 FROM media_authors a LEFT JOIN profiles p ON p.user_id = a.author
+                        WHERE a.media_id = ?1
+                          AND (a.author = ?2 OR NOT coalesce(p.private, 0)
+                               OR EXISTS (SELECT 1 FROM follows f
+                                          WHERE f.follower = ?2 AND f.followee = a.author AND f.state = 2)))",
     )?
     .query_row(params![&id.0[..], user.0 as i64], |r| r.get(0))
 }
@@ -141,6 +148,7 @@ pub(super) fn collect_orphans(
         .prepare_cached(
             "SELECT m.media_id FROM media m
              WHERE NOT m.public AND NOT EXISTS (SELECT 1 FROM media_refs r WHERE r.media_id = m.media_id)
+               AND NOT EXISTS (SELECT 1 FROM media_authors a WHERE a.media_id = m.media_id)
                AND (SELECT MAX(u.at_ms) FROM media_uploaders u WHERE u.media_id = m.media_id) < ?1
              LIMIT ?2",
         )?

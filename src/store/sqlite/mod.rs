@@ -5,6 +5,7 @@ mod checkpointer;
 mod codec;
 mod graph;
 mod media;
+mod posts;
 mod profiles;
 mod push;
 mod reads;
@@ -25,14 +26,14 @@ use writer::WriteCmd;
 
 use super::{
     AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, GraphStore, HistoryPage, MediaRecord,
-    MediaStore, NewMedia, NewRoom, NewUser, Positions, ProfileStore, PushContext, PushJob, PushJobEnd, PushPreferences,
-    PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind,
-    StoreResult, StreamStore, UserRecord,
+    MediaStore, NewMedia, NewRoom, NewUser, Positions, PostStore, ProfileStore, PushContext, PushJob, PushJobEnd,
+    PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError,
+    StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
-    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Profile, ProfileChange, PushRegistration, RoomEntry,
-    RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange, PushRegistration,
+    RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// Settings of the SQLite backend.
@@ -452,6 +453,29 @@ impl GraphStore for SqliteStore {
 
     async fn settle_follows(&self, _limit: usize) -> StoreResult<u64> {
         Ok(0)
+    }
+}
+
+#[async_trait]
+impl PostStore for SqliteStore {
+    async fn create_post(&self, post: Post, client_post_id: String) -> StoreResult<Post> {
+        self.write(|reply| WriteCmd::CreatePost(post, client_post_id, reply)).await
+    }
+
+    async fn post(&self, id: PostId) -> StoreResult<Option<Post>> {
+        self.read(move |c| posts::read(c, id)).await
+    }
+
+    async fn delete_post(&self, id: PostId) -> StoreResult<bool> {
+        self.write(|reply| WriteCmd::DeletePost(id, reply)).await
+    }
+
+    async fn posts_of(&self, author: UserId, before: Option<PostId>, limit: usize) -> StoreResult<Vec<Post>> {
+        self.read(move |c| posts::of_author(c, author, before, limit)).await
+    }
+
+    async fn post_counts(&self, authors: Vec<UserId>) -> StoreResult<Vec<(UserId, u64)>> {
+        self.read(move |c| posts::counts(c, &authors)).await
     }
 }
 

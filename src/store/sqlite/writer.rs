@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::push;
 use crate::domain::{
-    DeviceId, EntryBody, EventRef, FollowState, MediaId, ProfileChange, PushRegistration, Receipt, ReceiptKind, Role,
-    RoomId, RoomKind, RoomState, UserId, now_ms,
+    DeviceId, EntryBody, EventRef, FollowState, MediaId, Post, PostId, ProfileChange, PushRegistration, Receipt,
+    ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId, now_ms,
 };
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
@@ -92,6 +92,8 @@ pub(super) enum WriteCmd {
     },
     PutMedia(NewMedia, Reply<()>),
     PublishMedia(MediaId, Reply<()>),
+    CreatePost(Post, String, Reply<Post>),
+    DeletePost(PostId, Reply<bool>),
     SetFollow {
         from: UserId,
         to: UserId,
@@ -249,6 +251,10 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
         WriteCmd::PutMedia(media, reply) => run!(reply, |tx, _| super::media::put(tx, &media)),
         WriteCmd::PublishMedia(id, reply) => run!(reply, |tx, _| super::media::publish(tx, id)),
+        WriteCmd::CreatePost(post, client_id, reply) => {
+            run!(reply, |tx, _| super::posts::create(tx, &post, &client_id))
+        }
+        WriteCmd::DeletePost(id, reply) => run!(reply, |tx, _| super::posts::delete(tx, id)),
         WriteCmd::SetFollow { from, to, state, when, reply } => {
             run!(reply, |tx, _| super::graph::set(tx, from, to, state, &when))
         }

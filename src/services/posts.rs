@@ -1,0 +1,116 @@
+//! Photo posts: an author posts 1 to `POST_MAX_PHOTOS` of their own uploads with a caption and
+//! perhaps a place; whoever may see the author's content (`follows::may_see_content`) reads the
+//! post, its photos and the author's list of posts; only the author deletes it.
+
+use std::sync::Arc;
+
+use super::PostsOp;
+use super::follows::may_see_content;
+use crate::actors::{Hub, ReplyBody};
+use crate::domain::{
+    CAPTION_MAX_CHARS, DomainError, DomainResult, Location, POST_MAX_PHOTOS, Post, PostId, UserId, now_ms,
+    parse_post_cursor, post_cursor_after, time_ordered_id,
+};
+
+const DEFAULT_PAGE: u32 = 20;
+const MAX_PAGE: u32 = 50;
+/// The longest client post id, in bytes.
+const CLIENT_POST_ID_MAX_BYTES: usize = 64;
+
+pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<ReplyBody> {
+    match op {
+        PostsOp::Create { client_post_id, media, caption, location } => {
+            let post = check_post(hub, me, &client_post_id, media, &caption, location).await?;
+            let post = hub.store.create_post(post, client_post_id).await?;
+            Ok(ReplyBody::Post(Box::new(post)))
+        }
+        PostsOp::Delete(id) => {
+            let post = visible_post(hub, me, id).await?;
+            if post.author != me {
+                return Err(DomainError::forbidden("only its author deletes a post"));
+            }
+            hub.store.delete_post(id).await?;
+            Ok(ReplyBody::Ok)
+        }
+        PostsOp::Get(id) => Ok(ReplyBody::Post(Box::new(visible_post(hub, me, id).await?))),
+        PostsOp::List { author, cursor, limit } => {
+            let before = match cursor.as_str() {
+                "" => None,
+                text => {
+                    let cursor = parse_post_cursor(text);
+                    Some(cursor.ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?)
+                }
+            };
+            let limit = match limit {
+                0 => DEFAULT_PAGE,
+                n => n.min(MAX_PAGE),
+            } as usize;
+            may_see_content(hub, me, author).await?;
+            let posts = hub.store.posts_of(author, before, limit).await?;
+            let next_cursor = match posts.last() {
+                Some(last) if posts.len() == limit => post_cursor_after(last.id),
+                _ => String::new(),
+            };
+            Ok(ReplyBody::Posts { posts, next_cursor })
+        }
+    }
+}
+
+/// The post, if `reader` may see it (`NOT_FOUND` for none, as for an author who blocked them).
+async fn visible_post(hub: &Hub, reader: UserId, id: PostId) -> DomainResult<Post> {
+    let post = hub.store.post(id).await?.ok_or_else(|| DomainError::not_found("no such post"))?;
+    may_see_content(hub, reader, post.author).await?;
+    Ok(post)
+}
+
+/// A new post, checked field by field.
+async fn check_post(
+    hub: &Hub,
+    me: UserId,
+    client_post_id: &str,
+    media: Vec<crate::domain::MediaId>,
+    caption: &str,
+    location: Option<(f64, f64)>,
+) -> DomainResult<Post> {
+    if client_post_id.trim().is_empty() || client_post_id.len() > CLIENT_POST_ID_MAX_BYTES {
+        let message =
+            format!("client_post_id is required (at most {CLIENT_POST_ID_MAX_BYTES} bytes): it makes retries safe");
+        return Err(DomainError::invalid_field("client_post_id", message));
+    }
+    if media.is_empty() || media.len() > POST_MAX_PHOTOS {
+        return Err(DomainError::invalid_field("media_ids", format!("a post has 1 to {POST_MAX_PHOTOS} photos")));
+    }
+    for &id in &media {
+        if hub.store.media(id).await?.is_none() {
+            return Err(DomainError {
+                field: "media_ids".into(),
+                ..DomainError::not_found(format!("no such media {id}"))
+            });
+        }
+        if !hub.store.uploaded_media(id, me).await? {
+            return Err(DomainError::forbidden(format!("media {id} is not an image you uploaded")));
+        }
+    }
+    let caption = caption.trim();
+    if caption.chars().count() > CAPTION_MAX_CHARS {
+        return Err(DomainError::invalid_field(
+            "caption",
+            format!("caption is longer than {CAPTION_MAX_CHARS} characters"),
+        ));
+    }
+    if caption.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(DomainError::invalid_field("caption", "caption has control characters"));
+    }
+    let location = match location {
+        None => None,
+        Some((lat, lng)) => Some(Location::checked(lat, lng).ok_or_else(|| {
+            DomainError::invalid_field("location", "location: latitude -90 to 90, longitude -180 to 180")
+        })?),
+    };
+    // Time-ordered, and after the author's latest post even within one millisecond (ids within a
+    // millisecond are random): a later post of one author always has a larger id.
+    let at_ms = now_ms();
+    let latest = hub.store.posts_of(me, None, 1).await?.first().map_or(0, |p| p.id.0);
+    let id = PostId(time_ordered_id(at_ms).max(latest + 1));
+    Ok(Post { id, author: me, media, caption: caption.to_owned(), location, created_at_ms: at_ms })
+}
