@@ -20,6 +20,22 @@ pub struct Config {
     pub fcm: FcmConfig,
     pub cluster: ClusterConfig,
     pub media: MediaConfig,
+    pub feed: FeedConfig,
+}
+
+/// Home feeds (`actors/feed.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// An author with more followers than this is not fanned out on write: their posts are
+    /// merged into followers' feeds when read (so a post costs its online followers, not all).
+    pub fanout_max_followers: u64,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self { fanout_max_followers: 100_000 }
+    }
 }
 
 /// Images: uploads, storage and serving (`media/`).

@@ -17,7 +17,7 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use tokio::sync::{Semaphore, watch};
 
-use crate::actors::{Hub, Peers, fanout_sweep};
+use crate::actors::{Hub, Peers, fanout_sweep, feed_sweep};
 use crate::auth::AuthService;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
@@ -171,7 +171,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         }
     };
     let peers = cluster.clone().map(|c| c as Arc<dyn Peers>);
-    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), peers);
+    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), peers, &config.feed);
     let internal = match internal_listener {
         Some(listener) => Some(serve_internal(listener, hub.clone(), cluster.clone().expect("in a cluster"), &config)?),
         None => None,
@@ -181,6 +181,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         background.started(cluster.clone());
     }
     background.started(Arc::new(fanout_sweep(hub.clone())));
+    background.started(Arc::new(feed_sweep(hub.clone())));
     background.started(Arc::new(crate::services::follows::follow_settler(store.clone())));
     let online = online_anywhere(hub.clone());
     let push_worker = Arc::new(PushWorker::start(store.clone(), gate, online, providers, config.push.clone()));

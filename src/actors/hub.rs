@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::{Ephemeral, Peers, Registry};
-use crate::config::LimitsConfig;
+use crate::config::{FeedConfig, LimitsConfig};
 use crate::domain::{StreamEvent, UserId};
 use crate::push::PushGate;
 use crate::store::{Positions, Store};
@@ -14,6 +14,8 @@ pub struct Hub {
     pub push: Arc<PushGate>,
     /// The other nodes, when this node is part of a cluster.
     pub peers: Option<Arc<dyn Peers>>,
+    /// The feed actors of this node.
+    pub feeds: super::feed::Feeds,
 }
 
 impl Hub {
@@ -22,8 +24,10 @@ impl Hub {
         limits: LimitsConfig,
         push: Arc<PushGate>,
         peers: Option<Arc<dyn Peers>>,
+        feed: &FeedConfig,
     ) -> Arc<Self> {
-        Arc::new(Self { store, registry: Registry::default(), limits, push, peers })
+        let feeds = super::feed::Feeds::new(feed.fanout_max_followers);
+        Arc::new(Self { store, registry: Registry::default(), limits, push, peers, feeds })
     }
 
     /// A durable event reaches its recipients' sessions: here directly, on other nodes through the

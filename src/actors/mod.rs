@@ -9,6 +9,8 @@
 //!   acknowledges the sender and fans it out to the members' user actors.
 //! - `Registry` (`registry.rs`): finds (or starts) the actor of a user, or of an `ActorKey`.
 //! - `Peers` (`peers.rs`): what actors need of the other nodes, implemented by the cluster.
+//! - `feed.rs`: feed actors, one per author with posts to fan out here (the durable, resumable
+//!   fan-out of a post to its author's followers' home feeds), and the sweep that resumes them.
 //! - `fanout_sweep.rs`: a periodic part that opens the rooms whose fan-out a stopped writer left
 //!   unfinished (a large room's entries reach the streams after the acknowledgement).
 //! - `protocol.rs`: what connections and services ask of actors, and what actors answer.
@@ -18,6 +20,7 @@
 
 mod cursor;
 mod fanout_sweep;
+mod feed;
 mod hub;
 mod peers;
 mod protocol;
@@ -26,6 +29,7 @@ mod room;
 mod user;
 
 pub use fanout_sweep::fanout_sweep;
+pub use feed::{Feeds, feed_sweep};
 pub use hub::Hub;
 pub use peers::{Forwarding, Peers};
 pub use protocol::{

@@ -17,6 +17,7 @@ fn weight(key: ActorKey, node: &str) -> u64 {
     // other kinds will hash with a prefix of their own.
     let digest = match key {
         ActorKey::Room(room) => Sha256::new().chain_update(room.0.to_be_bytes()),
+        ActorKey::Feed(author) => Sha256::new().chain_update(b"feed").chain_update(author.0.to_be_bytes()),
     }
     .chain_update(node.as_bytes())
     .finalize();

@@ -67,6 +67,8 @@ pub fn time_ordered_id(at_ms: i64) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ActorKey {
     Room(RoomId),
+    /// An author's feed: the fan-out of their posts.
+    Feed(UserId),
 }
 
 impl From<RoomId> for ActorKey {
@@ -79,6 +81,7 @@ impl fmt::Display for ActorKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ActorKey::Room(room) => write!(f, "room {room}"),
+            ActorKey::Feed(author) => write!(f, "feed {author}"),
         }
     }
 }

@@ -90,6 +90,8 @@ metrics! {
     slow_consumers_total: Counter = "Times a connection fell behind and was moved to catch-up or told to resync.",
     room_appends_fenced_total: Counter = "Appends refused because another writer had taken the room over (ownership moving).",
     room_fanouts_after_ack_total: Counter = "Messages acknowledged before their fan-out (large rooms on ScyllaDB).",
+    feed_fanouts_total: Counter = "Posts fanned out to their authors' followers' home feeds (or marked for merging when read).",
+    feed_fanouts_failed_total: Counter = "Post fan-outs that failed (the feed sweep resumes them).",
     media_variants_made_total: Counter = "Image variants made (resized and encoded).",
     media_variants_cached_total: Counter = "Image variants served from the cache.",
     room_fanouts_after_ack_failed_total: Counter = "Fan-outs after the acknowledgement that failed (the room's next claim finishes them).",

@@ -8,7 +8,7 @@ use super::PostsOp;
 use super::follows::may_see_content;
 use crate::actors::{Hub, ReplyBody};
 use crate::domain::{
-    CAPTION_MAX_CHARS, DomainError, DomainResult, Location, POST_MAX_PHOTOS, Post, PostId, UserId, now_ms,
+    CAPTION_MAX_CHARS, DomainError, DomainResult, FollowState, Location, POST_MAX_PHOTOS, Post, PostId, UserId, now_ms,
     parse_post_cursor, post_cursor_after, time_ordered_id,
 };
 
@@ -22,6 +22,8 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
         PostsOp::Create { client_post_id, media, caption, location } => {
             let post = check_post(hub, me, &client_post_id, media, &caption, location).await?;
             let post = hub.store.create_post(post, client_post_id).await?;
+            // Its author's feed actor fans it out (a retry's post, if its job is done, is not).
+            hub.feeds.fan_out(hub, me, post.id);
             Ok(ReplyBody::Post(Box::new(post)))
         }
         PostsOp::Delete(id) => {
@@ -33,18 +35,9 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
             Ok(ReplyBody::Ok)
         }
         PostsOp::Get(id) => Ok(ReplyBody::Post(Box::new(visible_post(hub, me, id).await?))),
+        PostsOp::Feed { cursor, limit } => home_feed(hub, me, &cursor, limit).await,
         PostsOp::List { author, cursor, limit } => {
-            let before = match cursor.as_str() {
-                "" => None,
-                text => {
-                    let cursor = parse_post_cursor(text);
-                    Some(cursor.ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?)
-                }
-            };
-            let limit = match limit {
-                0 => DEFAULT_PAGE,
-                n => n.min(MAX_PAGE),
-            } as usize;
+            let (before, limit) = page_of(&cursor, limit)?;
             may_see_content(hub, me, author).await?;
             let posts = hub.store.posts_of(author, before, limit).await?;
             let next_cursor = match posts.last() {
@@ -54,6 +47,64 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
             Ok(ReplyBody::Posts { posts, next_cursor })
         }
     }
+}
+
+/// Where a page starts, and how long it is.
+fn page_of(cursor: &str, limit: u32) -> DomainResult<(Option<PostId>, usize)> {
+    let before = match cursor {
+        "" => None,
+        text => {
+            let cursor = parse_post_cursor(text);
+            Some(cursor.ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?)
+        }
+    };
+    let limit = match limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    Ok((before, limit as usize))
+}
+
+/// A page of `me`'s home feed: the posts fanned out to it, merged with those of wide authors `me`
+/// follows and `me`'s own (written once, read here), newest first; only posts that still exist,
+/// by authors `me` still follows. The cursor is taken before that filter, so a page may come
+/// short, never a later one lose a post.
+async fn home_feed(hub: &Hub, me: UserId, cursor: &str, limit: u32) -> DomainResult<ReplyBody> {
+    let store = &hub.store;
+    let (before, limit) = page_of(cursor, limit)?;
+    let mut found = store.home_feed(me, before, limit).await?;
+    let mut merged = vec![me];
+    for author in store.wide_authors().await? {
+        if author != me && store.follow_state(me, author).await? == FollowState::Following {
+            merged.push(author);
+        }
+    }
+    for author in merged {
+        found.extend(store.posts_of(author, before, limit).await?.into_iter().map(|p| (p.id, p.author)));
+    }
+    found.sort_unstable_by_key(|&(post, _)| std::cmp::Reverse(post));
+    found.dedup_by_key(|(post, _)| *post);
+    found.truncate(limit);
+    let next_cursor = match found.last() {
+        Some((last, _)) if found.len() == limit => post_cursor_after(*last),
+        _ => String::new(),
+    };
+    let mut followed: Vec<(UserId, bool)> = vec![(me, true)];
+    let mut posts = Vec::with_capacity(found.len());
+    for (post, author) in found {
+        let follows = match followed.iter().find(|(a, _)| *a == author) {
+            Some(&(_, follows)) => follows,
+            None => {
+                let follows = store.follow_state(me, author).await? == FollowState::Following;
+                followed.push((author, follows));
+                follows
+            }
+        };
+        if follows && let Some(post) = store.post(post).await? {
+            posts.push(post);
+        }
+    }
+    Ok(ReplyBody::Posts { posts, next_cursor })
 }
 
 /// The post, if `reader` may see it (`NOT_FOUND` for none, as for an author who blocked them).

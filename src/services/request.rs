@@ -106,6 +106,11 @@ pub enum PostsOp {
         cursor: String,
         limit: u32,
     },
+    /// A page of the caller's home feed.
+    Feed {
+        cursor: String,
+        limit: u32,
+    },
 }
 
 /// A profile change as the client sends it, unchecked: each `Some` replaces its field (an empty

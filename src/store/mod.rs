@@ -21,9 +21,9 @@ use futures_util::future::BoxFuture;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
-    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, LateFanout, MediaRecord,
-    NewMedia, NewRoom, NewUser, Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, ReceiptWrite,
-    RefreshRotation, UserRecord,
+    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, FanoutJob, HistoryPage, LateFanout,
+    MediaRecord, NewMedia, NewRoom, NewUser, Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences,
+    ReceiptWrite, RefreshRotation, UserRecord,
 };
 
 use crate::domain::{
@@ -262,8 +262,9 @@ pub trait GraphStore: Send + Sync {
 /// Photo posts.
 #[async_trait]
 pub trait PostStore: Send + Sync {
-    /// Stores a post with its author's post count, and records its images as shown by its author
-    /// (`may_see_media` then follows the post's visibility). A retry with the same
+    /// Stores a post with its author's post count and its fan-out to do (`FeedStore`), and records
+    /// its images as shown by its author (`may_see_media` then follows the post's visibility). A
+    /// retry with the same
     /// `client_post_id` stores nothing more and returns the post made the first time.
     async fn create_post(&self, post: Post, client_post_id: String) -> StoreResult<Post>;
     async fn post(&self, id: PostId) -> StoreResult<Option<Post>>;
@@ -274,6 +275,27 @@ pub trait PostStore: Send + Sync {
     async fn posts_of(&self, author: UserId, before: Option<PostId>, limit: usize) -> StoreResult<Vec<Post>>;
     /// How many posts each of `authors` has.
     async fn post_counts(&self, authors: Vec<UserId>) -> StoreResult<Vec<(UserId, u64)>>;
+}
+
+/// Home feeds, and the durable jobs that fill them (a post's fan-out to its author's followers).
+#[async_trait]
+pub trait FeedStore: Send + Sync {
+    /// The post's fan-out, unless finished (or never started).
+    async fn fanout_job(&self, post: PostId) -> StoreResult<Option<FanoutJob>>;
+    /// Up to `limit` fan-outs not finished, with how far each got.
+    async fn pending_fanouts(&self, limit: usize) -> StoreResult<Vec<FanoutJob>>;
+    /// Puts the job's post into these followers' home feeds (each once, however often redone;
+    /// unless `into_feeds` is false: a wide author's), then moves the job past the last of them.
+    async fn fan_out_page(&self, job: FanoutJob, followers: &[UserId], into_feeds: bool) -> StoreResult<()>;
+    async fn finish_fanout(&self, post: PostId) -> StoreResult<()>;
+    /// Up to `limit` of the posts in the user's home feed older than `before`, newest first, with
+    /// their authors.
+    async fn home_feed(&self, user: UserId, before: Option<PostId>, limit: usize)
+    -> StoreResult<Vec<(PostId, UserId)>>;
+    /// Marks an author whose posts are merged into feeds when they are read, not written to each
+    /// (more followers than fan-out on write serves). For good: their older posts are in no feed.
+    async fn add_wide_author(&self, author: UserId) -> StoreResult<()>;
+    async fn wide_authors(&self) -> StoreResult<Vec<UserId>>;
 }
 
 /// Everything the server needs from a backend.
@@ -288,6 +310,7 @@ pub trait Store:
     + ProfileStore
     + GraphStore
     + PostStore
+    + FeedStore
 {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -6,8 +6,8 @@ use tokio::sync::oneshot;
 
 use super::{StoreError, StoreResult};
 use crate::domain::{
-    DeviceId, MediaInfo, Platform, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent,
-    UserId,
+    DeviceId, MediaInfo, Platform, PostId, PushKind, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState,
+    StreamEvent, UserId,
 };
 
 #[derive(Debug, Clone)]
@@ -314,6 +314,16 @@ pub struct NewMedia {
     pub at_ms: i64,
     pub chunk_bytes: u32,
     pub chunks: Vec<bytes::Bytes>,
+}
+
+/// A post's fan-out to its author's followers' home feeds, as far as it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutJob {
+    pub post: PostId,
+    pub author: UserId,
+    /// The last follower done (followers are taken in id order); `None` before the first.
+    pub after: Option<UserId>,
+    pub started_at_ms: i64,
 }
 
 /// A stored image and how its bytes are cut.

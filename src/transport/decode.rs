@@ -282,6 +282,7 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
             let author = user(l.user_id, "user_id")?;
             Ok(Request::Posts(PostsOp::List { author, cursor: l.cursor, limit: l.limit }))
         }
+        Wire::Feed(f) => Ok(Request::Posts(PostsOp::Feed { cursor: f.cursor, limit: f.limit })),
         Wire::ListFollows(l) => {
             let list = match WireFollowList::try_from(l.list) {
                 Ok(WireFollowList::Followers) => FollowList::Followers,

@@ -24,7 +24,7 @@ impl Drop for Server {
 }
 
 /// Starts the `tidings` binary on a free port; returns it and its address.
-fn spawn_server(data_dir: &std::path::Path) -> (Server, String) {
+pub fn spawn_server(data_dir: &std::path::Path) -> (Server, String) {
     spawn_server_with(data_dir, &[])
 }
 

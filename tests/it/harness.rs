@@ -106,6 +106,21 @@ pub async fn scylla_store_for(data_dir: &std::path::Path) -> tidings::store::scy
     tidings::store::scylla::ScyllaStore::open(options).await.expect("the CQL node answers")
 }
 
+/// Whether this thread's servers are on ScyllaDB (inside `on_scylla`).
+pub fn servers_on_scylla() -> bool {
+    ON_SCYLLA.get()
+}
+
+/// The store a server on `data_dir` keeps its data in, on this thread's backend (the SQLite file
+/// in the directory, or the directory's keyspace), opened beside the server or before it starts.
+pub async fn store_for(data_dir: &std::path::Path) -> std::sync::Arc<dyn tidings::store::Store> {
+    if ON_SCYLLA.get() {
+        return std::sync::Arc::new(scylla_store_for(data_dir).await);
+    }
+    let options = tidings::store::sqlite::SqliteOptions::new(data_dir.join("tidings.db"));
+    std::sync::Arc::new(tidings::store::sqlite::SqliteStore::open(options).expect("the database opens"))
+}
+
 fn keyspace_for(data_dir: &std::path::Path) -> String {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(data_dir);

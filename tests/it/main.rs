@@ -6,6 +6,7 @@ mod bad_input;
 mod chat;
 mod cluster;
 mod durability;
+mod feeds;
 mod follows;
 mod harness;
 mod media;

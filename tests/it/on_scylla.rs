@@ -31,6 +31,11 @@ on_scylla! {
         signed_urls_read_one_image_until_they_expire,
         images_never_sent_are_collected,
     ];
+    feeds: [
+        posts_reach_followers_feeds_newest_first_in_pages,
+        a_wide_authors_posts_are_merged_into_feeds_when_read,
+        a_fan_out_cut_short_by_a_crash_resumes_and_writes_each_entry_once,
+    ];
     follows: [
         public_and_private_accounts_are_followed_as_their_owners_chose,
         a_block_ends_follows_both_ways_and_hides_the_blocker,

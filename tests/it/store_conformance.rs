@@ -791,6 +791,55 @@ pub async fn posts(store: Arc<dyn Store>) {
     assert_eq!(count().await, 6);
 }
 
+/// Home feeds: a new post's fan-out job, pages written once however often redone, the job's
+/// progress, feeds newest first in pages, wide authors.
+pub async fn feeds(store: Arc<dyn Store>) {
+    use tidings::domain::{Post, PostId};
+    let author = UserId(1);
+    let fans: Vec<UserId> = (10..15).map(UserId).collect();
+    let post = |id: u64| Post {
+        id: PostId(id),
+        author,
+        media: Vec::new(),
+        caption: String::new(),
+        location: None,
+        created_at_ms: 5,
+    };
+    store.create_post(post(100), "a".into()).await.unwrap();
+    let job = store.fanout_job(PostId(100)).await.unwrap().expect("a new post's fan-out is to do");
+    assert_eq!((job.post, job.author, job.after, job.started_at_ms), (PostId(100), author, None, 5));
+    assert_eq!(store.pending_fanouts(10).await.unwrap(), vec![job]);
+    store.fan_out_page(job, &fans[..3], true).await.unwrap();
+    store.fan_out_page(job, &fans[..3], true).await.unwrap();
+    let job = store.fanout_job(PostId(100)).await.unwrap().unwrap();
+    assert_eq!(job.after, Some(fans[2]));
+    store.fan_out_page(job, &fans[3..], true).await.unwrap();
+    store.finish_fanout(PostId(100)).await.unwrap();
+    assert_eq!(store.fanout_job(PostId(100)).await.unwrap(), None);
+    assert!(store.pending_fanouts(10).await.unwrap().is_empty());
+    for &fan in &fans {
+        assert_eq!(store.home_feed(fan, None, 10).await.unwrap(), vec![(PostId(100), author)], "once each");
+    }
+    // A retried creation of a post whose fan-out is done starts none.
+    store.create_post(post(101), "a".into()).await.unwrap();
+    assert!(store.pending_fanouts(10).await.unwrap().is_empty());
+
+    for id in [200, 300, 400] {
+        store.create_post(post(id), format!("p{id}")).await.unwrap();
+        let job = store.fanout_job(PostId(id)).await.unwrap().unwrap();
+        store.fan_out_page(job, &fans[..1], id != 300).await.unwrap();
+        store.finish_fanout(PostId(id)).await.unwrap();
+    }
+    let newest = store.home_feed(fans[0], None, 2).await.unwrap();
+    assert_eq!(newest, vec![(PostId(400), author), (PostId(200), author)], "300 was not written to feeds");
+    assert_eq!(store.home_feed(fans[0], Some(PostId(200)), 2).await.unwrap(), vec![(PostId(100), author)]);
+
+    assert!(store.wide_authors().await.unwrap().is_empty());
+    store.add_wide_author(author).await.unwrap();
+    store.add_wide_author(author).await.unwrap();
+    assert_eq!(store.wide_authors().await.unwrap(), vec![author]);
+}
+
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to
 /// `Some((Guard, Arc<dyn Store>))`, or `None` when the backend is not there (the skip is reported).
 macro_rules! store_suite {
@@ -865,6 +914,13 @@ macro_rules! store_suite {
             async fn posts_are_counted_exactly() {
                 let Some((guard, store)) = $make else { return };
                 super::posts(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
+            async fn home_feeds_and_their_fan_outs() {
+                let Some((guard, store)) = $make else { return };
+                super::feeds(store.clone()).await;
                 guard.finish().await;
             }
 

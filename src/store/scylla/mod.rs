@@ -14,6 +14,7 @@
 
 mod accounts;
 mod append;
+mod feeds;
 mod fence;
 mod graph;
 mod media;
@@ -89,6 +90,7 @@ pub struct Parts {
     profiles: profiles::Statements,
     graph: graph::Statements,
     posts: posts::Statements,
+    feeds: feeds::Statements,
     closed: AtomicBool,
 }
 
@@ -127,6 +129,7 @@ impl ScyllaStore {
         let profiles = profiles::Statements::prepare(&session, &options).await?;
         let graph = graph::Statements::prepare(&session, &options).await?;
         let posts = posts::Statements::prepare(&session, &options).await?;
+        let feeds = feeds::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -140,6 +143,7 @@ impl ScyllaStore {
             profiles,
             graph,
             posts,
+            feeds,
             closed: AtomicBool::new(false),
         })))
     }

@@ -186,6 +186,9 @@ impl PostStore for ScyllaStore {
             Post { id: PostId(first as u64), ..post }
         };
         self.execute(&s.insert_lookup, (id(post.id.0), id(author.0))).await?;
+        if self.stored_post(author, post.id).await?.is_none() {
+            self.start_fanout(post.id, author, post.created_at_ms).await?;
+        }
         try_join_all(post.media.iter().map(|m| self.execute(&s.link_media, (&m.0[..], id(author.0))))).await?;
         self.change_post(author, 1, Some((&post, &client_post_id)), post.id).await?;
         Ok(post)

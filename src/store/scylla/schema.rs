@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 8;
+pub(super) const SCHEMA_VERSION: i32 = 9;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -192,6 +192,17 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
                 PRIMARY KEY (author, client_post_id))",
             // The images posts show, by author: who may see a post may see its images.
             "CREATE TABLE IF NOT EXISTS {ks}.media_authors (media_id blob, author bigint, PRIMARY KEY (media_id, author))",
+        ],
+    ),
+    (
+        9,
+        "home feeds and their fan-out jobs",
+        &[
+            "CREATE TABLE IF NOT EXISTS {ks}.home_feeds (user_id bigint, post_id bigint, author bigint,
+                PRIMARY KEY (user_id, post_id)) WITH CLUSTERING ORDER BY (post_id DESC)",
+            "CREATE TABLE IF NOT EXISTS {ks}.fanout_jobs (shard int, post_id bigint, author bigint, after bigint,
+                started_at_ms bigint, PRIMARY KEY (shard, post_id))",
+            "CREATE TABLE IF NOT EXISTS {ks}.wide_authors (shard int, author bigint, PRIMARY KEY (shard, author))",
         ],
     ),
 ];

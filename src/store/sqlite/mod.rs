@@ -3,6 +3,7 @@
 
 mod checkpointer;
 mod codec;
+mod feeds;
 mod graph;
 mod media;
 mod posts;
@@ -25,10 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 use writer::WriteCmd;
 
 use super::{
-    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, GraphStore, HistoryPage, MediaRecord,
-    MediaStore, NewMedia, NewRoom, NewUser, Positions, PostStore, ProfileStore, PushContext, PushJob, PushJobEnd,
-    PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError,
-    StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, FanoutJob, FeedStore, GraphStore,
+    HistoryPage, MediaRecord, MediaStore, NewMedia, NewRoom, NewUser, Positions, PostStore, ProfileStore, PushContext,
+    PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore,
+    Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
@@ -476,6 +477,43 @@ impl PostStore for SqliteStore {
 
     async fn post_counts(&self, authors: Vec<UserId>) -> StoreResult<Vec<(UserId, u64)>> {
         self.read(move |c| posts::counts(c, &authors)).await
+    }
+}
+
+#[async_trait]
+impl FeedStore for SqliteStore {
+    async fn fanout_job(&self, post: PostId) -> StoreResult<Option<FanoutJob>> {
+        self.read(move |c| feeds::job(c, post)).await
+    }
+
+    async fn pending_fanouts(&self, limit: usize) -> StoreResult<Vec<FanoutJob>> {
+        self.read(move |c| feeds::pending(c, limit)).await
+    }
+
+    async fn fan_out_page(&self, job: FanoutJob, followers: &[UserId], into_feeds: bool) -> StoreResult<()> {
+        let followers = followers.to_vec();
+        self.write(|reply| WriteCmd::FanOutPage(job, followers, into_feeds, reply)).await
+    }
+
+    async fn finish_fanout(&self, post: PostId) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::FinishFanout(post, reply)).await
+    }
+
+    async fn home_feed(
+        &self,
+        user: UserId,
+        before: Option<PostId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(PostId, UserId)>> {
+        self.read(move |c| feeds::home(c, user, before, limit)).await
+    }
+
+    async fn add_wide_author(&self, author: UserId) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::AddWideAuthor(author, reply)).await
+    }
+
+    async fn wide_authors(&self) -> StoreResult<Vec<UserId>> {
+        self.read(feeds::wide).await
     }
 }
 

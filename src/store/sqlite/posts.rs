@@ -81,6 +81,7 @@ pub(super) fn create(tx: &Transaction<'_>, post: &Post, client_post_id: &str) ->
         "INSERT INTO post_counts (author, posts) VALUES (?1, 1) ON CONFLICT (author) DO UPDATE SET posts = posts + 1",
     )?
     .execute([author])?;
+    super::feeds::start(tx, post.id, post.author, post.created_at_ms)?;
     let mut link = tx.prepare_cached("INSERT OR IGNORE INTO media_authors (media_id, author) VALUES (?1, ?2)")?;
     for media in &post.media {
         link.execute(params![&media.0[..], author])?;

@@ -19,8 +19,8 @@ use crate::domain::{
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
 use crate::store::{
-    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, NewMedia, NewRoom, NewUser, Positions, PushJob,
-    PushJobEnd, ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
+    Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, FanoutJob, NewMedia, NewRoom, NewUser, Positions,
+    PushJob, PushJobEnd, ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -94,6 +94,9 @@ pub(super) enum WriteCmd {
     PublishMedia(MediaId, Reply<()>),
     CreatePost(Post, String, Reply<Post>),
     DeletePost(PostId, Reply<bool>),
+    FanOutPage(FanoutJob, Vec<UserId>, bool, Reply<()>),
+    FinishFanout(PostId, Reply<()>),
+    AddWideAuthor(UserId, Reply<()>),
     SetFollow {
         from: UserId,
         to: UserId,
@@ -255,6 +258,11 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
             run!(reply, |tx, _| super::posts::create(tx, &post, &client_id))
         }
         WriteCmd::DeletePost(id, reply) => run!(reply, |tx, _| super::posts::delete(tx, id)),
+        WriteCmd::FanOutPage(job, followers, into_feeds, reply) => {
+            run!(reply, |tx, _| super::feeds::page(tx, job, &followers, into_feeds))
+        }
+        WriteCmd::FinishFanout(post, reply) => run!(reply, |tx, _| super::feeds::finish(tx, post)),
+        WriteCmd::AddWideAuthor(author, reply) => run!(reply, |tx, _| super::feeds::add_wide(tx, author)),
         WriteCmd::SetFollow { from, to, state, when, reply } => {
             run!(reply, |tx, _| super::graph::set(tx, from, to, state, &when))
         }
