@@ -426,6 +426,7 @@ mod tests {
         let pos = |event: &StreamEvent| match event {
             StreamEvent::Receipt(r) => r.up_to_seq,
             StreamEvent::Entry(e) => e.seq,
+            StreamEvent::Post { post, .. } => post.0,
         };
         match item {
             Outbound::Event(at, e) => {

@@ -21,7 +21,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use super::Hub;
-use crate::domain::{ActorKey, FollowList, PostId, UserId, now_ms};
+use crate::domain::{ActorKey, FollowList, PostId, StreamEvent, UserId, now_ms};
 use crate::lifecycle::Periodic;
 use crate::metrics::METRICS;
 use crate::store::{FanoutJob, StoreResult};
@@ -112,18 +112,22 @@ async fn run_job(hub: &Hub, post: PostId) -> StoreResult<Option<u64>> {
     let followers = store.follow_counts(vec![job.author]).await?.first().map_or(0, |(_, c)| c.followers);
     let wide = followers > hub.feeds.fanout_max_followers || store.wide_authors().await?.contains(&job.author);
     if wide {
-        store.add_wide_author(job.author).await?;
         // Written once: followers' feeds merge it when read.
-        store.finish_fanout(post).await?;
-        return Ok(Some(0));
+        store.add_wide_author(job.author).await?;
     }
+    let details = store.post(post).await?.map(Arc::new);
+    let event = StreamEvent::Post { post, author: job.author, details };
     let mut reached = 0u64;
     loop {
         let page = store.follow_list(job.author, FollowList::Followers, job.after, PAGE).await?;
         if page.is_empty() {
             break;
         }
-        store.fan_out_page(job, &page, true).await?;
+        let live = online(hub, &page).await;
+        let positions = store.fan_out_page(job, &page, !wide, &live).await?;
+        if !positions.is_empty() {
+            hub.deliver(&positions, &event);
+        }
         reached += page.len() as u64;
         job = FanoutJob { after: page.last().copied(), ..job };
         if page.len() < PAGE {
@@ -132,6 +136,16 @@ async fn run_job(hub: &Hub, post: PostId) -> StoreResult<Option<u64>> {
     }
     store.finish_fanout(post).await?;
     Ok(Some(reached))
+}
+
+/// Those of `users` with a live session: here, or (in a cluster) on another node.
+async fn online(hub: &Hub, users: &[UserId]) -> Vec<UserId> {
+    let (mut live, elsewhere): (Vec<UserId>, Vec<UserId>) = users.iter().partition(|u| hub.registry.is_online(**u));
+    if let Some(peers) = &hub.peers {
+        let there = futures_util::future::join_all(elsewhere.iter().map(|&u| peers.online_elsewhere(u))).await;
+        live.extend(elsewhere.into_iter().zip(there).filter_map(|(u, online)| online.then_some(u)));
+    }
+    live
 }
 
 /// Resumes fan-outs a crash left: see the module's notes.

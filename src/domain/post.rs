@@ -28,6 +28,9 @@ pub struct Location {
     pub lng: f64,
 }
 
+/// Never NaN (`checked`, and stores keep what was checked): equality is total.
+impl Eq for Location {}
+
 impl Location {
     /// A real place: latitude -90 to 90, longitude -180 to 180.
     pub fn checked(lat: f64, lng: f64) -> Option<Self> {
@@ -35,7 +38,7 @@ impl Location {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Post {
     pub id: PostId,
     pub author: UserId,

@@ -11,13 +11,20 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{RoomEntry, RoomId, UserId};
+use super::{Post, PostId, RoomEntry, RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamEvent {
     /// A room log entry (message, edit, delete, membership change). Shared by every recipient.
     Entry(Arc<RoomEntry>),
     Receipt(Receipt),
+    /// Someone the user follows posted: the post, as it is when the event is read (`None` once
+    /// deleted).
+    Post {
+        post: PostId,
+        author: UserId,
+        details: Option<Arc<Post>>,
+    },
 }
 
 impl StreamEvent {
@@ -26,6 +33,7 @@ impl StreamEvent {
         match self {
             StreamEvent::Entry(entry) => EventRef::entry(entry.room, entry.seq),
             StreamEvent::Receipt(receipt) => EventRef::receipt(receipt),
+            StreamEvent::Post { post, author, .. } => EventRef::post(*author, *post),
         }
     }
 }
@@ -51,6 +59,9 @@ pub enum EventKind {
     /// A delivered or read receipt: the reference is the seq it goes up to, the actor the reader.
     Delivered,
     Read,
+    /// A post by someone the user follows: the source is the author's feed, the reference the
+    /// post's id.
+    Post,
 }
 
 /// An event described the same way whatever its kind: what the store keeps of it in a stream.
@@ -67,6 +78,10 @@ pub struct EventRef {
 impl EventRef {
     pub fn entry(room: RoomId, seq: u64) -> Self {
         Self { kind: EventKind::Entry, source: Source::Room(room), reference: seq, actor: None }
+    }
+
+    pub fn post(author: UserId, post: PostId) -> Self {
+        Self { kind: EventKind::Post, source: Source::Feed(author), reference: post.0, actor: None }
     }
 
     pub fn receipt(receipt: &Receipt) -> Self {

@@ -166,6 +166,7 @@ pub(crate) fn event_row(event: &EventRef) -> EventRow {
         EventKind::Entry => 0,
         EventKind::Delivered => 1,
         EventKind::Read => 2,
+        EventKind::Post => 3,
     };
     let source_id = match event.source {
         Source::Room(room) => room.0,
@@ -186,10 +187,15 @@ pub(crate) fn event_ref_from(row: &EventRow) -> Option<EventRef> {
         0 => EventKind::Entry,
         1 => EventKind::Delivered,
         2 => EventKind::Read,
+        3 => EventKind::Post,
         _ => return None,
     };
     let actor = (row.actor != 0).then_some(UserId(row.actor as u64));
-    Some(EventRef { kind, source: Source::Room(RoomId(row.source_id as u64)), reference: row.reference as u64, actor })
+    let source = match kind {
+        EventKind::Post => Source::Feed(UserId(row.source_id as u64)),
+        _ => Source::Room(RoomId(row.source_id as u64)),
+    };
+    Some(EventRef { kind, source, reference: row.reference as u64, actor })
 }
 
 #[cfg(test)]
@@ -204,9 +210,10 @@ mod tests {
             EventRef::entry(RoomId(7), 3),
             EventRef::receipt(&receipt(ReceiptKind::Delivered)),
             EventRef::receipt(&receipt(ReceiptKind::Read)),
+            EventRef::post(UserId(5), crate::domain::PostId(11)),
         ];
         // The rows databases already hold: kinds 0, 1, 2; source in room_id, reference in seq.
-        let rows = [(0, 7, 3, 0), (1, 7, 4, 9), (2, 7, 4, 9)];
+        let rows = [(0, 7, 3, 0), (1, 7, 4, 9), (2, 7, 4, 9), (3, 5, 11, 0)];
         for (event, expected) in events.iter().zip(rows) {
             let row = event_row(event);
             assert_eq!((row.kind, row.source_id, row.reference, row.actor), expected, "{event:?}");

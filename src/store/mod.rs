@@ -285,8 +285,16 @@ pub trait FeedStore: Send + Sync {
     /// Up to `limit` fan-outs not finished, with how far each got.
     async fn pending_fanouts(&self, limit: usize) -> StoreResult<Vec<FanoutJob>>;
     /// Puts the job's post into these followers' home feeds (each once, however often redone;
-    /// unless `into_feeds` is false: a wide author's), then moves the job past the last of them.
-    async fn fan_out_page(&self, job: FanoutJob, followers: &[UserId], into_feeds: bool) -> StoreResult<()>;
+    /// unless `into_feeds` is false: a wide author's) and a post event into the streams of those of
+    /// them in `live` (each once, however often redone), then moves the job past the last of
+    /// them. Returns the events' positions.
+    async fn fan_out_page(
+        &self,
+        job: FanoutJob,
+        followers: &[UserId],
+        into_feeds: bool,
+        live: &[UserId],
+    ) -> StoreResult<Positions>;
     async fn finish_fanout(&self, post: PostId) -> StoreResult<()>;
     /// Up to `limit` of the posts in the user's home feed older than `before`, newest first, with
     /// their authors.

@@ -84,6 +84,11 @@ pub fn event_frame(pos: u64, event: &StreamEvent) -> ServerFrame {
     let kind = match event {
         StreamEvent::Entry(e) => wire::event::Kind::Entry(entry(e)),
         StreamEvent::Receipt(r) => wire::event::Kind::Receipt(receipt(r)),
+        StreamEvent::Post { post: id, author, details } => wire::event::Kind::Post(wire::PostPublished {
+            post_id: id.0,
+            author_id: author.0,
+            post: details.as_deref().map(post),
+        }),
     };
     ServerFrame { frame: Some(Frame::Event(wire::Event { pos, kind: Some(kind) })) }
 }

@@ -141,7 +141,7 @@ pub(crate) async fn fan_out_resumed() {
     // What a crash three pages in leaves.
     let job = store.fanout_job(PostId(77)).await.unwrap().expect("a new post's fan-out is to do");
     let first = store.follow_list(author, FollowList::Followers, None, followers.len() * 3 / 10).await.unwrap();
-    store.fan_out_page(job, &first, true).await.unwrap();
+    store.fan_out_page(job, &first, true, &[]).await.unwrap();
     assert_eq!(store.fanout_job(PostId(77)).await.unwrap().unwrap().after, first.last().copied());
     store.close().await;
 
@@ -159,4 +159,54 @@ pub(crate) async fn fan_out_resumed() {
         }
     }
     assert!(store.home_feed(author, None, 10).await.unwrap().is_empty(), "not in its author's own");
+}
+
+/// A follower with a live connection gets the post as an event of their stream at once (the same
+/// stream as chat, so it is resumed like chat); one offline then finds it in the feed, and their
+/// stream has no such event. The same for a wide author, whose post is in no one's feed rows.
+#[tokio::test]
+pub(crate) async fn online_followers_get_the_post_in_their_stream_offline_ones_in_their_feed() {
+    let server = TestServer::start_with(|c| c.feed.fanout_max_followers = 2);
+    let (author, star, live, away, fan) = (
+        server.user("author").await,
+        server.user("star").await,
+        server.user("live").await,
+        server.user("away").await,
+        server.user("fan").await,
+    );
+    let (au, st, aw, fa) = (author.connect().await, star.connect().await, away.connect().await, fan.connect().await);
+    let (mut l, _) = live.connect_synced(0).await;
+    for conn in [&l, &aw] {
+        follow(conn, author.id()).await;
+    }
+    for conn in [&l, &aw, &fa] {
+        follow(conn, star.id()).await;
+    }
+    aw.close().await;
+    drop(aw);
+
+    let mut ids = Vec::new();
+    for (who, conn, name) in [(&author, &au, "a1"), (&star, &st, "s1")] {
+        let id = post(&server, who, conn, name).await;
+        ids.insert(0, id);
+        let event = next_event(&mut l).await;
+        let Some(wire::event::Kind::Post(published)) = event.kind else { panic!("a post event: {event:?}") };
+        assert_eq!((published.post_id, published.author_id), (id, who.id()));
+        assert_eq!(published.post.map(|p| p.caption), Some(name.to_owned()), "with the post");
+    }
+    // Away: nothing in the stream, both posts in the feed (one written, one merged when read).
+    let (_, events) = away.connect_synced(0).await;
+    assert!(events.iter().all(|e| !matches!(e.kind, Some(wire::event::Kind::Post(_)))), "{events:?}");
+    let away_conn = away.connect().await;
+    assert_eq!(feed_once_it_has(&away_conn, &ids).await, ids);
+    // Resumed from the start, the live follower's stream has both, with their posts.
+    let (_, replayed) = live.connect_synced(0).await;
+    let posts: Vec<u64> = replayed
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(wire::event::Kind::Post(p)) => p.post.as_ref().map(|p| p.post_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(posts.len(), 2, "{replayed:?}");
 }

@@ -35,6 +35,7 @@ on_scylla! {
         posts_reach_followers_feeds_newest_first_in_pages,
         a_wide_authors_posts_are_merged_into_feeds_when_read,
         a_fan_out_cut_short_by_a_crash_resumes_and_writes_each_entry_once,
+        online_followers_get_the_post_in_their_stream_offline_ones_in_their_feed,
     ];
     follows: [
         public_and_private_accounts_are_followed_as_their_owners_chose,

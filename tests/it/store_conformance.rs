@@ -809,11 +809,11 @@ pub async fn feeds(store: Arc<dyn Store>) {
     let job = store.fanout_job(PostId(100)).await.unwrap().expect("a new post's fan-out is to do");
     assert_eq!((job.post, job.author, job.after, job.started_at_ms), (PostId(100), author, None, 5));
     assert_eq!(store.pending_fanouts(10).await.unwrap(), vec![job]);
-    store.fan_out_page(job, &fans[..3], true).await.unwrap();
-    store.fan_out_page(job, &fans[..3], true).await.unwrap();
+    store.fan_out_page(job, &fans[..3], true, &[]).await.unwrap();
+    store.fan_out_page(job, &fans[..3], true, &[]).await.unwrap();
     let job = store.fanout_job(PostId(100)).await.unwrap().unwrap();
     assert_eq!(job.after, Some(fans[2]));
-    store.fan_out_page(job, &fans[3..], true).await.unwrap();
+    store.fan_out_page(job, &fans[3..], true, &[]).await.unwrap();
     store.finish_fanout(PostId(100)).await.unwrap();
     assert_eq!(store.fanout_job(PostId(100)).await.unwrap(), None);
     assert!(store.pending_fanouts(10).await.unwrap().is_empty());
@@ -827,7 +827,7 @@ pub async fn feeds(store: Arc<dyn Store>) {
     for id in [200, 300, 400] {
         store.create_post(post(id), format!("p{id}")).await.unwrap();
         let job = store.fanout_job(PostId(id)).await.unwrap().unwrap();
-        store.fan_out_page(job, &fans[..1], id != 300).await.unwrap();
+        store.fan_out_page(job, &fans[..1], id != 300, &[]).await.unwrap();
         store.finish_fanout(PostId(id)).await.unwrap();
     }
     let newest = store.home_feed(fans[0], None, 2).await.unwrap();

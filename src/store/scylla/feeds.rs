@@ -8,9 +8,10 @@ use futures_util::future::try_join_all;
 use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 
+use super::streams::StoredEvent;
 use super::{ScyllaOptions, ScyllaStore, id, prepare};
-use crate::domain::{PostId, UserId};
-use crate::store::{FanoutJob, FeedStore, StoreError, StoreResult};
+use crate::domain::{EventRef, PostId, UserId};
+use crate::store::{FanoutJob, FeedStore, Positions, StoreError, StoreResult};
 
 /// Feed rows written at once by one page of a fan-out.
 const WRITES_AT_ONCE: usize = 128;
@@ -86,7 +87,13 @@ impl FeedStore for ScyllaStore {
         Ok(rows.into_iter().map(job_of).collect())
     }
 
-    async fn fan_out_page(&self, job: FanoutJob, followers: &[UserId], into_feeds: bool) -> StoreResult<()> {
+    async fn fan_out_page(
+        &self,
+        job: FanoutJob,
+        followers: &[UserId],
+        into_feeds: bool,
+        live: &[UserId],
+    ) -> StoreResult<Positions> {
         self.check_open()?;
         let f = &self.feeds;
         let (post, author) = (id(job.post.0), id(job.author.0));
@@ -94,10 +101,13 @@ impl FeedStore for ScyllaStore {
         for chunk in entries.chunks(WRITES_AT_ONCE) {
             try_join_all(chunk.iter().map(|&user| self.execute(&f.insert_entry, (user, post, author)))).await?;
         }
+        // Redone after a crash, a stream write finds the event there (`redo`): each once.
+        let event = StoredEvent { event: EventRef::post(job.author, job.post), ref_epoch: 0 };
+        let positions = if live.is_empty() { Vec::new() } else { self.write_events(live, event, true).await? };
         if let Some(last) = followers.last() {
             self.execute(&f.advance, (id(last.0), post)).await?;
         }
-        Ok(())
+        Ok(positions)
     }
 
     async fn finish_fanout(&self, post: PostId) -> StoreResult<()> {

@@ -328,6 +328,11 @@ impl ScyllaStore {
 
     /// The event a stream row describes, with its entry read for an entry.
     async fn resolve(&self, event: EventRef, ref_epoch: u64) -> StoreResult<StreamEvent> {
+        if let (EventKind::Post, Source::Feed(author)) = (event.kind, event.source) {
+            let post = crate::domain::PostId(event.reference);
+            let details = crate::store::PostStore::post(self, post).await?.map(Arc::new);
+            return Ok(StreamEvent::Post { post, author, details });
+        }
         let Source::Room(room) = event.source else {
             return Err(StoreError::new(StoreErrorKind::Corrupt, "a stream event from no room"));
         };
@@ -344,6 +349,7 @@ impl ScyllaStore {
             }
             EventKind::Delivered => receipt(ReceiptKind::Delivered),
             EventKind::Read => receipt(ReceiptKind::Read),
+            EventKind::Post => Err(StoreError::new(StoreErrorKind::Corrupt, "a post event from a room")),
         }
     }
 

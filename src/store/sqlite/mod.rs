@@ -490,9 +490,15 @@ impl FeedStore for SqliteStore {
         self.read(move |c| feeds::pending(c, limit)).await
     }
 
-    async fn fan_out_page(&self, job: FanoutJob, followers: &[UserId], into_feeds: bool) -> StoreResult<()> {
-        let followers = followers.to_vec();
-        self.write(|reply| WriteCmd::FanOutPage(job, followers, into_feeds, reply)).await
+    async fn fan_out_page(
+        &self,
+        job: FanoutJob,
+        followers: &[UserId],
+        into_feeds: bool,
+        live: &[UserId],
+    ) -> StoreResult<Positions> {
+        let (followers, live) = (followers.to_vec(), live.to_vec());
+        self.write(|reply| WriteCmd::FanOutPage { job, followers, into_feeds, live, reply }).await
     }
 
     async fn finish_fanout(&self, post: PostId) -> StoreResult<()> {

@@ -214,6 +214,11 @@ pub(super) fn events_after(
                 kind: if kind == EventKind::Read { ReceiptKind::Read } else { ReceiptKind::Delivered },
                 up_to_seq: described.reference,
             }),
+            (EventKind::Post, Source::Feed(author)) => {
+                let post = crate::domain::PostId(described.reference);
+                let details = super::posts::read(conn, post)?.map(std::sync::Arc::new);
+                StreamEvent::Post { post, author, details }
+            }
             _ => return Err(unknown()),
         };
         Ok((pos, event))

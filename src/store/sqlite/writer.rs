@@ -94,7 +94,13 @@ pub(super) enum WriteCmd {
     PublishMedia(MediaId, Reply<()>),
     CreatePost(Post, String, Reply<Post>),
     DeletePost(PostId, Reply<bool>),
-    FanOutPage(FanoutJob, Vec<UserId>, bool, Reply<()>),
+    FanOutPage {
+        job: FanoutJob,
+        followers: Vec<UserId>,
+        into_feeds: bool,
+        live: Vec<UserId>,
+        reply: Reply<Positions>,
+    },
     FinishFanout(PostId, Reply<()>),
     AddWideAuthor(UserId, Reply<()>),
     SetFollow {
@@ -258,9 +264,12 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
             run!(reply, |tx, _| super::posts::create(tx, &post, &client_id))
         }
         WriteCmd::DeletePost(id, reply) => run!(reply, |tx, _| super::posts::delete(tx, id)),
-        WriteCmd::FanOutPage(job, followers, into_feeds, reply) => {
-            run!(reply, |tx, _| super::feeds::page(tx, job, &followers, into_feeds))
-        }
+        WriteCmd::FanOutPage { job, followers, into_feeds, live, reply } => run!(reply, |tx, heads| {
+            if let Err(e) = super::feeds::page(tx, job, &followers, into_feeds)? {
+                return Ok(Err(e));
+            }
+            Ok(Ok(push_events(tx, heads, &live, &EventRef::post(job.author, job.post))?))
+        }),
         WriteCmd::FinishFanout(post, reply) => run!(reply, |tx, _| super::feeds::finish(tx, post)),
         WriteCmd::AddWideAuthor(author, reply) => run!(reply, |tx, _| super::feeds::add_wide(tx, author)),
         WriteCmd::SetFollow { from, to, state, when, reply } => {
