@@ -210,3 +210,110 @@ pub(crate) async fn online_followers_get_the_post_in_their_stream_offline_ones_i
         .collect();
     assert_eq!(posts.len(), 2, "{replayed:?}");
 }
+
+/// The feed's write path, measured (not a test: it asserts no time). For each follower count: the
+/// time from `createPost` being answered to (a) the first and the last of 50 live followers getting
+/// the post event, and (b) the post's fan-out job finishing (every follower's feed written, or, for
+/// a wide author, every online follower reached). Followers beyond the 50 live ones are follow
+/// edges written straight into the store. Run:
+/// `cargo test --release --test it feed_fanout_cost -- --ignored --nocapture`
+/// (`TIDINGS_FEED_BENCH=1000,10000` picks the counts; on ScyllaDB through `on_scylla`, set
+/// `TIDINGS_FEED_BENCH_SCYLLA=1`).
+#[test]
+#[ignore]
+fn feed_fanout_cost() {
+    let counts: Vec<u64> = std::env::var("TIDINGS_FEED_BENCH")
+        .unwrap_or_else(|_| "1000,10000,100000,1000000".into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("follower counts"))
+        .collect();
+    let run = move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            println!("| followers | path | first live event | last of 50 live events | all feeds written |");
+            println!("| ---: | --- | ---: | ---: | ---: |");
+            for &n in &counts {
+                fanout_cost(n).await;
+            }
+        });
+    };
+    if std::env::var_os("TIDINGS_FEED_BENCH_SCYLLA").is_some() {
+        crate::harness::on_scylla(run);
+    } else {
+        run();
+    }
+}
+
+async fn fanout_cost(followers: u64) {
+    use tidings::domain::{FollowState, PostId, UserId};
+    use tidings_client::Http;
+    const LIVE: usize = 50;
+    let data = tempfile::tempdir().unwrap();
+    let (_server, addr) = crate::durability::spawn_server(data.path());
+    let http = Http::new(format!("http://{addr}"));
+    let author = http.sign_up("author", PASSWORD, "phone").await.unwrap();
+    let author_conn = Connection::connect(
+        &format!("ws://{addr}"),
+        &author.access_token,
+        tidings_client::tidings_proto::Encoding::Protobuf,
+    )
+    .await
+    .unwrap();
+    let mut live = Vec::new();
+    for i in 0..LIVE {
+        let fan = http.sign_up(&format!("fan{i}"), PASSWORD, "phone").await.unwrap();
+        let mut conn = Connection::connect(
+            &format!("ws://{addr}"),
+            &fan.access_token,
+            tidings_client::tidings_proto::Encoding::Protobuf,
+        )
+        .await
+        .unwrap();
+        follow(&conn, author.user_id).await;
+        conn.sync(0).await.unwrap();
+        until_caught_up(&mut conn).await;
+        live.push(conn);
+    }
+    let store = store_for(data.path()).await;
+    let rest: Vec<UserId> = (0..followers.saturating_sub(LIVE as u64)).map(|i| UserId(1 << 40 | i)).collect();
+    for chunk in rest.chunks(1000) {
+        let follows = chunk.iter().map(|&f| store.set_follow(f, UserId(author.user_id), FollowState::Following, &[]));
+        futures_util::future::try_join_all(follows).await.unwrap();
+    }
+    let request = wire::CreatePostRequest {
+        client_post_id: "bench".into(),
+        media_ids: vec![{
+            let media = reqwest::Client::new()
+                .post(format!("http://{addr}/v1/media"))
+                .bearer_auth(&author.access_token)
+                .header("content-type", "image/png")
+                .body(picture(ImageFormat::Png))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap();
+            media["mediaId"].as_str().unwrap().to_owned()
+        }],
+        caption: String::new(),
+        location: None,
+    };
+    let posted = Instant::now();
+    let Answer::Post(made) = author_conn.request(Req::CreatePost(request)).await.unwrap() else { panic!() };
+    let answered = posted.elapsed();
+    let arrivals = futures_util::future::join_all(live.iter_mut().map(|conn| async move {
+        let _ = next_event(conn).await;
+        posted.elapsed()
+    }))
+    .await;
+    while store.fanout_job(PostId(made.post_id)).await.unwrap().is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = posted.elapsed();
+    let wide = store.wide_authors().await.unwrap().contains(&UserId(author.user_id));
+    let path = if wide { "wide: merged when read" } else { "fan-out on write" };
+    let first = arrivals.iter().min().unwrap();
+    let last = arrivals.iter().max().unwrap();
+    println!("| {followers} | {path} | {first:.1?} | {last:.1?} | {all:.1?} (answered in {answered:.1?}) |");
+}
