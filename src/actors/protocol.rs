@@ -5,8 +5,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::domain::error::DomainError;
 use crate::domain::{
-    ActorKey, FollowState, MediaId, Post, ProfileView, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary, StreamEvent,
-    UserId,
+    ActorKey, Comment, FollowState, MediaId, PostView, ProfileView, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary,
+    StreamEvent, UserId,
 };
 use crate::store::HistoryPage;
 
@@ -81,8 +81,10 @@ pub enum ReplyBody {
     Profiles(Vec<ProfileView>),
     Follow { user: UserId, state: FollowState },
     Users { profiles: Vec<ProfileView>, next_cursor: String },
-    Post(Box<Post>),
-    Posts { posts: Vec<Post>, next_cursor: String },
+    Post(Box<PostView>),
+    Posts { posts: Vec<PostView>, next_cursor: String },
+    Comment(Box<Comment>),
+    Comments { comments: Vec<Comment>, next_cursor: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,3 +87,44 @@ mod tests {
         assert_eq!(parse_post_cursor("u4d"), None);
     }
 }
+
+/// A comment's id: time-ordered within its post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CommentId(pub u64);
+
+/// The longest comment, in characters.
+pub const COMMENT_MAX_CHARS: usize = 2200;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    pub id: CommentId,
+    pub post: PostId,
+    pub author: UserId,
+    pub text: String,
+    pub created_at_ms: i64,
+}
+
+/// A post's exact counts of likes and comments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Reactions {
+    pub likes: u64,
+    pub comments: u64,
+}
+
+/// Where a page of comments ends (opaque; today the last comment's id in hex).
+pub fn comment_cursor_after(last: CommentId) -> String {
+    format!("c{:x}", last.0)
+}
+
+pub fn parse_comment_cursor(cursor: &str) -> Option<CommentId> {
+    let hex = cursor.strip_prefix('c')?;
+    (!hex.is_empty() && hex.len() <= 16).then(|| u64::from_str_radix(hex, 16).ok().map(CommentId))?
+}
+
+/// A post as one reader sees it: with its counts and whether the reader likes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostView {
+    pub post: Post,
+    pub reactions: Reactions,
+    pub liked_by_me: bool,
+}

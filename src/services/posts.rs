@@ -8,11 +8,15 @@ use super::PostsOp;
 use super::follows::may_see_content;
 use crate::actors::{Hub, ReplyBody};
 use crate::domain::{
-    CAPTION_MAX_CHARS, DomainError, DomainResult, FollowState, Location, POST_MAX_PHOTOS, Post, PostId, UserId, now_ms,
-    parse_post_cursor, post_cursor_after, time_ordered_id,
+    CAPTION_MAX_CHARS, COMMENT_MAX_CHARS, Comment, CommentId, DomainError, DomainResult, FollowState, Location,
+    POST_MAX_PHOTOS, Post, PostId, PostView, Reactions, UserId, comment_cursor_after, cursor_after, now_ms,
+    parse_comment_cursor, parse_cursor, parse_post_cursor, post_cursor_after, time_ordered_id,
 };
 
 const DEFAULT_PAGE: u32 = 20;
+/// Likers and comments: the default page and the most.
+const DEFAULT_LIST: u32 = 50;
+const MAX_LIST: u32 = 100;
 const MAX_PAGE: u32 = 50;
 /// The longest client post id, in bytes.
 const CLIENT_POST_ID_MAX_BYTES: usize = 64;
@@ -24,7 +28,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
             let post = hub.store.create_post(post, client_post_id).await?;
             // Its author's feed actor fans it out (a retry's post, if its job is done, is not).
             hub.feeds.fan_out(hub, me, post.id);
-            Ok(ReplyBody::Post(Box::new(post)))
+            Ok(ReplyBody::Post(Box::new(PostView { post, reactions: Reactions::default(), liked_by_me: false })))
         }
         PostsOp::Delete(id) => {
             let post = visible_post(hub, me, id).await?;
@@ -34,7 +38,71 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
             hub.store.delete_post(id).await?;
             Ok(ReplyBody::Ok)
         }
-        PostsOp::Get(id) => Ok(ReplyBody::Post(Box::new(visible_post(hub, me, id).await?))),
+        PostsOp::Get(id) => {
+            let post = visible_post(hub, me, id).await?;
+            Ok(ReplyBody::Post(Box::new(views(hub, me, vec![post]).await?.remove(0))))
+        }
+        PostsOp::Like { post, on } => {
+            visible_post(hub, me, post).await?;
+            hub.store.set_like(post, me, on).await?;
+            Ok(ReplyBody::Ok)
+        }
+        PostsOp::Comment { post, client_comment_id, text } => {
+            visible_post(hub, me, post).await?;
+            let comment = check_comment(me, post, &client_comment_id, &text)?;
+            Ok(ReplyBody::Comment(Box::new(hub.store.add_comment(comment, client_comment_id).await?)))
+        }
+        PostsOp::DeleteComment { post, comment } => {
+            let on = visible_post(hub, me, post).await?;
+            let found =
+                hub.store.comment(post, comment).await?.ok_or_else(|| DomainError::not_found("no such comment"))?;
+            if found.author != me && on.author != me {
+                return Err(DomainError::forbidden("only its author or the post's deletes a comment"));
+            }
+            hub.store.delete_comment(post, comment).await?;
+            Ok(ReplyBody::Ok)
+        }
+        PostsOp::Likers { post, cursor, limit } => {
+            visible_post(hub, me, post).await?;
+            let after = match cursor.as_str() {
+                "" => None,
+                text => Some(
+                    parse_cursor(text)
+                        .ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?,
+                ),
+            };
+            let limit = match limit {
+                0 => DEFAULT_LIST,
+                n => n.min(MAX_LIST),
+            } as usize;
+            let likers = hub.store.likers(post, after, limit).await?;
+            let next_cursor = match likers.last() {
+                Some(&last) if likers.len() == limit => cursor_after(last),
+                _ => String::new(),
+            };
+            let profiles = super::profiles::views(hub, me, likers).await?;
+            Ok(ReplyBody::Users { profiles, next_cursor })
+        }
+        PostsOp::Comments { post, cursor, limit } => {
+            visible_post(hub, me, post).await?;
+            let after = match cursor.as_str() {
+                "" => None,
+                text => Some(
+                    parse_comment_cursor(text)
+                        .ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?,
+                ),
+            };
+            let limit = match limit {
+                0 => DEFAULT_LIST,
+                n => n.min(MAX_LIST),
+            } as usize;
+            let comments = hub.store.comments(post, after, limit).await?;
+            let next_cursor = match comments.last() {
+                Some(last) if comments.len() == limit => comment_cursor_after(last.id),
+                _ => String::new(),
+            };
+            Ok(ReplyBody::Comments { comments, next_cursor })
+        }
         PostsOp::Feed { cursor, limit } => home_feed(hub, me, &cursor, limit).await,
         PostsOp::List { author, cursor, limit } => {
             let (before, limit) = page_of(&cursor, limit)?;
@@ -44,7 +112,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
                 Some(last) if posts.len() == limit => post_cursor_after(last.id),
                 _ => String::new(),
             };
-            Ok(ReplyBody::Posts { posts, next_cursor })
+            Ok(ReplyBody::Posts { posts: views(hub, me, posts).await?, next_cursor })
         }
     }
 }
@@ -104,7 +172,42 @@ async fn home_feed(hub: &Hub, me: UserId, cursor: &str, limit: u32) -> DomainRes
             posts.push(post);
         }
     }
-    Ok(ReplyBody::Posts { posts, next_cursor })
+    Ok(ReplyBody::Posts { posts: views(hub, me, posts).await?, next_cursor })
+}
+
+/// Posts as `reader` sees them: with their counts and whether the reader likes each.
+async fn views(hub: &Hub, reader: UserId, posts: Vec<Post>) -> DomainResult<Vec<PostView>> {
+    let reactions = hub.store.reactions(posts.iter().map(|p| p.id).collect()).await?;
+    let mut views = Vec::with_capacity(posts.len());
+    for post in posts {
+        let reactions = reactions.iter().find(|(id, _)| *id == post.id).map(|(_, r)| *r).unwrap_or_default();
+        let liked_by_me = hub.store.liked(post.id, reader).await?;
+        views.push(PostView { post, reactions, liked_by_me });
+    }
+    Ok(views)
+}
+
+/// A new comment, checked.
+fn check_comment(me: UserId, post: PostId, client_comment_id: &str, text: &str) -> DomainResult<Comment> {
+    if client_comment_id.trim().is_empty() || client_comment_id.len() > CLIENT_POST_ID_MAX_BYTES {
+        let message = format!("client_comment_id is required (at most {CLIENT_POST_ID_MAX_BYTES} bytes)");
+        return Err(DomainError::invalid_field("client_comment_id", message));
+    }
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > COMMENT_MAX_CHARS {
+        return Err(DomainError::invalid_field("text", format!("a comment has 1 to {COMMENT_MAX_CHARS} characters")));
+    }
+    if text.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(DomainError::invalid_field("text", "text has control characters"));
+    }
+    let at_ms = now_ms();
+    Ok(Comment {
+        id: CommentId(time_ordered_id(at_ms).max(1)),
+        post,
+        author: me,
+        text: text.to_owned(),
+        created_at_ms: at_ms,
+    })
 }
 
 /// The post, if `reader` may see it (`NOT_FOUND` for none, as for an author who blocked them).

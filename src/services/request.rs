@@ -1,7 +1,7 @@
 //! A decoded client request, grouped by what answers it.
 
 use crate::actors::RoomOp;
-use crate::domain::{FollowList, MediaId, Platform, PostId, RoomId, UserId};
+use crate::domain::{CommentId, FollowList, MediaId, Platform, PostId, RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
@@ -108,6 +108,30 @@ pub enum PostsOp {
     },
     /// A page of the caller's home feed.
     Feed {
+        cursor: String,
+        limit: u32,
+    },
+    Like {
+        post: PostId,
+        on: bool,
+    },
+    Comment {
+        post: PostId,
+        client_comment_id: String,
+        text: String,
+    },
+    DeleteComment {
+        post: PostId,
+        comment: CommentId,
+    },
+    /// A page of a post's likers, or of its comments.
+    Likers {
+        post: PostId,
+        cursor: String,
+        limit: u32,
+    },
+    Comments {
+        post: PostId,
         cursor: String,
         limit: u32,
     },

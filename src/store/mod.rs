@@ -27,8 +27,8 @@ pub use types::{
 };
 
 use crate::domain::{
-    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange, PushRegistration,
-    RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+    Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange,
+    PushRegistration, Reactions, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// How many seqs share one partition of a room's log in partitioned backends.
@@ -306,6 +306,25 @@ pub trait FeedStore: Send + Sync {
     async fn wide_authors(&self) -> StoreResult<Vec<UserId>>;
 }
 
+/// Likes and comments on posts, with exact counts.
+#[async_trait]
+pub trait ReactionStore: Send + Sync {
+    /// Likes (or unlikes) a post with its count; whether that changed anything (a retry does not).
+    async fn set_like(&self, post: PostId, user: UserId, on: bool) -> StoreResult<bool>;
+    async fn liked(&self, post: PostId, user: UserId) -> StoreResult<bool>;
+    /// Up to `limit` of the post's likers after `after`, in id order.
+    async fn likers(&self, post: PostId, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>>;
+    /// Stores a comment with its post's count; a retry with the same `client_comment_id` (of the
+    /// same author on the same post) stores nothing more and returns the comment made the first time.
+    async fn add_comment(&self, comment: Comment, client_comment_id: String) -> StoreResult<Comment>;
+    async fn comment(&self, post: PostId, id: CommentId) -> StoreResult<Option<Comment>>;
+    /// Deletes a comment with its count; `false` when there was none.
+    async fn delete_comment(&self, post: PostId, id: CommentId) -> StoreResult<bool>;
+    /// Up to `limit` of the post's comments after `after`, oldest first.
+    async fn comments(&self, post: PostId, after: Option<CommentId>, limit: usize) -> StoreResult<Vec<Comment>>;
+    async fn reactions(&self, posts: Vec<PostId>) -> StoreResult<Vec<(PostId, Reactions)>>;
+}
+
 /// Everything the server needs from a backend.
 #[async_trait]
 pub trait Store:
@@ -319,6 +338,7 @@ pub trait Store:
     + GraphStore
     + PostStore
     + FeedStore
+    + ReactionStore
 {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -11,7 +11,8 @@ use tidings_proto::v1::{
 use crate::actors::{RoomOp, RoomWrite};
 use crate::domain::error::{Code, DomainError};
 use crate::domain::{
-    DomainResult, FollowList, MediaId, Platform, PostId, ReceiptKind as DomainReceiptKind, Role, RoomId, UserId,
+    CommentId, DomainResult, FollowList, MediaId, Platform, PostId, ReceiptKind as DomainReceiptKind, Role, RoomId,
+    UserId,
 };
 use crate::services::{
     FollowsOp, PostsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp,
@@ -283,6 +284,25 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
             Ok(Request::Posts(PostsOp::List { author, cursor: l.cursor, limit: l.limit }))
         }
         Wire::Feed(f) => Ok(Request::Posts(PostsOp::Feed { cursor: f.cursor, limit: f.limit })),
+        Wire::LikePost(l) => Ok(Request::Posts(PostsOp::Like { post: post(l.post_id)?, on: true })),
+        Wire::UnlikePost(l) => Ok(Request::Posts(PostsOp::Like { post: post(l.post_id)?, on: false })),
+        Wire::Comment(c) => Ok(Request::Posts(PostsOp::Comment {
+            post: post(c.post_id)?,
+            client_comment_id: c.client_comment_id,
+            text: c.text,
+        })),
+        Wire::DeleteComment(d) => {
+            if d.comment_id == 0 {
+                return Err(DomainError::invalid_field("comment_id", "comment_id is required"));
+            }
+            Ok(Request::Posts(PostsOp::DeleteComment { post: post(d.post_id)?, comment: CommentId(d.comment_id) }))
+        }
+        Wire::ListLikes(l) => {
+            Ok(Request::Posts(PostsOp::Likers { post: post(l.post_id)?, cursor: l.cursor, limit: l.limit }))
+        }
+        Wire::ListComments(l) => {
+            Ok(Request::Posts(PostsOp::Comments { post: post(l.post_id)?, cursor: l.cursor, limit: l.limit }))
+        }
         Wire::ListFollows(l) => {
             let list = match WireFollowList::try_from(l.list) {
                 Ok(WireFollowList::Followers) => FollowList::Followers,

@@ -9,8 +9,8 @@ use super::codes::wire_code;
 use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
 use crate::domain::error::DomainError;
 use crate::domain::{
-    EntryBody, FollowState, MemberRecord, Post, ProfileView, Receipt, ReceiptKind, Role, RoomEntry, RoomKind,
-    RoomSummary, StreamEvent,
+    Comment, EntryBody, FollowState, MemberRecord, Post, PostView, ProfileView, Receipt, ReceiptKind, Role, RoomEntry,
+    RoomKind, RoomSummary, StreamEvent,
 };
 
 /// A frame ready for the socket.
@@ -72,10 +72,15 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
             profiles: profiles.iter().map(profile).collect(),
             next_cursor: next_cursor.clone(),
         }),
-        ReplyBody::Post(p) => R::Post(post(p)),
+        ReplyBody::Post(view) => R::Post(post_view(view)),
         ReplyBody::Posts { posts, next_cursor } => {
-            R::Posts(wire::PostPage { posts: posts.iter().map(post).collect(), next_cursor: next_cursor.clone() })
+            R::Posts(wire::PostPage { posts: posts.iter().map(post_view).collect(), next_cursor: next_cursor.clone() })
         }
+        ReplyBody::Comment(c) => R::Comment(comment(c)),
+        ReplyBody::Comments { comments, next_cursor } => R::Comments(wire::CommentPage {
+            comments: comments.iter().map(comment).collect(),
+            next_cursor: next_cursor.clone(),
+        }),
     };
     ServerFrame { frame: Some(Frame::Reply(wire::Reply { request_id: answer.request_id, result: Some(result) })) }
 }
@@ -124,6 +129,25 @@ fn going(kind: wire::NoticeKind, pos: u64, message: &str) -> ServerFrame {
     ServerFrame { frame: Some(Frame::Notice(wire::Notice { kind: kind as i32, message: message.into(), pos })) }
 }
 
+fn post_view(view: &PostView) -> wire::Post {
+    wire::Post {
+        likes: view.reactions.likes,
+        comments: view.reactions.comments,
+        liked_by_me: view.liked_by_me,
+        ..post(&view.post)
+    }
+}
+
+fn comment(c: &Comment) -> wire::Comment {
+    wire::Comment {
+        comment_id: c.id.0,
+        post_id: c.post.0,
+        author_id: c.author.0,
+        text: c.text.clone(),
+        created_at_ms: c.created_at_ms,
+    }
+}
+
 fn post(p: &Post) -> wire::Post {
     wire::Post {
         post_id: p.id.0,
@@ -132,6 +156,7 @@ fn post(p: &Post) -> wire::Post {
         caption: p.caption.clone(),
         location: p.location.map(|l| wire::Location { lat: l.lat, lng: l.lng }),
         created_at_ms: p.created_at_ms,
+        ..Default::default()
     }
 }
 

@@ -46,6 +46,7 @@ on_scylla! {
         posts_are_made_once_read_listed_and_deleted,
         bad_posts_are_refused_naming_their_field,
         a_private_authors_posts_and_photos_are_for_followers_a_blockers_for_no_one,
+        likes_and_comments_are_counted_and_follow_the_posts_visibility,
     ];
     profiles: [
         profiles_are_set_read_and_found_by_name,

@@ -172,3 +172,61 @@ pub(crate) async fn a_private_authors_posts_and_photos_are_for_followers_a_block
         "no longer a follower"
     );
 }
+
+/// Likes and comments over the WebSocket: counts exact while many like at once (twice each, as
+/// retries), comments in pages, deleted by their author or the post's, and none for those who may
+/// not see the post.
+#[tokio::test]
+pub(crate) async fn likes_and_comments_are_counted_and_follow_the_posts_visibility() {
+    let server = TestServer::start();
+    let (ana, bob, eve) = (server.user("ana").await, server.user("bob").await, server.user("eve").await);
+    let (a, b, e) = (ana.connect().await, bob.connect().await, eve.connect().await);
+    let media = photo(&server, &ana, ImageFormat::Png).await;
+    let post_id = create(&a, new_post("p", vec![media], "")).await.unwrap().post_id;
+    let like = |post_id| Req::LikePost(wire::LikePostRequest { post_id });
+    let mut fans = Vec::new();
+    for i in 0..10 {
+        let fan = server.user(&format!("fan{i}")).await;
+        let conn = fan.connect().await;
+        fans.push((fan, conn));
+    }
+    let likes = fans.iter().flat_map(|(_, conn)| [conn, conn]).map(|conn| conn.request(like(post_id)));
+    assert!(futures_util::future::join_all(likes).await.iter().all(|r| r.is_ok()));
+    let seen = get(&b, post_id).await.unwrap();
+    assert_eq!((seen.likes, seen.comments, seen.liked_by_me), (10, 0, false));
+    assert!(get(&fans[0].1, post_id).await.unwrap().liked_by_me);
+    fans[0].1.request(Req::UnlikePost(wire::UnlikePostRequest { post_id })).await.unwrap();
+    assert_eq!(get(&b, post_id).await.unwrap().likes, 9);
+    let Answer::Users(likers) =
+        b.request(Req::ListLikes(wire::ListLikesRequest { post_id, cursor: String::new(), limit: 4 })).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((likers.profiles.len(), likers.next_cursor.is_empty()), (4, false));
+
+    let comment = |client: &str, text: &str| {
+        Req::Comment(wire::CommentRequest { post_id, client_comment_id: client.into(), text: text.into() })
+    };
+    let Answer::Comment(first) = b.request(comment("c1", " nice ")).await.unwrap() else { panic!() };
+    assert_eq!((first.text.as_str(), first.author_id), ("nice", bob.id()));
+    let Answer::Comment(again) = b.request(comment("c1", "nice")).await.unwrap() else { panic!() };
+    assert_eq!(again, first, "a retry is the same comment");
+    let Answer::Comment(second) = e.request(comment("c2", "meh")).await.unwrap() else { panic!() };
+    assert_eq!(refused(b.request(comment("c3", "")).await), (wire::ErrorCode::InvalidArgument, "text".into()));
+    let list = Req::ListComments(wire::ListCommentsRequest { post_id, cursor: String::new(), limit: 0 });
+    let Answer::Comments(page) = a.request(list.clone()).await.unwrap() else { panic!() };
+    assert_eq!(page.comments, vec![first.clone(), second.clone()]);
+    assert_eq!(get(&a, post_id).await.unwrap().comments, 2);
+    // Bob may not delete eve's comment; ana (the post's author) may.
+    let delete = |comment_id| Req::DeleteComment(wire::DeleteCommentRequest { post_id, comment_id });
+    assert_eq!(refused(b.request(delete(second.comment_id)).await).0, wire::ErrorCode::Forbidden);
+    a.request(delete(second.comment_id)).await.unwrap();
+    b.request(delete(first.comment_id)).await.unwrap();
+    assert_eq!(get(&a, post_id).await.unwrap().comments, 0);
+
+    // Private now: eve, not a follower, can neither like nor comment nor read the comments.
+    set_profile(&a, wire::SetProfileRequest { private: Some(true), ..Default::default() }).await.unwrap();
+    assert_eq!(refused(e.request(like(post_id)).await).0, wire::ErrorCode::Forbidden);
+    assert_eq!(refused(e.request(comment("c4", "hey")).await).0, wire::ErrorCode::Forbidden);
+    assert_eq!(refused(e.request(list).await).0, wire::ErrorCode::Forbidden);
+}

@@ -840,6 +840,58 @@ pub async fn feeds(store: Arc<dyn Store>) {
     assert_eq!(store.wide_authors().await.unwrap(), vec![author]);
 }
 
+/// Likes and comments: exact counts under concurrent changes and retries, pages, deletes.
+pub async fn reactions(store: Arc<dyn Store>) {
+    use tidings::domain::{Comment, CommentId, PostId, Reactions};
+    let post = PostId(500);
+    let fans: Vec<UserId> = (1..=20).map(UserId).collect();
+    // Everyone likes at once, twice (a retry): counted once each.
+    let likes = fans.iter().flat_map(|&f| [f, f]).map(|f| {
+        let store = store.clone();
+        async move { store.set_like(post, f, true).await.unwrap() }
+    });
+    let changed = futures_util::future::join_all(likes).await;
+    assert_eq!(changed.iter().filter(|c| **c).count(), fans.len(), "each like counted once");
+    assert_eq!(store.reactions(vec![post]).await.unwrap(), vec![(post, Reactions { likes: 20, comments: 0 })]);
+    assert!(store.liked(post, fans[3]).await.unwrap());
+    assert!(!store.liked(post, UserId(99)).await.unwrap());
+    assert_eq!(store.likers(post, None, 5).await.unwrap(), fans[..5].to_vec());
+    assert_eq!(store.likers(post, Some(fans[17]), 5).await.unwrap(), fans[18..].to_vec());
+    assert!(store.set_like(post, fans[0], false).await.unwrap());
+    assert!(!store.set_like(post, fans[0], false).await.unwrap());
+    assert_eq!(store.reactions(vec![post]).await.unwrap()[0].1.likes, 19);
+
+    let comment = |id: u64, author: UserId, text: &str| Comment {
+        id: CommentId(id),
+        post,
+        author,
+        text: text.into(),
+        created_at_ms: id as i64,
+    };
+    assert_eq!(
+        store.add_comment(comment(10, fans[0], "first"), "a".into()).await.unwrap(),
+        comment(10, fans[0], "first")
+    );
+    assert_eq!(
+        store.add_comment(comment(11, fans[0], "first again"), "a".into()).await.unwrap(),
+        comment(10, fans[0], "first"),
+        "a retry: the comment made the first time"
+    );
+    for i in 0..5u64 {
+        store.add_comment(comment(20 + i, fans[1], &format!("c{i}")), format!("b{i}")).await.unwrap();
+    }
+    assert_eq!(store.reactions(vec![post]).await.unwrap()[0].1.comments, 6);
+    let page = store.comments(post, None, 4).await.unwrap();
+    assert_eq!(page.iter().map(|c| c.id.0).collect::<Vec<_>>(), vec![10, 20, 21, 22], "oldest first");
+    let rest = store.comments(post, Some(CommentId(22)), 4).await.unwrap();
+    assert_eq!(rest.iter().map(|c| c.id.0).collect::<Vec<_>>(), vec![23, 24]);
+    assert!(store.delete_comment(post, CommentId(21)).await.unwrap());
+    assert!(!store.delete_comment(post, CommentId(21)).await.unwrap());
+    assert_eq!(store.comment(post, CommentId(21)).await.unwrap(), None);
+    assert_eq!(store.reactions(vec![post]).await.unwrap()[0].1.comments, 5);
+    assert_eq!(store.reactions(vec![PostId(501)]).await.unwrap()[0].1, Reactions::default());
+}
+
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to
 /// `Some((Guard, Arc<dyn Store>))`, or `None` when the backend is not there (the skip is reported).
 macro_rules! store_suite {
@@ -921,6 +973,13 @@ macro_rules! store_suite {
             async fn home_feeds_and_their_fan_outs() {
                 let Some((guard, store)) = $make else { return };
                 super::feeds(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
+            async fn likes_and_comments_are_counted_exactly() {
+                let Some((guard, store)) = $make else { return };
+                super::reactions(store.clone()).await;
                 guard.finish().await;
             }
 

@@ -22,6 +22,7 @@ mod posts;
 mod profiles;
 mod push_prefs;
 mod push_queue;
+mod reactions;
 mod rooms;
 mod schema;
 mod streams;
@@ -91,6 +92,7 @@ pub struct Parts {
     graph: graph::Statements,
     posts: posts::Statements,
     feeds: feeds::Statements,
+    reactions: reactions::Statements,
     closed: AtomicBool,
 }
 
@@ -130,6 +132,7 @@ impl ScyllaStore {
         let graph = graph::Statements::prepare(&session, &options).await?;
         let posts = posts::Statements::prepare(&session, &options).await?;
         let feeds = feeds::Statements::prepare(&session, &options).await?;
+        let reactions = reactions::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -144,6 +147,7 @@ impl ScyllaStore {
             graph,
             posts,
             feeds,
+            reactions,
             closed: AtomicBool::new(false),
         })))
     }

@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 9;
+pub(super) const SCHEMA_VERSION: i32 = 10;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -203,6 +203,19 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS {ks}.fanout_jobs (shard int, post_id bigint, author bigint, after bigint,
                 started_at_ms bigint, PRIMARY KEY (shard, post_id))",
             "CREATE TABLE IF NOT EXISTS {ks}.wide_authors (shard int, author bigint, PRIMARY KEY (shard, author))",
+        ],
+    ),
+    (
+        10,
+        "likes and comments",
+        &[
+            // A post's likes and comments in the post's partition, each with a count row (key 0).
+            "CREATE TABLE IF NOT EXISTS {ks}.post_likes (post_id bigint, user_id bigint, count bigint,
+                PRIMARY KEY (post_id, user_id))",
+            "CREATE TABLE IF NOT EXISTS {ks}.post_comments (post_id bigint, comment_id bigint, author bigint, text text,
+                created_at_ms bigint, count bigint, PRIMARY KEY (post_id, comment_id))",
+            "CREATE TABLE IF NOT EXISTS {ks}.client_comments (post_id bigint, author bigint, client_comment_id text,
+                comment_id bigint, PRIMARY KEY ((post_id, author), client_comment_id))",
         ],
     ),
 ];

@@ -9,6 +9,7 @@ mod media;
 mod posts;
 mod profiles;
 mod push;
+mod reactions;
 mod reads;
 mod schema;
 mod writer;
@@ -28,13 +29,13 @@ use writer::WriteCmd;
 use super::{
     AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, FanoutJob, FeedStore, GraphStore,
     HistoryPage, MediaRecord, MediaStore, NewMedia, NewRoom, NewUser, Positions, PostStore, ProfileStore, PushContext,
-    PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReceiptWrite, RefreshRotation, RoomStore,
-    Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReactionStore, ReceiptWrite, RefreshRotation,
+    RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
-    DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange, PushRegistration,
-    RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+    Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange,
+    PushRegistration, Reactions, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// Settings of the SQLite backend.
@@ -520,6 +521,41 @@ impl FeedStore for SqliteStore {
 
     async fn wide_authors(&self) -> StoreResult<Vec<UserId>> {
         self.read(feeds::wide).await
+    }
+}
+
+#[async_trait]
+impl ReactionStore for SqliteStore {
+    async fn set_like(&self, post: PostId, user: UserId, on: bool) -> StoreResult<bool> {
+        self.write(|reply| WriteCmd::SetLike(post, user, on, reply)).await
+    }
+
+    async fn liked(&self, post: PostId, user: UserId) -> StoreResult<bool> {
+        self.read(move |c| reactions::liked(c, post, user)).await
+    }
+
+    async fn likers(&self, post: PostId, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| reactions::likers(c, post, after, limit)).await
+    }
+
+    async fn add_comment(&self, comment: Comment, client_comment_id: String) -> StoreResult<Comment> {
+        self.write(|reply| WriteCmd::AddComment(comment, client_comment_id, reply)).await
+    }
+
+    async fn comment(&self, post: PostId, id: CommentId) -> StoreResult<Option<Comment>> {
+        self.read(move |c| reactions::comment(c, post, id)).await
+    }
+
+    async fn delete_comment(&self, post: PostId, id: CommentId) -> StoreResult<bool> {
+        self.write(|reply| WriteCmd::DeleteComment(post, id, reply)).await
+    }
+
+    async fn comments(&self, post: PostId, after: Option<CommentId>, limit: usize) -> StoreResult<Vec<Comment>> {
+        self.read(move |c| reactions::comments(c, post, after, limit)).await
+    }
+
+    async fn reactions(&self, posts: Vec<PostId>) -> StoreResult<Vec<(PostId, Reactions)>> {
+        self.read(move |c| reactions::reactions(c, &posts)).await
     }
 }
 

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::push;
 use crate::domain::{
-    DeviceId, EntryBody, EventRef, FollowState, MediaId, Post, PostId, ProfileChange, PushRegistration, Receipt,
-    ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId, now_ms,
+    Comment, CommentId, DeviceId, EntryBody, EventRef, FollowState, MediaId, Post, PostId, ProfileChange,
+    PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId, now_ms,
 };
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
@@ -94,6 +94,9 @@ pub(super) enum WriteCmd {
     PublishMedia(MediaId, Reply<()>),
     CreatePost(Post, String, Reply<Post>),
     DeletePost(PostId, Reply<bool>),
+    SetLike(PostId, UserId, bool, Reply<bool>),
+    AddComment(Comment, String, Reply<Comment>),
+    DeleteComment(PostId, CommentId, Reply<bool>),
     FanOutPage {
         job: FanoutJob,
         followers: Vec<UserId>,
@@ -264,6 +267,11 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
             run!(reply, |tx, _| super::posts::create(tx, &post, &client_id))
         }
         WriteCmd::DeletePost(id, reply) => run!(reply, |tx, _| super::posts::delete(tx, id)),
+        WriteCmd::SetLike(post, user, on, reply) => run!(reply, |tx, _| super::reactions::set_like(tx, post, user, on)),
+        WriteCmd::AddComment(comment, client_id, reply) => {
+            run!(reply, |tx, _| super::reactions::add_comment(tx, &comment, &client_id))
+        }
+        WriteCmd::DeleteComment(post, id, reply) => run!(reply, |tx, _| super::reactions::delete_comment(tx, post, id)),
         WriteCmd::FanOutPage { job, followers, into_feeds, live, reply } => run!(reply, |tx, heads| {
             if let Err(e) = super::feeds::page(tx, job, &followers, into_feeds)? {
                 return Ok(Err(e));
