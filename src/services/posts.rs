@@ -157,34 +157,33 @@ async fn home_feed(hub: &Hub, me: UserId, cursor: &str, limit: u32) -> DomainRes
         Some((last, _)) if found.len() == limit => post_cursor_after(*last),
         _ => String::new(),
     };
-    let mut followed: Vec<(UserId, bool)> = vec![(me, true)];
-    let mut posts = Vec::with_capacity(found.len());
-    for (post, author) in found {
-        let follows = match followed.iter().find(|(a, _)| *a == author) {
-            Some(&(_, follows)) => follows,
-            None => {
-                let follows = store.follow_state(me, author).await? == FollowState::Following;
-                followed.push((author, follows));
-                follows
-            }
-        };
-        if follows && let Some(post) = store.post(post).await? {
-            posts.push(post);
-        }
-    }
+    // Each author's follow checked once, each post read; all at once.
+    let mut authors: Vec<UserId> = found.iter().map(|(_, a)| *a).filter(|a| *a != me).collect();
+    authors.sort_unstable();
+    authors.dedup();
+    let follows = futures_util::future::try_join_all(authors.iter().map(|&a| store.follow_state(me, a)));
+    let read = futures_util::future::try_join_all(found.iter().map(|&(post, _)| store.post(post)));
+    let (follows, read) = futures_util::try_join!(follows, read)?;
+    let followed = |author: UserId| {
+        author == me || authors.iter().zip(&follows).any(|(a, s)| *a == author && *s == FollowState::Following)
+    };
+    let posts: Vec<Post> = read.into_iter().flatten().filter(|p| followed(p.author)).collect();
     Ok(ReplyBody::Posts { posts: views(hub, me, posts).await?, next_cursor })
 }
 
 /// Posts as `reader` sees them: with their counts and whether the reader likes each.
 async fn views(hub: &Hub, reader: UserId, posts: Vec<Post>) -> DomainResult<Vec<PostView>> {
-    let reactions = hub.store.reactions(posts.iter().map(|p| p.id).collect()).await?;
-    let mut views = Vec::with_capacity(posts.len());
-    for post in posts {
-        let reactions = reactions.iter().find(|(id, _)| *id == post.id).map(|(_, r)| *r).unwrap_or_default();
-        let liked_by_me = hub.store.liked(post.id, reader).await?;
-        views.push(PostView { post, reactions, liked_by_me });
-    }
-    Ok(views)
+    let ids: Vec<PostId> = posts.iter().map(|p| p.id).collect();
+    let liked = futures_util::future::try_join_all(ids.iter().map(|&id| hub.store.liked(id, reader)));
+    let (reactions, liked) = futures_util::try_join!(hub.store.reactions(ids.clone()), liked)?;
+    Ok(posts
+        .into_iter()
+        .zip(liked)
+        .map(|(post, liked_by_me)| {
+            let reactions = reactions.iter().find(|(id, _)| *id == post.id).map(|(_, r)| *r).unwrap_or_default();
+            PostView { post, reactions, liked_by_me }
+        })
+        .collect())
 }
 
 /// A new comment, checked.

@@ -230,8 +230,10 @@ fn feed_fanout_cost() {
     let run = move || {
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            println!("| followers | path | first live event | last of 50 live events | all feeds written |");
-            println!("| ---: | --- | ---: | ---: | ---: |");
+            println!(
+                "| followers | path | first live event | last of 50 live events | all feeds written | feed page of 20: p50 / p99 |"
+            );
+            println!("| ---: | --- | ---: | ---: | ---: | ---: |");
             for &n in &counts {
                 fanout_cost(n).await;
             }
@@ -315,5 +317,31 @@ async fn fanout_cost(followers: u64) {
     let path = if wide { "wide: merged when read" } else { "fan-out on write" };
     let first = arrivals.iter().min().unwrap();
     let last = arrivals.iter().max().unwrap();
-    println!("| {followers} | {path} | {first:.1?} | {last:.1?} | {all:.1?} (answered in {answered:.1?}) |");
+    // Reads: the author posts 20 more (each fanned out, or merged when read), then one follower
+    // reads the first page of 20, 300 times.
+    for i in 0..20 {
+        let request = wire::CreatePostRequest {
+            client_post_id: format!("more{i}"),
+            media_ids: made.media_ids.clone(),
+            caption: String::new(),
+            location: None,
+        };
+        let Answer::Post(more) = author_conn.request(Req::CreatePost(request)).await.unwrap() else { panic!() };
+        while store.fanout_job(PostId(more.post_id)).await.unwrap().is_some() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let reader = &live[0];
+    let mut took = Vec::new();
+    for _ in 0..300 {
+        let began = Instant::now();
+        let page = feed(reader, "", 20).await.unwrap();
+        took.push(began.elapsed());
+        assert_eq!(page.posts.len(), 20);
+    }
+    took.sort();
+    let (p50, p99) = (took[took.len() / 2], took[took.len() * 99 / 100]);
+    println!(
+        "| {followers} | {path} | {first:.1?} | {last:.1?} | {all:.1?} (answered in {answered:.1?}) | {p50:.1?} / {p99:.1?} |"
+    );
 }

@@ -43,6 +43,8 @@ fn shard_of(user: UserId) -> i32 {
 /// The statements of one direction's table (`follows_out` or `follows_in`).
 struct EdgeTable {
     read_edge: PreparedStatement,
+    /// The same at the store's consistency: for reads that decide nothing a write depends on.
+    peek_edge: PreparedStatement,
     read_count: PreparedStatement,
     init_count: PreparedStatement,
     set_count: PreparedStatement,
@@ -60,12 +62,14 @@ impl EdgeTable {
         };
         let mut read_edge =
             p("SELECT state, version FROM {ks}.{t} WHERE user_id = ? AND shard = ? AND other = ?").await?;
+        let peek_edge = p("SELECT state, version FROM {ks}.{t} WHERE user_id = ? AND shard = ? AND other = ?").await?;
         let mut read_count = p("SELECT count FROM {ks}.{t} WHERE user_id = ? AND shard = ? AND other = -1").await?;
         // What the last conditional write decided.
         read_edge.set_consistency(Consistency::Serial);
         read_count.set_consistency(Consistency::Serial);
         Ok(Self {
             read_edge,
+            peek_edge,
             read_count,
             init_count: p("INSERT INTO {ks}.{t} (user_id, shard, other, count) VALUES (?, ?, -1, 0) IF NOT EXISTS").await?,
             set_count: p("UPDATE {ks}.{t} SET count = ? WHERE user_id = ? AND shard = ? AND other = -1 IF count = ?").await?,
@@ -128,7 +132,18 @@ struct Edge {
 
 impl ScyllaStore {
     async fn edge(&self, table: &EdgeTable, user: UserId, shard: i32, other: UserId) -> StoreResult<Edge> {
-        let rows = self.rows::<(Option<i32>, Option<i64>)>(&table.read_edge, (id(user.0), shard, id(other.0))).await?;
+        self.edge_by(&table.read_edge, user, shard, other).await
+    }
+
+    /// `edge`, read with `statement` (serial, before a conditional write; or not, for a read).
+    async fn edge_by(
+        &self,
+        statement: &PreparedStatement,
+        user: UserId,
+        shard: i32,
+        other: UserId,
+    ) -> StoreResult<Edge> {
+        let rows = self.rows::<(Option<i32>, Option<i64>)>(statement, (id(user.0), shard, id(other.0))).await?;
         Ok(match rows.first() {
             Some(&(state, version)) => Edge {
                 state: state.and_then(FollowState::from_code).unwrap_or_default(),
@@ -200,7 +215,9 @@ impl ScyllaStore {
 impl GraphStore for ScyllaStore {
     async fn follow_state(&self, from: UserId, to: UserId) -> StoreResult<FollowState> {
         self.check_open()?;
-        Ok(self.edge(&self.graph.out, from, shard_of(to), to).await?.state)
+        // A read at the store's consistency (QUORUM) sees every committed change; a serial read
+        // (a Paxos round) is only needed before a conditional write.
+        Ok(self.edge_by(&self.graph.out.peek_edge, from, shard_of(to), to).await?.state)
     }
 
     async fn set_follow(

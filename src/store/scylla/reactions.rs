@@ -48,6 +48,7 @@ pub(super) struct Statements {
     insert_like: PreparedStatement,
     delete_like: PreparedStatement,
     read_like: PreparedStatement,
+    peek_like: PreparedStatement,
     likers: PreparedStatement,
     claim_client_id: PreparedStatement,
     client_id_owner: PreparedStatement,
@@ -66,6 +67,7 @@ impl Statements {
         client_id_owner.set_consistency(Consistency::Serial);
         let mut read_like = p("SELECT user_id FROM {ks}.post_likes WHERE post_id = ? AND user_id = ?").await?;
         read_like.set_consistency(Consistency::Serial);
+        let peek_like = p("SELECT user_id FROM {ks}.post_likes WHERE post_id = ? AND user_id = ?").await?;
         let mut read_comment = p("SELECT comment_id, author, text, created_at_ms FROM {ks}.post_comments
             WHERE post_id = ? AND comment_id = ?")
         .await?;
@@ -76,6 +78,7 @@ impl Statements {
             insert_like: p("INSERT INTO {ks}.post_likes (post_id, user_id) VALUES (?, ?) IF NOT EXISTS").await?,
             delete_like: p("DELETE FROM {ks}.post_likes WHERE post_id = ? AND user_id = ? IF EXISTS").await?,
             read_like,
+            peek_like,
             likers: p("SELECT user_id FROM {ks}.post_likes WHERE post_id = ? AND user_id > ? LIMIT ?").await?,
             claim_client_id: p("INSERT INTO {ks}.client_comments (post_id, author, client_comment_id, comment_id)
                 VALUES (?, ?, ?, ?) IF NOT EXISTS")
@@ -146,7 +149,10 @@ impl ScyllaStore {
                 return Ok(true);
             }
             let done = match wanted {
-                Wanted::Liked(user, on) => self.liked(post, user).await? == on,
+                Wanted::Liked(user, on) => {
+                    let rows = self.rows::<(i64,)>(&self.reactions.read_like, (id(post.0), id(user.0))).await?;
+                    rows.is_empty() != on
+                }
                 Wanted::Comment(comment, present) => self.comment(post, comment).await?.is_some() == present,
             };
             if done {
@@ -169,7 +175,8 @@ impl ReactionStore for ScyllaStore {
 
     async fn liked(&self, post: PostId, user: UserId) -> StoreResult<bool> {
         self.check_open()?;
-        Ok(!self.rows::<(i64,)>(&self.reactions.read_like, (id(post.0), id(user.0))).await?.is_empty())
+        // Not serial: a read decides nothing here (the refused-change check reads serially).
+        Ok(!self.rows::<(i64,)>(&self.reactions.peek_like, (id(post.0), id(user.0))).await?.is_empty())
     }
 
     async fn likers(&self, post: PostId, after: Option<UserId>, limit: usize) -> StoreResult<Vec<UserId>> {
