@@ -140,16 +140,8 @@ async fn list_page(
     cursor: &str,
     limit: u32,
 ) -> DomainResult<ReplyBody> {
-    let after = match cursor {
-        "" => None,
-        text => {
-            Some(parse_cursor(text).ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?)
-        }
-    };
-    let limit = match limit {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    } as usize;
+    let after = super::page::after(cursor, parse_cursor)?;
+    let limit = super::page::limit(limit, DEFAULT_PAGE, MAX_PAGE);
     if user != me {
         if matches!(list, FollowList::Requests | FollowList::Blocked) {
             return Err(DomainError::forbidden("only your own requests and blocks are listed"));

@@ -14,6 +14,7 @@
 //! - `request.rs`: the requests, grouped by what answers them.
 
 pub mod follows;
+mod page;
 pub mod posts;
 pub mod presence;
 pub mod profiles;

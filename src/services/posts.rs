@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use super::PostsOp;
 use super::follows::may_see_content;
+use super::{PostsOp, page};
 use crate::actors::{Hub, ReplyBody};
 use crate::domain::{
     CAPTION_MAX_CHARS, COMMENT_MAX_CHARS, Comment, CommentId, DomainError, DomainResult, FollowState, Location,
@@ -64,17 +64,8 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
         }
         PostsOp::Likers { post, cursor, limit } => {
             visible_post(hub, me, post).await?;
-            let after = match cursor.as_str() {
-                "" => None,
-                text => Some(
-                    parse_cursor(text)
-                        .ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?,
-                ),
-            };
-            let limit = match limit {
-                0 => DEFAULT_LIST,
-                n => n.min(MAX_LIST),
-            } as usize;
+            let after = page::after(&cursor, parse_cursor)?;
+            let limit = page::limit(limit, DEFAULT_LIST, MAX_LIST);
             let likers = hub.store.likers(post, after, limit).await?;
             let next_cursor = match likers.last() {
                 Some(&last) if likers.len() == limit => cursor_after(last),
@@ -85,17 +76,8 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
         }
         PostsOp::Comments { post, cursor, limit } => {
             visible_post(hub, me, post).await?;
-            let after = match cursor.as_str() {
-                "" => None,
-                text => Some(
-                    parse_comment_cursor(text)
-                        .ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?,
-                ),
-            };
-            let limit = match limit {
-                0 => DEFAULT_LIST,
-                n => n.min(MAX_LIST),
-            } as usize;
+            let after = page::after(&cursor, parse_comment_cursor)?;
+            let limit = page::limit(limit, DEFAULT_LIST, MAX_LIST);
             let comments = hub.store.comments(post, after, limit).await?;
             let next_cursor = match comments.last() {
                 Some(last) if comments.len() == limit => comment_cursor_after(last.id),
@@ -119,18 +101,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
 
 /// Where a page starts, and how long it is.
 fn page_of(cursor: &str, limit: u32) -> DomainResult<(Option<PostId>, usize)> {
-    let before = match cursor {
-        "" => None,
-        text => {
-            let cursor = parse_post_cursor(text);
-            Some(cursor.ok_or_else(|| DomainError::invalid_field("cursor", "cursor is not one of ours"))?)
-        }
-    };
-    let limit = match limit {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
-    Ok((before, limit as usize))
+    Ok((page::after(cursor, parse_post_cursor)?, page::limit(limit, DEFAULT_PAGE, MAX_PAGE)))
 }
 
 /// A page of `me`'s home feed: the posts fanned out to it, merged with those of wide authors `me`

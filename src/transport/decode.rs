@@ -90,6 +90,15 @@ fn user(id: u64, field: &str) -> Result<UserId, DomainError> {
     if id == 0 { Err(DomainError::invalid_field(field, format!("{field} is required"))) } else { Ok(UserId(id)) }
 }
 
+fn media_ids(ids: &[String]) -> DomainResult<Vec<MediaId>> {
+    ids.iter()
+        .map(|id| {
+            MediaId::parse(id)
+                .ok_or_else(|| DomainError::invalid_field("media_ids", format!("media_ids: {id:?} is not a media id")))
+        })
+        .collect()
+}
+
 fn post(id: u64) -> Result<PostId, DomainError> {
     if id == 0 { Err(DomainError::invalid_field("post_id", "post_id is required")) } else { Ok(PostId(id)) }
 }
@@ -209,15 +218,7 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
             "client_msg_id is required: a fresh id per message makes retries safe",
         )),
         Wire::SendMessage(m) => {
-            let media = m
-                .media_ids
-                .iter()
-                .map(|id| {
-                    MediaId::parse(id).ok_or_else(|| {
-                        DomainError::invalid_field("media_ids", format!("media_ids: {id:?} is not a media id"))
-                    })
-                })
-                .collect::<DomainResult<Vec<_>>>()?;
+            let media = media_ids(&m.media_ids)?;
             let send =
                 RoomWrite::Send { client_msg_id: m.client_msg_id, text: m.text, reply_to_seq: m.reply_to_seq, media };
             write(m.room_id, send)
@@ -264,15 +265,7 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
         Wire::Block(b) => Ok(Request::Follows(FollowsOp::Block(user(b.user_id, "user_id")?))),
         Wire::Unblock(b) => Ok(Request::Follows(FollowsOp::Unblock(user(b.user_id, "user_id")?))),
         Wire::CreatePost(p) => {
-            let media = p
-                .media_ids
-                .iter()
-                .map(|id| {
-                    MediaId::parse(id).ok_or_else(|| {
-                        DomainError::invalid_field("media_ids", format!("media_ids: {id:?} is not a media id"))
-                    })
-                })
-                .collect::<DomainResult<Vec<_>>>()?;
+            let media = media_ids(&p.media_ids)?;
             let location = p.location.map(|l| (l.lat, l.lng));
             let create = PostsOp::Create { client_post_id: p.client_post_id, media, caption: p.caption, location };
             Ok(Request::Posts(create))
