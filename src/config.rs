@@ -23,18 +23,21 @@ pub struct Config {
     pub feed: FeedConfig,
 }
 
-/// Home feeds (`actors/feed.rs`).
+/// Home feeds (`actors/feed.rs`) and the activity feed (`services/activity.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeedConfig {
     /// An author with more followers than this is not fanned out on write: their posts are
     /// merged into followers' feeds when read (so a post costs its online followers, not all).
     pub fanout_max_followers: u64,
+    /// Activities of one kind about one thing (the likes of a post, new followers) within this
+    /// many seconds of the first are one group ("ana and 4 others liked your photo").
+    pub activity_window_secs: u64,
 }
 
 impl Default for FeedConfig {
     fn default() -> Self {
-        Self { fanout_max_followers: 100_000 }
+        Self { fanout_max_followers: 100_000, activity_window_secs: 3600 }
     }
 }
 

@@ -244,15 +244,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
 fn online_anywhere(hub: Arc<Hub>) -> Presence {
     Arc::new(move |user| {
         let hub = hub.clone();
-        Box::pin(async move {
-            if hub.registry.is_online(user) {
-                return true;
-            }
-            match &hub.peers {
-                Some(peers) => peers.online_elsewhere(user).await,
-                None => false,
-            }
-        })
+        Box::pin(async move { hub.is_online(user).await })
     })
 }
 

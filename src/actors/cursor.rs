@@ -427,6 +427,7 @@ mod tests {
             StreamEvent::Receipt(r) => r.up_to_seq,
             StreamEvent::Entry(e) => e.seq,
             StreamEvent::Post { post, .. } => post.0,
+            StreamEvent::Activity(a) => a.id,
         };
         match item {
             Outbound::Event(at, e) => {

@@ -16,6 +16,8 @@ pub struct Hub {
     pub peers: Option<Arc<dyn Peers>>,
     /// The feed actors of this node.
     pub feeds: super::feed::Feeds,
+    /// Activities of one kind about one thing within this window of the first are one group.
+    pub activity_window_ms: i64,
 }
 
 impl Hub {
@@ -27,7 +29,8 @@ impl Hub {
         feed: &FeedConfig,
     ) -> Arc<Self> {
         let feeds = super::feed::Feeds::new(feed.fanout_max_followers);
-        Arc::new(Self { store, registry: Registry::default(), limits, push, peers, feeds })
+        let activity_window_ms = (feed.activity_window_secs as i64).saturating_mul(1000);
+        Arc::new(Self { store, registry: Registry::default(), limits, push, peers, feeds, activity_window_ms })
     }
 
     /// A durable event reaches its recipients' sessions: here directly, on other nodes through the
@@ -36,6 +39,17 @@ impl Hub {
         self.registry.deliver(positions, event);
         if let Some(peers) = &self.peers {
             peers.publish_event(positions, event);
+        }
+    }
+
+    /// Whether `user` has a live session: here, or (in a cluster) on another node.
+    pub async fn is_online(&self, user: UserId) -> bool {
+        if self.registry.is_online(user) {
+            return true;
+        }
+        match &self.peers {
+            Some(peers) => peers.online_elsewhere(user).await,
+            None => false,
         }
     }
 

@@ -5,8 +5,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::domain::error::DomainError;
 use crate::domain::{
-    ActorKey, Comment, FollowState, MediaId, PostView, ProfileView, ReceiptKind, Role, RoomEntry, RoomId, RoomSummary,
-    StreamEvent, UserId,
+    ActivityStatus, ActorKey, Comment, FollowState, MediaId, PostView, ProfileView, ReceiptKind, Role, RoomEntry,
+    RoomId, RoomSummary, StreamEvent, UserId,
 };
 use crate::store::HistoryPage;
 
@@ -85,6 +85,7 @@ pub enum ReplyBody {
     Posts { posts: Vec<PostView>, next_cursor: String },
     Comment(Box<Comment>),
     Comments { comments: Vec<Comment>, next_cursor: String },
+    Activity(ActivityStatus),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

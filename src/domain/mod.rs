@@ -1,6 +1,7 @@
 //! Domain types shared by actors, the store and push. None of them knows the wire format: the
 //! transport converts them to and from the wire at the edge.
 
+mod activity;
 pub mod error;
 mod follow;
 mod ids;
@@ -11,6 +12,9 @@ mod push;
 mod room;
 mod stream;
 
+pub use activity::{
+    ACTIVITY_UNREAD_CAP, Activity, ActivityGroup, ActivityKind, ActivityStatus, GROUP_ACTORS_MAX, NewActivity, describe,
+};
 pub use error::{Code, DomainError, DomainResult};
 pub use follow::{FollowCounts, FollowList, FollowState, ProfileView, cursor_after, parse_cursor};
 pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
@@ -24,7 +28,7 @@ pub use profile::{
     BIO_MAX_CHARS, Birthday, DISPLAY_NAME_MAX_CHARS, Profile, ProfileChange, SEARCH_MIN_CHARS, search_key,
     search_key_head, search_keys,
 };
-pub use push::{Platform, PushKind, PushRegistration};
+pub use push::{ACTIVITY_PUSH_ROOM, Platform, PushKind, PushRegistration};
 pub use room::{
     EntryBody, MemberRecord, Role, RoomEntry, RoomKind, RoomMeta, RoomState, RoomSummary, TextMessage, room_name,
 };

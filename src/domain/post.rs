@@ -12,7 +12,7 @@ pub const POST_MAX_PHOTOS: usize = 10;
 pub const CAPTION_MAX_CHARS: usize = 2200;
 
 /// A post's id: time-ordered (`time_ordered_id`), so that a later post has a larger id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct PostId(pub u64);
 
 impl fmt::Display for PostId {
@@ -89,7 +89,7 @@ mod tests {
 }
 
 /// A comment's id: time-ordered within its post.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 pub struct CommentId(pub u64);
 
 /// The longest comment, in characters.

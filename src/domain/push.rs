@@ -1,6 +1,6 @@
 //! Push notification targets: a device's token with a provider, and what a notification is about.
 
-use super::{DeviceId, UserId};
+use super::{DeviceId, RoomId, UserId};
 
 /// Which provider reaches a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,17 +55,39 @@ pub enum PushKind {
     Message,
     /// The user was added to a group.
     AddedToRoom,
+    /// Someone followed the user, or liked or commented on their post (queued under
+    /// `ACTIVITY_PUSH_ROOM`).
+    Activity,
 }
+
+/// Pushes of activity are queued under this room id, which no room has (room ids are random and
+/// never 0): one pending activity push per device takes a burst in, as a room's does. Muting it
+/// mutes activity pushes.
+pub const ACTIVITY_PUSH_ROOM: RoomId = RoomId(0);
 
 impl PushKind {
     pub fn code(self) -> i64 {
         match self {
             PushKind::Message => 1,
             PushKind::AddedToRoom => 2,
+            PushKind::Activity => 3,
+        }
+    }
+
+    /// How a push's data names it (`kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PushKind::Message => "message",
+            PushKind::AddedToRoom => "added_to_room",
+            PushKind::Activity => "activity",
         }
     }
 
     pub fn from_code(code: i64) -> Self {
-        if code == 2 { PushKind::AddedToRoom } else { PushKind::Message }
+        match code {
+            2 => PushKind::AddedToRoom,
+            3 => PushKind::Activity,
+            _ => PushKind::Message,
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Post, PostId, RoomEntry, RoomId, UserId};
+use super::{Activity, Post, PostId, RoomEntry, RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamEvent {
@@ -25,6 +25,9 @@ pub enum StreamEvent {
         author: UserId,
         details: Option<Arc<Post>>,
     },
+    /// Someone did something that concerns the user (followed them, liked or commented on their
+    /// post).
+    Activity(Arc<Activity>),
 }
 
 impl StreamEvent {
@@ -34,6 +37,7 @@ impl StreamEvent {
             StreamEvent::Entry(entry) => EventRef::entry(entry.room, entry.seq),
             StreamEvent::Receipt(receipt) => EventRef::receipt(receipt),
             StreamEvent::Post { post, author, .. } => EventRef::post(*author, *post),
+            StreamEvent::Activity(activity) => EventRef::activity(activity.actor, activity.id),
         }
     }
 }
@@ -62,6 +66,9 @@ pub enum EventKind {
     /// A post by someone the user follows: the source is the author's feed, the reference the
     /// post's id.
     Post,
+    /// Activity concerning the user: the source is the user who did it, the reference the
+    /// activity's id.
+    Activity,
 }
 
 /// An event described the same way whatever its kind: what the store keeps of it in a stream.
@@ -82,6 +89,10 @@ impl EventRef {
 
     pub fn post(author: UserId, post: PostId) -> Self {
         Self { kind: EventKind::Post, source: Source::Feed(author), reference: post.0, actor: None }
+    }
+
+    pub fn activity(actor: UserId, id: u64) -> Self {
+        Self { kind: EventKind::Activity, source: Source::User(actor), reference: id, actor: None }
     }
 
     pub fn receipt(receipt: &Receipt) -> Self {

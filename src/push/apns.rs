@@ -151,6 +151,7 @@ fn payload(n: &Notification) -> serde_json::Value {
         "push_id": n.push_id,
         "room_id": n.room_id.to_string(),
         "seq": n.seq.to_string(),
+        "kind": n.kind.name(),
     })
 }
 

@@ -80,6 +80,7 @@ impl FcmClient {
                     "room_id": n.room_id.to_string(),
                     "seq": n.seq.to_string(),
                     "badge": n.badge.to_string(),
+                    "kind": n.kind.name(),
                 },
                 "android": {
                     "priority": "HIGH",

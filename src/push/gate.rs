@@ -89,6 +89,26 @@ impl PushGate {
         })
     }
 
+    /// The start of a text as a push shows it (`push.preview_chars`).
+    pub fn preview(&self, text: &str) -> String {
+        preview(text, self.preview_chars)
+    }
+
+    /// A push of activity to `user`, unless they have a live session. Its text is the store's to
+    /// write, which knows the activity's group ("ana and 4 others liked your photo").
+    pub fn activity(&self, user: UserId, online: bool) -> Option<PushFanout> {
+        if !self.enabled() || online {
+            return None;
+        }
+        Some(PushFanout {
+            users: vec![user],
+            kind: PushKind::Activity,
+            preview: String::new(),
+            due_at_ms: self.clock.now_ms() + self.grace_ms,
+            platforms: self.platforms.clone(),
+        })
+    }
+
     /// The new preview of a message being edited, for its pushes still queued.
     pub fn revised_preview(&self, entry: &RoomEntry) -> Option<String> {
         match &entry.body {

@@ -33,9 +33,15 @@ impl Notification {
                     PushKind::AddedToRoom => "You were added to a group".to_owned(),
                     PushKind::Message if job.count <= 1 => "New message".to_owned(),
                     PushKind::Message => format!("{} new messages", job.count),
+                    PushKind::Activity if job.count <= 1 => "New activity".to_owned(),
+                    PushKind::Activity => format!("{} new activities", job.count),
                 };
                 (String::new(), body)
             }
+            // What happened as the body: the newest activity, which words its group ("ana and 4
+            // others liked your photo"); a burst of several counts them in the title.
+            PushKind::Activity if job.count <= 1 => (String::new(), job.preview.clone()),
+            PushKind::Activity => (format!("{} new activities", job.count), job.preview.clone()),
             PushKind::AddedToRoom => {
                 (context.room_name.clone(), format!("{sender} added you to {}", context.room_name))
             }
@@ -55,6 +61,10 @@ impl Notification {
                 (title, body)
             }
         };
+        let thread = match job.kind {
+            PushKind::Activity => "activity".to_owned(),
+            _ => format!("room-{}", job.room.0),
+        };
         Self {
             push_id: uuid_of(job.id),
             title,
@@ -62,8 +72,8 @@ impl Notification {
             badge: context.badge,
             room_id: job.room.0,
             seq: job.last_seq,
-            collapse_id: format!("room-{}", job.room.0),
-            thread_id: format!("room-{}", job.room.0),
+            collapse_id: thread.clone(),
+            thread_id: thread,
             kind: job.kind,
         }
     }

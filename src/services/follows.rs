@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::FollowsOp;
+use super::activity::{self, About};
 use crate::actors::{Hub, ReplyBody};
-use crate::domain::{DomainError, DomainResult, FollowList, FollowState, UserId, cursor_after, parse_cursor};
+use crate::domain::{
+    ActivityKind, DomainError, DomainResult, FollowList, FollowState, UserId, cursor_after, parse_cursor,
+};
 use crate::lifecycle::Periodic;
 use crate::store::Store;
 
@@ -35,6 +38,15 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: FollowsOp) -> DomainResult<R
             };
             let before = store.set_follow(me, user, state, when).await?;
             let now = if when.contains(&before) { state } else { before };
+            // A retry finds it recorded; a follow after an unfollow is not announced again.
+            let kind = match now {
+                FollowState::Following => Some(ActivityKind::Followed),
+                FollowState::Requested => Some(ActivityKind::FollowRequested),
+                FollowState::None => None,
+            };
+            if let Some(kind) = kind {
+                activity::record(hub, user, kind, me, About::default()).await?;
+            }
             Ok(ReplyBody::Follow { user, state: now })
         }
         FollowsOp::Unfollow(user) => {
@@ -46,12 +58,12 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: FollowsOp) -> DomainResult<R
             other_user(hub, me, user).await?;
             let state = if approve { FollowState::Following } else { FollowState::None };
             let before = store.set_follow(user, me, state, &[FollowState::Requested]).await?;
-            if before != FollowState::Requested {
-                // Answered already (a retry) is no error; no request at all is.
-                if before == state {
-                    return Ok(ReplyBody::Follow { user, state });
-                }
+            // Answered already (a retry) is no error; no request at all is.
+            if before != FollowState::Requested && before != state {
                 return Err(DomainError::not_found("this user has not asked to follow you"));
+            }
+            if approve {
+                activity::record(hub, user, ActivityKind::FollowAccepted, me, About::default()).await?;
             }
             Ok(ReplyBody::Follow { user, state })
         }

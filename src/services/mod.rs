@@ -6,6 +6,8 @@
 //! - `rooms.rs`: creating and listing rooms, and handing a room's requests to its actor (here or
 //!   on the node that owns the room).
 //! - `presence.rs`: who may see whose presence.
+//! - `activity.rs`: activity (follows, likes, comments) recorded into the stream of whom it
+//!   concerns, pushed when they are offline; what they have seen.
 //! - `follows.rs`: following (requests for private accounts), lists of users, blocks.
 //! - `posts.rs`: photo posts: creating, deleting, reading them as privacy and blocks allow.
 //! - `profiles.rs`: profiles (display name, bio, avatar, birthday, privacy) and finding users.
@@ -13,6 +15,7 @@
 //! - `session.rs`: a connection's own session (a fresh access token).
 //! - `request.rs`: the requests, grouped by what answers them.
 
+pub mod activity;
 pub mod follows;
 mod page;
 pub mod posts;
@@ -24,5 +27,5 @@ pub mod rooms;
 pub mod session;
 
 pub use request::{
-    FollowsOp, PostsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp,
+    ActivityOp, FollowsOp, PostsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp,
 };

@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use super::activity::{self, About};
 use super::follows::may_see_content;
 use super::{PostsOp, page};
 use crate::actors::{Hub, ReplyBody};
 use crate::domain::{
-    CAPTION_MAX_CHARS, COMMENT_MAX_CHARS, Comment, CommentId, DomainError, DomainResult, FollowState, Location,
-    POST_MAX_PHOTOS, Post, PostId, PostView, Reactions, UserId, comment_cursor_after, cursor_after, now_ms,
+    ActivityKind, CAPTION_MAX_CHARS, COMMENT_MAX_CHARS, Comment, CommentId, DomainError, DomainResult, FollowState,
+    Location, POST_MAX_PHOTOS, Post, PostId, PostView, Reactions, UserId, comment_cursor_after, cursor_after, now_ms,
     parse_comment_cursor, parse_cursor, parse_post_cursor, post_cursor_after, time_ordered_id,
 };
 
@@ -43,14 +44,22 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
             Ok(ReplyBody::Post(Box::new(views(hub, me, vec![post]).await?.remove(0))))
         }
         PostsOp::Like { post, on } => {
-            visible_post(hub, me, post).await?;
+            let liked = visible_post(hub, me, post).await?;
             hub.store.set_like(post, me, on).await?;
+            if on {
+                // Also when the like was there already: a retry after a crash records it then.
+                let about = About { post, ..About::default() };
+                activity::record(hub, liked.author, ActivityKind::Liked, me, about).await?;
+            }
             Ok(ReplyBody::Ok)
         }
         PostsOp::Comment { post, client_comment_id, text } => {
-            visible_post(hub, me, post).await?;
+            let on = visible_post(hub, me, post).await?;
             let comment = check_comment(me, post, &client_comment_id, &text)?;
-            Ok(ReplyBody::Comment(Box::new(hub.store.add_comment(comment, client_comment_id).await?)))
+            let comment = hub.store.add_comment(comment, client_comment_id).await?;
+            let about = About { post, comment: comment.id, text: comment.text.clone() };
+            activity::record(hub, on.author, ActivityKind::Commented, me, about).await?;
+            Ok(ReplyBody::Comment(Box::new(comment)))
         }
         PostsOp::DeleteComment { post, comment } => {
             let on = visible_post(hub, me, post).await?;

@@ -23,6 +23,21 @@ pub enum Request {
     Follows(FollowsOp),
     /// Photo posts (`posts.rs`).
     Posts(PostsOp),
+    /// The caller's activity: seen, unread, muted (`activity.rs`).
+    Activity(ActivityOp),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActivityOp {
+    /// Seen up to this stream position.
+    Seen {
+        up_to_pos: u64,
+    },
+    Status,
+    /// No activity pushes until then (0: unmute).
+    Mute {
+        until_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

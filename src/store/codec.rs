@@ -152,7 +152,7 @@ pub(crate) fn room_kind_from(code: i64) -> RoomKind {
 }
 
 /// A stream event's row in `events`, the same columns for every kind: `kind`, the source's id in
-/// `room_id` (what the source is follows from the kind: every kind so far comes from a room), the
+/// `room_id` (what the source is follows from the kind: a room, an author's feed, an activity's actor), the
 /// reference in `seq`, the actor in `actor_id` (0: none).
 pub(crate) struct EventRow {
     pub kind: i64,
@@ -167,6 +167,7 @@ pub(crate) fn event_row(event: &EventRef) -> EventRow {
         EventKind::Delivered => 1,
         EventKind::Read => 2,
         EventKind::Post => 3,
+        EventKind::Activity => 4,
     };
     let source_id = match event.source {
         Source::Room(room) => room.0,
@@ -188,11 +189,13 @@ pub(crate) fn event_ref_from(row: &EventRow) -> Option<EventRef> {
         1 => EventKind::Delivered,
         2 => EventKind::Read,
         3 => EventKind::Post,
+        4 => EventKind::Activity,
         _ => return None,
     };
     let actor = (row.actor != 0).then_some(UserId(row.actor as u64));
     let source = match kind {
         EventKind::Post => Source::Feed(UserId(row.source_id as u64)),
+        EventKind::Activity => Source::User(UserId(row.source_id as u64)),
         _ => Source::Room(RoomId(row.source_id as u64)),
     };
     Some(EventRef { kind, source, reference: row.reference as u64, actor })
@@ -211,9 +214,10 @@ mod tests {
             EventRef::receipt(&receipt(ReceiptKind::Delivered)),
             EventRef::receipt(&receipt(ReceiptKind::Read)),
             EventRef::post(UserId(5), crate::domain::PostId(11)),
+            EventRef::activity(UserId(6), 12),
         ];
         // The rows databases already hold: kinds 0, 1, 2; source in room_id, reference in seq.
-        let rows = [(0, 7, 3, 0), (1, 7, 4, 9), (2, 7, 4, 9), (3, 5, 11, 0)];
+        let rows = [(0, 7, 3, 0), (1, 7, 4, 9), (2, 7, 4, 9), (3, 5, 11, 0), (4, 6, 12, 0)];
         for (event, expected) in events.iter().zip(rows) {
             let row = event_row(event);
             assert_eq!((row.kind, row.source_id, row.reference, row.actor), expected, "{event:?}");

@@ -27,8 +27,9 @@ pub use types::{
 };
 
 use crate::domain::{
-    Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange,
-    PushRegistration, Reactions, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+    Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId,
+    NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomId, RoomState, RoomSummary,
+    StreamEvent, UserId,
 };
 
 /// How many seqs share one partition of a room's log in partitioned backends.
@@ -325,6 +326,23 @@ pub trait ReactionStore: Send + Sync {
     async fn reactions(&self, posts: Vec<PostId>) -> StoreResult<Vec<(PostId, Reactions)>>;
 }
 
+/// Activity: what others did that concerns a user, as events in that user's stream.
+#[async_trait]
+pub trait ActivityStore: Send + Sync {
+    /// Puts the activity into its recipient's stream, in its group (`ActivityGroup`), once: an
+    /// activity with the `dedup_key` of one recorded before records nothing and returns `None`.
+    /// With `push`, the recipient's devices get a push (merged into their pending activity push:
+    /// one per burst) saying what happened (`describe`), with the activity.
+    async fn record_activity(
+        &self,
+        activity: NewActivity,
+        push: Option<PushFanout>,
+    ) -> StoreResult<Option<(u64, Activity)>>;
+    /// The user has seen their activity up to stream position `up_to_pos` (never moves back).
+    async fn set_activity_seen(&self, user: UserId, up_to_pos: u64) -> StoreResult<ActivityStatus>;
+    async fn activity_status(&self, user: UserId) -> StoreResult<ActivityStatus>;
+}
+
 /// Everything the server needs from a backend.
 #[async_trait]
 pub trait Store:
@@ -339,6 +357,7 @@ pub trait Store:
     + PostStore
     + FeedStore
     + ReactionStore
+    + ActivityStore
 {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;

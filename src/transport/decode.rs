@@ -15,7 +15,7 @@ use crate::domain::{
     UserId,
 };
 use crate::services::{
-    FollowsOp, PostsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp,
+    ActivityOp, FollowsOp, PostsOp, ProfileEdit, ProfilesOp, PushOp, PushTarget, Request, RoomsOp, SessionOp, StreamOp,
 };
 use crate::store::HistoryPage;
 
@@ -296,6 +296,9 @@ fn convert(wire: Wire, max_history_page: usize) -> Result<Request, DomainError> 
         Wire::ListComments(l) => {
             Ok(Request::Posts(PostsOp::Comments { post: post(l.post_id)?, cursor: l.cursor, limit: l.limit }))
         }
+        Wire::MarkActivitySeen(m) => Ok(Request::Activity(ActivityOp::Seen { up_to_pos: m.up_to_pos })),
+        Wire::ActivityStatus(_) => Ok(Request::Activity(ActivityOp::Status)),
+        Wire::MuteActivity(m) => Ok(Request::Activity(ActivityOp::Mute { until_ms: m.until_ms.max(0) })),
         Wire::ListFollows(l) => {
             let list = match WireFollowList::try_from(l.list) {
                 Ok(WireFollowList::Followers) => FollowList::Followers,

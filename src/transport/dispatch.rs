@@ -67,6 +67,10 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
             let hub = hub.clone();
             actix::spawn(async move { replier.reply(services::posts::handle(&hub, me, op).await) });
         }
+        Request::Activity(op) => {
+            let hub = hub.clone();
+            actix::spawn(async move { replier.reply(services::activity::handle(&hub, me, device, op).await) });
+        }
         Request::Push(op) => {
             let hub = hub.clone();
             actix::spawn(async move { replier.reply(services::push_prefs::handle(&hub, me, device, op).await) });

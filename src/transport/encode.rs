@@ -9,8 +9,8 @@ use super::codes::wire_code;
 use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
 use crate::domain::error::DomainError;
 use crate::domain::{
-    Comment, EntryBody, FollowState, MemberRecord, Post, PostView, ProfileView, Receipt, ReceiptKind, Role, RoomEntry,
-    RoomKind, RoomSummary, StreamEvent,
+    Activity, ActivityKind, Comment, EntryBody, FollowState, MemberRecord, Post, PostView, ProfileView, Receipt,
+    ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary, StreamEvent,
 };
 
 /// A frame ready for the socket.
@@ -77,6 +77,9 @@ pub fn answer_frame(answer: &Answer) -> ServerFrame {
             R::Posts(wire::PostPage { posts: posts.iter().map(post_view).collect(), next_cursor: next_cursor.clone() })
         }
         ReplyBody::Comment(c) => R::Comment(comment(c)),
+        ReplyBody::Activity(status) => {
+            R::Activity(wire::ActivityStatus { seen_up_to_pos: status.seen_up_to_pos, unread: status.unread })
+        }
         ReplyBody::Comments { comments, next_cursor } => R::Comments(wire::CommentPage {
             comments: comments.iter().map(comment).collect(),
             next_cursor: next_cursor.clone(),
@@ -94,8 +97,31 @@ pub fn event_frame(pos: u64, event: &StreamEvent) -> ServerFrame {
             author_id: author.0,
             post: details.as_deref().map(post),
         }),
+        StreamEvent::Activity(a) => wire::event::Kind::Activity(activity(a)),
     };
     ServerFrame { frame: Some(Frame::Event(wire::Event { pos, kind: Some(kind) })) }
+}
+
+fn activity(a: &Activity) -> wire::Activity {
+    let kind = match a.kind {
+        ActivityKind::Followed => wire::ActivityKind::Followed,
+        ActivityKind::FollowRequested => wire::ActivityKind::FollowRequested,
+        ActivityKind::FollowAccepted => wire::ActivityKind::FollowAccepted,
+        ActivityKind::Liked => wire::ActivityKind::Liked,
+        ActivityKind::Commented => wire::ActivityKind::Commented,
+    };
+    wire::Activity {
+        activity_id: a.id,
+        kind: kind as i32,
+        actor_id: a.actor.0,
+        post_id: a.post.0,
+        comment_id: a.comment.0,
+        text: a.text.clone(),
+        at_ms: a.at_ms,
+        group_id: a.group.id,
+        group_count: a.group.count,
+        group_actor_ids: a.group.actors.iter().map(|u| u.0).collect(),
+    }
 }
 
 pub fn ephemeral_frame(event: &Ephemeral) -> ServerFrame {

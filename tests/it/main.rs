@@ -1,6 +1,7 @@
 //! All integration tests, in one binary (one link on a 2-core machine). Each test starts a real
 //! server on 127.0.0.1:0 with its own data directory and talks to it with real WebSocket clients.
 
+mod activity;
 mod auth;
 mod bad_input;
 mod chat;

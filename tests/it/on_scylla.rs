@@ -31,6 +31,10 @@ on_scylla! {
         signed_urls_read_one_image_until_they_expire,
         images_never_sent_are_collected,
     ];
+    activity: [
+        follows_likes_and_comments_reach_the_owner_grouped_once_and_resume_like_chat,
+        a_private_account_is_asked_and_the_asker_told_when_it_approves,
+    ];
     feeds: [
         posts_reach_followers_feeds_newest_first_in_pages,
         a_wide_authors_posts_are_merged_into_feeds_when_read,
@@ -62,6 +66,7 @@ on_scylla! {
         a_dead_token_is_removed_and_never_used_again,
         mute_and_do_not_disturb_hold_pushes_back,
         a_message_deleted_within_the_grace_window_is_not_pushed_and_an_edited_one_is_pushed_as_edited,
+        activity_is_pushed_once_per_burst_unless_muted_or_seen,
     ];
     security: [
         a_stolen_refresh_token_used_first_by_the_thief_logs_the_device_out_when_the_victim_refreshes,

@@ -12,13 +12,13 @@ use crate::harness::*;
 use crate::media::{fetch, picture, upload};
 use crate::profiles::set_profile;
 
-async fn photo(server: &TestServer, user: &TestUser, format: ImageFormat) -> String {
+pub(crate) async fn photo(server: &TestServer, user: &TestUser, format: ImageFormat) -> String {
     let (status, info) = upload(server, &user.auth.access_token, format.to_mime_type(), picture(format)).await;
     assert_eq!(status, StatusCode::CREATED);
     info["mediaId"].as_str().unwrap().to_owned()
 }
 
-fn new_post(client_post_id: &str, media_ids: Vec<String>, caption: &str) -> wire::CreatePostRequest {
+pub(crate) fn new_post(client_post_id: &str, media_ids: Vec<String>, caption: &str) -> wire::CreatePostRequest {
     wire::CreatePostRequest {
         client_post_id: client_post_id.into(),
         media_ids,
@@ -27,7 +27,7 @@ fn new_post(client_post_id: &str, media_ids: Vec<String>, caption: &str) -> wire
     }
 }
 
-async fn create(conn: &Connection, request: wire::CreatePostRequest) -> Result<wire::Post, ClientError> {
+pub(crate) async fn create(conn: &Connection, request: wire::CreatePostRequest) -> Result<wire::Post, ClientError> {
     match conn.request(Req::CreatePost(request)).await? {
         Answer::Post(post) => Ok(post),
         other => panic!("a post answers: {other:?}"),

@@ -692,3 +692,66 @@ async fn with_group_adds_limited_to_contacts_only_people_who_wrote_to_you_can_be
     let add = Req::AddMembers(wire::AddMembersRequest { room_id: group, user_ids: vec![carol.id()] });
     assert_eq!(code_of(&a.request(add).await.unwrap_err()), wire::ErrorCode::Forbidden);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn activity_is_pushed_once_per_burst_unless_muted_or_seen() {
+    use crate::activity::{mark_seen, request};
+    use crate::posts::{create, new_post, photo};
+    let rig = PushRig::start_driven(|_| {}).await;
+    let (a, bob, _room) = ana_and_bob(&rig.server).await;
+    let (cyd, dan) = (rig.server.user("cyd").await, rig.server.user("dan").await);
+    let (c, d) = (cyd.connect().await, dan.connect().await);
+    let post_id = {
+        let b = bob.connect().await;
+        let media = photo(&rig.server, &bob, image::ImageFormat::Png).await;
+        create(&b, new_post("p", vec![media], "")).await.unwrap().post_id
+    };
+    register_and_leave(&bob, ios(&apns_token("bob")), &a).await;
+
+    // A burst of likes while bob is away: one push, worded by the newest like's group.
+    for conn in [&a, &c, &d] {
+        request(conn, Req::LikePost(wire::LikePostRequest { post_id })).await;
+    }
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
+    let pushes = rig.apns.wait_for(1, WAIT).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
+    assert_eq!(rig.apns.accepted_count(), 1, "one push for the burst: {pushes:?}");
+    let push = &pushes[0];
+    assert_eq!(push.payload["aps"]["alert"]["title"], "3 new activities");
+    assert_eq!(push.payload["aps"]["alert"]["body"], "dan and 2 others liked your photo");
+    assert_eq!(push.payload["kind"], "activity");
+    assert_eq!(push.collapse_id, "activity");
+
+    // Muted: nothing; unmuted, the next one is pushed.
+    let far = tidings::domain::now_ms() + 3_600_000;
+    let mute = |until_ms| Req::MuteActivity(wire::MuteActivityRequest { until_ms });
+    let b = bob.connect().await;
+    request(&b, mute(far)).await;
+    drop(b);
+    wait_offline(&a, bob.id()).await;
+    let comment =
+        |id: &str| Req::Comment(wire::CommentRequest { post_id, client_comment_id: id.into(), text: "wow".into() });
+    request(&c, comment("c1")).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
+    assert_eq!(rig.apns.attempts().len(), 1, "muted activity is not pushed");
+    let b = bob.connect().await;
+    request(&b, mute(0)).await;
+    drop(b);
+    wait_offline(&a, bob.id()).await;
+    request(&c, comment("c2")).await;
+    rig.server.advance_and_settle(Duration::from_millis(200)).await;
+    let pushes = rig.apns.wait_for(2, WAIT).await;
+    assert_eq!(pushes[1].payload["aps"]["alert"]["body"], "cyd commented: wow");
+    assert_eq!(pushes[1].payload["aps"]["alert"]["title"], "");
+
+    // Seen on a device (without acknowledging the stream) before its push went out: cancelled.
+    request(&d, Req::Follow(wire::FollowRequest { user_id: bob.id() })).await;
+    let (b, events) = bob.connect_synced(0).await;
+    let head = events.last().unwrap().pos;
+    assert_eq!(mark_seen(&b, head).await.unread, 0);
+    drop(b);
+    wait_offline(&a, bob.id()).await;
+    rig.server.advance_and_settle(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rig.apns.attempts().len(), 2, "seen activity is not pushed: {:?}", rig.apns.accepted());
+}

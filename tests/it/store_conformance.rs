@@ -892,6 +892,84 @@ pub async fn reactions(store: Arc<dyn Store>) {
     assert_eq!(store.reactions(vec![PostId(501)]).await.unwrap()[0].1, Reactions::default());
 }
 
+pub async fn activity(store: Arc<dyn Store>) {
+    use tidings::domain::{ACTIVITY_PUSH_ROOM, Activity, ActivityKind, ActivityStatus, CommentId, NewActivity, PostId};
+    let s = &*store;
+    let (ana, bob, cyd, dan) =
+        (user(s, 1, "ana").await, user(s, 2, "bob").await, user(s, 3, "cyd").await, user(s, 4, "dan").await);
+    let phone = device(s, ana, 10).await;
+    s.set_push_token(registration(ana, phone, Platform::Ios, "tok")).await.unwrap();
+    let new = |kind, actor, post: u64, at_ms| NewActivity {
+        recipient: ana,
+        kind,
+        actor,
+        post: PostId(post),
+        comment: CommentId(0),
+        text: String::new(),
+        at_ms,
+        window_ms: 60_000,
+    };
+    let push = || {
+        Some(PushFanout {
+            users: vec![ana],
+            kind: PushKind::Activity,
+            preview: String::new(),
+            due_at_ms: 0,
+            platforms: vec![Platform::Ios],
+        })
+    };
+    let record = |activity: NewActivity, push: Option<PushFanout>| {
+        let store = store.clone();
+        async move { store.record_activity(activity, push).await.unwrap() }
+    };
+
+    let (pos, first) = record(new(ActivityKind::Followed, bob, 0, 1_000), None).await.unwrap();
+    assert_eq!((pos, first.group.count, first.group.actors.clone()), (1, 1, vec![bob]));
+    assert_eq!(first.group.id, first.id, "a group is named by its first activity");
+    assert!(record(new(ActivityKind::Followed, bob, 0, 1_500), None).await.is_none(), "once per actor and thing");
+    let (_, second) = record(new(ActivityKind::Followed, cyd, 0, 2_000), None).await.unwrap();
+    assert_eq!((second.group.id, second.group.count, second.group.actors.clone()), (first.id, 2, vec![cyd, bob]));
+
+    // Two likes with pushes: one pending push, worded by the newest, counting both.
+    record(new(ActivityKind::Liked, bob, 7, 2_000), push()).await.unwrap();
+    let (like_pos, like) = record(new(ActivityKind::Liked, cyd, 7, 3_000), push()).await.unwrap();
+    assert_eq!(like.group.count, 2);
+    let jobs = s.claim_push_jobs(10, 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = &jobs[0];
+    assert_eq!((job.room, job.kind, job.count, job.last_pos), (ACTIVITY_PUSH_ROOM, PushKind::Activity, 2, like_pos));
+    assert_eq!((job.sender, job.preview.as_str()), (cyd, "cyd and 1 other liked your photo"));
+    let context = s.push_context(job.clone()).await.unwrap();
+    assert!(context.member);
+    assert_eq!((context.sender_name.as_str(), context.muted_until_ms), ("cyd", 0));
+    s.finish_push_job(job.clone(), PushJobEnd::Sent).await.unwrap();
+    // Past the window, a new group.
+    let (late_pos, late) = record(new(ActivityKind::Liked, dan, 7, 3_000 + 60_000), push()).await.unwrap();
+    assert_eq!((late.group.id, late.group.count), (late.id, 1));
+
+    // The stream has each, in order, as recorded.
+    let events = s.events_after(ana, 0, 10).await.unwrap();
+    let got: Vec<(u64, Activity)> = events
+        .into_iter()
+        .map(|(pos, e)| match e {
+            StreamEvent::Activity(a) => (pos, (*a).clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0], (1, first));
+    assert_eq!(got[1].1, second);
+    assert_eq!(got[3], (like_pos, like));
+    assert_eq!(got[4], (late_pos, late));
+
+    // Seen: the unread count past it; never back; pending pushes up to it cancelled.
+    assert_eq!(s.activity_status(ana).await.unwrap(), ActivityStatus { seen_up_to_pos: 0, unread: 5 });
+    assert_eq!(s.set_activity_seen(ana, 2).await.unwrap(), ActivityStatus { seen_up_to_pos: 2, unread: 3 });
+    assert_eq!(s.set_activity_seen(ana, 1).await.unwrap(), ActivityStatus { seen_up_to_pos: 2, unread: 3 });
+    assert_eq!(s.set_activity_seen(ana, late_pos).await.unwrap().unread, 0);
+    assert!(s.claim_push_jobs(100_000, 60_000, 10).await.unwrap().is_empty(), "seen: its push is cancelled");
+}
+
 /// The conformance suite for one backend: `$make` evaluates (in the test's async context) to
 /// `Some((Guard, Arc<dyn Store>))`, or `None` when the backend is not there (the skip is reported).
 macro_rules! store_suite {
@@ -980,6 +1058,13 @@ macro_rules! store_suite {
             async fn likes_and_comments_are_counted_exactly() {
                 let Some((guard, store)) = $make else { return };
                 super::reactions(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
+            async fn activity_is_recorded_once_grouped_and_pushed() {
+                let Some((guard, store)) = $make else { return };
+                super::activity(store.clone()).await;
                 guard.finish().await;
             }
 

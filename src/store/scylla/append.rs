@@ -327,7 +327,7 @@ impl ScyllaStore {
         let event = StoredEvent { event: EventRef::entry(room, entry.seq), ref_epoch: append.epoch };
         let positions = self.write_events(&append.recipients, event, false).await?;
         if let Some(fanout) = &append.push {
-            self.enqueue_pushes(fanout, entry, &positions).await?;
+            self.enqueue_pushes(fanout, super::push_queue::PushSource::entry(entry), &positions).await?;
         }
         self.record_fanned_out(room, entry.seq).await?;
         if listed_behind {

@@ -13,6 +13,7 @@
 //! where uniqueness needs one and never on the per-message path.
 
 mod accounts;
+mod activity;
 mod append;
 mod feeds;
 mod fence;
@@ -93,6 +94,7 @@ pub struct Parts {
     posts: posts::Statements,
     feeds: feeds::Statements,
     reactions: reactions::Statements,
+    activity: activity::Statements,
     closed: AtomicBool,
 }
 
@@ -133,6 +135,7 @@ impl ScyllaStore {
         let posts = posts::Statements::prepare(&session, &options).await?;
         let feeds = feeds::Statements::prepare(&session, &options).await?;
         let reactions = reactions::Statements::prepare(&session, &options).await?;
+        let activity = activity::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -148,6 +151,7 @@ impl ScyllaStore {
             posts,
             feeds,
             reactions,
+            activity,
             closed: AtomicBool::new(false),
         })))
     }

@@ -21,7 +21,9 @@ use scylla::statement::prepared::PreparedStatement;
 
 use super::fence::Claims;
 use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare};
-use crate::domain::{DeviceId, Platform, PushKind, RoomEntry, RoomId, UserId, now_ms, time_ordered_id};
+use crate::domain::{
+    ACTIVITY_PUSH_ROOM, DeviceId, Platform, PushKind, RoomEntry, RoomId, RoomKind, UserId, now_ms, time_ordered_id,
+};
 use crate::metrics::PUSH_METRICS;
 use crate::store::{
     BADGE_CAP, Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPrefsStore, PushQueueStore, StoreError,
@@ -75,6 +77,21 @@ struct DueRow {
     device_id: i64,
     room_id: i64,
     state: i32,
+}
+
+/// What a push announces: the newest entry (a room's, or an activity under
+/// `ACTIVITY_PUSH_ROOM` with its id as the seq) and who made it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PushSource {
+    pub room: RoomId,
+    pub seq: u64,
+    pub sender: UserId,
+}
+
+impl PushSource {
+    pub(super) fn entry(entry: &RoomEntry) -> Self {
+        Self { room: entry.room, seq: entry.seq, sender: entry.sender }
+    }
 }
 
 pub(super) struct Statements {
@@ -213,7 +230,7 @@ impl ScyllaStore {
     pub(super) async fn enqueue_pushes(
         &self,
         fanout: &PushFanout,
-        entry: &RoomEntry,
+        entry: PushSource,
         positions: &Positions,
     ) -> StoreResult<()> {
         for user in &fanout.users {
@@ -255,7 +272,7 @@ impl ScyllaStore {
         user: i64,
         job: &JobRow,
         fanout: &PushFanout,
-        entry: &RoomEntry,
+        entry: PushSource,
         pos: u64,
     ) -> StoreResult<bool> {
         let many = job.many_senders.unwrap_or(false) || job.sender_id != id(entry.sender.0);
@@ -282,7 +299,7 @@ impl ScyllaStore {
         user: i64,
         device: i64,
         fanout: &PushFanout,
-        entry: &RoomEntry,
+        entry: PushSource,
         pos: u64,
     ) -> StoreResult<()> {
         let job_id = time_ordered_id(now_ms()) as i64;
@@ -303,6 +320,17 @@ impl ScyllaStore {
             now_ms(),
         );
         self.execute(&self.push_queue.create, values).await?;
+        Ok(())
+    }
+
+    /// Pending activity pushes of `user` up to stream position `up_to_pos` are not needed any more
+    /// (the user saw that activity).
+    pub(super) async fn cancel_activity_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<()> {
+        for job in self.jobs_of(user).await? {
+            if job.room_id == id(ACTIVITY_PUSH_ROOM.0) && job.state == PENDING && job.last_pos as u64 <= up_to_pos {
+                self.drop_job_if(id(user.0), &job, PENDING).await?;
+            }
+        }
         Ok(())
     }
 
@@ -506,13 +534,18 @@ impl PushQueueStore for ScyllaStore {
     }
 
     async fn push_context(&self, job: PushJob) -> StoreResult<crate::store::PushContext> {
-        let (kind, room_name) = match self.room_meta(job.room).await? {
-            Some(meta) => (meta.kind, meta.name),
-            None => return Err(StoreError::new(StoreErrorKind::Corrupt, format!("room {} is gone", job.room))),
+        // Activity is in no room: no name, no markers (seeing it cancels its pushes), always "a member".
+        let activity = job.room == ACTIVITY_PUSH_ROOM;
+        let (kind, room_name) = match activity {
+            true => (RoomKind::Direct, String::new()),
+            false => match self.room_meta(job.room).await? {
+                Some(meta) => (meta.kind, meta.name),
+                None => return Err(StoreError::new(StoreErrorKind::Corrupt, format!("room {} is gone", job.room))),
+            },
         };
         let sender_name = self.username_of(job.sender).await?.unwrap_or_default();
-        let member = self.is_member(job.room, job.user).await?;
-        let (delivered, read) = self.markers(job.room, job.user).await?;
+        let member = activity || self.is_member(job.room, job.user).await?;
+        let (delivered, read) = if activity { (0, 0) } else { self.markers(job.room, job.user).await? };
         let prefs = self.push_preferences(job.user, job.room).await?;
         Ok(PushContext {
             room_kind: kind,

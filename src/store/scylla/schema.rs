@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 10;
+pub(super) const SCHEMA_VERSION: i32 = 11;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -216,6 +216,23 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
                 created_at_ms bigint, count bigint, PRIMARY KEY (post_id, comment_id))",
             "CREATE TABLE IF NOT EXISTS {ks}.client_comments (post_id bigint, author bigint, client_comment_id text,
                 comment_id bigint, PRIMARY KEY ((post_id, author), client_comment_id))",
+        ],
+    ),
+    (
+        11,
+        "activity",
+        &[
+            // A user's activities, newest first; `pos` is set last, once the stream event is there.
+            "CREATE TABLE IF NOT EXISTS {ks}.activities (recipient bigint, activity_id bigint, kind int, actor bigint,
+                post_id bigint, comment_id bigint, text text, at_ms bigint, group_id bigint, group_count int,
+                group_actors list<bigint>, pos bigint, PRIMARY KEY (recipient, activity_id))
+                WITH CLUSTERING ORDER BY (activity_id DESC)",
+            "CREATE TABLE IF NOT EXISTS {ks}.activity_keys (recipient bigint, dedup_key text, activity_id bigint,
+                PRIMARY KEY (recipient, dedup_key))",
+            "CREATE TABLE IF NOT EXISTS {ks}.activity_groups (recipient bigint, kind int, post_id bigint,
+                group_id bigint, opened_at_ms bigint, count int, actors list<bigint>,
+                PRIMARY KEY (recipient, kind, post_id))",
+            "CREATE TABLE IF NOT EXISTS {ks}.activity_seen (user_id bigint PRIMARY KEY, pos bigint)",
         ],
     ),
 ];

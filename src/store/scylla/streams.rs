@@ -321,13 +321,19 @@ impl ScyllaStore {
             }
         }
         try_join_all(found.into_iter().map(|(pos, event, ref_epoch)| async move {
-            Ok::<_, StoreError>((pos, self.resolve(event, ref_epoch).await?))
+            Ok::<_, StoreError>((pos, self.resolve(user, event, ref_epoch).await?))
         }))
         .await
     }
 
     /// The event a stream row describes, with its entry read for an entry.
-    async fn resolve(&self, event: EventRef, ref_epoch: u64) -> StoreResult<StreamEvent> {
+    async fn resolve(&self, user: UserId, event: EventRef, ref_epoch: u64) -> StoreResult<StreamEvent> {
+        if let EventKind::Activity = event.kind {
+            let activity = self.activity_row(user, event.reference).await?.ok_or_else(|| {
+                StoreError::new(StoreErrorKind::Corrupt, format!("{user} has no activity {}", event.reference))
+            })?;
+            return Ok(StreamEvent::Activity(Arc::new(activity)));
+        }
         if let (EventKind::Post, Source::Feed(author)) = (event.kind, event.source) {
             let post = crate::domain::PostId(event.reference);
             let details = crate::store::PostStore::post(self, post).await?.map(Arc::new);
@@ -349,7 +355,9 @@ impl ScyllaStore {
             }
             EventKind::Delivered => receipt(ReceiptKind::Delivered),
             EventKind::Read => receipt(ReceiptKind::Read),
-            EventKind::Post => Err(StoreError::new(StoreErrorKind::Corrupt, "a post event from a room")),
+            EventKind::Post | EventKind::Activity => {
+                Err(StoreError::new(StoreErrorKind::Corrupt, "a post or activity event from a room"))
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! The embedded default backend: one SQLite file in WAL mode, one writer thread with group commit
 //! (`writer.rs`), a pool of read connections (`reads.rs`).
 
+mod activity;
 mod checkpointer;
 mod codec;
 mod feeds;
@@ -27,15 +28,16 @@ use tokio::sync::{mpsc, oneshot};
 use writer::WriteCmd;
 
 use super::{
-    AccountStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, FanoutJob, FeedStore, GraphStore,
-    HistoryPage, MediaRecord, MediaStore, NewMedia, NewRoom, NewUser, Positions, PostStore, ProfileStore, PushContext,
-    PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReactionStore, ReceiptWrite, RefreshRotation,
-    RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    AccountStore, ActivityStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, FanoutJob, FeedStore,
+    GraphStore, HistoryPage, MediaRecord, MediaStore, NewMedia, NewRoom, NewUser, Positions, PostStore, ProfileStore,
+    PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReactionStore,
+    ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
-    Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId, Post, PostId, Profile, ProfileChange,
-    PushRegistration, Reactions, RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
+    Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId,
+    NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomEntry, RoomId, RoomState,
+    RoomSummary, StreamEvent, UserId,
 };
 
 /// Settings of the SQLite backend.
@@ -556,6 +558,25 @@ impl ReactionStore for SqliteStore {
 
     async fn reactions(&self, posts: Vec<PostId>) -> StoreResult<Vec<(PostId, Reactions)>> {
         self.read(move |c| reactions::reactions(c, &posts)).await
+    }
+}
+
+#[async_trait]
+impl ActivityStore for SqliteStore {
+    async fn record_activity(
+        &self,
+        activity: NewActivity,
+        push: Option<PushFanout>,
+    ) -> StoreResult<Option<(u64, Activity)>> {
+        self.write(|reply| WriteCmd::RecordActivity(activity, push, reply)).await
+    }
+
+    async fn set_activity_seen(&self, user: UserId, up_to_pos: u64) -> StoreResult<ActivityStatus> {
+        self.write(|reply| WriteCmd::SetActivitySeen(user, up_to_pos, reply)).await
+    }
+
+    async fn activity_status(&self, user: UserId) -> StoreResult<ActivityStatus> {
+        self.read(move |c| activity::status(c, user)).await
     }
 }
 

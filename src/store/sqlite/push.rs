@@ -3,10 +3,10 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::domain::{DeviceId, Platform, PushKind, PushRegistration, RoomId, UserId};
+use crate::domain::{ACTIVITY_PUSH_ROOM, DeviceId, Platform, PushKind, PushRegistration, RoomId, RoomKind, UserId};
 use crate::metrics::PUSH_METRICS;
 use crate::store::UNREAD_COUNT_CAP;
-use crate::store::codec::room_kind_from;
+use crate::store::codec::{room_kind_code, room_kind_from};
 use crate::store::{
     Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, StoreError, StoreErrorKind, StoreResult,
 };
@@ -337,9 +337,14 @@ pub(super) fn token(conn: &Connection, user: UserId, device: DeviceId) -> rusqli
 
 pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<PushContext> {
     let (user, room) = (job.user.0 as i64, job.room.0 as i64);
-    let (kind, room_name): (i64, String) = conn
-        .prepare_cached("SELECT kind, name FROM rooms WHERE room_id = ?1")?
-        .query_row([room], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // Activity is in no room: no name, no markers (seeing it cancels its pushes), always "a member".
+    let activity = job.room == ACTIVITY_PUSH_ROOM;
+    let (kind, room_name): (i64, String) = match activity {
+        true => (room_kind_code(RoomKind::Direct), String::new()),
+        false => conn
+            .prepare_cached("SELECT kind, name FROM rooms WHERE room_id = ?1")?
+            .query_row([room], |r| Ok((r.get(0)?, r.get(1)?)))?,
+    };
     let sender_name: String = conn
         .prepare_cached("SELECT username FROM users WHERE user_id = ?1")?
         .query_row([job.sender.0 as i64], |r| r.get(0))
@@ -360,7 +365,7 @@ pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<Push
         muted_until_ms,
         dnd_until_ms,
         hide_previews,
-        member: marks.is_some(),
+        member: activity || marks.is_some(),
     })
 }
 

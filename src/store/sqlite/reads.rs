@@ -219,6 +219,10 @@ pub(super) fn events_after(
                 let details = super::posts::read(conn, post)?.map(std::sync::Arc::new);
                 StreamEvent::Post { post, author, details }
             }
+            (EventKind::Activity, Source::User(_)) => {
+                let activity = super::activity::read(conn, user, described.reference)?.ok_or_else(unknown)?;
+                StreamEvent::Activity(std::sync::Arc::new(activity))
+            }
             _ => return Err(unknown()),
         };
         Ok((pos, event))

@@ -173,7 +173,7 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
 
 /// The schema's version (`PRAGMA user_version`) this build writes. A database is brought up to it
 /// on open, one migration at a time; one of a newer version (made by a newer tidings) is refused.
-pub(super) const SCHEMA_VERSION: i64 = 9;
+pub(super) const SCHEMA_VERSION: i64 = 10;
 
 /// A schema version, what it brings (for the log), and the step that brings it.
 type Migration = (i64, &'static str, fn(&Connection) -> rusqlite::Result<()>);
@@ -199,6 +199,7 @@ const MIGRATIONS: &[Migration] = &[
     (7, "posts", |c| c.execute_batch(super::posts::TABLES)),
     (8, "home feeds and their fan-out jobs", |c| c.execute_batch(super::feeds::TABLES)),
     (9, "likes and comments", |c| c.execute_batch(super::reactions::TABLES)),
+    (10, "activity", |c| c.execute_batch(super::activity::TABLES)),
 ];
 
 /// Brings the database up to `SCHEMA_VERSION`. Each step runs in its own immediate transaction,

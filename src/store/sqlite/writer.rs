@@ -13,14 +13,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::push;
 use crate::domain::{
-    Comment, CommentId, DeviceId, EntryBody, EventRef, FollowState, MediaId, Post, PostId, ProfileChange,
-    PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId, now_ms,
+    ACTIVITY_PUSH_ROOM, Activity, ActivityStatus, Comment, CommentId, DeviceId, EntryBody, EventRef, FollowState,
+    MediaId, NewActivity, Post, PostId, ProfileChange, PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind,
+    RoomState, UserId, now_ms,
 };
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
 use crate::store::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, FanoutJob, NewMedia, NewRoom, NewUser, Positions,
-    PushJob, PushJobEnd, ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
+    PushFanout, PushJob, PushJobEnd, ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -105,6 +106,8 @@ pub(super) enum WriteCmd {
         reply: Reply<Positions>,
     },
     FinishFanout(PostId, Reply<()>),
+    RecordActivity(NewActivity, Option<PushFanout>, Reply<Option<(u64, Activity)>>),
+    SetActivitySeen(UserId, u64, Reply<ActivityStatus>),
     AddWideAuthor(UserId, Reply<()>),
     SetFollow {
         from: UserId,
@@ -279,6 +282,23 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
             Ok(Ok(push_events(tx, heads, &live, &EventRef::post(job.author, job.post))?))
         }),
         WriteCmd::FinishFanout(post, reply) => run!(reply, |tx, _| super::feeds::finish(tx, post)),
+        WriteCmd::RecordActivity(new, push, reply) => run!(reply, |tx, heads| {
+            let recipient = new.recipient;
+            let recorded = super::activity::insert(tx, &new, |a| {
+                let event = EventRef::activity(a.actor, a.id);
+                Ok(push_events(tx, heads, &[recipient], &event)?.first().map_or(0, |&(_, pos)| pos))
+            })?;
+            if let (Some((pos, activity)), Some(mut fanout)) = (&recorded, push) {
+                fanout.preview = super::activity::push_line(tx, activity)?;
+                let positions = vec![(recipient, *pos)];
+                push::enqueue(tx, &fanout, ACTIVITY_PUSH_ROOM, activity.id, activity.actor, &positions, now_ms())?;
+            }
+            Ok(Ok(recorded))
+        }),
+        WriteCmd::SetActivitySeen(user, up_to_pos, reply) => run!(reply, |tx, _| {
+            super::activity::set_seen(tx, user, up_to_pos)?;
+            Ok(Ok(super::activity::status(tx, user)?))
+        }),
         WriteCmd::AddWideAuthor(author, reply) => run!(reply, |tx, _| super::feeds::add_wide(tx, author)),
         WriteCmd::SetFollow { from, to, state, when, reply } => {
             run!(reply, |tx, _| super::graph::set(tx, from, to, state, &when))
