@@ -11,6 +11,8 @@
 //! - `report`: the summary table, the JSON line, the PNG plot.
 //! - `push_bench`: the push pipeline benchmark against fake APNs and FCM servers.
 //! - `media_bench`: uploads, variants made and served, against `vipsthumbnail` on the same images.
+//! - `social_bench`: the social scenario (joins, follows with follow-back, stars, posts, likes,
+//!   comments at fixed rates) and its oracle: every feed holds every followed post once, in order.
 //! - `procfs`: a server process's CPU time and memory.
 //!
 //! Every loop is bounded in count and time, and only loopback targets are accepted.
@@ -22,5 +24,6 @@ pub mod procfs;
 pub mod push_bench;
 pub mod report;
 pub mod scenario;
+pub mod social_bench;
 pub mod stats;
 pub mod swarm;

@@ -16,7 +16,7 @@ use tidings_loadtest::procfs::{cpu_secs, rss_kib};
 use tidings_loadtest::report::{self, RunReport};
 use tidings_loadtest::scenario;
 use tidings_loadtest::swarm::{self, Behaviour, Faults, Progress, Roster, RosterPlan, ShardResult, Target};
-use tidings_loadtest::{media_bench, push_bench};
+use tidings_loadtest::{media_bench, push_bench, social_bench};
 
 #[derive(Parser)]
 #[command(about = "The tidings load swarm (loopback targets only)")]
@@ -173,6 +173,32 @@ enum Scenario {
         cached_requests: usize,
         #[arg(long, default_value_t = 32)]
         cached_concurrency: usize,
+    },
+    /// The social scenario (city bots for the social side): users join and follow a few others and
+    /// every star (some follow back), then post, like and comment at fixed rates; the oracle reads
+    /// every home feed to its end and every post's counts. Targets --server.
+    Social {
+        #[arg(long, default_value_t = 200)]
+        users: usize,
+        #[arg(long, default_value_t = 3)]
+        stars: usize,
+        /// The share of posts the stars make.
+        #[arg(long, default_value_t = 0.3)]
+        star_share: f64,
+        #[arg(long, default_value_t = 10)]
+        follows_per_user: usize,
+        #[arg(long, default_value_t = 0.5)]
+        follow_back: f64,
+        #[arg(long, default_value_t = 20.0)]
+        posts_per_sec: f64,
+        #[arg(long, default_value_t = 100.0)]
+        likes_per_sec: f64,
+        #[arg(long, default_value_t = 20.0)]
+        comments_per_sec: f64,
+        #[arg(long, default_value_t = 20.0)]
+        duration_secs: f64,
+        #[arg(long, default_value_t = 30.0)]
+        drain_secs: f64,
     },
     /// Internal: one shard of a multi-process run (reads its roster, prints its result as JSON).
     #[command(hide = true)]
@@ -356,6 +382,56 @@ async fn push(bench: &push_bench::PushBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn social(bench: &social_bench::SocialBench) -> anyhow::Result<()> {
+    let bar = spinner("social");
+    let report = social_bench::run(bench, |phase| bar.set_message(phase.to_owned())).await?;
+    bar.finish_and_clear();
+    println!(
+        "social scenario against {}: {} users ({} stars), {} follows, {:.0} s of posts, likes and comments",
+        bench.server, bench.users, bench.stars, report.follows, bench.duration_secs
+    );
+    println!("  {:<18} {:>7} {:>9} {:>9} {:>9} {:>9}", "phase", "count", "per s", "p50 ms", "p99 ms", "max ms");
+    for p in &report.phases {
+        println!(
+            "  {:<18} {:>7} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            p.name,
+            p.count,
+            p.count as f64 / p.secs,
+            p.latency.ms(0.5),
+            p.latency.ms(0.99),
+            p.latency.max_ms()
+        );
+    }
+    let l = &report.live;
+    println!(
+        "  {:<18} {:>7} {:>9} {:>9.1} {:>9.1} {:>9.1}",
+        "post to live feeds",
+        l.count(),
+        "",
+        l.ms(0.5),
+        l.ms(0.99),
+        l.max_ms()
+    );
+    if let Some(cpu) = report.server_cpu_secs {
+        println!("  server CPU: {cpu:.1} s");
+    }
+    println!(
+        "  oracle: {} feed entries checked, {} violations{}",
+        report.feed_entries_checked,
+        report.violations,
+        if report.violations == 0 {
+            " (every feed has every followed post once, in order; every count exact)"
+        } else {
+            ""
+        }
+    );
+    for example in &report.examples {
+        println!("    {example}");
+    }
+    ensure!(report.violations == 0, "the oracle found {} violations", report.violations);
+    Ok(())
+}
+
 async fn media(bench: &media_bench::MediaBench) -> anyhow::Result<()> {
     let bar = spinner("images");
     let report = media_bench::run(bench, |phase, done, of| bar.set_message(format!("{phase} {done}/{of}"))).await?;
@@ -452,6 +528,35 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(*timeout_secs),
             };
             return push(&bench).await;
+        }
+        Scenario::Social {
+            users,
+            stars,
+            star_share,
+            follows_per_user,
+            follow_back,
+            posts_per_sec,
+            likes_per_sec,
+            comments_per_sec,
+            duration_secs,
+            drain_secs,
+        } => {
+            let bench = social_bench::SocialBench {
+                server: cli.servers[0].clone(),
+                server_pids: cli.server_pids.clone(),
+                prefix: prefix.clone(),
+                users: *users,
+                stars: *stars,
+                star_share: *star_share,
+                follows_per_user: *follows_per_user,
+                follow_back: *follow_back,
+                posts_per_sec: *posts_per_sec,
+                likes_per_sec: *likes_per_sec,
+                comments_per_sec: *comments_per_sec,
+                duration_secs: *duration_secs,
+                drain_secs: *drain_secs,
+            };
+            return social(&bench).await;
         }
         Scenario::Media { images, megapixels, upload_concurrency, cached_requests, cached_concurrency } => {
             let bench = media_bench::MediaBench {

@@ -20,9 +20,9 @@ pub use follow::{FollowCounts, FollowList, FollowState, ProfileView, cursor_afte
 pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
 pub use media::{ImageFormat, MediaId, MediaInfo};
 pub use post::{
-    CAPTION_MAX_CHARS, COMMENT_MAX_CHARS, Comment, CommentId, Location, POST_MAX_PHOTOS, Post, PostId, PostView,
-    Reactions, comment_cursor_after, media_from_bytes, media_to_bytes, parse_comment_cursor, parse_post_cursor,
-    post_cursor_after,
+    CAPTION_MAX_CHARS, COMMENT_MAX_CHARS, Comment, CommentId, LATEST_LIKERS, LatestReactions, Location,
+    POST_MAX_PHOTOS, Post, PostId, PostView, Reactions, comment_cursor_after, media_from_bytes, media_to_bytes,
+    parse_comment_cursor, parse_post_cursor, post_cursor_after,
 };
 pub use profile::{
     BIO_MAX_CHARS, Birthday, DISPLAY_NAME_MAX_CHARS, Profile, ProfileChange, SEARCH_MIN_CHARS, search_key,

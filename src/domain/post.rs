@@ -121,10 +121,23 @@ pub fn parse_comment_cursor(cursor: &str) -> Option<CommentId> {
     (!hex.is_empty() && hex.len() <= 16).then(|| u64::from_str_radix(hex, 16).ok().map(CommentId))?
 }
 
-/// A post as one reader sees it: with its counts and whether the reader likes it.
+/// A post as one reader sees it: with its counts and whether the reader likes it, and (for one
+/// post read on its own) who liked it last and its newest comment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostView {
     pub post: Post,
     pub reactions: Reactions,
     pub liked_by_me: bool,
+    pub latest: Option<LatestReactions>,
+}
+
+/// How many of a post's latest likers its details name.
+pub const LATEST_LIKERS: usize = 3;
+
+/// The newest of a post's reactions (vangav's GetPostInfo): its latest likers, newest first, and
+/// its newest comment.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LatestReactions {
+    pub likers: Vec<UserId>,
+    pub comment: Option<Comment>,
 }

@@ -29,7 +29,8 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
             let post = hub.store.create_post(post, client_post_id).await?;
             // Its author's feed actor fans it out (a retry's post, if its job is done, is not).
             hub.feeds.fan_out(hub, me, post.id);
-            Ok(ReplyBody::Post(Box::new(PostView { post, reactions: Reactions::default(), liked_by_me: false })))
+            let view = PostView { post, reactions: Reactions::default(), liked_by_me: false, latest: None };
+            Ok(ReplyBody::Post(Box::new(view)))
         }
         PostsOp::Delete(id) => {
             let post = visible_post(hub, me, id).await?;
@@ -41,7 +42,10 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: PostsOp) -> DomainResult<Rep
         }
         PostsOp::Get(id) => {
             let post = visible_post(hub, me, id).await?;
-            Ok(ReplyBody::Post(Box::new(views(hub, me, vec![post]).await?.remove(0))))
+            let latest = async { Ok(hub.store.latest_reactions(id).await?) };
+            let (mut views, latest) = futures_util::try_join!(views(hub, me, vec![post]), latest)?;
+            let view = PostView { latest: Some(latest), ..views.remove(0) };
+            Ok(ReplyBody::Post(Box::new(view)))
         }
         PostsOp::Like { post, on } => {
             let liked = visible_post(hub, me, post).await?;
@@ -161,7 +165,7 @@ async fn views(hub: &Hub, reader: UserId, posts: Vec<Post>) -> DomainResult<Vec<
         .zip(liked)
         .map(|(post, liked_by_me)| {
             let reactions = reactions.iter().find(|(id, _)| *id == post.id).map(|(_, r)| *r).unwrap_or_default();
-            PostView { post, reactions, liked_by_me }
+            PostView { post, reactions, liked_by_me, latest: None }
         })
         .collect())
 }

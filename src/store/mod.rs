@@ -27,9 +27,9 @@ pub use types::{
 };
 
 use crate::domain::{
-    Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId,
-    NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomId, RoomState, RoomSummary,
-    StreamEvent, UserId,
+    Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, LatestReactions,
+    MediaId, NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomId, RoomState,
+    RoomSummary, StreamEvent, UserId,
 };
 
 /// How many seqs share one partition of a room's log in partitioned backends.
@@ -324,6 +324,9 @@ pub trait ReactionStore: Send + Sync {
     /// Up to `limit` of the post's comments after `after`, oldest first.
     async fn comments(&self, post: PostId, after: Option<CommentId>, limit: usize) -> StoreResult<Vec<Comment>>;
     async fn reactions(&self, posts: Vec<PostId>) -> StoreResult<Vec<(PostId, Reactions)>>;
+    /// Who liked the post last (up to `LATEST_LIKERS`, newest first, each once, only those who
+    /// still like it), and its newest comment.
+    async fn latest_reactions(&self, post: PostId) -> StoreResult<LatestReactions>;
 }
 
 /// Activity: what others did that concerns a user, as events in that user's stream.

@@ -160,6 +160,8 @@ fn post_view(view: &PostView) -> wire::Post {
         likes: view.reactions.likes,
         comments: view.reactions.comments,
         liked_by_me: view.liked_by_me,
+        latest_liker_ids: view.latest.iter().flat_map(|l| l.likers.iter().map(|u| u.0)).collect(),
+        latest_comment: view.latest.as_ref().and_then(|l| l.comment.as_ref()).map(comment),
         ..post(&view.post)
     }
 }

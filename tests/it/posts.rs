@@ -203,6 +203,13 @@ pub(crate) async fn likes_and_comments_are_counted_and_follow_the_posts_visibili
         panic!()
     };
     assert_eq!((likers.profiles.len(), likers.next_cursor.is_empty()), (4, false));
+    // The post's details name its latest likers (each once, only those who still like it), newest first.
+    let latest = get(&b, post_id).await.unwrap().latest_liker_ids;
+    assert_eq!(latest.len(), 3, "{latest:?}");
+    assert!(latest.iter().all(|&id| id != fans[0].0.id() && fans.iter().any(|(f, _)| f.id() == id)), "{latest:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    b.request(like(post_id)).await.unwrap();
+    assert_eq!(get(&a, post_id).await.unwrap().latest_liker_ids[0], bob.id());
 
     let comment = |client: &str, text: &str| {
         Req::Comment(wire::CommentRequest { post_id, client_comment_id: client.into(), text: text.into() })
@@ -216,7 +223,19 @@ pub(crate) async fn likes_and_comments_are_counted_and_follow_the_posts_visibili
     let list = Req::ListComments(wire::ListCommentsRequest { post_id, cursor: String::new(), limit: 0 });
     let Answer::Comments(page) = a.request(list.clone()).await.unwrap() else { panic!() };
     assert_eq!(page.comments, vec![first.clone(), second.clone()]);
-    assert_eq!(get(&a, post_id).await.unwrap().comments, 2);
+    let details = get(&a, post_id).await.unwrap();
+    assert_eq!((details.comments, details.latest_comment), (2, Some(second.clone())), "the newest comment");
+    let Answer::Posts(listed) = a
+        .request(Req::ListPosts(wire::ListPostsRequest { user_id: ana.id(), cursor: String::new(), limit: 5 }))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert!(
+        listed.posts[0].latest_liker_ids.is_empty() && listed.posts[0].latest_comment.is_none(),
+        "only getPost names them"
+    );
     // Bob may not delete eve's comment; ana (the post's author) may.
     let delete = |comment_id| Req::DeleteComment(wire::DeleteCommentRequest { post_id, comment_id });
     assert_eq!(refused(b.request(delete(second.comment_id)).await).0, wire::ErrorCode::Forbidden);

@@ -860,6 +860,14 @@ pub async fn reactions(store: Arc<dyn Store>) {
     assert!(store.set_like(post, fans[0], false).await.unwrap());
     assert!(!store.set_like(post, fans[0], false).await.unwrap());
     assert_eq!(store.reactions(vec![post]).await.unwrap()[0].1.likes, 19);
+    let latest = store.latest_reactions(post).await.unwrap();
+    assert_eq!(latest.likers.len(), 3, "{latest:?}");
+    assert!(!latest.likers.contains(&fans[0]), "one who unliked is not among the latest");
+    assert_eq!(latest.comment, None);
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    store.set_like(post, fans[0], true).await.unwrap();
+    assert_eq!(store.latest_reactions(post).await.unwrap().likers[0], fans[0], "newest first");
+    store.set_like(post, fans[0], false).await.unwrap();
 
     let comment = |id: u64, author: UserId, text: &str| Comment {
         id: CommentId(id),
@@ -881,6 +889,7 @@ pub async fn reactions(store: Arc<dyn Store>) {
         store.add_comment(comment(20 + i, fans[1], &format!("c{i}")), format!("b{i}")).await.unwrap();
     }
     assert_eq!(store.reactions(vec![post]).await.unwrap()[0].1.comments, 6);
+    assert_eq!(store.latest_reactions(post).await.unwrap().comment.map(|c| c.id), Some(CommentId(24)));
     let page = store.comments(post, None, 4).await.unwrap();
     assert_eq!(page.iter().map(|c| c.id.0).collect::<Vec<_>>(), vec![10, 20, 21, 22], "oldest first");
     let rest = store.comments(post, Some(CommentId(22)), 4).await.unwrap();

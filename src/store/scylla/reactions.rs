@@ -11,7 +11,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare, unavailable};
-use crate::domain::{Comment, CommentId, PostId, Reactions, UserId};
+use crate::domain::{Comment, CommentId, LATEST_LIKERS, LatestReactions, PostId, Reactions, UserId, now_ms};
 use crate::store::{ReactionStore, StoreError, StoreResult};
 
 /// Conditional writes tried before a change gives up.
@@ -56,6 +56,9 @@ pub(super) struct Statements {
     delete_comment: PreparedStatement,
     read_comment: PreparedStatement,
     comments: PreparedStatement,
+    note_like: PreparedStatement,
+    recent_likes: PreparedStatement,
+    newest_comment: PreparedStatement,
 }
 
 impl Statements {
@@ -91,6 +94,11 @@ impl Statements {
             read_comment,
             comments: p("SELECT comment_id, author, text, created_at_ms FROM {ks}.post_comments
                 WHERE post_id = ? AND comment_id > ? LIMIT ?")
+            .await?,
+            note_like: p("INSERT INTO {ks}.post_recent_likes (post_id, liked_at_ms, user_id) VALUES (?, ?, ?)").await?,
+            recent_likes: p("SELECT user_id FROM {ks}.post_recent_likes WHERE post_id = ? LIMIT ?").await?,
+            newest_comment: p("SELECT comment_id, author, text, created_at_ms FROM {ks}.post_comments
+                WHERE post_id = ? AND comment_id > 0 ORDER BY comment_id DESC LIMIT 1")
             .await?,
         })
     }
@@ -170,7 +178,13 @@ impl ReactionStore for ScyllaStore {
         let r = &self.reactions;
         let (change, delta) = if on { (&r.insert_like, 1) } else { (&r.delete_like, -1) };
         let values = (id(post.0), id(user.0));
-        self.counted_change(&r.like_count, post, delta, change, values, Wanted::Liked(user, on)).await
+        let changed = self.counted_change(&r.like_count, post, delta, change, values, Wanted::Liked(user, on)).await?;
+        if on {
+            // Also when unchanged (a retry after a crash between the two writes); a liker noted
+            // twice is named once, and one who unliked since is not named (`latest_reactions`).
+            self.execute(&r.note_like, (id(post.0), now_ms(), id(user.0))).await?;
+        }
+        Ok(changed)
     }
 
     async fn liked(&self, post: PostId, user: UserId) -> StoreResult<bool> {
@@ -235,6 +249,25 @@ impl ReactionStore for ScyllaStore {
         let values = (id(post.0), after.map_or(0, |c| id(c.0)), limit as i32);
         let rows = self.rows::<CommentRow>(&self.reactions.comments, values).await?;
         Ok(rows.into_iter().map(|row| comment_of(post, row)).collect())
+    }
+
+    async fn latest_reactions(&self, post: PostId) -> StoreResult<LatestReactions> {
+        self.check_open()?;
+        let r = &self.reactions;
+        // Newest first; enough rows that likers noted twice or gone since still leave a few.
+        let noted = self.rows::<(i64,)>(&r.recent_likes, (id(post.0), (LATEST_LIKERS * 8) as i32)).await?;
+        let mut likers: Vec<UserId> = Vec::new();
+        for (user,) in noted {
+            let user = UserId(user as u64);
+            if likers.len() == LATEST_LIKERS || likers.contains(&user) {
+                continue;
+            }
+            if self.liked(post, user).await? {
+                likers.push(user);
+            }
+        }
+        let comment = self.rows::<CommentRow>(&r.newest_comment, (id(post.0),)).await?;
+        Ok(LatestReactions { likers, comment: comment.into_iter().next().map(|row| comment_of(post, row)) })
     }
 
     async fn reactions(&self, posts: Vec<PostId>) -> StoreResult<Vec<(PostId, Reactions)>> {

@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 11;
+pub(super) const SCHEMA_VERSION: i32 = 12;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -233,6 +233,15 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
                 group_id bigint, opened_at_ms bigint, count int, actors list<bigint>,
                 PRIMARY KEY (recipient, kind, post_id))",
             "CREATE TABLE IF NOT EXISTS {ks}.activity_seen (user_id bigint PRIMARY KEY, pos bigint)",
+        ],
+    ),
+    (
+        12,
+        "a post's latest likers",
+        &[
+            // Each like noted with its time in the post's partition, newest first.
+            "CREATE TABLE IF NOT EXISTS {ks}.post_recent_likes (post_id bigint, liked_at_ms bigint, user_id bigint,
+                PRIMARY KEY (post_id, liked_at_ms, user_id)) WITH CLUSTERING ORDER BY (liked_at_ms DESC, user_id ASC)",
         ],
     ),
 ];

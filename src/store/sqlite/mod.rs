@@ -35,9 +35,9 @@ use super::{
 };
 use crate::config::Synchronous;
 use crate::domain::{
-    Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, MediaId,
-    NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomEntry, RoomId, RoomState,
-    RoomSummary, StreamEvent, UserId,
+    Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, LatestReactions,
+    MediaId, NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomEntry, RoomId,
+    RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// Settings of the SQLite backend.
@@ -558,6 +558,10 @@ impl ReactionStore for SqliteStore {
 
     async fn reactions(&self, posts: Vec<PostId>) -> StoreResult<Vec<(PostId, Reactions)>> {
         self.read(move |c| reactions::reactions(c, &posts)).await
+    }
+
+    async fn latest_reactions(&self, post: PostId) -> StoreResult<LatestReactions> {
+        self.read(move |c| reactions::latest(c, post)).await
     }
 }
 

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::domain::{Comment, CommentId, PostId, Reactions, UserId};
+use crate::domain::{Comment, CommentId, LATEST_LIKERS, LatestReactions, PostId, Reactions, UserId, now_ms};
 use crate::store::StoreResult;
 
 /// Version 9 of the schema.
@@ -44,8 +44,8 @@ pub(super) fn set_like(
     on: bool,
 ) -> rusqlite::Result<StoreResult<bool>> {
     let changed = if on {
-        tx.prepare_cached("INSERT OR IGNORE INTO post_likes (post_id, user_id) VALUES (?1, ?2)")?
-            .execute(params![post.0 as i64, user.0 as i64])?
+        tx.prepare_cached("INSERT OR IGNORE INTO post_likes (post_id, user_id, liked_at_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![post.0 as i64, user.0 as i64, now_ms()])?
     } else {
         tx.prepare_cached("DELETE FROM post_likes WHERE post_id = ?1 AND user_id = ?2")?
             .execute(params![post.0 as i64, user.0 as i64])?
@@ -84,6 +84,26 @@ fn comment_of(r: &Row<'_>) -> rusqlite::Result<Comment> {
         text: r.get(3)?,
         created_at_ms: r.get(4)?,
     })
+}
+
+/// Version 11: when each like was made, for a post's latest likers.
+pub(super) fn add_like_times(c: &Connection) -> rusqlite::Result<()> {
+    super::schema::add_column(c, "post_likes", "liked_at_ms", "INTEGER NOT NULL DEFAULT 0")?;
+    c.execute_batch("CREATE INDEX IF NOT EXISTS post_likes_by_time ON post_likes (post_id, liked_at_ms)")
+}
+
+pub(super) fn latest(c: &Connection, post: PostId) -> rusqlite::Result<LatestReactions> {
+    let likers = c
+        .prepare_cached("SELECT user_id FROM post_likes WHERE post_id = ?1 ORDER BY liked_at_ms DESC LIMIT ?2")?
+        .query_map(params![post.0 as i64, LATEST_LIKERS as i64], |r| Ok(UserId(r.get::<_, i64>(0)? as u64)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let comment = c
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM post_comments WHERE post_id = ?1 ORDER BY comment_id DESC LIMIT 1"
+        ))?
+        .query_row([post.0 as i64], comment_of)
+        .optional()?;
+    Ok(LatestReactions { likers, comment })
 }
 
 pub(super) fn add_comment(

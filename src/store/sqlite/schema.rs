@@ -173,7 +173,7 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
 
 /// The schema's version (`PRAGMA user_version`) this build writes. A database is brought up to it
 /// on open, one migration at a time; one of a newer version (made by a newer tidings) is refused.
-pub(super) const SCHEMA_VERSION: i64 = 10;
+pub(super) const SCHEMA_VERSION: i64 = 11;
 
 /// A schema version, what it brings (for the log), and the step that brings it.
 type Migration = (i64, &'static str, fn(&Connection) -> rusqlite::Result<()>);
@@ -200,6 +200,7 @@ const MIGRATIONS: &[Migration] = &[
     (8, "home feeds and their fan-out jobs", |c| c.execute_batch(super::feeds::TABLES)),
     (9, "likes and comments", |c| c.execute_batch(super::reactions::TABLES)),
     (10, "activity", |c| c.execute_batch(super::activity::TABLES)),
+    (11, "when likes were made", super::reactions::add_like_times),
 ];
 
 /// Brings the database up to `SCHEMA_VERSION`. Each step runs in its own immediate transaction,
@@ -234,7 +235,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Adds a column unless a database from before versioning already has it.
-fn add_column(conn: &Connection, table: &str, column: &str, definition: &str) -> rusqlite::Result<()> {
+pub(super) fn add_column(conn: &Connection, table: &str, column: &str, definition: &str) -> rusqlite::Result<()> {
     let present: bool =
         conn.query_row(&format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| {
             r.get::<_, i64>(0).map(|n| n > 0)
