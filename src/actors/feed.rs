@@ -8,7 +8,9 @@
 //! writes each feed entry once. No job per follower: one per post.
 //!
 //! An author with more than `feed.fanout_max_followers` followers is wide: their posts are written
-//! once and merged into followers' feeds when read (`services::posts`), not fanned out.
+//! once and merged into followers' feeds when read (`services::posts`), not fanned out; its
+//! online followers, found among the users online here and on the other nodes (O(online users),
+//! not O(followers)), get its event in their streams.
 //!
 //! `feed_sweep` resumes jobs nobody is running: at start and every `SWEEP_EVERY`, the pending
 //! jobs of authors this node owns, once they are older than `STALE_AFTER` (the node that took the
@@ -117,6 +119,23 @@ async fn run_job(hub: &Hub, post: PostId) -> StoreResult<Option<u64>> {
     }
     let details = store.post(post).await?.map(Arc::new);
     let event = StreamEvent::Post { post, author: job.author, details };
+    if wide {
+        // Nothing to write per follower: only the online ones get an event, found among who is
+        // online (O(online users)), not by walking the followers (O(followers)).
+        let online = online_users(hub).await;
+        let mut reached = 0u64;
+        for candidates in online.chunks(PAGE) {
+            let live = store.followers_among(job.author, candidates.to_vec()).await?;
+            if live.is_empty() {
+                continue;
+            }
+            let positions = store.fan_out_page(job, &[], false, &live).await?;
+            hub.deliver(&positions, &event);
+            reached += live.len() as u64;
+        }
+        store.finish_fanout(post).await?;
+        return Ok(Some(reached));
+    }
     let mut reached = 0u64;
     loop {
         let page = store.follow_list(job.author, FollowList::Followers, job.after, PAGE).await?;
@@ -136,6 +155,17 @@ async fn run_job(hub: &Hub, post: PostId) -> StoreResult<Option<u64>> {
     }
     store.finish_fanout(post).await?;
     Ok(Some(reached))
+}
+
+/// Every user with a live session: here, and (in a cluster) on the other nodes.
+async fn online_users(hub: &Hub) -> Vec<UserId> {
+    let mut users = hub.registry.online_users();
+    if let Some(peers) = &hub.peers {
+        users.extend(peers.online_users_elsewhere().await);
+        users.sort_unstable();
+        users.dedup();
+    }
+    users
 }
 
 /// Those of `users` with a live session: here, or (in a cluster) on another node.

@@ -32,6 +32,9 @@ pub trait Peers: Send + Sync {
     /// Whether `user` has a live session on another node.
     fn online_elsewhere(&self, user: UserId) -> BoxFuture<'_, bool>;
 
+    /// Every user with a live session on another node (read from the nodes' presence sets).
+    fn online_users_elsewhere(&self) -> BoxFuture<'_, Vec<UserId>>;
+
     /// Sends a request to the node that owns its key; `None` when this node owns it.
     fn forward(&self, user: UserId, device: DeviceId, request: &ActorRequest) -> Option<Forwarding<'_>>;
 

@@ -76,6 +76,11 @@ impl Registry {
         self.users.get(&user).is_some_and(|e| e.addr.connected())
     }
 
+    /// Every user with a live session on this node.
+    pub fn online_users(&self) -> Vec<UserId> {
+        self.users.iter().filter(|e| e.addr.connected()).map(|e| *e.key()).collect()
+    }
+
     /// The user's actor, started if needed (on the calling thread's arbiter).
     pub fn user_or_start(&self, user: UserId, hub: &Arc<Hub>) -> UserEntry {
         match self.users.entry(user) {

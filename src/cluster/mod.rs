@@ -391,6 +391,41 @@ impl Cluster {
         answers.is_ok_and(|a| a.into_iter().any(|present| present))
     }
 
+    /// The users in the other live nodes' presence sets, a page at a time (SSCAN: never one huge
+    /// answer). A node Redis cannot answer for adds nobody: its users miss a live event, not data.
+    async fn present_users_elsewhere(&self) -> Vec<UserId> {
+        let mut users = Vec::new();
+        for node in self.view().iter().filter(|n| n.id != self.node_id) {
+            let key = self.keys.node_users(&node.id);
+            let mut cursor: u64 = 0;
+            loop {
+                let page: redis::RedisResult<(u64, Vec<u64>)> = redis::cmd("SSCAN")
+                    .arg(&key)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(10_000)
+                    .query_async(&mut self.redis.clone())
+                    .await;
+                match page {
+                    Ok((next, ids)) => {
+                        users.extend(ids.into_iter().map(UserId));
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %node.id, error = %e, "cluster: could not list a node's users");
+                        break;
+                    }
+                }
+            }
+        }
+        users.sort_unstable();
+        users.dedup();
+        users
+    }
+
     fn stop_heartbeat(&self) {
         if let Some(heartbeat) = self.heartbeat_task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             heartbeat.abort();
@@ -485,6 +520,10 @@ impl Peers for Cluster {
     /// Whether `user` has a live session on another live node.
     fn online_elsewhere(&self, user: UserId) -> BoxFuture<'_, bool> {
         Box::pin(self.present_elsewhere(user))
+    }
+
+    fn online_users_elsewhere(&self) -> BoxFuture<'_, Vec<UserId>> {
+        Box::pin(self.present_users_elsewhere())
     }
 
     fn forward(&self, user: UserId, device: DeviceId, request: &ActorRequest) -> Option<Forwarding<'_>> {

@@ -229,6 +229,8 @@ pub trait ProfileStore: Send + Sync {
 pub trait GraphStore: Send + Sync {
     /// `from`'s follow of `to`.
     async fn follow_state(&self, from: UserId, to: UserId) -> StoreResult<FollowState>;
+    /// Those of `users` who follow `followee` (approved), in the order given.
+    async fn followers_among(&self, followee: UserId, users: Vec<UserId>) -> StoreResult<Vec<UserId>>;
     /// Moves `from`'s follow of `to` to `state` if it is one of `when` now (any state when `when`
     /// is empty), with both users' counts; returns the state it had. Idempotent: a retry finds the
     /// change made and changes nothing.

@@ -917,3 +917,48 @@ async fn two_writers_of_one_room_never_interleave_or_answer_internal() {
         assert_eq!(mine.len(), EACH, "all of {prefix}'s messages");
     }
 }
+
+/// A wide author's post reaches its online followers on every node (found among the nodes' online
+/// users, not by walking the followers), and no one else's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_authors_post_reaches_online_followers_on_every_node() {
+    require!(Prerequisite::Redis);
+    let redis = RedisServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let nodes: Vec<TestServer> = ["n1", "n2"]
+        .into_iter()
+        .map(|node| {
+            TestServer::start_with(|c| {
+                cluster_config(c, &redis, node, data.path());
+                c.feed.fanout_max_followers = 1;
+            })
+        })
+        .collect();
+    wait_for_members(&redis, 2).await;
+    let (star, s) = on(&nodes[0], "star").await;
+    let (_here, mut h) = on(&nodes[0], "here").await;
+    let there = nodes[0].user("there").await;
+    let (mut t, _) = TestUser { ws_base: nodes[1].ws_base(), ..there }.connect_synced(0).await;
+    let away = nodes[0].user("away").await;
+    // Online on the second node, following no one.
+    let (other, _o) = on(&nodes[1], "other").await;
+    let follow = |user_id| Req::Follow(wire::FollowRequest { user_id });
+    for conn in [&h, &t] {
+        conn.request(follow(star.id())).await.unwrap();
+    }
+    away.connect().await.request(follow(star.id())).await.unwrap();
+
+    let media = crate::posts::photo(&nodes[0], &star, image::ImageFormat::Png).await;
+    let post_id = crate::posts::create(&s, crate::posts::new_post("p", vec![media], "")).await.unwrap().post_id;
+    for conn in [&mut h, &mut t] {
+        let event = next_event(conn).await;
+        let Some(wire::event::Kind::Post(published)) = event.kind else { panic!("a post event: {event:?}") };
+        assert_eq!(published.post_id, post_id);
+    }
+    let (_, away_events) = away.connect_synced(0).await;
+    assert!(away_events.iter().all(|e| !matches!(e.kind, Some(wire::event::Kind::Post(_)))), "offline: no event");
+    let (_, star_events) = star.connect_synced(0).await;
+    assert!(star_events.iter().all(|e| !matches!(e.kind, Some(wire::event::Kind::Post(_)))), "not a follower");
+    let (_, other_events) = TestUser { ws_base: nodes[1].ws_base(), ..other }.connect_synced(0).await;
+    assert!(other_events.iter().all(|e| !matches!(e.kind, Some(wire::event::Kind::Post(_)))), "online, not a follower");
+}

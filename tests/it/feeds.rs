@@ -209,6 +209,20 @@ pub(crate) async fn online_followers_get_the_post_in_their_stream_offline_ones_i
         })
         .collect();
     assert_eq!(posts.len(), 2, "{replayed:?}");
+    // The wide author's post went to online followers only: the author, online throughout but not
+    // following the star, got nothing; the fan, online and following, got it.
+    let (_, theirs) = author.connect_synced(0).await;
+    assert!(theirs.iter().all(|e| !matches!(e.kind, Some(wire::event::Kind::Post(_)))), "{theirs:?}");
+    let (_, fans) = fan.connect_synced(0).await;
+    let got: Vec<u64> = fans
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(wire::event::Kind::Post(p)) => Some(p.post_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![ids[0]], "the star's post, live");
+    drop(fa);
 }
 
 /// The feed's write path, measured (not a test: it asserts no time). For each follower count: the

@@ -213,6 +213,21 @@ impl ScyllaStore {
 
 #[async_trait]
 impl GraphStore for ScyllaStore {
+    async fn followers_among(&self, followee: UserId, users: Vec<UserId>) -> StoreResult<Vec<UserId>> {
+        self.check_open()?;
+        let mut found = Vec::new();
+        for chunk in users.chunks(256) {
+            let states = futures_util::future::try_join_all(chunk.iter().map(|&user| async move {
+                Ok::<_, StoreError>(
+                    self.edge_by(&self.graph.out.peek_edge, user, shard_of(followee), followee).await?.state,
+                )
+            }))
+            .await?;
+            found.extend(chunk.iter().zip(states).filter(|(_, s)| *s == FollowState::Following).map(|(u, _)| *u));
+        }
+        Ok(found)
+    }
+
     async fn follow_state(&self, from: UserId, to: UserId) -> StoreResult<FollowState> {
         self.check_open()?;
         // A read at the store's consistency (QUORUM) sees every committed change; a serial read

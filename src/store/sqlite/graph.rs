@@ -37,6 +37,18 @@ pub(super) fn state(c: &Connection, from: UserId, to: UserId) -> rusqlite::Resul
     Ok(code.and_then(FollowState::from_code).unwrap_or_default())
 }
 
+pub(super) fn followers_among(c: &Connection, followee: UserId, users: &[UserId]) -> rusqlite::Result<Vec<UserId>> {
+    let mut follows = c.prepare_cached("SELECT 1 FROM follows WHERE follower = ?1 AND followee = ?2 AND state = ?3")?;
+    let approved = FollowState::Following.code();
+    let mut found = Vec::new();
+    for &user in users {
+        if follows.exists(params![user.0 as i64, followee.0 as i64, approved])? {
+            found.push(user);
+        }
+    }
+    Ok(found)
+}
+
 /// The follow and both counts, in the writer's transaction.
 pub(super) fn set(
     tx: &Transaction<'_>,

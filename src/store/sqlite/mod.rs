@@ -418,6 +418,10 @@ impl ProfileStore for SqliteStore {
 
 #[async_trait]
 impl GraphStore for SqliteStore {
+    async fn followers_among(&self, followee: UserId, users: Vec<UserId>) -> StoreResult<Vec<UserId>> {
+        self.read(move |c| graph::followers_among(c, followee, &users)).await
+    }
+
     async fn follow_state(&self, from: UserId, to: UserId) -> StoreResult<FollowState> {
         self.read(move |c| graph::state(c, from, to)).await
     }
