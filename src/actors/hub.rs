@@ -18,6 +18,8 @@ pub struct Hub {
     pub feeds: super::feed::Feeds,
     /// Activities of one kind about one thing within this window of the first are one group.
     pub activity_window_ms: i64,
+    /// Moves whenever a block is made or lifted here: direct rooms read blocks again.
+    blocks_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
@@ -30,7 +32,16 @@ impl Hub {
     ) -> Arc<Self> {
         let feeds = super::feed::Feeds::new(feed.fanout_max_followers);
         let activity_window_ms = (feed.activity_window_secs as i64).saturating_mul(1000);
-        Arc::new(Self { store, registry: Registry::default(), limits, push, peers, feeds, activity_window_ms })
+        Arc::new(Self {
+            store,
+            registry: Registry::default(),
+            limits,
+            push,
+            peers,
+            feeds,
+            activity_window_ms,
+            blocks_generation: Default::default(),
+        })
     }
 
     /// A durable event reaches its recipients' sessions: here directly, on other nodes through the
@@ -40,6 +51,15 @@ impl Hub {
         if let Some(peers) = &self.peers {
             peers.publish_event(positions, event);
         }
+    }
+
+    /// A block was made or lifted: direct rooms on this node read blocks again before their next send.
+    pub fn blocks_changed(&self) {
+        self.blocks_generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn blocks_generation(&self) -> u64 {
+        self.blocks_generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether `user` has a live session: here, or (in a cluster) on another node.

@@ -76,6 +76,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: FollowsOp) -> DomainResult<R
             other_user(hub, me, user).await?;
             // The block first: a follow racing it is refused, or ended just below.
             store.set_block(me, user, true).await?;
+            hub.blocks_changed();
             store.set_follow(me, user, FollowState::None, &[]).await?;
             store.set_follow(user, me, FollowState::None, &[]).await?;
             Ok(ReplyBody::Ok)
@@ -83,6 +84,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: FollowsOp) -> DomainResult<R
         FollowsOp::Unblock(user) => {
             other_user(hub, me, user).await?;
             store.set_block(me, user, false).await?;
+            hub.blocks_changed();
             Ok(ReplyBody::Ok)
         }
         FollowsOp::List { user, list, cursor, limit } => {

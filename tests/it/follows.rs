@@ -187,3 +187,29 @@ pub(crate) async fn counts_stay_exact_while_many_follow_and_unfollow_at_once() {
     assert_eq!(sorted, expected, "each follower once, in pages of 7");
     assert_eq!(profile(&s, star.id()).await.unwrap().followers, (FANS / 2) as u64);
 }
+
+/// A block stops messages both ways in a direct room the two already share; lifting it lets them
+/// write again. The room's history stays.
+#[tokio::test]
+pub(crate) async fn a_block_stops_messages_in_an_existing_direct_room_both_ways() {
+    let server = TestServer::start();
+    let DirectPair { a, b, room, .. } = direct_pair(&server).await;
+    a.send_text(room, "m1", "hi").await.unwrap();
+    b.send_text(room, "m2", "hello").await.unwrap();
+    b.request(Req::Block(wire::BlockRequest { user_id: ana_id(&a).await })).await.unwrap();
+    for (conn, id) in [(&a, "m3"), (&b, "m4")] {
+        let refused = conn.send_text(room, id, "still there?").await.unwrap_err();
+        assert_eq!(code_of(&refused), wire::ErrorCode::Forbidden);
+    }
+    b.request(Req::Unblock(wire::UnblockRequest { user_id: ana_id(&a).await })).await.unwrap();
+    a.send_text(room, "m5", "again").await.unwrap();
+}
+
+/// Ana's user id, as anyone reads it.
+async fn ana_id(conn: &Connection) -> u64 {
+    let request = wire::GetProfilesRequest { user_ids: Vec::new(), usernames: vec!["ana".into()] };
+    match conn.request(Req::GetProfiles(request)).await.unwrap() {
+        Answer::Profiles(list) => list.profiles[0].user_id,
+        other => panic!("{other:?}"),
+    }
+}

@@ -45,6 +45,7 @@ on_scylla! {
         public_and_private_accounts_are_followed_as_their_owners_chose,
         a_block_ends_follows_both_ways_and_hides_the_blocker,
         counts_stay_exact_while_many_follow_and_unfollow_at_once,
+        a_block_stops_messages_in_an_existing_direct_room_both_ways,
     ];
     posts: [
         posts_are_made_once_read_listed_and_deleted,

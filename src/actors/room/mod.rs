@@ -39,6 +39,19 @@ const MAILBOX_CAPACITY: usize = 4096;
 /// the room list for whoever looks.
 const RECEIPT_BROADCAST_MAX_MEMBERS: usize = 32;
 
+/// How long a direct room trusts what it read about a block between its two members. A block
+/// made on this node is seen at once (`Hub::blocks_changed`); one made on another node within this.
+const BLOCK_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether either member of a direct room blocked the other, as read at `at`.
+#[derive(Clone, Copy)]
+struct BlockCheck {
+    blocked: bool,
+    at: Instant,
+    /// `Hub::blocks_generation` when it was read.
+    generation: u64,
+}
+
 /// A request about this room from one of its (would-be) members.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -63,6 +76,8 @@ pub struct RoomActor {
     /// An append failed (the room moved, or the store did): answer everything UNAVAILABLE and stop
     /// once nothing is in flight.
     retiring: bool,
+    /// A direct room's members: whether one blocked the other (read before a send when stale).
+    block: Option<BlockCheck>,
 }
 
 impl RoomActor {
@@ -77,7 +92,38 @@ impl RoomActor {
             epoch,
             in_flight: 0,
             retiring: false,
+            block: None,
         }
+    }
+
+    /// A send in a direct room: refused while either member blocks the other. What the actor knows
+    /// of that is read again when stale, with the mailbox held meanwhile (`ctx.wait`), so the room's
+    /// requests keep their order.
+    fn send_direct(&mut self, user: UserId, write: RoomWrite, replier: Replier, ctx: &mut Context<Self>) {
+        let generation = self.hub.blocks_generation();
+        let fresh = self.block.is_some_and(|b| b.generation == generation && b.at.elapsed() < BLOCK_RECHECK);
+        if fresh {
+            return match self.block.is_some_and(|b| b.blocked) {
+                true => replier.error(DomainError::forbidden("you cannot message this user")),
+                false => self.append(user, write, replier, ctx),
+            };
+        }
+        let Some(peer) = self.members.keys().copied().find(|&m| m != user) else {
+            return self.append(user, write, replier, ctx);
+        };
+        let store = self.hub.store.clone();
+        let read = async move {
+            let (theirs, mine) =
+                futures_util::try_join!(store.blockers_of(peer, vec![user]), store.blockers_of(user, vec![peer]))?;
+            Ok::<_, crate::store::StoreError>(!theirs.is_empty() || !mine.is_empty())
+        };
+        ctx.wait(read.into_actor(self).map(move |blocked, act, ctx| match blocked {
+            Ok(blocked) => {
+                act.block = Some(BlockCheck { blocked, at: Instant::now(), generation });
+                act.send_direct(user, write, replier, ctx);
+            }
+            Err(e) => replier.error(e.into()),
+        }));
     }
 
     /// Stops taking requests: the registry forgets this actor now (the next request starts a fresh
@@ -340,6 +386,9 @@ impl Handler<RoomRequest> for RoomActor {
             RoomOp::History(page) => self.history(user, page, replier, ctx),
             RoomOp::Typing { active } => self.typing(user, active, replier),
             RoomOp::Receipt { kind, up_to_seq } => self.receipt(user, kind, up_to_seq, replier, ctx),
+            RoomOp::Write(write @ RoomWrite::Send { .. }) if self.kind == RoomKind::Direct => {
+                self.send_direct(user, write, replier, ctx)
+            }
             RoomOp::Write(write) => self.append(user, write, replier, ctx),
         }
     }
