@@ -5,12 +5,35 @@
 
 use std::sync::Arc;
 
+use super::activity::{self, About};
 use super::{ProfileEdit, ProfilesOp};
 use crate::actors::{Hub, ReplyBody};
 use crate::domain::{
-    BIO_MAX_CHARS, Birthday, Code, DISPLAY_NAME_MAX_CHARS, DomainError, DomainResult, FollowState, MediaId,
-    ProfileChange, ProfileView, SEARCH_MIN_CHARS, UserId, now_ms, search_key,
+    ActivityKind, BIO_MAX_CHARS, Birthday, Code, DISPLAY_NAME_MAX_CHARS, DomainError, DomainResult, FollowList,
+    FollowState, MediaId, ProfileChange, ProfileView, SEARCH_MIN_CHARS, UserId, now_ms, search_key,
 };
+
+/// Follow requests approved at once when an account turns public.
+const REQUESTS_AT_ONCE: usize = 1000;
+
+/// A private account turned public: whoever asked to follow it follows it now (and is told), as
+/// anyone asking from now on would. Saying "public" again finishes what a stopped process left.
+async fn approve_waiting_requests(hub: &Hub, me: UserId) -> DomainResult<()> {
+    let mut after = None;
+    loop {
+        let waiting = hub.store.follow_list(me, FollowList::Requests, after, REQUESTS_AT_ONCE).await?;
+        for &user in &waiting {
+            let before = hub.store.set_follow(user, me, FollowState::Following, &[FollowState::Requested]).await?;
+            if before == FollowState::Requested {
+                activity::record(hub, user, ActivityKind::FollowAccepted, me, About::default()).await?;
+            }
+        }
+        if waiting.len() < REQUESTS_AT_ONCE {
+            return Ok(());
+        }
+        after = waiting.last().copied();
+    }
+}
 
 /// Profiles one request may ask for.
 pub const MAX_PROFILES_PER_REQUEST: usize = 100;
@@ -27,8 +50,12 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: ProfilesOp) -> DomainResult<
             if let Some(Some(avatar)) = change.avatar {
                 hub.store.publish_media(avatar).await?;
             }
+            let made_public = change.private == Some(false);
             if !hub.store.change_profile(me, change).await? {
                 return Err(DomainError::not_found("no such user"));
+            }
+            if made_public {
+                approve_waiting_requests(hub, me).await?;
             }
             let mine = views(hub, me, vec![me]).await?.pop().ok_or_else(|| DomainError::not_found("no such user"))?;
             Ok(ReplyBody::Profile(Box::new(mine)))

@@ -156,3 +156,31 @@ pub(crate) async fn a_private_account_is_asked_and_the_asker_told_when_it_approv
     let (_a2, events) = ana.another_device("tablet").await.connect_synced(0).await;
     assert_eq!(activities(&events).len(), 1, "approving announces no follow to the approver");
 }
+
+#[tokio::test]
+pub(crate) async fn turning_public_approves_whoever_asked_and_tells_them() {
+    let server = TestServer::start();
+    let (ana, bob, cyd) = (server.user("ana").await, server.user("bob").await, server.user("cyd").await);
+    let a = ana.connect().await;
+    let (mut b, _) = bob.connect_synced(0).await;
+    let c = cyd.connect().await;
+    set_profile(&a, wire::SetProfileRequest { private: Some(true), ..Default::default() }).await.unwrap();
+    for conn in [&b, &c] {
+        let Answer::Follow(status) = request(conn, Req::Follow(wire::FollowRequest { user_id: ana.id() })).await else {
+            panic!()
+        };
+        assert_eq!(status.state, wire::FollowState::Requested as i32);
+    }
+    let public = set_profile(&a, wire::SetProfileRequest { private: Some(false), ..Default::default() }).await.unwrap();
+    assert_eq!(public.followers, 2, "both requests approved");
+    let accepted = activity(&next_event(&mut b).await).clone();
+    assert_eq!(seen(&accepted), (ActivityKind::FollowAccepted, ana.id(), 1, vec![ana.id()], String::new()));
+    let list = wire::ListFollowsRequest {
+        user_id: 0,
+        list: wire::FollowList::Requests as i32,
+        cursor: String::new(),
+        limit: 0,
+    };
+    let Answer::Users(waiting) = request(&a, Req::ListFollows(list)).await else { panic!() };
+    assert!(waiting.profiles.is_empty(), "no request left waiting");
+}

@@ -34,6 +34,7 @@ on_scylla! {
     activity: [
         follows_likes_and_comments_reach_the_owner_grouped_once_and_resume_like_chat,
         a_private_account_is_asked_and_the_asker_told_when_it_approves,
+        turning_public_approves_whoever_asked_and_tells_them,
     ];
     feeds: [
         posts_reach_followers_feeds_newest_first_in_pages,
