@@ -119,6 +119,21 @@ impl NewActivity {
     pub fn dedup_key(&self) -> String {
         format!("{}:{}:{}:{}", self.kind.code(), self.actor.0, self.post.0, self.comment.0)
     }
+
+    /// The activity as recorded: under `id`, in `group`.
+    pub fn recorded(&self, id: u64, group: ActivityGroup) -> Activity {
+        Activity {
+            id,
+            recipient: self.recipient,
+            kind: self.kind,
+            actor: self.actor,
+            post: self.post,
+            comment: self.comment,
+            text: self.text.clone(),
+            at_ms: self.at_ms,
+            group,
+        }
+    }
 }
 
 /// One line saying what happened, for a push: "ana and 4 others liked your photo".

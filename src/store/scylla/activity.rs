@@ -155,17 +155,7 @@ impl ActivityStore for ScyllaStore {
                     actors,
                 );
                 self.execute(&a.insert, values).await?;
-                Activity {
-                    id: activity_id,
-                    recipient: new.recipient,
-                    kind: new.kind,
-                    actor: new.actor,
-                    post: new.post,
-                    comment: new.comment,
-                    text: new.text.clone(),
-                    at_ms: new.at_ms,
-                    group,
-                }
+                new.recorded(activity_id, group)
             }
         };
         let event = StoredEvent { event: EventRef::activity(activity.actor, activity.id), ref_epoch: 0 };

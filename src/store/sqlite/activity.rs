@@ -133,17 +133,7 @@ pub(super) fn insert(
         return Ok(None);
     }
     let id = time_ordered_id(new.at_ms);
-    let activity = Activity {
-        id,
-        recipient: new.recipient,
-        kind: new.kind,
-        actor: new.actor,
-        post: new.post,
-        comment: new.comment,
-        text: new.text.clone(),
-        at_ms: new.at_ms,
-        group: join_group(tx, new, id)?,
-    };
+    let activity = new.recorded(id, join_group(tx, new, id)?);
     let pos = pos(&activity)?;
     tx.prepare_cached(&format!(
         "INSERT INTO activities ({COLUMNS}, dedup_key, pos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
