@@ -13,11 +13,10 @@ use std::sync::Arc;
 use super::ActivityOp;
 use crate::actors::{Hub, ReplyBody};
 use crate::domain::{
-    ACTIVITY_PUSH_ROOM, ActivityKind, CommentId, DeviceId, DomainResult, NewActivity, PostId, StreamEvent, UserId,
-    now_ms,
+    ACTIVITY_PUSH_ROOM, ActivityKind, CommentId, DomainResult, NewActivity, PostId, StreamEvent, UserId, now_ms,
 };
 
-pub async fn handle(hub: &Arc<Hub>, me: UserId, _device: DeviceId, op: ActivityOp) -> DomainResult<ReplyBody> {
+pub async fn handle(hub: &Arc<Hub>, me: UserId, op: ActivityOp) -> DomainResult<ReplyBody> {
     match op {
         ActivityOp::Seen { up_to_pos } => {
             // No further than the stream goes: a mark past it would hide activity still to come.
@@ -58,7 +57,9 @@ pub async fn record(hub: &Hub, recipient: UserId, kind: ActivityKind, actor: Use
         at_ms: now_ms(),
         window_ms: hub.activity_window_ms,
     };
-    let push = hub.push.activity(recipient, hub.is_online(recipient).await);
+    // Whether they are online is asked only when there is push to decide (in a cluster, a Redis call).
+    let online = hub.push.enabled() && hub.is_online(recipient).await;
+    let push = hub.push.activity(recipient, online);
     let due = push.as_ref().map(|p| p.due_at_ms);
     let Some((pos, activity)) = hub.store.record_activity(new, push).await? else { return Ok(()) };
     if let Some(due) = due {

@@ -29,7 +29,7 @@ pub async fn handle(hub: &Arc<Hub>, me: UserId, op: FollowsOp) -> DomainResult<R
     match op {
         FollowsOp::Follow(user) => {
             let target = other_user(hub, me, user).await?;
-            if blocked_between(hub, me, user).await? {
+            if store.blocked_between(me, user).await? {
                 return Err(DomainError::forbidden("you cannot follow this user"));
             }
             let (state, when): (_, &[FollowState]) = match target.private {
@@ -115,7 +115,7 @@ pub async fn may_see_content(hub: &Hub, reader: UserId, author: UserId) -> Domai
     if reader == author {
         return Ok(());
     }
-    if blocked_between(hub, reader, author).await? {
+    if hub.store.blocked_between(reader, author).await? {
         return Err(DomainError::not_found("no such user"));
     }
     let Some(profile) = hub.store.profiles(vec![author]).await?.pop() else {
@@ -125,13 +125,6 @@ pub async fn may_see_content(hub: &Hub, reader: UserId, author: UserId) -> Domai
         return Err(DomainError::forbidden("this account is private"));
     }
     Ok(())
-}
-
-/// Whether either of the two blocked the other.
-pub async fn blocked_between(hub: &Hub, a: UserId, b: UserId) -> DomainResult<bool> {
-    let (a_blocked, b_blocked) =
-        futures_util::try_join!(hub.store.blockers_of(b, vec![a]), hub.store.blockers_of(a, vec![b]))?;
-    Ok(!a_blocked.is_empty() || !b_blocked.is_empty())
 }
 
 /// Another user, who exists and has not blocked the caller (to whom they do not exist).

@@ -96,7 +96,7 @@ async fn create_direct(hub: &Arc<Hub>, me: UserId, peer: UserId) -> DomainResult
         return Err(DomainError::invalid("a direct room needs another user"));
     }
     require_existing(hub, vec![peer]).await?;
-    if super::follows::blocked_between(hub, me, peer).await? {
+    if hub.store.blocked_between(me, peer).await? {
         return Err(DomainError::forbidden("you cannot start a chat with this user"));
     }
     create(hub, me, RoomKind::Direct, String::new(), vec![me, peer]).await

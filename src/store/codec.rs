@@ -116,11 +116,11 @@ pub(crate) fn body_from_columns(c: StoredBody) -> Option<EntryBody> {
     })
 }
 
-fn join_users(users: &[UserId]) -> String {
+pub(crate) fn join_users(users: &[UserId]) -> String {
     users.iter().map(|u| u.0.to_string()).collect::<Vec<_>>().join(",")
 }
 
-fn split_users(text: &str) -> Vec<UserId> {
+pub(crate) fn split_users(text: &str) -> Vec<UserId> {
     text.split(',').filter_map(|s| s.parse().ok()).map(UserId).collect()
 }
 

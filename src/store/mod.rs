@@ -257,6 +257,12 @@ pub trait GraphStore: Send + Sync {
     async fn set_block(&self, blocker: UserId, blocked: UserId, on: bool) -> StoreResult<()>;
     /// Those of `others` who blocked `user`.
     async fn blockers_of(&self, user: UserId, others: Vec<UserId>) -> StoreResult<Vec<UserId>>;
+    /// Whether either of the two blocked the other.
+    async fn blocked_between(&self, a: UserId, b: UserId) -> StoreResult<bool> {
+        let (a_blocked, b_blocked) =
+            futures_util::try_join!(self.blockers_of(b, vec![a]), self.blockers_of(a, vec![b]))?;
+        Ok(!a_blocked.is_empty() || !b_blocked.is_empty())
+    }
     /// Finishes up to `limit` follow changes that a stopped process left half made; returns how
     /// many it looked at. A backend that changes a follow in one transaction (SQLite) has none.
     async fn settle_follows(&self, limit: usize) -> StoreResult<u64>;

@@ -69,7 +69,7 @@ pub async fn dispatch(caller: &Caller, request: Request, replier: Replier) {
         }
         Request::Activity(op) => {
             let hub = hub.clone();
-            actix::spawn(async move { replier.reply(services::activity::handle(&hub, me, device, op).await) });
+            actix::spawn(async move { replier.reply(services::activity::handle(&hub, me, op).await) });
         }
         Request::Push(op) => {
             let hub = hub.clone();

@@ -112,11 +112,7 @@ impl RoomActor {
             return self.append(user, write, replier, ctx);
         };
         let store = self.hub.store.clone();
-        let read = async move {
-            let (theirs, mine) =
-                futures_util::try_join!(store.blockers_of(peer, vec![user]), store.blockers_of(user, vec![peer]))?;
-            Ok::<_, crate::store::StoreError>(!theirs.is_empty() || !mine.is_empty())
-        };
+        let read = async move { store.blocked_between(user, peer).await };
         ctx.wait(read.into_actor(self).map(move |blocked, act, ctx| match blocked {
             Ok(blocked) => {
                 act.block = Some(BlockCheck { blocked, at: Instant::now(), generation });

@@ -7,6 +7,7 @@ use crate::domain::{
     ACTIVITY_PUSH_ROOM, ACTIVITY_UNREAD_CAP, Activity, ActivityGroup, ActivityKind, ActivityStatus, CommentId,
     NewActivity, PostId, UserId, describe, time_ordered_id,
 };
+use crate::store::codec::{join_users, split_users};
 
 /// Version 10 of the schema.
 pub(super) const TABLES: &str = "
@@ -46,14 +47,6 @@ CREATE TABLE IF NOT EXISTS activity_seen (
 
 const COLUMNS: &str =
     "recipient, activity_id, kind, actor, post_id, comment_id, text, at_ms, group_id, group_count, group_actors";
-
-fn join_users(users: &[UserId]) -> String {
-    users.iter().map(|u| u.0.to_string()).collect::<Vec<_>>().join(",")
-}
-
-fn split_users(text: &str) -> Vec<UserId> {
-    text.split(',').filter_map(|s| s.parse().ok()).map(UserId).collect()
-}
 
 fn activity_of(r: &Row<'_>) -> rusqlite::Result<Activity> {
     let kind: i64 = r.get(2)?;

@@ -86,11 +86,10 @@ fn comment_of(r: &Row<'_>) -> rusqlite::Result<Comment> {
     })
 }
 
-/// Version 11: when each like was made, for a post's latest likers.
-pub(super) fn add_like_times(c: &Connection) -> rusqlite::Result<()> {
-    super::schema::add_column(c, "post_likes", "liked_at_ms", "INTEGER NOT NULL DEFAULT 0")?;
-    c.execute_batch("CREATE INDEX IF NOT EXISTS post_likes_by_time ON post_likes (post_id, liked_at_ms)")
-}
+/// Version 11, after the `post_likes.liked_at_ms` column: a post's likes by time, for its latest
+/// likers.
+pub(super) const LIKES_BY_TIME: &str =
+    "CREATE INDEX IF NOT EXISTS post_likes_by_time ON post_likes (post_id, liked_at_ms)";
 
 pub(super) fn latest(c: &Connection, post: PostId) -> rusqlite::Result<LatestReactions> {
     let likers = c

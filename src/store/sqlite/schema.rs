@@ -200,7 +200,10 @@ const MIGRATIONS: &[Migration] = &[
     (8, "home feeds and their fan-out jobs", |c| c.execute_batch(super::feeds::TABLES)),
     (9, "likes and comments", |c| c.execute_batch(super::reactions::TABLES)),
     (10, "activity", |c| c.execute_batch(super::activity::TABLES)),
-    (11, "when likes were made", super::reactions::add_like_times),
+    (11, "when likes were made", |c| {
+        add_column(c, "post_likes", "liked_at_ms", "INTEGER NOT NULL DEFAULT 0")?;
+        c.execute_batch(super::reactions::LIKES_BY_TIME)
+    }),
 ];
 
 /// Brings the database up to `SCHEMA_VERSION`. Each step runs in its own immediate transaction,
@@ -235,7 +238,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Adds a column unless a database from before versioning already has it.
-pub(super) fn add_column(conn: &Connection, table: &str, column: &str, definition: &str) -> rusqlite::Result<()> {
+fn add_column(conn: &Connection, table: &str, column: &str, definition: &str) -> rusqlite::Result<()> {
     let present: bool =
         conn.query_row(&format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"), [column], |r| {
             r.get::<_, i64>(0).map(|n| n > 0)
