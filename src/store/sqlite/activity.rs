@@ -4,8 +4,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::domain::{
-    ACTIVITY_PUSH_ROOM, ACTIVITY_UNREAD_CAP, Activity, ActivityGroup, ActivityKind, ActivityStatus, CommentId,
-    NewActivity, PostId, UserId, describe, time_ordered_id,
+    ACTIVITY_UNREAD_CAP, Activity, ActivityGroup, ActivityKind, ActivityStatus, CommentId, NewActivity, PostId, UserId,
+    describe, time_ordered_id,
 };
 use crate::store::codec::{join_users, split_users};
 
@@ -171,10 +171,7 @@ pub(super) fn set_seen(tx: &Transaction<'_>, user: UserId, up_to_pos: u64) -> ru
          ON CONFLICT (user_id) DO UPDATE SET pos = max(pos, excluded.pos)",
     )?
     .execute(params![user.0 as i64, up_to_pos as i64])?;
-    // Pushes of activity up to there that have not gone out are not needed.
-    tx.prepare_cached("DELETE FROM push_jobs WHERE user_id = ?1 AND room_id = ?2 AND state = 0 AND last_pos <= ?3")?
-        .execute(params![user.0 as i64, ACTIVITY_PUSH_ROOM.0 as i64, up_to_pos as i64])?;
-    Ok(())
+    super::push::cancel_seen_activity(tx, user, up_to_pos)
 }
 
 pub(super) fn status(c: &Connection, user: UserId) -> rusqlite::Result<ActivityStatus> {

@@ -204,6 +204,14 @@ pub(super) fn cancel_covered_by_receipt(
     Ok(())
 }
 
+/// The user saw their activity up to stream position `up_to_pos`: pending activity pushes up to
+/// there are not needed.
+pub(super) fn cancel_seen_activity(tx: &Transaction<'_>, user: UserId, up_to_pos: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM push_jobs WHERE user_id = ?1 AND room_id = ?2 AND state = 0 AND last_pos <= ?3")?
+        .execute(params![user.0 as i64, ACTIVITY_PUSH_ROOM.0 as i64, up_to_pos as i64])?;
+    Ok(())
+}
+
 pub(super) fn cancel_delivered(tx: &Transaction<'_>, user: UserId, up_to_pos: u64) -> CmdResult<u64> {
     tx.prepare_cached("DELETE FROM push_jobs WHERE user_id = ?1 AND state = 0 AND last_pos <= ?2")?
         .execute(params![user.0 as i64, up_to_pos as i64])?;
