@@ -5,9 +5,9 @@
 //! transaction as the entry, so a message the server acknowledged never loses its push.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use dashmap::DashSet;
+use dashmap::DashMap;
 use tokio::sync::Notify;
 
 use super::notification::preview;
@@ -24,9 +24,13 @@ pub struct PushGate {
     preview_chars: usize,
     allowed_app_ids: Vec<String>,
     /// Users who may have pending pushes: an ack from one of them is worth a store write. Filled
-    /// when this node queues a push and at start from the store; a user missing here (queued by
-    /// another node) is still checked when the push falls due.
-    pending: DashSet<UserId>,
+    /// when this node decides on a push (before its append, so an ack of an entry whose push is
+    /// still being queued goes to the store) and at start from the store; a user missing here
+    /// (queued by another node) is still checked when the push falls due. The value is the
+    /// decision's number: an ack that found nothing pending forgets the user only if no decision
+    /// came meanwhile.
+    pending: DashMap<UserId, u64>,
+    decisions: AtomicU64,
     /// Wakes the push worker when a push is queued that is due before the worker means to look.
     pub(super) wake: Notify,
     /// When the worker will look at the queue next (Unix ms); it sets this before it sleeps.
@@ -43,7 +47,8 @@ impl PushGate {
             grace_ms: config.grace_ms as i64,
             preview_chars: config.preview_chars,
             allowed_app_ids: config.allowed_app_ids.clone(),
-            pending: DashSet::new(),
+            pending: DashMap::new(),
+            decisions: AtomicU64::new(0),
             wake: Notify::new(),
             next_look_ms: AtomicI64::new(0),
             clock,
@@ -80,6 +85,7 @@ impl PushGate {
         if users.is_empty() {
             return None;
         }
+        self.may_be_pending(&users);
         Some(PushFanout {
             users,
             kind,
@@ -100,6 +106,7 @@ impl PushGate {
         if !self.enabled() || online {
             return None;
         }
+        self.may_be_pending(&[user]);
         Some(PushFanout {
             users: vec![user],
             kind: PushKind::Activity,
@@ -121,9 +128,7 @@ impl PushGate {
     /// The worker is woken only if it would otherwise look too late (a burst of messages would
     /// otherwise cost one queue scan each).
     pub fn queued(&self, users: &[UserId], due_at_ms: i64) {
-        for &user in users {
-            self.pending.insert(user);
-        }
+        self.may_be_pending(users);
         if due_at_ms < self.next_look_ms.load(Ordering::Acquire) {
             self.wake.notify_one();
         }
@@ -131,8 +136,13 @@ impl PushGate {
 
     /// Remembers users with pending pushes found in the store at start.
     pub(super) fn remember_pending(&self, users: Vec<UserId>) {
-        for user in users {
-            self.pending.insert(user);
+        self.may_be_pending(&users);
+    }
+
+    fn may_be_pending(&self, users: &[UserId]) {
+        let decision = self.decisions.fetch_add(1, Ordering::Relaxed);
+        for &user in users {
+            self.pending.insert(user, decision);
         }
     }
 
@@ -150,14 +160,15 @@ impl PushGate {
         pos: u64,
         check_store: bool,
     ) -> Option<impl Future<Output = ()> + 'static> {
-        if !self.enabled() || !(check_store || self.pending.contains(&user)) {
+        let decision = self.pending.get(&user).map(|d| *d);
+        if !self.enabled() || !(check_store || decision.is_some()) {
             return None;
         }
         let gate = self.clone();
         Some(async move {
             match gate.store.cancel_delivered_pushes(user, pos).await {
                 Ok(0) => {
-                    gate.pending.remove(&user);
+                    gate.pending.remove_if(&user, |_, d| Some(*d) == decision);
                 }
                 Ok(_) => {}
                 // The push is still checked against the delivered marker when it falls due.

@@ -318,6 +318,8 @@ impl Worker {
         } else if job.last_seq <= context.delivered_up_to_seq {
             // The read marker implies the delivered one.
             Some("delivered or read on another device")
+        } else if job.last_pos <= context.stream_delivered_up_to_pos {
+            Some("delivered: a device acknowledged its stream past it")
         } else if online {
             Some("the user is connected")
         } else if context.muted_until_ms > now {

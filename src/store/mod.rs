@@ -161,7 +161,10 @@ pub trait PushPrefsStore: Send + Sync {
 /// The durable push queue.
 #[async_trait]
 pub trait PushQueueStore: Send + Sync {
-    /// A device of `user` received its stream up to `pos`: cancels the pending pushes it covers.
+    /// A device of `user` received its stream up to `pos`: cancels the pending pushes it covers,
+    /// and notes the position (`PushContext::stream_delivered_up_to_pos`), so that a push queued
+    /// after the ack for what it covers is not sent either: where an entry reaches streams before
+    /// its pushes are queued (ScyllaDB), a device may read and acknowledge it in between.
     /// Returns how many pending pushes the user still has.
     async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64>;
     /// Claims up to `limit` jobs due by `now_ms`, leased until `now_ms + lease_ms`, oldest due first.

@@ -164,6 +164,8 @@ pub struct PushContext {
     /// How far the user has read / received this room.
     pub read_up_to_seq: u64,
     pub delivered_up_to_seq: u64,
+    /// How far a device of the user has acknowledged the user's stream (0: never).
+    pub stream_delivered_up_to_pos: u64,
     pub muted_until_ms: i64,
     pub dnd_until_ms: i64,
     /// The user wants pushes without sender, room or text.

@@ -117,6 +117,8 @@ pub(super) struct Statements {
     failed_before: PreparedStatement,
     forget_failed: PreparedStatement,
     devices_with_tokens: PreparedStatement,
+    note_delivered: PreparedStatement,
+    delivered: PreparedStatement,
 }
 
 impl Statements {
@@ -180,6 +182,11 @@ impl Statements {
             forget_failed: p("DELETE FROM {ks}.push_failed WHERE shard = ? AND failed_at_ms = ? AND job_id = ?".into())
                 .await?,
             devices_with_tokens: p("SELECT device_id, platform FROM {ks}.push_tokens WHERE user_id = ?".into()).await?,
+            // The position is the write's timestamp too: of acks from two devices at once, the
+            // further one wins, without a read or a lightweight transaction.
+            note_delivered:
+                p("UPDATE {ks}.push_delivered USING TIMESTAMP ? SET up_to_pos = ? WHERE user_id = ?".into()).await?,
+            delivered: p("SELECT up_to_pos FROM {ks}.push_delivered WHERE user_id = ?".into()).await?,
         })
     }
 }
@@ -482,6 +489,9 @@ impl ScyllaStore {
 #[async_trait]
 impl PushQueueStore for ScyllaStore {
     async fn cancel_delivered_pushes(&self, user: UserId, up_to_pos: u64) -> StoreResult<u64> {
+        // Noted before the jobs are read: a job queued meanwhile is then dropped when it falls due.
+        let pos = up_to_pos as i64;
+        self.execute(&self.push_queue.note_delivered, (pos, pos, id(user.0))).await?;
         let mut still_pending = 0;
         for job in self.jobs_of(user).await? {
             if job.state != PENDING {
@@ -547,6 +557,8 @@ impl PushQueueStore for ScyllaStore {
         let member = activity || self.is_member(job.room, job.user).await?;
         let (delivered, read) = if activity { (0, 0) } else { self.markers(job.room, job.user).await? };
         let prefs = self.push_preferences(job.user, job.room).await?;
+        let stream_delivered =
+            self.rows::<(Option<i64>,)>(&self.push_queue.delivered, (id(job.user.0),)).await?.first().and_then(|r| r.0);
         Ok(PushContext {
             room_kind: kind,
             room_name,
@@ -554,6 +566,7 @@ impl PushQueueStore for ScyllaStore {
             badge: self.unread_total(job.user).await?.min(BADGE_CAP),
             read_up_to_seq: read,
             delivered_up_to_seq: delivered,
+            stream_delivered_up_to_pos: stream_delivered.unwrap_or(0) as u64,
             muted_until_ms: prefs.muted_until_ms,
             dnd_until_ms: prefs.dnd_until_ms,
             hide_previews: prefs.hide_previews,

@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 12;
+pub(super) const SCHEMA_VERSION: i32 = 13;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -243,6 +243,11 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS {ks}.post_recent_likes (post_id bigint, liked_at_ms bigint, user_id bigint,
                 PRIMARY KEY (post_id, liked_at_ms, user_id)) WITH CLUSTERING ORDER BY (liked_at_ms DESC, user_id ASC)",
         ],
+    ),
+    (
+        13,
+        "how far streams were acknowledged",
+        &["CREATE TABLE IF NOT EXISTS {ks}.push_delivered (user_id bigint PRIMARY KEY, up_to_pos bigint)"],
     ),
 ];
 

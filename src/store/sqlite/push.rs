@@ -212,7 +212,20 @@ pub(super) fn cancel_seen_activity(tx: &Transaction<'_>, user: UserId, up_to_pos
     Ok(())
 }
 
+/// How far each user's stream was acknowledged (schema version 12).
+pub(super) const DELIVERED_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS push_delivered (
+    user_id INTEGER PRIMARY KEY,
+    up_to_pos INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 pub(super) fn cancel_delivered(tx: &Transaction<'_>, user: UserId, up_to_pos: u64) -> CmdResult<u64> {
+    tx.prepare_cached(
+        "INSERT INTO push_delivered (user_id, up_to_pos) VALUES (?1, ?2)
+         ON CONFLICT (user_id) DO UPDATE SET up_to_pos = max(up_to_pos, excluded.up_to_pos)",
+    )?
+    .execute(params![user.0 as i64, up_to_pos as i64])?;
     tx.prepare_cached("DELETE FROM push_jobs WHERE user_id = ?1 AND state = 0 AND last_pos <= ?2")?
         .execute(params![user.0 as i64, up_to_pos as i64])?;
     let left: i64 = tx
@@ -362,6 +375,11 @@ pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<Push
         .prepare_cached("SELECT read_seq, delivered_seq FROM members WHERE room_id = ?1 AND user_id = ?2")?
         .query_row(params![room, user], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
+    let stream_delivered: i64 = conn
+        .prepare_cached("SELECT up_to_pos FROM push_delivered WHERE user_id = ?1")?
+        .query_row([user], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
     let PushPreferences { muted_until_ms, dnd_until_ms, hide_previews } = preferences(conn, job.user, job.room)?;
     Ok(PushContext {
         room_kind: room_kind_from(kind),
@@ -370,6 +388,7 @@ pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<Push
         badge: unread_total(conn, job.user)?,
         read_up_to_seq: marks.map_or(0, |m| m.0 as u64),
         delivered_up_to_seq: marks.map_or(0, |m| m.1 as u64),
+        stream_delivered_up_to_pos: stream_delivered as u64,
         muted_until_ms,
         dnd_until_ms,
         hide_previews,

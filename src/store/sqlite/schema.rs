@@ -173,7 +173,7 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
 
 /// The schema's version (`PRAGMA user_version`) this build writes. A database is brought up to it
 /// on open, one migration at a time; one of a newer version (made by a newer tidings) is refused.
-pub(super) const SCHEMA_VERSION: i64 = 11;
+pub(super) const SCHEMA_VERSION: i64 = 12;
 
 /// A schema version, what it brings (for the log), and the step that brings it.
 type Migration = (i64, &'static str, fn(&Connection) -> rusqlite::Result<()>);
@@ -204,6 +204,7 @@ const MIGRATIONS: &[Migration] = &[
         add_column(c, "post_likes", "liked_at_ms", "INTEGER NOT NULL DEFAULT 0")?;
         c.execute_batch(super::reactions::LIKES_BY_TIME)
     }),
+    (12, "how far streams were acknowledged", |c| c.execute_batch(super::push::DELIVERED_TABLE)),
 ];
 
 /// Brings the database up to `SCHEMA_VERSION`. Each step runs in its own immediate transaction,
