@@ -277,12 +277,16 @@ pub struct LimitsConfig {
     pub max_in_flight_requests: usize,
     /// Live events queued for one connection; beyond it the connection is a slow consumer.
     pub outbound_queue_events: usize,
+    /// The same in bytes (about: texts and a flat allowance per event), for events and catch-up
+    /// pages alike. Beyond it the connection catches up from the store at its own pace.
+    pub outbound_queue_bytes: usize,
     /// A slow consumer that takes nothing from the store for this long is told to resync.
     pub slow_consumer_grace_secs: u64,
     pub heartbeat_interval_secs: u64,
     /// A connection silent (no frame, no pong) this long is closed.
     pub idle_timeout_secs: u64,
-    /// A write to a connection blocked this long closes it.
+    /// A write to a connection blocked this long (its client stopped reading) ends it:
+    /// RESYNC_REQUIRED, then close 1008.
     pub write_timeout_secs: u64,
     /// A room actor with no traffic for this long stops (it reloads from the store on demand).
     pub room_idle_secs: u64,
@@ -313,6 +317,7 @@ impl Default for LimitsConfig {
             group_adds: GroupAdds::Anyone,
             max_in_flight_requests: 64,
             outbound_queue_events: 512,
+            outbound_queue_bytes: 128 * 1024,
             slow_consumer_grace_secs: 30,
             heartbeat_interval_secs: 15,
             idle_timeout_secs: 45,

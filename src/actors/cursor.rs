@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{Notice, Outbound};
+use super::{Notice, Outbound, OutboundBudget, event_bytes};
 use crate::domain::StreamEvent;
 use crate::metrics::METRICS;
 use crate::store::StoreResult;
@@ -66,6 +66,9 @@ pub(super) enum Next {
 
 pub(super) struct Cursor {
     outbound: mpsc::Sender<Outbound>,
+    /// The bytes of the events in `outbound`: an event or page that does not fit is read from the
+    /// store later, as one that finds the queue full.
+    budget: Arc<OutboundBudget>,
     /// Permits for pages in the outbound queue (`QUEUED_PAGES`); a page gives its permit back when
     /// the connection has written it (or dropped it).
     pages: Arc<Semaphore>,
@@ -79,9 +82,10 @@ pub(super) struct Cursor {
 }
 
 impl Cursor {
-    pub fn new(outbound: mpsc::Sender<Outbound>) -> Self {
+    pub fn new(outbound: mpsc::Sender<Outbound>, budget: Arc<OutboundBudget>) -> Self {
         Self {
             outbound,
+            budget,
             pages: Arc::new(Semaphore::new(QUEUED_PAGES)),
             state: State::NotSynced,
             held: BTreeMap::new(),
@@ -126,12 +130,12 @@ impl Cursor {
                     self.hold(pos, event.clone());
                     return if first_gap { Next::CheckGap } else { Next::Nothing };
                 }
-                match self.outbound.try_send(Outbound::Event(pos, event.clone())) {
-                    Ok(()) => {
+                match queue_event(&self.outbound, &self.budget, pos, event) {
+                    true => {
                         *next_pos += 1;
                         if self.drain_held(now) { Next::Nothing } else { self.behind(now) }
                     }
-                    Err(_) => self.behind(now),
+                    false => self.behind(now),
                 }
             }
         }
@@ -211,10 +215,23 @@ impl Cursor {
                 true => Next::Nothing,
             };
         }
+        // What fits the byte budget goes now; the rest is read again when there is room.
+        let (mut events, mut bytes, room) = (events, 0, self.budget.room());
+        let fits = events.iter().take_while(|(_, e)| {
+            bytes += event_bytes(e);
+            bytes <= room
+        });
+        let fit = fits.count().max(1);
+        events.truncate(fit);
+        let bytes: usize = events.iter().map(|(_, e)| event_bytes(e)).sum();
         let last = events.last().map_or(next, |(pos, _)| *pos);
         let n = events.len() as u64;
         let Ok(permit) = self.pages.clone().try_acquire_owned() else { return self.queue_full(now, grace) };
+        if !self.budget.try_add(bytes) {
+            return self.queue_full(now, grace);
+        }
         if self.outbound.try_send(Outbound::Page(events, permit)).is_err() {
+            self.budget.written(bytes);
             return self.queue_full(now, grace);
         }
         METRICS.events_caught_up_total.add(n);
@@ -258,12 +275,12 @@ impl Cursor {
                 gap_since.get_or_insert(now);
                 return true;
             }
-            match self.outbound.try_send(Outbound::Event(pos, entry.get().clone())) {
-                Ok(()) => {
+            match queue_event(&self.outbound, &self.budget, pos, entry.get()) {
+                true => {
                     entry.remove();
                     *next_pos += 1;
                 }
-                Err(_) => return false,
+                false => return false,
             }
         }
         *gap_since = None;
@@ -285,6 +302,19 @@ impl Cursor {
         self.held.clear();
         self.dropped_held = false;
     }
+}
+
+/// Queues a live event if it fits both the queue and the byte budget.
+fn queue_event(outbound: &mpsc::Sender<Outbound>, budget: &OutboundBudget, pos: u64, event: &StreamEvent) -> bool {
+    let bytes = event_bytes(event);
+    if !budget.try_add(bytes) {
+        return false;
+    }
+    if outbound.try_send(Outbound::Event(pos, event.clone())).is_err() {
+        budget.written(bytes);
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]
@@ -338,7 +368,7 @@ mod tests {
         fn new(queue_capacity: usize, page: usize) -> Self {
             let (tx, queue) = mpsc::channel(queue_capacity);
             Self {
-                cursor: Cursor::new(tx),
+                cursor: Cursor::new(tx, Arc::new(OutboundBudget::new(usize::MAX / 2))),
                 queue,
                 now: Instant::now(),
                 head: 0,

@@ -22,6 +22,7 @@ mod cursor;
 mod fanout_sweep;
 mod feed;
 mod hub;
+mod outbound_budget;
 mod peers;
 mod protocol;
 mod registry;
@@ -31,6 +32,7 @@ mod user;
 pub use fanout_sweep::fanout_sweep;
 pub use feed::{Feeds, feed_sweep};
 pub use hub::Hub;
+pub use outbound_budget::{OutboundBudget, event_bytes};
 pub use peers::{Forwarding, Peers};
 pub use protocol::{
     ActorRequest, Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, RoomOp, RoomWrite, SentAck,

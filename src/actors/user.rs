@@ -14,7 +14,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use tokio::sync::mpsc;
 
 use super::cursor::{Cursor, GAP_WAIT, Next};
-use super::{Ephemeral, Hub, Notice, Outbound, PresenceInfo, Replier, ReplyBody};
+use super::{Ephemeral, Hub, Notice, Outbound, OutboundBudget, PresenceInfo, Replier, ReplyBody};
 use crate::domain::{Code, ConnId, DeviceId, DomainError, StreamEvent, UserId, now_ms};
 use crate::metrics::METRICS;
 
@@ -32,6 +32,8 @@ pub struct Attach {
     pub conn: ConnId,
     pub device: DeviceId,
     pub outbound: mpsc::Sender<Outbound>,
+    /// The bytes of events in `outbound`, shared with the connection that writes them.
+    pub budget: Arc<OutboundBudget>,
 }
 
 #[derive(Message)]
@@ -223,7 +225,7 @@ impl Handler<Attach> for UserActor {
         if self.conns.is_empty() {
             self.announce_presence(true);
         }
-        self.conns.insert(msg.conn, Conn { device: msg.device, cursor: Cursor::new(msg.outbound) });
+        self.conns.insert(msg.conn, Conn { device: msg.device, cursor: Cursor::new(msg.outbound, msg.budget) });
         // A logout between this connection's authentication and now sent its kick to no one.
         self.recheck_devices(Some(msg.device), ctx);
     }

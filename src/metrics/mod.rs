@@ -44,6 +44,10 @@ impl Gauge {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, n: i64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -88,6 +92,8 @@ metrics! {
     events_delivered_total: Counter = "Stream events written to connections (live and catch-up).",
     events_caught_up_total: Counter = "Stream events sent from the store rather than live.",
     slow_consumers_total: Counter = "Times a connection fell behind and was moved to catch-up or told to resync.",
+    connections_fell_behind_total: Counter = "Connections closed with RESYNC_REQUIRED (1008) because their client stopped reading.",
+    outbound_queued_bytes: Gauge = "Bytes of stream events queued for connections and not yet handed to their sockets.",
     room_appends_fenced_total: Counter = "Appends refused because another writer had taken the room over (ownership moving).",
     room_fanouts_after_ack_total: Counter = "Messages acknowledged before their fan-out (large rooms on ScyllaDB).",
     feed_fanouts_total: Counter = "Posts fanned out to their authors' followers' home feeds (or marked for merging when read).",

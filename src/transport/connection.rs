@@ -4,11 +4,15 @@
 //! Flow control, all bounded:
 //! - answers: at most `max_in_flight_requests` requests await an answer; reading pauses at the limit
 //!   (the answer queue has exactly that capacity, so an answer always fits);
-//! - events: the user actor puts them in a queue of `outbound_queue_events`; when it is full the
-//!   actor moves this connection to catching up from the store, and past the slow-consumer grace it
-//!   drops the queue: the connection then sends RESYNC_REQUIRED and closes;
+//! - events: the user actor puts them in a queue of `outbound_queue_events` items and
+//!   `outbound_queue_bytes` bytes (`OutboundBudget`); when it is full the actor moves this
+//!   connection to catching up from the store, and past the slow-consumer grace it drops the
+//!   queue: the connection then sends RESYNC_REQUIRED and closes with 1008;
 //! - writes: actix-ws encodes every frame queued since the last write into one buffer, so a burst
-//!   leaves in one write; a write blocked for `write_timeout_secs` closes the connection.
+//!   leaves in one write. Below it actix-ws holds at most 32 frames and actix-http's write buffer
+//!   32 KiB before a write waits; a write that waits `write_timeout_secs` (the client stopped
+//!   reading) ends the connection the same way: RESYNC_REQUIRED, then close 1008, queued behind
+//!   what the socket already holds (each waiting up to `write_timeout_secs` more).
 
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
@@ -26,7 +30,7 @@ use super::dispatch::{Caller, dispatch};
 use super::encode::{
     Payload, answer_frame, encode, ephemeral_frame, error_frame, event_frame, going_away_frame, notice_frame,
 };
-use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, Replier, UserEntry};
+use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, OutboundBudget, Replier, UserEntry, event_bytes};
 use crate::auth::{AuthService, Authenticated};
 use crate::config::LimitsConfig;
 use crate::domain::error::{Code, DomainError};
@@ -52,6 +56,8 @@ pub struct ConnectionSetup {
 enum End {
     ClientClosed,
     Close(CloseReason),
+    /// The client stopped reading, or was too slow for too long: RESYNC_REQUIRED, then 1008.
+    FellBehind,
 }
 
 fn close(code: CloseCode, description: &str) -> End {
@@ -64,14 +70,40 @@ struct Writer {
     write_timeout: Duration,
 }
 
+/// How a write went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Yes,
+    /// The connection is gone.
+    Gone,
+    /// It waited `write_timeout` for room: the client is not reading. The frame did not go.
+    Stalled,
+}
+
 impl Writer {
-    /// Writes one frame; false when the connection is gone or stuck.
-    async fn send(&mut self, frame: &ServerFrame) -> bool {
-        let sent = match encode(self.encoding, frame) {
-            Payload::Binary(bytes) => tokio::time::timeout(self.write_timeout, self.session.binary(bytes)).await,
-            Payload::Text(text) => tokio::time::timeout(self.write_timeout, self.session.text(text)).await,
-        };
-        matches!(sent, Ok(Ok(())))
+    /// Writes one frame, waiting at most `write_timeout` for room.
+    async fn send(&mut self, frame: &ServerFrame) -> Sent {
+        match encode(self.encoding, frame) {
+            Payload::Binary(bytes) => within(self.write_timeout, self.session.binary(bytes)).await,
+            Payload::Text(text) => within(self.write_timeout, self.session.text(text)).await,
+        }
+    }
+
+    /// Control frames wait for room like any other (a client that stopped reading has none).
+    async fn ping(&mut self) -> Sent {
+        within(self.write_timeout, self.session.ping(b"")).await
+    }
+
+    async fn pong(&mut self, payload: &[u8]) -> Sent {
+        within(self.write_timeout, self.session.pong(payload)).await
+    }
+}
+
+async fn within(timeout: Duration, write: impl Future<Output = Result<(), actix_ws::Closed>>) -> Sent {
+    match tokio::time::timeout(timeout, write).await {
+        Ok(Ok(())) => Sent::Yes,
+        Ok(Err(_)) => Sent::Gone,
+        Err(_) => Sent::Stalled,
     }
 }
 
@@ -89,11 +121,12 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
     let (outbound_tx, mut outbound) = mpsc::channel(limits.outbound_queue_events.max(1));
+    let budget = Arc::new(OutboundBudget::new(limits.outbound_queue_bytes.max(1)));
     let in_flight_cap = limits.max_in_flight_requests.max(1);
     let (answers_tx, mut answers) = mpsc::channel::<Answer>(in_flight_cap);
     let writer = Writer { session, encoding, write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)) };
 
-    let Some(user_actor) = attach(&hub, auth, conn, outbound_tx).await else {
+    let Some(user_actor) = attach(&hub, auth, conn, outbound_tx, &budget).await else {
         let _ = writer.session.close(None).await;
         METRICS.connections_open.dec();
         return;
@@ -121,6 +154,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
         answers: answers_tx,
         last_heard: Instant::now(),
         last_event_pos: 0,
+        budget,
         bad_frames_in_a_row: 0,
     };
     tracing::debug!("connected");
@@ -150,11 +184,18 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     };
 
     let _ = user_actor.addr.send(Detach { conn }).await;
+    let Connection { mut writer, last_event_pos, .. } = connection;
     let reason = match end {
         End::ClientClosed => None,
         End::Close(reason) => Some(reason),
+        End::FellBehind => {
+            METRICS.connections_fell_behind_total.inc();
+            tracing::info!(pos = last_event_pos, "the client fell behind; told to resync");
+            // Behind what the socket already holds: a client that reads again in time gets it.
+            writer.send(&notice_frame(&Notice::ResyncRequired { pos: last_event_pos })).await;
+            Some(CloseReason { code: CloseCode::Policy, description: Some("fell behind; reconnect and sync".into()) })
+        }
     };
-    let Connection { writer, .. } = connection;
     // A client that stopped reading cannot take a close frame either: bounded, like every write.
     let _ = tokio::time::timeout(writer.write_timeout, writer.session.close(reason)).await;
     METRICS.connections_open.dec();
@@ -172,17 +213,23 @@ struct Connection {
     answers: mpsc::Sender<Answer>,
     idle_timeout: Duration,
     last_heard: Instant,
-    /// The last stream position written, for RESYNC_REQUIRED.
+    /// The last stream position handed to the socket, for RESYNC_REQUIRED.
     last_event_pos: u64,
+    /// The bytes of events queued for this connection, shared with the user actor.
+    budget: Arc<OutboundBudget>,
     bad_frames_in_a_row: u32,
 }
 
 /// Whether the connection goes on, or ends and how.
 type Step = ControlFlow<End>;
 
-/// `Continue` if the write went out, else the end of a connection whose client is gone.
-fn written(ok: bool) -> Step {
-    if ok { Continue(()) } else { Break(End::ClientClosed) }
+/// `Continue` if the write went out, else the end of the connection.
+fn written(sent: Sent) -> Step {
+    match sent {
+        Sent::Yes => Continue(()),
+        Sent::Gone => Break(End::ClientClosed),
+        Sent::Stalled => Break(End::FellBehind),
+    }
 }
 
 impl Connection {
@@ -201,13 +248,9 @@ impl Connection {
     /// What the user actor sent: events, pages, ephemeral events, notices; `None` when it dropped
     /// this connection for falling too far behind.
     async fn on_outbound(&mut self, out: Option<Outbound>) -> Step {
-        let Some(out) = out else {
-            self.writer.send(&notice_frame(&Notice::ResyncRequired { pos: self.last_event_pos })).await;
-            return Break(close(CloseCode::Policy, "fell behind; reconnect and sync"));
-        };
-        match write_outbound(&mut self.writer, out, &mut self.last_event_pos).await {
-            Written::Ok => Continue(()),
-            Written::Gone => Break(End::ClientClosed),
+        let Some(out) = out else { return Break(End::FellBehind) };
+        match self.write_outbound(out).await {
+            Written::Sent(sent) => written(sent),
             Written::LoggedOut => Break(close(CloseCode::Policy, "logged out")),
         }
     }
@@ -216,10 +259,7 @@ impl Connection {
         self.last_heard = Instant::now();
         let payload = match message {
             None | Some(Ok(AggregatedMessage::Close(_))) => return Break(End::ClientClosed),
-            Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                let _ = self.writer.session.pong(&bytes).await;
-                return Continue(());
-            }
+            Some(Ok(AggregatedMessage::Ping(bytes))) => return written(self.writer.pong(&bytes).await),
             Some(Ok(AggregatedMessage::Pong(_))) => return Continue(()),
             Some(Ok(AggregatedMessage::Binary(bytes))) => (Encoding::Protobuf, bytes),
             Some(Ok(AggregatedMessage::Text(text))) => (Encoding::Json, text.into_bytes()),
@@ -267,8 +307,8 @@ impl Connection {
     /// A frame that did not decode: answered, and counted (too many in a row close the connection).
     async fn on_bad_frame(&mut self, request_id: u64, e: &DomainError) -> Step {
         METRICS.request_errors_total.inc();
-        if !self.writer.send(&error_frame(request_id, e)).await {
-            return Break(End::ClientClosed);
+        if let Break(end) = written(self.writer.send(&error_frame(request_id, e)).await) {
+            return Break(end);
         }
         self.bad_frames_in_a_row += 1;
         let max = self.limits.max_consecutive_bad_frames;
@@ -287,7 +327,7 @@ impl Connection {
         if self.last_heard.elapsed() > self.idle_timeout {
             return Break(close(CloseCode::Away, "idle timeout"));
         }
-        written(self.writer.session.ping(b"").await.is_ok())
+        written(self.writer.ping().await)
     }
 }
 
@@ -303,10 +343,11 @@ async fn attach(
     auth: Authenticated,
     conn: ConnId,
     outbound: mpsc::Sender<Outbound>,
+    budget: &Arc<OutboundBudget>,
 ) -> Option<UserEntry> {
     for _ in 0..3 {
         let entry = hub.registry.user_or_start(auth.user, hub);
-        let attach = Attach { conn, device: auth.device, outbound: outbound.clone() };
+        let attach = Attach { conn, device: auth.device, outbound: outbound.clone(), budget: budget.clone() };
         if entry.addr.send(attach).await.is_ok() {
             return Some(entry);
         }
@@ -316,36 +357,47 @@ async fn attach(
 }
 
 enum Written {
-    Ok,
-    Gone,
+    Sent(Sent),
     LoggedOut,
 }
 
-async fn write_outbound(writer: &mut Writer, out: Outbound, last_event_pos: &mut u64) -> Written {
-    let ok = match out {
-        Outbound::Event(pos, event) => {
-            *last_event_pos = pos;
-            METRICS.events_delivered_total.inc();
-            writer.send(&event_frame(pos, &event)).await
-        }
-        Outbound::Page(events, _permit) => {
-            for (pos, event) in &events {
-                *last_event_pos = *pos;
-                if !writer.send(&event_frame(*pos, event)).await {
-                    return Written::Gone;
+impl Connection {
+    /// Writes what the user actor queued. An event counts as written (for RESYNC_REQUIRED's
+    /// position, and off the byte budget) once the socket took it.
+    async fn write_outbound(&mut self, out: Outbound) -> Written {
+        let sent = match out {
+            Outbound::Event(pos, event) => {
+                let sent = self.writer.send(&event_frame(pos, &event)).await;
+                self.budget.written(event_bytes(&event));
+                if sent == Sent::Yes {
+                    self.last_event_pos = pos;
+                    METRICS.events_delivered_total.inc();
                 }
+                sent
             }
-            METRICS.events_delivered_total.add(events.len() as u64);
-            true
-        }
-        Outbound::Ephemeral(event) => writer.send(&ephemeral_frame(&event)).await,
-        Outbound::Notice(notice) => {
-            let ok = writer.send(&notice_frame(&notice)).await;
-            if notice == Notice::LoggedOut {
-                return Written::LoggedOut;
+            Outbound::Page(events, _permit) => {
+                let mut sent = Sent::Yes;
+                for (pos, event) in &events {
+                    if sent == Sent::Yes {
+                        sent = self.writer.send(&event_frame(*pos, event)).await;
+                        if sent == Sent::Yes {
+                            self.last_event_pos = *pos;
+                            METRICS.events_delivered_total.inc();
+                        }
+                    }
+                    self.budget.written(event_bytes(event));
+                }
+                sent
             }
-            ok
-        }
-    };
-    if ok { Written::Ok } else { Written::Gone }
+            Outbound::Ephemeral(event) => self.writer.send(&ephemeral_frame(&event)).await,
+            Outbound::Notice(notice) => {
+                let sent = self.writer.send(&notice_frame(&notice)).await;
+                if notice == Notice::LoggedOut {
+                    return Written::LoggedOut;
+                }
+                sent
+            }
+        };
+        Written::Sent(sent)
+    }
 }

@@ -8,6 +8,7 @@ mod chat;
 mod cluster;
 mod durability;
 mod feeds;
+mod flow_control;
 mod follows;
 mod harness;
 mod media;

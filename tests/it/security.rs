@@ -12,6 +12,7 @@ use tidings_client::{Connection, Incoming};
 use wire::client_frame::Request as Req;
 
 use crate::cluster::RedisServer;
+use crate::flow_control::metric;
 use crate::harness::*;
 use crate::prerequisites::{Prerequisite, require};
 
@@ -175,75 +176,6 @@ async fn concurrent_logins_are_capped_and_the_servers_memory_stays_bounded() {
     eprintln!("128 concurrent logins: {shed} shed with 503, peak RSS {peak_kib} KiB");
     // Before the cap: 2.7 GB for 128 concurrent logins.
     assert!(peak_kib < 512 * 1024, "peak RSS {peak_kib} KiB");
-}
-
-/// A counter from a server's `/metrics`.
-async fn metric(http: &tidings_client::Http, name: &str) -> u64 {
-    let (_, text) = http.get_text("/metrics").await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("{name} in {text}")) as u64
-}
-
-#[tokio::test]
-async fn sockets_that_sync_from_zero_and_never_read_hold_two_pages_each_not_their_whole_queue() {
-    use futures_util::SinkExt;
-    use prost::Message as _;
-    use tokio_tungstenite::tungstenite::Message;
-
-    let data = tempfile::tempdir().unwrap();
-    // Small pages, and patience: the connections must still be open when we count.
-    let settings = [
-        "limits.max_message_bytes=65536",
-        "limits.catch_up_page_events=16",
-        "limits.write_timeout_secs=120",
-        "limits.slow_consumer_grace_secs=120",
-        "limits.idle_timeout_secs=120",
-    ]
-    .map(String::from);
-    let (_server, addr) = crate::durability::spawn_server_with(data.path(), &settings);
-    let http = tidings_client::Http::new(format!("http://{addr}"));
-    let ana = http.sign_up("ana", PASSWORD, "phone").await.unwrap();
-    let bob = http.sign_up("bob", PASSWORD, "phone").await.unwrap();
-    let ws = format!("ws://{addr}");
-    let a = Connection::connect(&ws, &ana.access_token, Encoding::Protobuf).await.unwrap();
-    let room = a.create_direct(bob.user_id).await.unwrap().room_id;
-    // 18 MB of stream, several times what the kernel's socket buffers take.
-    let big = "x".repeat(60 * 1024);
-    for i in 0..300 {
-        a.send_text(room, &format!("m{i}"), &big).await.unwrap();
-    }
-
-    let bob = TestUser { name: "bob".into(), auth: bob, ws_base: ws.clone(), http: http.clone() };
-    let mut stalled = Vec::new();
-    for _ in 0..4 {
-        let mut socket = bob.raw_socket().await;
-        let sync = wire::ClientFrame {
-            request_id: 1,
-            request: Some(Req::Sync(wire::SyncRequest { after_pos: 0, ..Default::default() })),
-        };
-        socket.send(Message::Binary(sync.encode_to_vec().into())).await.unwrap();
-        stalled.push(socket);
-    }
-    // Catching up stops once the sockets' buffers and queues are full.
-    let mut last = u64::MAX;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = metric(&http, "tidings_events_caught_up_total").await;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let read = metric(&http, "tidings_events_caught_up_total").await;
-    let written = metric(&http, "tidings_events_delivered_total").await;
-    let queued = read - written;
-    eprintln!("4 stalled sockets: {read} events read for them, {written} written, {queued} queued");
-    // At most two pages per connection (one being written, one ready). Before the bound, each
-    // socket queued what its 512-item queue held: every page of its stream the kernel did not take.
-    assert!(queued <= 4 * 2 * 16, "{queued} events queued for 4 sockets");
-    assert!(read < 4 * 301, "the test needs more stream than the socket buffers hold ({read} read)");
 }
 
 async fn open(server: &TestServer, user: &TestUser, from: &str) -> Connection {
