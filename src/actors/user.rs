@@ -179,7 +179,8 @@ impl UserActor {
 
     /// A fan-out found our mailbox full: every live connection re-reads from the store.
     fn recover_missed(&mut self, ctx: &mut Context<Self>) {
-        if !self.missed.swap(false, Ordering::AcqRel) {
+        // A load first: this runs for every event, and the flag is almost never set.
+        if !self.missed.load(Ordering::Acquire) || !self.missed.swap(false, Ordering::AcqRel) {
             return;
         }
         // Whatever was lost may have included a logout (the bridge was away): ask the store.

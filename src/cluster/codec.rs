@@ -132,6 +132,7 @@ mod tests {
             sender: UserId(1),
             sent_at_ms: 1234,
             body,
+            encoded: Default::default(),
         }))
     }
 

@@ -73,7 +73,30 @@ pub struct RoomEntry {
     pub sender: UserId,
     pub sent_at_ms: i64,
     pub body: EntryBody,
+    /// The entry as the wire encodes it, made by the first connection that writes it and shared
+    /// by every other through the `Arc` the entry travels in: a message to a group is encoded once,
+    /// not once per member. An entry is never changed once shared (an edit is a new entry).
+    #[serde(skip)]
+    pub encoded: EncodedOnce,
 }
+
+/// A lazily made, shared encoding of a value; never part of its equality.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedOnce(std::sync::OnceLock<bytes::Bytes>);
+
+impl EncodedOnce {
+    pub fn get_or_init(&self, encode: impl FnOnce() -> bytes::Bytes) -> &bytes::Bytes {
+        self.0.get_or_init(encode)
+    }
+}
+
+impl PartialEq for EncodedOnce {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for EncodedOnce {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryBody {

@@ -158,6 +158,7 @@ async fn create(
         sender: me,
         sent_at_ms,
         body: EntryBody::Created { kind, name: name.clone(), members: members.clone() },
+        encoded: Default::default(),
     });
     let new_room = NewRoom { id, kind, name, creator: me, members, entry: (*entry).clone() };
     let room = match hub.store.create_room(new_room).await? {

@@ -28,13 +28,13 @@ use super::connection_caps::CapsGuard;
 use super::decode::{decode_frame, peek_request_id, to_request};
 use super::dispatch::{Caller, dispatch};
 use super::encode::{
-    Payload, answer_frame, encode, ephemeral_frame, error_frame, event_frame, going_away_frame, notice_frame,
+    Payload, answer_frame, encode, ephemeral_frame, error_frame, event_payload, going_away_frame, notice_frame,
 };
 use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, OutboundBudget, Replier, UserEntry, event_bytes};
 use crate::auth::{AuthService, Authenticated};
 use crate::config::LimitsConfig;
 use crate::domain::error::{Code, DomainError};
-use crate::domain::{ConnId, now_ms};
+use crate::domain::{ConnId, StreamEvent, now_ms};
 use crate::metrics::METRICS;
 use crate::rate_limit::TokenBucket;
 
@@ -83,7 +83,15 @@ enum Sent {
 impl Writer {
     /// Writes one frame, waiting at most `write_timeout` for room.
     async fn send(&mut self, frame: &ServerFrame) -> Sent {
-        match encode(self.encoding, frame) {
+        self.send_payload(encode(self.encoding, frame)).await
+    }
+
+    async fn send_event(&mut self, pos: u64, event: &StreamEvent) -> Sent {
+        self.send_payload(event_payload(self.encoding, pos, event)).await
+    }
+
+    async fn send_payload(&mut self, payload: Payload) -> Sent {
+        match payload {
             Payload::Binary(bytes) => within(self.write_timeout, self.session.binary(bytes)).await,
             Payload::Text(text) => within(self.write_timeout, self.session.text(text)).await,
         }
@@ -159,10 +167,14 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     };
     tracing::debug!("connected");
 
+    // One future for the whole connection: a fresh `changed()` per loop would join and leave the
+    // watch's waiter list (a lock) on every frame written.
+    let shutting_down = shutdown.changed();
+    tokio::pin!(shutting_down);
     let end = loop {
         let step = tokio::select! {
             biased;
-            _ = shutdown.changed() => Break(connection.on_shutdown().await),
+            _ = &mut shutting_down => Break(connection.on_shutdown().await),
             Some(answer) = answers.recv() => connection.on_answer(answer).await,
             out = outbound.recv() => connection.on_outbound(out).await,
             message = stream.recv(), if connection.in_flight.available_permits() > 0 => {
@@ -367,7 +379,7 @@ impl Connection {
     async fn write_outbound(&mut self, out: Outbound) -> Written {
         let sent = match out {
             Outbound::Event(pos, event) => {
-                let sent = self.writer.send(&event_frame(pos, &event)).await;
+                let sent = self.writer.send_event(pos, &event).await;
                 self.budget.written(event_bytes(&event));
                 if sent == Sent::Yes {
                     self.last_event_pos = pos;
@@ -379,7 +391,7 @@ impl Connection {
                 let mut sent = Sent::Yes;
                 for (pos, event) in &events {
                     if sent == Sent::Yes {
-                        sent = self.writer.send(&event_frame(*pos, event)).await;
+                        sent = self.writer.send_event(*pos, event).await;
                         if sent == Sent::Yes {
                             self.last_event_pos = *pos;
                             METRICS.events_delivered_total.inc();

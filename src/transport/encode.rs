@@ -26,6 +26,45 @@ pub fn encode(encoding: Encoding, frame: &ServerFrame) -> Payload {
     }
 }
 
+/// A stream event as the socket takes it. In protobuf a room entry (the same for every member of
+/// its room) is encoded once, on its first write, and each member's frame is those bytes behind its
+/// own position: the same bytes `encode(event_frame(..))` gives, without a copy of the entry's
+/// texts and an encoding per member.
+pub fn event_payload(encoding: Encoding, pos: u64, event: &StreamEvent) -> Payload {
+    match (encoding, event) {
+        (Encoding::Protobuf, StreamEvent::Entry(e)) => {
+            let body = e.encoded.get_or_init(|| Bytes::from(entry(e).encode_to_vec()));
+            Payload::Binary(event_frame_around(pos, EVENT_ENTRY_FIELD, body))
+        }
+        _ => encode(encoding, &event_frame(pos, event)),
+    }
+}
+
+/// `ServerFrame.event` and, inside `Event`, `pos` and `entry` (proto/tidings/v1/tidings.proto).
+const SERVER_FRAME_EVENT_FIELD: u32 = 3;
+const EVENT_POS_FIELD: u32 = 1;
+const EVENT_ENTRY_FIELD: u32 = 10;
+
+/// `ServerFrame { event: Event { pos, <kind_field>: <kind, already encoded> } }`, as prost writes it.
+fn event_frame_around(pos: u64, kind_field: u32, kind: &[u8]) -> Bytes {
+    use prost::bytes::BufMut;
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let pos_len = if pos == 0 { 0 } else { key_len(EVENT_POS_FIELD) + encoded_len_varint(pos) };
+    let event_len = pos_len + key_len(kind_field) + encoded_len_varint(kind.len() as u64) + kind.len();
+    let frame_len = key_len(SERVER_FRAME_EVENT_FIELD) + encoded_len_varint(event_len as u64) + event_len;
+    let mut buf = bytes::BytesMut::with_capacity(frame_len);
+    encode_key(SERVER_FRAME_EVENT_FIELD, WireType::LengthDelimited, &mut buf);
+    encode_varint(event_len as u64, &mut buf);
+    if pos != 0 {
+        encode_key(EVENT_POS_FIELD, WireType::Varint, &mut buf);
+        encode_varint(pos, &mut buf);
+    }
+    encode_key(kind_field, WireType::LengthDelimited, &mut buf);
+    encode_varint(kind.len() as u64, &mut buf);
+    buf.put_slice(kind);
+    buf.freeze()
+}
+
 pub fn error_frame(request_id: u64, error: &DomainError) -> ServerFrame {
     ServerFrame {
         frame: Some(Frame::Error(wire::Error {
@@ -299,5 +338,56 @@ fn room(s: &RoomSummary) -> wire::Room {
         last_entry: s.last_entry.as_ref().map(entry),
         unread_count: s.unread_count,
         read_up_to_seq: s.read_up_to_seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{RoomId, TextMessage, UserId};
+
+    fn text_entry(seq: u64, text: &str) -> StreamEvent {
+        let message = TextMessage { text: text.into(), client_msg_id: format!("c{seq}"), ..Default::default() };
+        StreamEvent::Entry(Arc::new(RoomEntry {
+            room: RoomId(7),
+            seq,
+            id: seq << 20,
+            sender: UserId(3),
+            sent_at_ms: 1_700_000_000_000,
+            body: EntryBody::Text(message),
+            encoded: Default::default(),
+        }))
+    }
+
+    fn bytes(payload: Payload) -> Bytes {
+        match payload {
+            Payload::Binary(b) => b,
+            Payload::Text(t) => Bytes::from(t),
+        }
+    }
+
+    #[test]
+    fn an_entry_encoded_once_gives_every_member_the_bytes_of_its_own_frame() {
+        let long = "é".repeat(5000);
+        let renamed = StreamEvent::Entry(Arc::new(RoomEntry {
+            room: RoomId(1),
+            seq: 9,
+            id: 9,
+            sender: UserId(1),
+            sent_at_ms: 0,
+            body: EntryBody::Renamed("new name".into()),
+            encoded: Default::default(),
+        }));
+        for event in [text_entry(1, "hi"), text_entry(2, ""), text_entry(300, &long), renamed] {
+            // The same shared entry at several positions: the first write fills the cache.
+            for pos in [0, 1, 127, 128, 300_000, u64::MAX] {
+                let expected = bytes(encode(Encoding::Protobuf, &event_frame(pos, &event)));
+                assert_eq!(bytes(event_payload(Encoding::Protobuf, pos, &event)), expected, "pos {pos}");
+                let json = bytes(encode(Encoding::Json, &event_frame(pos, &event)));
+                assert_eq!(bytes(event_payload(Encoding::Json, pos, &event)), json);
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ pub async fn user<S: AccountStore + ?Sized>(store: &S, id: u64, name: &str) -> U
 }
 
 fn entry(room: RoomId, seq: u64, sender: UserId, body: EntryBody) -> RoomEntry {
-    RoomEntry { room, seq, id: seq * 10, sender, sent_at_ms: 1000 + seq as i64, body }
+    RoomEntry { room, seq, id: seq * 10, sender, sent_at_ms: 1000 + seq as i64, body, encoded: Default::default() }
 }
 
 fn text(t: &str, client_id: &str) -> EntryBody {

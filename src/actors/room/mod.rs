@@ -165,6 +165,7 @@ impl RoomActor {
             sender: user,
             sent_at_ms,
             body: planned.body,
+            encoded: Default::default(),
         });
         let registry = &self.hub.registry;
         let push = self.hub.push.fanout(&entry, &planned.recipients, |u| registry.is_online(u));

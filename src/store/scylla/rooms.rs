@@ -122,6 +122,7 @@ impl EntryValues {
                 sender: UserId(self.sender_id as u64),
                 sent_at_ms: self.sent_at_ms,
                 body,
+                encoded: Default::default(),
             },
             epoch: self.epoch as u64,
             recipients: self.recipients.unwrap_or_default().into_iter().map(|u| UserId(u as u64)).collect(),

@@ -39,6 +39,7 @@ pub(super) fn entry_from_row(row: &Row<'_>, offset: usize) -> rusqlite::Result<R
         sender: UserId(get_u64(3)?),
         sent_at_ms: row.get(offset + 4)?,
         body,
+        encoded: Default::default(),
     })
 }
 
