@@ -151,6 +151,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// How long a write waits on another process holding the database's write lock.
     pub busy_timeout_ms: u64,
+    /// SQLite read connections at most (each with its own page cache); reads beyond wait.
+    pub sqlite_readers: usize,
     /// ScyllaDB contact points, `host:port`, comma-separated.
     pub scylla_nodes: String,
     /// The keyspace (created and migrated on start).
@@ -172,6 +174,7 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Full,
             max_batch: 1024,
             busy_timeout_ms: 5000,
+            sqlite_readers: 8,
             scylla_nodes: "127.0.0.1:9042".into(),
             scylla_keyspace: "tidings".into(),
             scylla_replication_factor: 3,

@@ -98,6 +98,7 @@ fn open_sqlite(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     options.synchronous = config.store.synchronous;
     options.max_batch = config.store.max_batch.max(1);
     options.busy_timeout = Duration::from_millis(config.store.busy_timeout_ms);
+    options.max_readers = config.store.sqlite_readers.max(1);
     let store =
         SqliteStore::open(options).with_context(|| format!("opening {}", config.store.database_path().display()))?;
     // SQLite gives the WAL and shared-memory files the database file's mode.

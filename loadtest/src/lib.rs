@@ -13,6 +13,8 @@
 //! - `media_bench`: uploads, variants made and served, against `vipsthumbnail` on the same images.
 //! - `social_bench`: the social scenario (joins, follows with follow-back, stars, posts, likes,
 //!   comments at fixed rates) and its oracle: every feed holds every followed post once, in order.
+//! - `stall_bench`: clients that stop reading: the server's memory per stalled reader, and that each
+//!   is told RESYNC_REQUIRED and closed with 1008 as documented.
 //! - `procfs`: a server process's CPU time and memory.
 //!
 //! Every loop is bounded in count and time, and only loopback targets are accepted.
@@ -25,5 +27,6 @@ pub mod push_bench;
 pub mod report;
 pub mod scenario;
 pub mod social_bench;
+pub mod stall_bench;
 pub mod stats;
 pub mod swarm;

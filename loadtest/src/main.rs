@@ -16,7 +16,7 @@ use tidings_loadtest::procfs::{cpu_secs, rss_kib};
 use tidings_loadtest::report::{self, RunReport};
 use tidings_loadtest::scenario;
 use tidings_loadtest::swarm::{self, Behaviour, Faults, Progress, Roster, RosterPlan, ShardResult, Target};
-use tidings_loadtest::{media_bench, push_bench, social_bench};
+use tidings_loadtest::{media_bench, push_bench, social_bench, stall_bench};
 
 #[derive(Parser)]
 #[command(about = "The tidings load swarm (loopback targets only)")]
@@ -200,6 +200,20 @@ enum Scenario {
         #[arg(long, default_value_t = 30.0)]
         drain_secs: f64,
     },
+    /// Clients that stop reading: R readers in a group stop reading (small socket buffers) while a
+    /// sender writes on, until the server has told each to resync; reports the server's memory per
+    /// stalled reader and checks what each reads afterwards (its events in order, RESYNC_REQUIRED,
+    /// close 1008). Targets the first --server; needs its --server-pid.
+    Stall {
+        #[arg(long, default_value_t = 200)]
+        readers: usize,
+        #[arg(long, default_value_t = 4000)]
+        body_bytes: usize,
+        #[arg(long, default_value_t = 200.0)]
+        messages_per_sec: f64,
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
     /// Internal: one shard of a multi-process run (reads its roster, prints its result as JSON).
     #[command(hide = true)]
     Shard {
@@ -379,6 +393,36 @@ async fn push(bench: &push_bench::PushBench) -> anyhow::Result<()> {
     if let Some(cpu) = report.server_cpu_push_secs {
         row("server CPU per push (after sending)", per(cpu));
     }
+    Ok(())
+}
+
+async fn stall(bench: &stall_bench::StallBench) -> anyhow::Result<()> {
+    let bar = spinner(&format!("{} readers stop reading while {} B messages go out", bench.readers, bench.body_bytes));
+    let report = stall_bench::run(bench).await?;
+    bar.finish_and_clear();
+    let row = |name: &str, value: String| println!("  {name:<40} {value}");
+    println!("clients that stop reading");
+    row(
+        "readers / message size / rate",
+        format!("{} / {} B / {:.0} msg/s", report.readers, bench.body_bytes, bench.messages_per_sec),
+    );
+    row("messages sent until all were told", format!("{} in {:.1} s", report.sent, report.secs_until_all_told));
+    row("server RSS before / peak", format!("{} / {} KiB", report.rss_before_kib, report.rss_peak_kib));
+    row("server memory per stalled reader", format!("{:.0} KiB", report.kib_per_reader()));
+    row(
+        "peak bytes queued (all connections)",
+        format!(
+            "{} ({:.1} KiB per reader)",
+            report.peak_queued_bytes,
+            report.peak_queued_bytes as f64 / 1024.0 / report.readers as f64
+        ),
+    );
+    row(
+        "events read after the stall (per reader)",
+        format!("{:.1}", report.events_before_notice as f64 / report.readers as f64),
+    );
+    row("in order, RESYNC_REQUIRED, close 1008", format!("{} of {}", report.told_and_closed, report.readers));
+    ensure!(report.told_and_closed == report.readers, "some readers were not told as documented");
     Ok(())
 }
 
@@ -570,6 +614,18 @@ async fn main() -> anyhow::Result<()> {
                 cached_concurrency: *cached_concurrency,
             };
             return media(&bench).await;
+        }
+        Scenario::Stall { readers, body_bytes, messages_per_sec, timeout_secs } => {
+            let bench = stall_bench::StallBench {
+                server: session.cli_servers.first().context("--server names the server")?.clone(),
+                server_pid: *session.server_pids.first().context("--server-pid: the server's memory is the point")?,
+                prefix: prefix.clone(),
+                readers: *readers,
+                body_bytes: *body_bytes,
+                messages_per_sec: *messages_per_sec,
+                timeout: Duration::from_secs(*timeout_secs),
+            };
+            return stall(&bench).await;
         }
         Scenario::Direct { pairs, behaviour } => ("direct", scenario::direct(*pairs), behaviour.clone()),
         Scenario::Fanout { rooms, members, devices, behaviour } => {
