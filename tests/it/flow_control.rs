@@ -53,11 +53,20 @@ pub(crate) async fn metric(http: &tidings_client::Http, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in {text}")) as u64
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_holds_a_bounded_queue_then_is_told_to_resync_and_closed_with_1008() {
+/// A spawned server with `settings`, Ana connected, and Bob, who share a direct room.
+struct AnaAndBob {
+    _data: tempfile::TempDir,
+    _server: crate::durability::Server,
+    http: tidings_client::Http,
+    ana: tidings_client::Connection,
+    room: u64,
+    bob: TestUser,
+}
+
+async fn ana_and_bob(settings: &[&str]) -> AnaAndBob {
     let data = tempfile::tempdir().unwrap();
-    let settings = ["limits.write_timeout_secs=3"].map(String::from);
-    let (_server, addr) = crate::durability::spawn_server_with(data.path(), &settings);
+    let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+    let (server, addr) = crate::durability::spawn_server_with(data.path(), &settings);
     let http = tidings_client::Http::new(format!("http://{addr}"));
     let ana = http.sign_up("ana", PASSWORD, "phone").await.unwrap();
     let bob = http.sign_up("bob", PASSWORD, "phone").await.unwrap();
@@ -65,9 +74,16 @@ async fn a_client_that_stops_reading_holds_a_bounded_queue_then_is_told_to_resyn
     let a = tidings_client::Connection::connect(&ws, &ana.access_token, Encoding::Protobuf).await.unwrap();
     let room = a.create_direct(bob.user_id).await.unwrap().room_id;
     let bob = TestUser { name: "bob".into(), auth: bob, ws_base: ws, http: http.clone() };
+    AnaAndBob { _data: data, _server: server, http, ana: a, room, bob }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_a_bounded_queue_then_is_told_to_resync_and_closed_with_1008() {
+    let AnaAndBob { http, ana: a, room, bob, .. } = &ana_and_bob(&["limits.write_timeout_secs=3"]).await;
+    let (http, room) = (http, *room);
 
     // Bob syncs and is live; then his app stops reading.
-    let mut socket = socket_with_a_small_receive_buffer(&bob).await;
+    let mut socket = socket_with_a_small_receive_buffer(bob).await;
     let sync = wire::ClientFrame {
         request_id: 1,
         request: Some(Req::Sync(wire::SyncRequest { after_pos: 0, ..Default::default() })),
@@ -87,13 +103,13 @@ async fn a_client_that_stops_reading_holds_a_bounded_queue_then_is_told_to_resyn
     let text = "x".repeat(4000);
     let (mut sent, mut peak_queued) = (0, 0);
     let started = Instant::now();
-    while metric(&http, "tidings_connections_fell_behind_total").await == 0 {
+    while metric(http, "tidings_connections_fell_behind_total").await == 0 {
         assert!(sent < 3000 && started.elapsed() < Duration::from_secs(120), "never told to resync ({sent} sent)");
         for _ in 0..5 {
             a.send_text(room, &format!("m{sent}"), &text).await.unwrap();
             sent += 1;
         }
-        peak_queued = peak_queued.max(metric(&http, "tidings_outbound_queued_bytes").await);
+        peak_queued = peak_queued.max(metric(http, "tidings_outbound_queued_bytes").await);
     }
     eprintln!("fell behind after {sent} messages of 4,000 bytes; at most {peak_queued} bytes queued");
     assert!(peak_queued <= 128 * 1024, "{peak_queued} bytes queued for one connection");
@@ -126,7 +142,6 @@ async fn a_client_that_stops_reading_holds_a_bounded_queue_then_is_told_to_resyn
 
 #[tokio::test]
 async fn sockets_that_sync_from_zero_and_never_read_hold_two_pages_each_not_their_whole_queue() {
-    let data = tempfile::tempdir().unwrap();
     // Small pages, and patience: the connections must still be open when we count.
     let settings = [
         "limits.max_message_bytes=65536",
@@ -134,22 +149,15 @@ async fn sockets_that_sync_from_zero_and_never_read_hold_two_pages_each_not_thei
         "limits.write_timeout_secs=120",
         "limits.slow_consumer_grace_secs=120",
         "limits.idle_timeout_secs=120",
-    ]
-    .map(String::from);
-    let (_server, addr) = crate::durability::spawn_server_with(data.path(), &settings);
-    let http = tidings_client::Http::new(format!("http://{addr}"));
-    let ana = http.sign_up("ana", PASSWORD, "phone").await.unwrap();
-    let bob = http.sign_up("bob", PASSWORD, "phone").await.unwrap();
-    let ws = format!("ws://{addr}");
-    let a = tidings_client::Connection::connect(&ws, &ana.access_token, Encoding::Protobuf).await.unwrap();
-    let room = a.create_direct(bob.user_id).await.unwrap().room_id;
+    ];
+    let AnaAndBob { http, ana: a, room, bob, .. } = &ana_and_bob(&settings).await;
+    let room = *room;
     // 18 MB of stream, several times what the kernel's socket buffers take.
     let big = "x".repeat(60 * 1024);
     for i in 0..300 {
         a.send_text(room, &format!("m{i}"), &big).await.unwrap();
     }
 
-    let bob = TestUser { name: "bob".into(), auth: bob, ws_base: ws.clone(), http: http.clone() };
     let mut stalled = Vec::new();
     for _ in 0..4 {
         let mut socket = bob.raw_socket().await;
@@ -164,14 +172,14 @@ async fn sockets_that_sync_from_zero_and_never_read_hold_two_pages_each_not_thei
     let mut last = u64::MAX;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = metric(&http, "tidings_events_caught_up_total").await;
+        let now = metric(http, "tidings_events_caught_up_total").await;
         if now == last {
             break;
         }
         last = now;
     }
-    let read = metric(&http, "tidings_events_caught_up_total").await;
-    let written = metric(&http, "tidings_events_delivered_total").await;
+    let read = metric(http, "tidings_events_caught_up_total").await;
+    let written = metric(http, "tidings_events_delivered_total").await;
     let queued = read - written;
     eprintln!("4 stalled sockets: {read} events read for them, {written} written, {queued} queued");
     // At most two pages per connection (one being written, one ready). Before the bound, each
