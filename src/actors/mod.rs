@@ -35,7 +35,8 @@ pub use hub::Hub;
 pub use outbound_budget::{OutboundBudget, event_bytes};
 pub use peers::{Forwarding, Peers};
 pub use protocol::{
-    ActorRequest, Answer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, RoomOp, RoomWrite, SentAck,
+    ActorRequest, Answer, BoxedAnswer, Ephemeral, Notice, Outbound, PresenceInfo, Replier, ReplyBody, RoomOp,
+    RoomWrite, SentAck,
 };
 pub use registry::{Registry, UserEntry};
 pub use room::{RoomActor, RoomRequest};

@@ -30,7 +30,9 @@ use super::dispatch::{Caller, dispatch};
 use super::encode::{
     Payload, answer_frame, encode, ephemeral_frame, error_frame, event_payload, going_away_frame, notice_frame,
 };
-use crate::actors::{Answer, Attach, Detach, Hub, Notice, Outbound, OutboundBudget, Replier, UserEntry, event_bytes};
+use crate::actors::{
+    Attach, BoxedAnswer, Detach, Hub, Notice, Outbound, OutboundBudget, Replier, UserEntry, event_bytes,
+};
 use crate::auth::{AuthService, Authenticated};
 use crate::config::LimitsConfig;
 use crate::domain::error::{Code, DomainError};
@@ -131,7 +133,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     let (outbound_tx, mut outbound) = mpsc::channel(limits.outbound_queue_events.max(1));
     let budget = Arc::new(OutboundBudget::new(limits.outbound_queue_bytes.max(1)));
     let in_flight_cap = limits.max_in_flight_requests.max(1);
-    let (answers_tx, mut answers) = mpsc::channel::<Answer>(in_flight_cap);
+    let (answers_tx, mut answers) = mpsc::channel::<BoxedAnswer>(in_flight_cap);
     let writer = Writer { session, encoding, write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)) };
 
     let Some(user_actor) = attach(&hub, auth, conn, outbound_tx, &budget).await else {
@@ -222,7 +224,7 @@ struct Connection {
     bucket: TokenBucket,
     /// Requests awaiting an answer, at most `max_in_flight_requests`; reading pauses at the limit.
     in_flight: Arc<Semaphore>,
-    answers: mpsc::Sender<Answer>,
+    answers: mpsc::Sender<BoxedAnswer>,
     idle_timeout: Duration,
     last_heard: Instant,
     /// The last stream position handed to the socket, for RESYNC_REQUIRED.
@@ -250,7 +252,7 @@ impl Connection {
         close(CloseCode::Away, "server shutting down")
     }
 
-    async fn on_answer(&mut self, answer: Answer) -> Step {
+    async fn on_answer(&mut self, answer: BoxedAnswer) -> Step {
         if answer.result.is_err() {
             METRICS.request_errors_total.inc();
         }
@@ -312,7 +314,9 @@ impl Connection {
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             unreachable!("reading is paused while no permit is free");
         };
-        dispatch(&self.caller, request, Replier::new(request_id, self.answers.clone(), permit)).await;
+        // Boxed: awaited inline, the largest request's state would sit in every connection's task
+        // for its whole life, idle or not.
+        Box::pin(dispatch(&self.caller, request, Replier::new(request_id, self.answers.clone(), permit))).await;
         Continue(())
     }
 
