@@ -171,7 +171,7 @@ pub(super) fn set_seen(tx: &Transaction<'_>, user: UserId, up_to_pos: u64) -> ru
          ON CONFLICT (user_id) DO UPDATE SET pos = max(pos, excluded.pos)",
     )?
     .execute(params![user.0 as i64, up_to_pos as i64])?;
-    super::push::cancel_seen_activity(tx, user, up_to_pos)
+    Ok(())
 }
 
 pub(super) fn status(c: &Connection, user: UserId) -> rusqlite::Result<ActivityStatus> {

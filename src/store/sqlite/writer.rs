@@ -297,6 +297,8 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         }),
         WriteCmd::SetActivitySeen(user, up_to_pos, reply) => run!(reply, |tx, _| {
             super::activity::set_seen(tx, user, up_to_pos)?;
+            // Seen activity needs no push: cancelled in the same transaction, as queued with it.
+            push::cancel_seen_activity(tx, user, up_to_pos)?;
             Ok(Ok(super::activity::status(tx, user)?))
         }),
         WriteCmd::AddWideAuthor(author, reply) => run!(reply, |tx, _| super::feeds::add_wide(tx, author)),
