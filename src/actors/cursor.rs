@@ -216,22 +216,13 @@ impl Cursor {
             };
         }
         // What fits the byte budget goes now; the rest is read again when there is room.
-        let (mut events, mut bytes, room) = (events, 0, self.budget.room());
-        let fits = events.iter().take_while(|(_, e)| {
-            bytes += event_bytes(e);
-            bytes <= room
-        });
-        let fit = fits.count().max(1);
+        let mut events = events;
+        let (fit, bytes) = fitting(&events, self.budget.room());
         events.truncate(fit);
-        let bytes: usize = events.iter().map(|(_, e)| event_bytes(e)).sum();
         let last = events.last().map_or(next, |(pos, _)| *pos);
         let n = events.len() as u64;
         let Ok(permit) = self.pages.clone().try_acquire_owned() else { return self.queue_full(now, grace) };
-        if !self.budget.try_add(bytes) {
-            return self.queue_full(now, grace);
-        }
-        if self.outbound.try_send(Outbound::Page(events, permit)).is_err() {
-            self.budget.written(bytes);
+        if !queue_within(&self.outbound, &self.budget, bytes, Outbound::Page(events, permit)) {
             return self.queue_full(now, grace);
         }
         METRICS.events_caught_up_total.add(n);
@@ -306,15 +297,34 @@ impl Cursor {
 
 /// Queues a live event if it fits both the queue and the byte budget.
 fn queue_event(outbound: &mpsc::Sender<Outbound>, budget: &OutboundBudget, pos: u64, event: &StreamEvent) -> bool {
-    let bytes = event_bytes(event);
+    queue_within(outbound, budget, event_bytes(event), Outbound::Event(pos, event.clone()))
+}
+
+/// Queues `item` of `bytes` if it fits both the queue and the byte budget.
+fn queue_within(outbound: &mpsc::Sender<Outbound>, budget: &OutboundBudget, bytes: usize, item: Outbound) -> bool {
     if !budget.try_add(bytes) {
         return false;
     }
-    if outbound.try_send(Outbound::Event(pos, event.clone())).is_err() {
+    if outbound.try_send(item).is_err() {
         budget.written(bytes);
         return false;
     }
     true
+}
+
+/// How many of a page's first events fit in `room` bytes, at least one (an empty queue takes any
+/// event), and their bytes.
+fn fitting(events: &[(u64, StreamEvent)], room: usize) -> (usize, usize) {
+    let (mut fit, mut bytes) = (0, 0);
+    for (_, event) in events {
+        let size = event_bytes(event);
+        if fit > 0 && bytes + size > room {
+            break;
+        }
+        fit += 1;
+        bytes += size;
+    }
+    (fit, bytes)
 }
 
 #[cfg(test)]

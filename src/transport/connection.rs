@@ -382,26 +382,18 @@ impl Connection {
     /// position, and off the byte budget) once the socket took it.
     async fn write_outbound(&mut self, out: Outbound) -> Written {
         let sent = match out {
-            Outbound::Event(pos, event) => {
-                let sent = self.writer.send_event(pos, &event).await;
-                self.budget.written(event_bytes(&event));
-                if sent == Sent::Yes {
-                    self.last_event_pos = pos;
-                    METRICS.events_delivered_total.inc();
-                }
-                sent
-            }
+            Outbound::Event(pos, event) => self.write_event(pos, &event).await,
             Outbound::Page(events, _permit) => {
                 let mut sent = Sent::Yes;
                 for (pos, event) in &events {
-                    if sent == Sent::Yes {
-                        sent = self.writer.send_event(*pos, event).await;
-                        if sent == Sent::Yes {
-                            self.last_event_pos = *pos;
-                            METRICS.events_delivered_total.inc();
+                    sent = match sent {
+                        Sent::Yes => self.write_event(*pos, event).await,
+                        // The connection is ending: what it will not write leaves the budget too.
+                        ended => {
+                            self.budget.written(event_bytes(event));
+                            ended
                         }
-                    }
-                    self.budget.written(event_bytes(event));
+                    };
                 }
                 sent
             }
@@ -415,5 +407,15 @@ impl Connection {
             }
         };
         Written::Sent(sent)
+    }
+
+    async fn write_event(&mut self, pos: u64, event: &StreamEvent) -> Sent {
+        let sent = self.writer.send_event(pos, event).await;
+        self.budget.written(event_bytes(event));
+        if sent == Sent::Yes {
+            self.last_event_pos = pos;
+            METRICS.events_delivered_total.inc();
+        }
+        sent
     }
 }
