@@ -21,6 +21,62 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub media: MediaConfig,
     pub feed: FeedConfig,
+    pub app_tokens: AppTokensConfig,
+    pub server_api: ServerApiConfig,
+}
+
+/// The app's own identities (`auth/app_identity.rs`): tokens its backend issues, accepted in place
+/// of a tidings login. Off while neither a secret nor a JWKS URL is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppTokensConfig {
+    /// The secret of HS256 tokens (at least 32 bytes). Prefer `hs256_secret_file` or the
+    /// environment to a command-line flag.
+    pub hs256_secret: String,
+    /// A file holding that secret (surrounding whitespace ignored).
+    pub hs256_secret_file: PathBuf,
+    /// Where the keys of RS256 and ES256 tokens are published (a JSON Web Key Set).
+    pub jwks_url: String,
+    /// How long fetched keys are used before they are fetched again; a token naming an unknown
+    /// `kid` fetches them at once (at most every `jwks_min_refetch_secs`).
+    pub jwks_cache_secs: u64,
+    pub jwks_min_refetch_secs: u64,
+    /// When set, a token's `aud` must name it.
+    pub audience: String,
+    /// When set, a token's `iss` must be it.
+    pub issuer: String,
+    /// Clock skew allowed between the app's backend and this server, on `exp` and `nbf`.
+    pub leeway_secs: u64,
+}
+
+impl Default for AppTokensConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: String::new(),
+            hs256_secret_file: PathBuf::new(),
+            jwks_url: String::new(),
+            jwks_cache_secs: 300,
+            jwks_min_refetch_secs: 10,
+            audience: String::new(),
+            issuer: String::new(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+impl AppTokensConfig {
+    pub fn enabled(&self) -> bool {
+        !self.hs256_secret.is_empty() || !self.hs256_secret_file.as_os_str().is_empty() || !self.jwks_url.is_empty()
+    }
+}
+
+/// The server API for the app's backend (`transport/server_api.rs`): off (404) while no key is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerApiConfig {
+    /// Keys a backend presents as `Authorization: Bearer <key>`, at least 32 characters each;
+    /// several at once while one replaces another. From the environment or a flag: comma-separated.
+    pub keys: Vec<String>,
 }
 
 /// Home feeds (`actors/feed.rs`) and the activity feed (`services/activity.rs`).
@@ -587,6 +643,10 @@ fn set_key(table: &mut toml::Table, key: &str, raw: &str, origin: &str) -> Resul
         toml::Value::Integer(_) => toml::Value::Integer(raw.parse().map_err(|e| error(format!("{e}")))?),
         toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|e| error(format!("{e}")))?),
         toml::Value::Float(_) => toml::Value::Float(raw.parse().map_err(|e| error(format!("{e}")))?),
+        // Lists of strings (keys): comma-separated.
+        toml::Value::Array(_) => toml::Value::Array(
+            raw.split(',').map(str::trim).filter(|v| !v.is_empty()).map(|v| toml::Value::String(v.into())).collect(),
+        ),
         _ => return Err(error("cannot be set from a string".into())),
     };
     Ok(())

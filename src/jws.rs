@@ -1,5 +1,6 @@
 //! Compact JWS, the wire form of a JWT (`base64url(header).base64url(claims).base64url(signature)`),
-//! signed and checked with ring: HS256 for our access tokens, ES256 for APNs provider tokens.
+//! signed and checked with ring: HS256 for our access tokens, ES256 for APNs provider tokens, and
+//! HS256, RS256 and ES256 checked for the app's own identity tokens (`auth/app_identity.rs`).
 //!
 //! Ours rather than `jsonwebtoken`: that crate's only pure-Rust backend pulls in `rsa` 0.9
 //! (RUSTSEC-2023-0071, a timing side channel with no fix) for algorithms we never use, and ring is
@@ -28,6 +29,80 @@ pub enum JwsError {
     BadSignature,
 }
 
+/// A token split and decoded, its signature not yet checked: what its header says picks the key.
+pub struct Unverified<'a> {
+    parts: Parts<'a>,
+}
+
+impl<'a> Unverified<'a> {
+    pub fn parse(token: &'a str) -> Result<Self, JwsError> {
+        Ok(Self { parts: split(token)? })
+    }
+
+    /// The header's `alg`.
+    pub fn algorithm(&self) -> &str {
+        &self.parts.header.alg
+    }
+
+    /// The header's `kid`, when it has one.
+    pub fn key_id(&self) -> Option<&str> {
+        self.parts.header.kid.as_deref()
+    }
+
+    /// The claims, if `key` signed the token (its algorithm must be the header's).
+    pub fn verify_hs256<T: DeserializeOwned>(&self, key: &Hs256) -> Result<T, JwsError> {
+        if self.parts.header.alg != "HS256" {
+            return Err(JwsError::WrongAlgorithm("HS256"));
+        }
+        hmac::verify(&key.key, self.parts.signing_input.as_bytes(), &self.parts.signature)
+            .map_err(|_| JwsError::BadSignature)?;
+        self.claims()
+    }
+
+    /// The claims, if `key` signed the token (its algorithm must be the header's).
+    pub fn verify_public<T: DeserializeOwned>(&self, key: &PublicKey) -> Result<T, JwsError> {
+        if self.parts.header.alg != key.algorithm() {
+            return Err(JwsError::WrongAlgorithm(key.algorithm()));
+        }
+        let message = self.parts.signing_input.as_bytes();
+        let checked = match key {
+            PublicKey::Rs256 { n, e } => ring::signature::RsaPublicKeyComponents { n, e }.verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                message,
+                &self.parts.signature,
+            ),
+            PublicKey::Es256 { point } => {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point)
+                    .verify(message, &self.parts.signature)
+            }
+        };
+        checked.map_err(|_| JwsError::BadSignature)?;
+        self.claims()
+    }
+
+    fn claims<T: DeserializeOwned>(&self) -> Result<T, JwsError> {
+        serde_json::from_slice(&self.parts.claims).map_err(|_| JwsError::Malformed)
+    }
+}
+
+/// A public key that checks signatures of one algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    /// RSA, PKCS#1 v1.5 with SHA-256, 2048 to 8192 bits: the modulus and exponent, big-endian.
+    Rs256 { n: Vec<u8>, e: Vec<u8> },
+    /// P-256 with SHA-256: the uncompressed point (`04 || x || y`).
+    Es256 { point: Vec<u8> },
+}
+
+impl PublicKey {
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            PublicKey::Rs256 { .. } => "RS256",
+            PublicKey::Es256 { .. } => "ES256",
+        }
+    }
+}
+
 /// An HMAC-SHA256 key that signs and verifies.
 #[derive(Clone)]
 pub struct Hs256 {
@@ -47,13 +122,7 @@ impl Hs256 {
 
     /// The claims of a token this key signed; the caller checks what they say (expiry, subject).
     pub fn verify<T: DeserializeOwned>(&self, token: &str) -> Result<T, JwsError> {
-        let parts = split(token)?;
-        if parts.header.alg != "HS256" {
-            return Err(JwsError::WrongAlgorithm("HS256"));
-        }
-        hmac::verify(&self.key, parts.signing_input.as_bytes(), &parts.signature)
-            .map_err(|_| JwsError::BadSignature)?;
-        serde_json::from_slice(&parts.claims).map_err(|_| JwsError::Malformed)
+        Unverified::parse(token)?.verify_hs256(self)
     }
 }
 
@@ -100,6 +169,8 @@ fn signing_input(header: &serde_json::Value, claims: &impl Serialize) -> String 
 #[derive(serde::Deserialize)]
 struct Header {
     alg: String,
+    #[serde(default)]
+    kid: Option<String>,
 }
 
 struct Parts<'a> {

@@ -29,14 +29,8 @@ pub struct SecretSource<'a> {
 }
 
 pub fn load(source: SecretSource<'_>) -> anyhow::Result<Vec<u8>> {
-    let setting = source.setting;
-    if !source.value.is_empty() {
-        return checked(source.value.as_bytes().to_vec(), || setting.to_string());
-    }
-    if !source.file.as_os_str().is_empty() {
-        let text = std::fs::read_to_string(source.file)
-            .with_context(|| format!("reading {setting}_file {}", source.file.display()))?;
-        return checked(text.trim().as_bytes().to_vec(), || format!("{setting}_file {}", source.file.display()));
+    if let Some(secret) = configured(source.setting, source.value, source.file)? {
+        return Ok(secret);
     }
     let path = source.generated;
     match std::fs::read_to_string(&path) {
@@ -46,6 +40,19 @@ pub fn load(source: SecretSource<'_>) -> anyhow::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => generate(&path),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// A secret from its setting or the file its `*_file` setting names; `None` when neither is set.
+pub fn configured(setting: &str, value: &str, file: &Path) -> anyhow::Result<Option<Vec<u8>>> {
+    if !value.is_empty() {
+        return checked(value.as_bytes().to_vec(), || setting.to_string()).map(Some);
+    }
+    if !file.as_os_str().is_empty() {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {setting}_file {}", file.display()))?;
+        return checked(text.trim().as_bytes().to_vec(), || format!("{setting}_file {}", file.display())).map(Some);
+    }
+    Ok(None)
 }
 
 fn checked(secret: Vec<u8>, origin: impl FnOnce() -> String) -> anyhow::Result<Vec<u8>> {

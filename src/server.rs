@@ -197,7 +197,8 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         Duration::from_secs(config.media.collect_every_secs.max(1)),
     );
     background.started(Arc::new(collector));
-    let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret));
+    let app_identity = crate::auth::app_identity::AppIdentity::from_config(&config.app_tokens)?;
+    let auth = Arc::new(AuthService::new(store, config.auth.clone(), &secret).with_app_identity(app_identity));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let connection_slots = Arc::new(Semaphore::new(config.limits.max_connections));

@@ -8,9 +8,12 @@
 //!   FCM HTTP v1 `messages:send` endpoint (bearer checked), with the same failure modes.
 //!
 //! Both record what they accepted, so a test can check every notification's payload.
+//!
+//! And [`FakeIdentityProvider`]: the app's backend, publishing a JWKS and signing its users' tokens.
 
 mod apns;
 mod fcm;
+mod identity;
 mod public_key;
 mod serve;
 
@@ -18,6 +21,7 @@ use std::path::PathBuf;
 
 pub use apns::{ApnsPush, FakeApns};
 pub use fcm::{FakeFcm, FcmPush};
+pub use identity::{APP_HS256_SECRET, FakeIdentityProvider};
 
 /// A scripted answer for the next request(s), instead of success.
 #[derive(Debug, Clone, PartialEq, Eq)]

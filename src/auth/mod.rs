@@ -4,7 +4,10 @@
 //! checks one, and also that its device is still logged in (so logout takes effect at once, not at
 //! expiry). Refresh tokens are random, one per device, stored only as a SHA-256 hash, and rotate on
 //! every use.
+//!
+//! The app's own tokens (`app_identity`) may stand in for ours: the app's backend issues them.
 
+pub mod app_identity;
 mod hashing;
 mod password;
 mod service;

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::app_identity::{AppIdentity, app_username};
 use super::hashing::HashingPool;
 use super::tokens::{hash_refresh_token, new_refresh_token, parse_refresh_token};
 use super::{PasswordHasher, TokenKeys};
@@ -53,6 +54,8 @@ pub struct AuthService {
     per_ip: PerKeyLimiter,
     per_username: PerKeyLimiter,
     keys: TokenKeys,
+    /// The app's own tokens, when configured (`app_tokens`).
+    app_identity: Option<AppIdentity>,
     config: AuthConfig,
 }
 
@@ -68,8 +71,15 @@ impl AuthService {
             per_ip: PerKeyLimiter::new(config.attempts_per_minute_per_ip, "attempts"),
             per_username: PerKeyLimiter::new(config.attempts_per_minute_per_username, "attempts"),
             keys: TokenKeys::new(secret),
+            app_identity: None,
             config,
         }
+    }
+
+    /// Accepts the app's own tokens too.
+    pub fn with_app_identity(mut self, app_identity: Option<AppIdentity>) -> Self {
+        self.app_identity = app_identity;
+        self
     }
 
     /// Counts an attempt from `client` (and, for log-in, on `username`) against the limits.
@@ -198,13 +208,63 @@ impl AuthService {
         Ok(self.store.revoke_devices(caller.user, only).await?)
     }
 
-    /// Checks an access token and that its device is still logged in.
+    /// Checks an access token (ours, or the app's own when configured) and that its device is
+    /// still logged in.
     pub async fn authenticate(&self, access_token: &str) -> DomainResult<Authenticated> {
-        let (user, device, expires_at_ms) = self.keys.verify_access_at(access_token, crate::domain::now_ms())?;
+        let now = now_ms();
+        let (user, device, expires_at_ms) = match (self.keys.verify_access_at(access_token, now), &self.app_identity) {
+            (Ok(ours), _) => ours,
+            // Not one of ours (an expired one of ours is reported as expired: its signature held).
+            (Err(e), Some(app)) if e.code == Code::Unauthenticated => {
+                return self.authenticate_app(app, access_token, now).await;
+            }
+            (Err(e), _) => return Err(e),
+        };
         match self.store.device(user, device).await? {
             Some(d) if !d.revoked => Ok(Authenticated { user, device, expires_at_ms }),
             _ => Err(DomainError::new(Code::Unauthenticated, "this device was logged out")),
         }
+    }
+
+    /// An app token's user and device, both created on their first connect.
+    async fn authenticate_app(&self, app: &AppIdentity, token: &str, now: i64) -> DomainResult<Authenticated> {
+        let subject = app.verify(token, now).await?;
+        let (user, device) = (subject.user, subject.device);
+        let authenticated = Authenticated { user, device, expires_at_ms: subject.expires_at_ms };
+        match self.store.device(user, device).await? {
+            Some(d) if d.revoked => Err(DomainError::new(Code::Unauthenticated, "this device was logged out")),
+            Some(_) => Ok(authenticated),
+            None => {
+                // Two first connects at once: the second finds the user (and device) made.
+                let new_user = NewUser {
+                    id: user,
+                    username: app_username(user),
+                    password_hash: String::new(),
+                    created_at_ms: now,
+                };
+                ignore_conflict(self.store.create_user(new_user).await)?;
+                let record = DeviceRecord {
+                    user,
+                    device,
+                    name: subject.device_name,
+                    // App devices renew their tokens with the app, never through /v1/auth/refresh.
+                    refresh_hash: Vec::new(),
+                    refresh_expires_at_ms: 0,
+                    created_at_ms: now,
+                    revoked: false,
+                };
+                ignore_conflict(self.store.create_device(record).await)?;
+                tracing::info!(%user, %device, "an app user connected for the first time");
+                Ok(authenticated)
+            }
+        }
+    }
+}
+
+fn ignore_conflict(result: crate::store::StoreResult<()>) -> DomainResult<()> {
+    match result.map_err(DomainError::from) {
+        Err(e) if e.code != Code::Conflict => Err(e),
+        _ => Ok(()),
     }
 }
 
