@@ -35,6 +35,10 @@ struct Args {
     /// backup, so that clients resuming with positions of the lost events sync from 0 instead.
     #[arg(long)]
     new_stream_epoch: bool,
+    /// Load and check the configuration (files it names are read; no network, no data touched),
+    /// say what it sets up, and exit: 0 when a start would accept it.
+    #[arg(long)]
+    check_config: bool,
 }
 
 impl Args {
@@ -89,6 +93,15 @@ async fn shutdown_signal() {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(args.config.as_deref(), std::env::vars(), &args.overrides()?)?;
+    if args.check_config {
+        let checked = tidings::server::check_config(&config)?;
+        let source = args.config.as_ref().map_or("defaults".into(), |p| p.display().to_string());
+        println!("configuration OK ({source}, with the environment and flags):");
+        for line in checked {
+            println!("  {line}");
+        }
+        return Ok(());
+    }
     init_logging(&config);
     actix_web::rt::System::new().block_on(async move {
         if args.new_stream_epoch {

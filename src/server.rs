@@ -133,6 +133,70 @@ fn node_key(config: &Config) -> anyhow::Result<Vec<u8>> {
     })
 }
 
+/// Everything a start would refuse in the configuration, checked without starting: addresses,
+/// secrets (their files read, their lengths), the store's settings, push providers' key files,
+/// app-token and server-API settings. Touches no network and no data. Returns what it checked, for
+/// people; the first problem is the error.
+pub fn check_config(config: &Config) -> anyhow::Result<Vec<String>> {
+    use std::net::ToSocketAddrs;
+    let mut checked = Vec::new();
+    let address = |setting: &str, value: &str| -> anyhow::Result<()> {
+        value
+            .to_socket_addrs()
+            .with_context(|| format!("{setting} = {value:?} is not a host:port"))?
+            .next()
+            .with_context(|| format!("{setting} = {value:?} names no address"))?;
+        Ok(())
+    };
+    address("server.listen", &config.server.listen)?;
+    if !config.server.metrics_listen.is_empty() {
+        address("server.metrics_listen", &config.server.metrics_listen)?;
+    }
+    checked.push(format!("listens on {}", config.server.listen));
+    tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("log.level = {:?} is not a log filter", config.log.level))?;
+    match config.store.backend {
+        StoreBackend::Sqlite => checked.push(format!("store: SQLite at {}", config.store.database_path().display())),
+        StoreBackend::Scylla => {
+            scylla_consistency(&config.store.scylla_consistency)?;
+            anyhow::ensure!(
+                config.store.scylla_nodes.split(',').any(|n| !n.trim().is_empty()),
+                "store.scylla_nodes is empty: name at least one host:port"
+            );
+            checked.push(format!(
+                "store: ScyllaDB {} keyspace {}",
+                config.store.scylla_nodes, config.store.scylla_keyspace
+            ));
+        }
+    }
+    let a = &config.auth;
+    match crate::secrets::configured("auth.token_secret", &a.token_secret, &a.token_secret_file)? {
+        Some(_) => checked.push("auth.token_secret: set".into()),
+        None => checked.push("auth.token_secret: generated into the data directory on first start".into()),
+    }
+    if !config.cluster.redis_url.is_empty() {
+        let c = &config.cluster;
+        crate::secrets::configured("cluster.node_key", &c.node_key, &c.node_key_file)?;
+        if !c.internal_listen.is_empty() {
+            address("cluster.internal_listen", &c.internal_listen)?;
+        }
+        checked.push(format!("cluster: Redis at {}", c.redis_url));
+    }
+    let providers = providers_from(config)?;
+    checked.push(format!(
+        "push: APNs {}, FCM {}",
+        if providers.apns.is_some() { "on" } else { "off" },
+        if providers.fcm.is_some() { "on" } else { "off" }
+    ));
+    if crate::auth::app_identity::AppIdentity::from_config(&config.app_tokens)?.is_some() {
+        checked.push("app tokens: accepted".into());
+    }
+    if crate::transport::server_api::ServerApiKeys::from_config(&config.server_api.keys)?.is_some() {
+        checked.push(format!("server API: on, {} key(s)", config.server_api.keys.len()));
+    }
+    Ok(checked)
+}
+
 /// Raises the soft open-files limit to the hard limit: every connection is a file.
 fn raise_open_files_limit() {
     #[cfg(unix)]
@@ -211,6 +275,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             config.limits.max_connections_per_user,
             config.limits.max_connections_per_address,
         ),
+        server_api: crate::transport::server_api::ServerApiKeys::from_config(&config.server_api.keys)?,
         ready: ready.clone(),
         body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
         shutdown: shutdown_rx,
@@ -265,7 +330,11 @@ fn serve_public(
         n => n,
     };
     let server = HttpServer::new(move || {
-        App::new().app_data(state.clone()).configure(|cfg| routes(cfg, with_metrics)).configure(media_routes)
+        App::new()
+            .app_data(state.clone())
+            .configure(|cfg| routes(cfg, with_metrics))
+            .configure(media_routes)
+            .configure(crate::transport::server_api::routes)
     })
     .workers(workers)
     .disable_signals()

@@ -44,4 +44,6 @@ pub mod paths {
     pub const LOG_OUT: &str = "/v1/auth/logout";
     /// `POST` uploads an image; `GET {MEDIA}/{mediaId}` reads one.
     pub const MEDIA: &str = "/v1/media";
+    /// The server API for the app's backend (its calls are under this prefix).
+    pub const SERVER_API: &str = "/v1/server";
 }

@@ -468,6 +468,7 @@ mod tests {
             StreamEvent::Entry(e) => e.seq,
             StreamEvent::Post { post, .. } => post.0,
             StreamEvent::Activity(a) => a.id,
+            StreamEvent::Notification(n) => n.id,
         };
         match item {
             Outbound::Event(at, e) => {

@@ -40,4 +40,4 @@ pub use protocol::{
 };
 pub use registry::{Registry, UserEntry};
 pub use room::{RoomActor, RoomRequest};
-pub use user::{Attach, Detach, Kick, StreamAck, SyncFrom, UserActor};
+pub use user::{Attach, Detach, Kick, KickReason, ListConnections, LiveConnection, StreamAck, SyncFrom, UserActor};

@@ -73,6 +73,9 @@ pub fn event_bytes(event: &StreamEvent) -> usize {
                 details.as_ref().map_or(0, |p| p.caption.len() + 16 * p.media.len() + 32)
             }
             StreamEvent::Activity(activity) => activity.text.len() + 64,
+            StreamEvent::Notification(n) => {
+                n.title.len() + n.body.len() + n.data.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>()
+            }
             StreamEvent::Receipt(_) => 0,
         }
 }

@@ -4,7 +4,7 @@
 
 use futures_util::future::BoxFuture;
 
-use super::{ActorRequest, Ephemeral, ReplyBody};
+use super::{ActorRequest, Ephemeral, KickReason, ReplyBody};
 use crate::domain::{ActorKey, DeviceId, DomainResult, StreamEvent, UserId};
 use crate::store::Positions;
 
@@ -21,7 +21,7 @@ pub trait Peers: Send + Sync {
     fn publish_ephemeral(&self, users: &[UserId], event: &Ephemeral);
 
     /// These devices logged out: the nodes holding their sockets close them.
-    fn publish_kick(&self, user: UserId, devices: &[DeviceId]);
+    fn publish_kick(&self, user: UserId, devices: &[DeviceId], reason: KickReason);
 
     /// A user's first session on this node opened.
     fn user_arrived(&self, user: UserId);

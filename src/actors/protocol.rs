@@ -194,4 +194,6 @@ pub enum Notice {
     LoggedOut,
     /// The connection's access token expired; it closes (the device is still logged in).
     TokenExpired,
+    /// The app's backend closed the user's connections (server API); the device is still logged in.
+    Disconnected,
 }

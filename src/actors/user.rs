@@ -67,16 +67,39 @@ pub struct StreamAck {
 #[rtype(result = "()")]
 pub struct Push(pub Outbound);
 
-/// Close the connections of logged-out devices.
+/// Close the connections of these devices, telling them why.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "usize")]
 pub struct Kick {
     pub devices: Vec<DeviceId>,
+    pub reason: KickReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum KickReason {
+    /// The devices were logged out (or revoked): `LOGGED_OUT`.
+    #[default]
+    LoggedOut,
+    /// The app's backend closed them; they stay logged in: `DISCONNECTED`.
+    Disconnected,
+}
+
+/// The user's live connections on this node.
+#[derive(Message)]
+#[rtype(result = "Vec<LiveConnection>")]
+pub struct ListConnections;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveConnection {
+    pub conn: ConnId,
+    pub device: DeviceId,
+    pub connected_at_ms: i64,
 }
 
 struct Conn {
     device: DeviceId,
     cursor: Cursor,
+    connected_at_ms: i64,
 }
 
 pub struct UserActor {
@@ -226,7 +249,9 @@ impl Handler<Attach> for UserActor {
         if self.conns.is_empty() {
             self.announce_presence(true);
         }
-        self.conns.insert(msg.conn, Conn { device: msg.device, cursor: Cursor::new(msg.outbound, msg.budget) });
+        let conn =
+            Conn { device: msg.device, cursor: Cursor::new(msg.outbound, msg.budget), connected_at_ms: now_ms() };
+        self.conns.insert(msg.conn, conn);
         // A logout between this connection's authentication and now sent its kick to no one.
         self.recheck_devices(Some(msg.device), ctx);
     }
@@ -349,27 +374,47 @@ impl UserActor {
         ctx.spawn(check.into_actor(self).map(|gone, act, ctx| {
             if !gone.is_empty() {
                 tracing::info!(user = %act.user, devices = gone.len(), "logged-out devices still connected: closing them");
-                act.kick(&gone, ctx);
+                act.kick(&gone, KickReason::LoggedOut, ctx);
             }
         }));
     }
 
-    fn kick(&mut self, devices: &[DeviceId], ctx: &mut Context<Self>) {
+    /// Closes the devices' connections; how many there were.
+    fn kick(&mut self, devices: &[DeviceId], reason: KickReason, ctx: &mut Context<Self>) -> usize {
         let kicked: Vec<ConnId> =
             self.conns.iter().filter(|(_, c)| devices.contains(&c.device)).map(|(id, _)| *id).collect();
-        for id in kicked {
+        let notice = match reason {
+            KickReason::LoggedOut => Notice::LoggedOut,
+            KickReason::Disconnected => Notice::Disconnected,
+        };
+        for &id in &kicked {
             if let Some(conn) = self.conns.get(&id) {
-                let _ = conn.cursor.outbound().try_send(Outbound::Notice(Notice::LoggedOut));
+                let _ = conn.cursor.outbound().try_send(Outbound::Notice(notice));
             }
             self.remove_conn(id, ctx);
         }
+        kicked.len()
     }
 }
 
 impl Handler<Kick> for UserActor {
-    type Result = ();
+    type Result = usize;
 
-    fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
-        self.kick(&msg.devices, ctx);
+    fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) -> usize {
+        self.kick(&msg.devices, msg.reason, ctx)
+    }
+}
+
+impl Handler<ListConnections> for UserActor {
+    type Result = actix::MessageResult<ListConnections>;
+
+    fn handle(&mut self, _: ListConnections, _: &mut Context<Self>) -> Self::Result {
+        let mut live: Vec<LiveConnection> = self
+            .conns
+            .iter()
+            .map(|(&conn, c)| LiveConnection { conn, device: c.device, connected_at_ms: c.connected_at_ms })
+            .collect();
+        live.sort_unstable_by_key(|c| (c.connected_at_ms, c.conn.0));
+        actix::MessageResult(live)
     }
 }

@@ -195,9 +195,9 @@ fn deliver(cluster: &Cluster, hub: &Hub, user: UserId, envelope: Envelope) {
                 hub.registry.send_ephemeral([user], event);
             }
         }
-        Envelope::Kick { devices, .. } => {
+        Envelope::Kick { devices, reason, .. } => {
             if let Some(entry) = hub.registry.user(user) {
-                entry.addr.do_send(Kick { devices: devices.into_iter().map(DeviceId).collect() });
+                entry.addr.do_send(Kick { devices: devices.into_iter().map(DeviceId).collect(), reason });
             }
         }
     }

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::{ActorRequest, Ephemeral, PresenceInfo, ReplyBody};
+use crate::actors::{ActorRequest, Ephemeral, KickReason, PresenceInfo, ReplyBody};
 use crate::domain::{DeviceId, DomainResult, RoomId, StreamEvent, UserId};
 
 /// What one node tells the nodes holding a user's sessions (one Redis channel per user).
@@ -34,10 +34,13 @@ pub enum Envelope {
         online: bool,
         last_seen_ms: i64,
     },
-    /// These devices logged out: close their connections.
+    /// Close these devices' connections (they logged out, unless `reason` says otherwise: older
+    /// nodes send no reason).
     Kick {
         origin: String,
         devices: Vec<u64>,
+        #[serde(default)]
+        reason: KickReason,
     },
 }
 

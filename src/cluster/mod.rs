@@ -39,7 +39,7 @@ use keys::Keys;
 pub use ownership::owner;
 use signing::NodeSigner;
 
-use crate::actors::{ActorRequest, Ephemeral, Forwarding, Hub, Peers};
+use crate::actors::{ActorRequest, Ephemeral, Forwarding, Hub, KickReason, Peers};
 use crate::config::ClusterConfig;
 use crate::domain::{ActorKey, DeviceId, StreamEvent, UserId, now_ms};
 use crate::lifecycle::Stoppable;
@@ -479,8 +479,9 @@ impl Peers for Cluster {
 
     /// Tells the nodes holding these devices' sockets to close them. Retried while Redis fails
     /// (for about a minute); beyond that, each node's device recheck closes them anyway.
-    fn publish_kick(&self, user: UserId, devices: &[DeviceId]) {
-        let envelope = Envelope::Kick { origin: self.node_id.clone(), devices: devices.iter().map(|d| d.0).collect() };
+    fn publish_kick(&self, user: UserId, devices: &[DeviceId], reason: KickReason) {
+        let devices = devices.iter().map(|d| d.0).collect();
+        let envelope = Envelope::Kick { origin: self.node_id.clone(), devices, reason };
         let channel = self.keys.user_channel(user);
         let payload = serde_json::to_vec(&envelope).expect("serialises");
         let Some(cluster) = self.me.upgrade() else { return };

@@ -6,6 +6,7 @@ pub mod error;
 mod follow;
 mod ids;
 mod media;
+mod notification;
 mod post;
 mod profile;
 mod push;
@@ -19,6 +20,10 @@ pub use error::{Code, DomainError, DomainResult};
 pub use follow::{FollowCounts, FollowList, FollowState, ProfileView, cursor_after, parse_cursor};
 pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
 pub use media::{ImageFormat, MediaId, MediaInfo};
+pub use notification::{
+    NOTIFICATION_KEY_MAX_BYTES, NOTIFICATION_PUSH_ROOM, NewNotification, Notification, NotificationPush,
+    check_notification,
+};
 pub use post::{
     CAPTION_MAX_CHARS, COMMENT_MAX_CHARS, Comment, CommentId, LATEST_LIKERS, LatestReactions, Location,
     POST_MAX_PHOTOS, Post, PostId, PostView, Reactions, comment_cursor_after, media_from_bytes, media_to_bytes,

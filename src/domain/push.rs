@@ -58,6 +58,8 @@ pub enum PushKind {
     /// Someone followed the user, or liked or commented on their post (queued under
     /// `ACTIVITY_PUSH_ROOM`).
     Activity,
+    /// The app's backend notified the user (queued under `NOTIFICATION_PUSH_ROOM`).
+    Notification,
 }
 
 /// Pushes of activity are queued under this room id, which no room has (room ids are random and
@@ -71,6 +73,7 @@ impl PushKind {
             PushKind::Message => 1,
             PushKind::AddedToRoom => 2,
             PushKind::Activity => 3,
+            PushKind::Notification => 4,
         }
     }
 
@@ -80,6 +83,7 @@ impl PushKind {
             PushKind::Message => "message",
             PushKind::AddedToRoom => "added_to_room",
             PushKind::Activity => "activity",
+            PushKind::Notification => "notification",
         }
     }
 
@@ -87,6 +91,7 @@ impl PushKind {
         match code {
             2 => PushKind::AddedToRoom,
             3 => PushKind::Activity,
+            4 => PushKind::Notification,
             _ => PushKind::Message,
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Activity, Post, PostId, RoomEntry, RoomId, UserId};
+use super::{Activity, Notification, Post, PostId, RoomEntry, RoomId, UserId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StreamEvent {
@@ -28,6 +28,8 @@ pub enum StreamEvent {
     /// Someone did something that concerns the user (followed them, liked or commented on their
     /// post).
     Activity(Arc<Activity>),
+    /// The app's backend told the user something (server API `notify`).
+    Notification(Arc<Notification>),
 }
 
 impl StreamEvent {
@@ -38,6 +40,7 @@ impl StreamEvent {
             StreamEvent::Receipt(receipt) => EventRef::receipt(receipt),
             StreamEvent::Post { post, author, .. } => EventRef::post(*author, *post),
             StreamEvent::Activity(activity) => EventRef::activity(activity.actor, activity.id),
+            StreamEvent::Notification(notification) => EventRef::notification(notification.id),
         }
     }
 }
@@ -69,6 +72,9 @@ pub enum EventKind {
     /// Activity concerning the user: the source is the user who did it, the reference the
     /// activity's id.
     Activity,
+    /// A notification from the app's backend: the source is the server, the reference the
+    /// notification's id.
+    Notification,
 }
 
 /// An event described the same way whatever its kind: what the store keeps of it in a stream.
@@ -93,6 +99,10 @@ impl EventRef {
 
     pub fn activity(actor: UserId, id: u64) -> Self {
         Self { kind: EventKind::Activity, source: Source::User(actor), reference: id, actor: None }
+    }
+
+    pub fn notification(id: u64) -> Self {
+        Self { kind: EventKind::Notification, source: Source::Server, reference: id, actor: None }
     }
 
     pub fn receipt(receipt: &Receipt) -> Self {

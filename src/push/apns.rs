@@ -139,7 +139,7 @@ fn classify(status: u16, reason: String, after: Option<Duration>) -> Delivery {
 }
 
 fn payload(n: &Notification) -> serde_json::Value {
-    json!({
+    let mut payload = json!({
         "aps": {
             "alert": { "title": n.title, "body": n.body },
             "badge": n.badge,
@@ -152,7 +152,13 @@ fn payload(n: &Notification) -> serde_json::Value {
         "room_id": n.room_id.to_string(),
         "seq": n.seq.to_string(),
         "kind": n.kind.name(),
-    })
+    });
+    if let Some(fields) = payload.as_object_mut() {
+        for (key, value) in &n.data {
+            fields.entry(key.clone()).or_insert_with(|| value.clone().into());
+        }
+    }
+    payload
 }
 
 fn unix_now() -> u64 {

@@ -70,7 +70,7 @@ impl FcmClient {
     }
 
     fn message(&self, job: &PushJob, n: &Notification) -> Value {
-        json!({
+        let mut message = json!({
             "message": {
                 "token": job.token,
                 "notification": { "title": n.title, "body": n.body },
@@ -89,7 +89,13 @@ impl FcmClient {
                     "notification": { "tag": n.collapse_id, "notification_count": n.badge },
                 },
             }
-        })
+        });
+        if let Some(data) = message["message"]["data"].as_object_mut() {
+            for (key, value) in &n.data {
+                data.entry(key.clone()).or_insert_with(|| value.clone().into());
+            }
+        }
+        message
     }
 }
 

@@ -103,13 +103,23 @@ impl PushGate {
     /// A push of activity to `user`, unless they have a live session. Its text is the store's to
     /// write, which knows the activity's group ("ana and 4 others liked your photo").
     pub fn activity(&self, user: UserId, online: bool) -> Option<PushFanout> {
+        self.to_one(user, online, PushKind::Activity)
+    }
+
+    /// A push of a notification from the app's backend to `user`, unless they have a live
+    /// session. The store writes what it says, with the notification.
+    pub fn notification(&self, user: UserId, online: bool) -> Option<PushFanout> {
+        self.to_one(user, online, PushKind::Notification)
+    }
+
+    fn to_one(&self, user: UserId, online: bool, kind: PushKind) -> Option<PushFanout> {
         if !self.enabled() || online {
             return None;
         }
         self.may_be_pending(&[user]);
         Some(PushFanout {
             users: vec![user],
-            kind: PushKind::Activity,
+            kind,
             preview: String::new(),
             due_at_ms: self.clock.now_ms() + self.grace_ms,
             platforms: self.platforms.clone(),

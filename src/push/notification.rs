@@ -1,7 +1,9 @@
 //! What a push says: built from a queued job and the store's view of the room, the same for both
 //! providers (each then puts it in its own payload).
 
-use crate::domain::{PushKind, RoomKind};
+use std::collections::BTreeMap;
+
+use crate::domain::{NotificationPush, PushKind, RoomKind};
 use crate::store::{PushContext, PushJob};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,9 @@ pub struct Notification {
     /// Notifications of one room are grouped together (APNs thread id).
     pub thread_id: String,
     pub kind: PushKind,
+    /// The app's own pairs (notifications from its backend), beside ours in the payload; ours win
+    /// a clash (`push_id`, `room_id`, `seq`, `badge`, `kind`, `aps`).
+    pub data: BTreeMap<String, String>,
 }
 
 impl Notification {
@@ -35,6 +40,8 @@ impl Notification {
                     PushKind::Message => format!("{} new messages", job.count),
                     PushKind::Activity if job.count <= 1 => "New activity".to_owned(),
                     PushKind::Activity => format!("{} new activities", job.count),
+                    PushKind::Notification if job.count <= 1 => "New notification".to_owned(),
+                    PushKind::Notification => format!("{} new notifications", job.count),
                 };
                 (String::new(), body)
             }
@@ -42,6 +49,16 @@ impl Notification {
             // others liked your photo"); a burst of several counts them in the title.
             PushKind::Activity if job.count <= 1 => (String::new(), job.preview.clone()),
             PushKind::Activity => (format!("{} new activities", job.count), job.preview.clone()),
+            // The newest of a burst, as the app worded it (a burst keeps the newest one's data).
+            PushKind::Notification => {
+                let newest = NotificationPush::decode(&job.preview);
+                let title = match job.count {
+                    0 | 1 => newest.title,
+                    n if newest.title.is_empty() => format!("{n} new notifications"),
+                    n => format!("{} (+{})", newest.title, n - 1),
+                };
+                (title, newest.body)
+            }
             PushKind::AddedToRoom => {
                 (context.room_name.clone(), format!("{sender} added you to {}", context.room_name))
             }
@@ -63,6 +80,7 @@ impl Notification {
         };
         let thread = match job.kind {
             PushKind::Activity => "activity".to_owned(),
+            PushKind::Notification => "notification".to_owned(),
             _ => format!("room-{}", job.room.0),
         };
         Self {
@@ -75,6 +93,10 @@ impl Notification {
             collapse_id: thread.clone(),
             thread_id: thread,
             kind: job.kind,
+            data: match job.kind {
+                PushKind::Notification => NotificationPush::decode(&job.preview).data,
+                _ => BTreeMap::new(),
+            },
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - `presence.rs`: who may see whose presence.
 //! - `activity.rs`: activity (follows, likes, comments) recorded into the stream of whom it
 //!   concerns, pushed when they are offline; what they have seen.
+//! - `notify.rs`: notifications from the app's backend (server API), into each user's stream.
 //! - `follows.rs`: following (requests for private accounts), lists of users, blocks.
 //! - `posts.rs`: photo posts: creating, deleting, reading them as privacy and blocks allow.
 //! - `profiles.rs`: profiles (display name, bio, avatar, birthday, privacy) and finding users.
@@ -17,6 +18,7 @@
 
 pub mod activity;
 pub mod follows;
+pub mod notify;
 mod page;
 pub mod posts;
 pub mod presence;

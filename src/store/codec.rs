@@ -168,6 +168,7 @@ pub(crate) fn event_row(event: &EventRef) -> EventRow {
         EventKind::Read => 2,
         EventKind::Post => 3,
         EventKind::Activity => 4,
+        EventKind::Notification => 5,
     };
     let source_id = match event.source {
         Source::Room(room) => room.0,
@@ -190,12 +191,14 @@ pub(crate) fn event_ref_from(row: &EventRow) -> Option<EventRef> {
         2 => EventKind::Read,
         3 => EventKind::Post,
         4 => EventKind::Activity,
+        5 => EventKind::Notification,
         _ => return None,
     };
     let actor = (row.actor != 0).then_some(UserId(row.actor as u64));
     let source = match kind {
         EventKind::Post => Source::Feed(UserId(row.source_id as u64)),
         EventKind::Activity => Source::User(UserId(row.source_id as u64)),
+        EventKind::Notification => Source::Server,
         _ => Source::Room(RoomId(row.source_id as u64)),
     };
     Some(EventRef { kind, source, reference: row.reference as u64, actor })

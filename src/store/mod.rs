@@ -21,15 +21,15 @@ use futures_util::future::BoxFuture;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use types::{
-    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, Effect, FanoutJob, HistoryPage, LateFanout,
-    MediaRecord, NewMedia, NewRoom, NewUser, Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences,
-    ReceiptWrite, RefreshRotation, UserRecord,
+    Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceInfo, DeviceRecord, Effect, FanoutJob, HistoryPage,
+    LateFanout, MediaRecord, NewMedia, NewRoom, NewUser, Positions, PushContext, PushFanout, PushJob, PushJobEnd,
+    PushPreferences, ReceiptWrite, RecordedNotification, RefreshRotation, UserRecord,
 };
 
 use crate::domain::{
     Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, LatestReactions,
-    MediaId, NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomId, RoomState,
-    RoomSummary, StreamEvent, UserId,
+    MediaId, NewActivity, NewNotification, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomId,
+    RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// How many seqs share one partition of a room's log in partitioned backends.
@@ -61,6 +61,8 @@ pub trait AccountStore: Send + Sync {
     async fn existing_users(&self, users: Vec<UserId>) -> StoreResult<Vec<UserId>>;
     async fn create_device(&self, device: DeviceRecord) -> StoreResult<()>;
     async fn device(&self, user: UserId, device: DeviceId) -> StoreResult<Option<DeviceRecord>>;
+    /// Every device the user ever logged in with, revoked ones too, by id.
+    async fn devices_of(&self, user: UserId) -> StoreResult<Vec<DeviceInfo>>;
     /// Replaces the refresh token hash if it still is `old_hash` and the device is live, keeping
     /// `old_hash` as the device's previous one. A device presenting its previous hash again is
     /// revoked in the same write (reuse detection: one of the two holders stole it).
@@ -340,6 +342,20 @@ pub trait ReactionStore: Send + Sync {
     async fn latest_reactions(&self, post: PostId) -> StoreResult<LatestReactions>;
 }
 
+/// Notifications from the app's backend, as events in their recipients' streams.
+#[async_trait]
+pub trait NotificationStore: Send + Sync {
+    /// Puts the notification into its recipient's stream, once per recipient and `dedup_key`: with
+    /// the key of one recorded before, it records nothing and answers that one (`fresh` false).
+    /// With `push`, the recipient's devices get a push (merged into their pending notification
+    /// push: one per burst) unless a device acknowledges the stream past it first.
+    async fn record_notification(
+        &self,
+        notification: NewNotification,
+        push: Option<PushFanout>,
+    ) -> StoreResult<RecordedNotification>;
+}
+
 /// Activity: what others did that concerns a user, as events in that user's stream.
 #[async_trait]
 pub trait ActivityStore: Send + Sync {
@@ -372,6 +388,7 @@ pub trait Store:
     + FeedStore
     + ReactionStore
     + ActivityStore
+    + NotificationStore
 {
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -37,6 +37,25 @@ pub struct DeviceRecord {
     pub revoked: bool,
 }
 
+/// What recording a notification did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedNotification {
+    /// Its position in the recipient's stream.
+    pub pos: u64,
+    pub notification: crate::domain::Notification,
+    /// False: one with its key was recorded before (a retry); this is that one, nothing was added.
+    pub fresh: bool,
+}
+
+/// A device as its user's list shows it (no token hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub device: DeviceId,
+    pub name: String,
+    pub created_at_ms: i64,
+    pub revoked: bool,
+}
+
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshRotation {

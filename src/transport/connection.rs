@@ -266,6 +266,7 @@ impl Connection {
         match self.write_outbound(out).await {
             Written::Sent(sent) => written(sent),
             Written::LoggedOut => Break(close(CloseCode::Policy, "logged out")),
+            Written::Disconnected => Break(close(CloseCode::Policy, "disconnected by the app's server")),
         }
     }
 
@@ -375,6 +376,7 @@ async fn attach(
 enum Written {
     Sent(Sent),
     LoggedOut,
+    Disconnected,
 }
 
 impl Connection {
@@ -400,10 +402,11 @@ impl Connection {
             Outbound::Ephemeral(event) => self.writer.send(&ephemeral_frame(&event)).await,
             Outbound::Notice(notice) => {
                 let sent = self.writer.send(&notice_frame(&notice)).await;
-                if notice == Notice::LoggedOut {
-                    return Written::LoggedOut;
+                match notice {
+                    Notice::LoggedOut => return Written::LoggedOut,
+                    Notice::Disconnected => return Written::Disconnected,
+                    _ => sent,
                 }
-                sent
             }
         };
         Written::Sent(sent)

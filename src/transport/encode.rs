@@ -137,6 +137,13 @@ pub fn event_frame(pos: u64, event: &StreamEvent) -> ServerFrame {
             post: details.as_deref().map(post),
         }),
         StreamEvent::Activity(a) => wire::event::Kind::Activity(activity(a)),
+        StreamEvent::Notification(n) => wire::event::Kind::Notification(wire::Notification {
+            notification_id: n.id,
+            title: n.title.clone(),
+            body: n.body.clone(),
+            data: n.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            at_ms: n.at_ms,
+        }),
     };
     ServerFrame { frame: Some(Frame::Event(wire::Event { pos, kind: Some(kind) })) }
 }
@@ -182,6 +189,7 @@ pub fn notice_frame(notice: &Notice) -> ServerFrame {
         }
         Notice::LoggedOut => (K::LoggedOut, 0, "this device was logged out"),
         Notice::TokenExpired => (K::TokenExpired, 0, "the access token expired; refresh it and reconnect"),
+        Notice::Disconnected => (K::Disconnected, 0, "the app's server closed this connection"),
     };
     going(kind, pos, message)
 }

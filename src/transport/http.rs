@@ -21,15 +21,15 @@ use tokio::sync::{Semaphore, watch};
 use super::codes::{http_status, wire_code};
 use super::connection::{self, ConnectionSetup};
 use super::connection_caps::{CapReached, ConnectionCaps};
-use crate::actors::{Hub, Kick};
+use crate::actors::{Hub, Kick, KickReason};
 use crate::auth::{AuthService, Authenticated, Refreshed, Session};
 use crate::domain::error::{Code, DomainError};
 use crate::domain::{DeviceId, UserId};
 use crate::metrics::METRICS;
 
 pub(super) const PROTOBUF: &str = "application/x-protobuf";
-/// Auth request bodies are small; anything bigger is refused before parsing.
-const MAX_AUTH_BODY_BYTES: usize = 16 * 1024;
+/// Auth and server API request bodies are small; anything bigger is refused before parsing.
+const MAX_SMALL_BODY_BYTES: usize = 16 * 1024;
 
 /// Shared by every HTTP worker.
 pub struct AppState {
@@ -40,6 +40,8 @@ pub struct AppState {
     pub connection_slots: Arc<Semaphore>,
     /// Open WebSockets per user and per client address.
     pub connection_caps: Arc<ConnectionCaps>,
+    /// The server API's keys; `None`: the API is off.
+    pub server_api: Option<Arc<super::server_api::ServerApiKeys>>,
     /// False while starting and once shutdown began.
     pub ready: Arc<AtomicBool>,
     /// How long an auth request's body may take to arrive (`server.body_read_timeout_secs`).
@@ -98,12 +100,12 @@ pub(super) fn error_response(encoding: Encoding, error: &DomainError) -> HttpRes
     response
 }
 
-/// An auth request's body, read with a size cap (`MAX_AUTH_BODY_BYTES`, refused as soon as it is
+/// A small request's body (auth, server API), read with a size cap (`MAX_SMALL_BODY_BYTES`, refused as soon as it is
 /// passed) and a deadline: a client trickling a byte at a time holds a worker no longer than
 /// `body_read_timeout` (then 408).
-pub struct AuthBody(web::Bytes);
+pub struct SmallBody(pub web::Bytes);
 
-impl actix_web::FromRequest for AuthBody {
+impl actix_web::FromRequest for SmallBody {
     type Error = actix_web::Error;
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
@@ -118,7 +120,7 @@ impl actix_web::FromRequest for AuthBody {
                 while let Some(chunk) = payload.next().await {
                     let chunk =
                         chunk.map_err(|e| DomainError::new(Code::BadFrame, format!("reading the body: {e}")))?;
-                    if body.len() + chunk.len() > MAX_AUTH_BODY_BYTES {
+                    if body.len() + chunk.len() > MAX_SMALL_BODY_BYTES {
                         return Err(DomainError::new(Code::PayloadTooLarge, "request body too large"));
                     }
                     body.extend_from_slice(&chunk);
@@ -127,7 +129,7 @@ impl actix_web::FromRequest for AuthBody {
             };
             let refuse = |response: HttpResponse| actix_web::error::InternalError::from_response("", response).into();
             match tokio::time::timeout(deadline, read).await {
-                Ok(Ok(body)) => Ok(AuthBody(body)),
+                Ok(Ok(body)) => Ok(SmallBody(body)),
                 Ok(Err(e)) => Err(refuse(error_response(encoding, &e))),
                 Err(_) => {
                     let e = DomainError::invalid("the request body did not arrive in time");
@@ -140,8 +142,11 @@ impl actix_web::FromRequest for AuthBody {
     }
 }
 
-fn parse<T: Message + Default + DeserializeOwned>(encoding: Encoding, body: &[u8]) -> Result<T, DomainError> {
-    if body.len() > MAX_AUTH_BODY_BYTES {
+pub(super) fn parse<T: Message + Default + DeserializeOwned>(
+    encoding: Encoding,
+    body: &[u8],
+) -> Result<T, DomainError> {
+    if body.len() > MAX_SMALL_BODY_BYTES {
         return Err(DomainError::new(Code::PayloadTooLarge, "request body too large"));
     }
     match encoding {
@@ -182,7 +187,7 @@ where
     }
 }
 
-async fn sign_up(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
+async fn sign_up(req: HttpRequest, body: SmallBody, state: web::Data<AppState>) -> HttpResponse {
     let client = client_ip(&req);
     session_call(&req, &body.0, |r: SignUpRequest| async move {
         state.auth.sign_up(client, &r.username, &r.password, &r.device_name).await
@@ -190,7 +195,7 @@ async fn sign_up(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -
     .await
 }
 
-async fn log_in(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
+async fn log_in(req: HttpRequest, body: SmallBody, state: web::Data<AppState>) -> HttpResponse {
     let client = client_ip(&req);
     session_call(&req, &body.0, |r: LogInRequest| async move {
         state.auth.log_in(client, &r.username, &r.password, &r.device_name).await
@@ -198,7 +203,7 @@ async fn log_in(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) ->
     .await
 }
 
-async fn refresh(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
+async fn refresh(req: HttpRequest, body: SmallBody, state: web::Data<AppState>) -> HttpResponse {
     let client = client_ip(&req);
     session_call(&req, &body.0, |r: RefreshRequest| async move {
         match state.auth.refresh(client, &r.refresh_token).await? {
@@ -212,14 +217,21 @@ async fn refresh(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -
     .await
 }
 
-/// Closes the live connections of these devices, on this node and on the others.
+/// Closes the live connections of logged-out devices, on this node and on the others.
 async fn close_devices(state: &AppState, user: UserId, devices: &[DeviceId]) {
+    kick(state, user, devices, KickReason::LoggedOut).await;
+}
+
+/// Closes the live connections of these devices, on this node (how many) and on the others.
+pub(super) async fn kick(state: &AppState, user: UserId, devices: &[DeviceId], reason: KickReason) -> usize {
+    let mut closed = 0;
     if let Some(actor) = state.hub.registry.user(user) {
-        let _ = actor.addr.send(Kick { devices: devices.to_vec() }).await;
+        closed = actor.addr.send(Kick { devices: devices.to_vec(), reason }).await.unwrap_or(0);
     }
     if let Some(peers) = &state.hub.peers {
-        peers.publish_kick(user, devices);
+        peers.publish_kick(user, devices, reason);
     }
+    closed
 }
 
 /// The address the request came from (the TCP peer: a proxy in front must do its own limiting or
@@ -253,7 +265,7 @@ pub(super) async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<
     state.auth.authenticate(&token).await
 }
 
-async fn log_out(req: HttpRequest, body: AuthBody, state: web::Data<AppState>) -> HttpResponse {
+async fn log_out(req: HttpRequest, body: SmallBody, state: web::Data<AppState>) -> HttpResponse {
     let encoding = body_encoding(&req);
     let result = async {
         let r: LogOutRequest = if body.0.is_empty() { LogOutRequest::default() } else { parse(encoding, &body.0)? };

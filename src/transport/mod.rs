@@ -7,6 +7,7 @@
 //!   events to frames. `codes.rs`: the one table of wire error codes.
 //! - `http.rs`: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`.
 //! - `media_http.rs`: `POST /v1/media` and `GET /v1/media/{mediaId}`.
+//! - `server_api.rs`: `/v1/server/*`, the app's backend's calls (with a server API key).
 //! - `internal.rs`: the cluster's internal listener (signed node-to-node requests).
 //! - `connection_caps.rs`: open connections counted per user and per client address.
 
@@ -19,3 +20,4 @@ pub mod encode;
 pub mod http;
 pub mod internal;
 pub mod media_http;
+pub mod server_api;

@@ -49,7 +49,7 @@ pub fn on_scylla(test: impl FnOnce()) {
     ON_SCYLLA.set(false);
     let nodes = crate::prerequisites::scylla_nodes().expect("checked above");
     for keyspace in KEYSPACES.take() {
-        drop_keyspace(nodes.clone(), keyspace);
+        recycle_keyspace(nodes.clone(), keyspace);
     }
     if let Err(panic) = ran {
         std::panic::resume_unwind(panic);
@@ -121,19 +121,57 @@ pub async fn store_for(data_dir: &std::path::Path) -> std::sync::Arc<dyn tidings
     std::sync::Arc::new(tidings::store::sqlite::SqliteStore::open(options).expect("the database opens"))
 }
 
+/// Keyspaces a test used and emptied (every table truncated; the schema and its version kept), for
+/// the next test of this process: creating a keyspace's forty-odd tables takes the CQL node some
+/// 6 s, one at a time whichever test asks, and was most of the ScyllaDB tests' time.
+static CLEAN_KEYSPACES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The keyspace of each data directory in use: servers started again on a directory find theirs.
+static KEYSPACE_OF: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>> =
+    std::sync::LazyLock::new(Default::default);
+
 fn keyspace_for(data_dir: &std::path::Path) -> String {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(data_dir);
-    format!("tidings_it_{hash:016x}")
+    let mut assigned = KEYSPACE_OF.lock().unwrap();
+    if let Some(keyspace) = assigned.get(data_dir) {
+        return keyspace.clone();
+    }
+    let keyspace = pooled_keyspace();
+    assigned.insert(data_dir.to_path_buf(), keyspace.clone());
+    keyspace
 }
 
-/// Drops a keyspace a test's servers used.
-fn drop_keyspace(nodes: Vec<String>, keyspace: String) {
-    let _ = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(tidings::store::scylla::ScyllaStore::drop_keyspace_on(nodes, &keyspace))
+/// A keyspace for a test of its own: an emptied one when there is one (the store finds its schema
+/// migrated), else a new name. Give it back with `recycle_keyspace`.
+pub fn pooled_keyspace() -> String {
+    CLEAN_KEYSPACES.lock().unwrap().pop().unwrap_or_else(|| format!("tidings_it_{:016x}", rand::random::<u64>()))
+}
+
+/// Empties a keyspace a test's servers used (they have stopped) and keeps it for the next test;
+/// drops it if it cannot be emptied.
+pub fn recycle_keyspace(nodes: Vec<String>, keyspace: String) {
+    KEYSPACE_OF.lock().unwrap().retain(|_, k| *k != keyspace);
+    let emptied = std::thread::spawn({
+        let keyspace = keyspace.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                use tidings::store::scylla::ScyllaStore;
+                match ScyllaStore::truncate_keyspace_on(nodes.clone(), &keyspace).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        eprintln!("could not empty keyspace {keyspace} ({e}); dropping it");
+                        let _ = ScyllaStore::drop_keyspace_on(nodes, &keyspace).await;
+                        false
+                    }
+                }
+            })
+        }
     })
-    .join();
+    .join()
+    .unwrap_or(false);
+    if emptied {
+        CLEAN_KEYSPACES.lock().unwrap().push(keyspace);
+    }
 }
 
 /// The configuration tests start from: a free port, a private data directory, cheap hashing.

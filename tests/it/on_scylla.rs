@@ -59,6 +59,10 @@ on_scylla! {
         bad_profile_changes_are_refused_naming_their_field,
         an_avatar_is_readable_by_anyone_and_cached_publicly_a_chat_image_is_not,
     ];
+    notify: [
+        a_notification_is_shown_live_resumed_pushed_offline_and_never_twice,
+        an_ack_within_the_grace_window_cancels_the_push_and_push_false_sends_none,
+    ];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,
         ack_within_the_grace_window_cancels_the_push,

@@ -110,6 +110,11 @@ pub async fn accounts(store: &dyn AccountStore) {
     assert!(store.device(ana, DeviceId(7)).await.unwrap().unwrap().revoked);
     assert_eq!(store.rotate_refresh(ana, DeviceId(7), vec![3], vec![4], 20).await.unwrap(), Unknown, "revoked");
     assert_eq!(store.revoke_devices(ana, None).await.unwrap(), Vec::<DeviceId>::new());
+    let listed = store.devices_of(ana).await.unwrap();
+    let summary: Vec<(u64, &str, i64, bool)> =
+        listed.iter().map(|d| (d.device.0, d.name.as_str(), d.created_at_ms, d.revoked)).collect();
+    assert_eq!(summary, [(7, "phone", 1, true), (8, "phone", 1, true)]);
+    assert!(store.devices_of(UserId(99)).await.unwrap().is_empty());
 
     store.set_last_seen(ana, 1234).await.unwrap();
     assert_eq!(store.last_seen(vec![ana]).await.unwrap(), vec![(ana, 1234)]);
@@ -514,6 +519,62 @@ pub async fn push_queue(store: Arc<dyn Store>) {
     assert!(s.push_token(bob, reinstall).await.unwrap().is_some());
 }
 
+/// Notifications: recorded once per recipient and key (a retry answers the first), read back from
+/// the stream, and pushed under their own pseudo-room until a device acknowledges past them.
+pub async fn notifications(store: Arc<dyn Store>) {
+    use tidings::domain::{NOTIFICATION_PUSH_ROOM, NewNotification, NotificationPush, PushKind};
+    let s = &*store;
+    let bob = user(s, 2, "bob").await;
+    let phone = device(s, bob, 10).await;
+    s.set_push_token(registration(bob, phone, Platform::Ios, "tok-phone")).await.unwrap();
+    let new = |key: &str, title: &str| NewNotification {
+        recipient: bob,
+        title: title.into(),
+        body: "body".into(),
+        data: [("order".to_owned(), "42".to_owned())].into(),
+        at_ms: 5,
+        dedup_key: key.into(),
+    };
+    let fanout = || PushFanout {
+        users: vec![bob],
+        kind: PushKind::Notification,
+        preview: String::new(),
+        due_at_ms: 10,
+        platforms: vec![Platform::Ios],
+    };
+    let first = s.record_notification(new("k1", "Shipped"), Some(fanout())).await.unwrap();
+    assert!(first.fresh);
+    assert_eq!(first.pos, 1);
+    let retry = s.record_notification(new("k1", "Shipped again?"), Some(fanout())).await.unwrap();
+    assert!(!retry.fresh);
+    assert_eq!((retry.pos, &retry.notification), (first.pos, &first.notification), "the first, unchanged");
+    let second = s.record_notification(new("k2", "Delivered"), Some(fanout())).await.unwrap();
+    assert_eq!((second.pos, second.fresh), (2, true));
+
+    let events = s.events_after(bob, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 2, "{events:?}");
+    match &events[0].1 {
+        StreamEvent::Notification(n) => assert_eq!(**n, first.notification),
+        other => panic!("expected a notification, got {other:?}"),
+    }
+    assert_eq!(first.notification.data.get("order").map(String::as_str), Some("42"));
+
+    // One job for the burst, saying the newest; room-less, so always "a member".
+    let jobs = s.claim_push_jobs(10, 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = &jobs[0];
+    assert_eq!((job.room, job.kind, job.count, job.last_pos), (NOTIFICATION_PUSH_ROOM, PushKind::Notification, 2, 2));
+    assert_eq!(NotificationPush::decode(&job.preview).title, "Delivered");
+    let context = s.push_context(job.clone()).await.unwrap();
+    assert!(context.member);
+    s.finish_push_job(job.clone(), PushJobEnd::Sent).await.unwrap();
+
+    // A third, acknowledged before it falls due: its job is cancelled.
+    let third = s.record_notification(new("k3", "Returned"), Some(fanout())).await.unwrap();
+    s.cancel_delivered_pushes(bob, third.pos).await.unwrap();
+    assert!(s.claim_push_jobs(100, 60_000, 10).await.unwrap().is_empty(), "acknowledged: no push");
+}
+
 /// A backend's store for one test, and what to clean up after it.
 pub struct Guard {
     _dir: Option<tempfile::TempDir>,
@@ -521,10 +582,12 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Drops the test's keyspace (a failed test leaves it, to look at).
+    /// Empties the test's keyspace for the next test (a failed test leaves it, to look at).
     async fn finish(self) {
         if let Some(store) = self.scylla {
-            store.drop_keyspace().await.unwrap();
+            let keyspace = store.keyspace().to_owned();
+            store.close().await;
+            crate::harness::recycle_keyspace(crate::prerequisites::scylla_nodes().expect("on ScyllaDB"), keyspace);
         }
     }
 }
@@ -1024,6 +1087,13 @@ macro_rules! store_suite {
             }
 
             #[tokio::test]
+            async fn notifications() {
+                let Some((guard, store)) = $make else { return };
+                super::notifications(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
             async fn push_tokens_and_preferences() {
                 let Some((guard, store)) = $make else { return };
                 super::push_preferences(&*store).await;
@@ -1111,7 +1181,10 @@ async fn scylla() -> Option<(Guard, Arc<dyn Store>)> {
     if !crate::prerequisites::check(crate::prerequisites::Prerequisite::Scylla) {
         return None;
     }
-    let store = scylla::open_with(|options| options.bucket_size = 64).await;
+    let nodes = crate::prerequisites::scylla_nodes().expect("checked above");
+    let mut options = tidings::store::scylla::ScyllaOptions::new(nodes, crate::harness::pooled_keyspace());
+    options.bucket_size = 64;
+    let store = tidings::store::scylla::ScyllaStore::open(options).await.expect("the CQL node answers");
     Some((Guard { _dir: None, scylla: Some(store.clone()) }, Arc::new(store)))
 }
 

@@ -12,7 +12,8 @@ use scylla::statement::prepared::PreparedStatement;
 use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare};
 use crate::domain::{DeviceId, UserId};
 use crate::store::{
-    AccountStore, DeviceRecord, NewUser, RefreshRotation, StoreError, StoreErrorKind, StoreResult, UserRecord,
+    AccountStore, DeviceInfo, DeviceRecord, NewUser, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
+    UserRecord,
 };
 
 pub(super) struct Statements {
@@ -27,6 +28,7 @@ pub(super) struct Statements {
     rotate: PreparedStatement,
     device_serial: PreparedStatement,
     devices_of: PreparedStatement,
+    device_list: PreparedStatement,
     revoke: PreparedStatement,
     set_last_seen: PreparedStatement,
     last_seen_in: PreparedStatement,
@@ -60,6 +62,8 @@ impl Statements {
             .await?,
             device_serial,
             devices_of: p("SELECT device_id, revoked FROM {ks}.devices WHERE user_id = ?").await?,
+            device_list: p("SELECT device_id, name, created_at_ms, revoked FROM {ks}.devices WHERE user_id = ?")
+                .await?,
             revoke: p("UPDATE {ks}.devices SET revoked = true, refresh_hash = 0x, refresh_previous = null
                 WHERE user_id = ? AND device_id = ? IF revoked = false")
             .await?,
@@ -128,6 +132,22 @@ impl AccountStore for ScyllaStore {
         Ok(rows.into_iter().next().map(|(name, refresh_hash, refresh_expires_at_ms, created_at_ms, revoked)| {
             DeviceRecord { user, device, name, refresh_hash, refresh_expires_at_ms, created_at_ms, revoked }
         }))
+    }
+
+    async fn devices_of(&self, user: UserId) -> StoreResult<Vec<DeviceInfo>> {
+        let rows = self.rows::<(i64, String, i64, Option<bool>)>(&self.accounts.device_list, (id(user.0),)).await?;
+        let mut devices: Vec<DeviceInfo> = rows
+            .into_iter()
+            .map(|(device, name, created_at_ms, revoked)| DeviceInfo {
+                device: DeviceId(device as u64),
+                name,
+                created_at_ms,
+                revoked: revoked == Some(true),
+            })
+            .collect();
+        // Clustered by the signed column: ids are below 2^63, so that is their order too.
+        devices.sort_unstable_by_key(|d| d.device.0);
+        Ok(devices)
     }
 
     async fn rotate_refresh(

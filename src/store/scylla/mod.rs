@@ -19,6 +19,7 @@ mod feeds;
 mod fence;
 mod graph;
 mod media;
+mod notifications;
 mod posts;
 mod profiles;
 mod push_prefs;
@@ -95,6 +96,7 @@ pub struct Parts {
     feeds: feeds::Statements,
     reactions: reactions::Statements,
     activity: activity::Statements,
+    notifications: notifications::Statements,
     closed: AtomicBool,
 }
 
@@ -136,6 +138,7 @@ impl ScyllaStore {
         let feeds = feeds::Statements::prepare(&session, &options).await?;
         let reactions = reactions::Statements::prepare(&session, &options).await?;
         let activity = activity::Statements::prepare(&session, &options).await?;
+        let notifications = notifications::Statements::prepare(&session, &options).await?;
         Ok(Self(Arc::new(Parts {
             session,
             options,
@@ -152,6 +155,7 @@ impl ScyllaStore {
             feeds,
             reactions,
             activity,
+            notifications,
             closed: AtomicBool::new(false),
         })))
     }
@@ -165,6 +169,31 @@ impl ScyllaStore {
         let session = SessionBuilder::new().known_nodes(&nodes).build().await.map_err(unavailable)?;
         let cql = format!("DROP KEYSPACE IF EXISTS {keyspace}");
         session.query_unpaged(cql, ()).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Empties every table of a keyspace but its schema version (tests reuse keyspaces with this:
+    /// creating one takes seconds). Nothing may be using it.
+    pub async fn truncate_keyspace_on(nodes: Vec<String>, keyspace: &str) -> Result<(), StoreError> {
+        let session = SessionBuilder::new().known_nodes(&nodes).build().await.map_err(unavailable)?;
+        let tables: Vec<String> = session
+            .query_unpaged("SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?", (keyspace,))
+            .await
+            .map_err(unavailable)?
+            .into_rows_result()
+            .map_err(unavailable)?
+            .rows::<(String,)>()
+            .map_err(unavailable)?
+            .filter_map(|row| row.ok().map(|(t,)| t))
+            .filter(|t| t != "schema_migrations")
+            .collect();
+        if tables.is_empty() {
+            return Err(StoreError::unavailable(format!("keyspace {keyspace} has no tables")));
+        }
+        // One at a time: each flushes, and a burst of them stalls the node's other writes.
+        for table in tables {
+            session.query_unpaged(format!("TRUNCATE {keyspace}.{table}"), ()).await.map_err(unavailable)?;
+        }
         Ok(())
     }
 

@@ -22,7 +22,8 @@ use scylla::statement::prepared::PreparedStatement;
 use super::fence::Claims;
 use super::{ScyllaOptions, ScyllaStore, id, lwt, prepare};
 use crate::domain::{
-    ACTIVITY_PUSH_ROOM, DeviceId, Platform, PushKind, RoomEntry, RoomId, RoomKind, UserId, now_ms, time_ordered_id,
+    ACTIVITY_PUSH_ROOM, DeviceId, NOTIFICATION_PUSH_ROOM, Platform, PushKind, RoomEntry, RoomId, RoomKind, UserId,
+    now_ms, time_ordered_id,
 };
 use crate::metrics::PUSH_METRICS;
 use crate::store::{
@@ -544,8 +545,8 @@ impl PushQueueStore for ScyllaStore {
     }
 
     async fn push_context(&self, job: PushJob) -> StoreResult<crate::store::PushContext> {
-        // Activity is in no room: no name, no markers (seeing it cancels its pushes), always "a member".
-        let activity = job.room == ACTIVITY_PUSH_ROOM;
+        // Activity and notifications are in no room: no name, no markers, always "a member".
+        let activity = job.room == ACTIVITY_PUSH_ROOM || job.room == NOTIFICATION_PUSH_ROOM;
         let (kind, room_name) = match activity {
             true => (RoomKind::Direct, String::new()),
             false => match self.room_meta(job.room).await? {

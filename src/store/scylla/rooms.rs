@@ -587,7 +587,10 @@ impl ScyllaStore {
                 .iter()
                 .filter_map(|(_, e)| match e {
                     StreamEvent::Entry(entry) => Some(entry.seq),
-                    StreamEvent::Receipt(_) | StreamEvent::Post { .. } | StreamEvent::Activity(_) => None,
+                    StreamEvent::Receipt(_)
+                    | StreamEvent::Post { .. }
+                    | StreamEvent::Activity(_)
+                    | StreamEvent::Notification(_) => None,
                 })
                 .collect();
             tracing::info!(%room, ?seqs, "finished the fan-out a stopped writer left");

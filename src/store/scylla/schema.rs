@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 13;
+pub(super) const SCHEMA_VERSION: i32 = 14;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -249,6 +249,7 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
         "how far streams were acknowledged",
         &["CREATE TABLE IF NOT EXISTS {ks}.push_delivered (user_id bigint PRIMARY KEY, up_to_pos bigint)"],
     ),
+    (14, "notifications", super::notifications::TABLES),
 ];
 
 pub(super) async fn migrate(session: &Session, options: &ScyllaOptions) -> Result<(), StoreError> {

@@ -334,6 +334,12 @@ impl ScyllaStore {
             })?;
             return Ok(StreamEvent::Activity(Arc::new(activity)));
         }
+        if let EventKind::Notification = event.kind {
+            let notification = self.notification_row(user, event.reference).await?.ok_or_else(|| {
+                StoreError::new(StoreErrorKind::Corrupt, format!("{user} has no notification {}", event.reference))
+            })?;
+            return Ok(StreamEvent::Notification(Arc::new(notification)));
+        }
         if let (EventKind::Post, Source::Feed(author)) = (event.kind, event.source) {
             let post = crate::domain::PostId(event.reference);
             let details = crate::store::PostStore::post(self, post).await?.map(Arc::new);
@@ -355,8 +361,8 @@ impl ScyllaStore {
             }
             EventKind::Delivered => receipt(ReceiptKind::Delivered),
             EventKind::Read => receipt(ReceiptKind::Read),
-            EventKind::Post | EventKind::Activity => {
-                Err(StoreError::new(StoreErrorKind::Corrupt, "a post or activity event from a room"))
+            EventKind::Post | EventKind::Activity | EventKind::Notification => {
+                Err(StoreError::new(StoreErrorKind::Corrupt, "a post, activity or notification event from a room"))
             }
         }
     }

@@ -7,6 +7,7 @@ mod codec;
 mod feeds;
 mod graph;
 mod media;
+mod notifications;
 mod posts;
 mod profiles;
 mod push;
@@ -28,16 +29,17 @@ use tokio::sync::{mpsc, oneshot};
 use writer::WriteCmd;
 
 use super::{
-    AccountStore, ActivityStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceRecord, FanoutJob, FeedStore,
-    GraphStore, HistoryPage, MediaRecord, MediaStore, NewMedia, NewRoom, NewUser, Positions, PostStore, ProfileStore,
-    PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, PushPrefsStore, PushQueueStore, ReactionStore,
-    ReceiptWrite, RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    AccountStore, ActivityStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceInfo, DeviceRecord, FanoutJob,
+    FeedStore, GraphStore, HistoryPage, MediaRecord, MediaStore, NewMedia, NewRoom, NewUser, NotificationStore,
+    Positions, PostStore, ProfileStore, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, PushPrefsStore,
+    PushQueueStore, ReactionStore, ReceiptWrite, RecordedNotification, RefreshRotation, RoomStore, Store, StoreError,
+    StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
     Activity, ActivityStatus, Comment, CommentId, DeviceId, FollowCounts, FollowList, FollowState, LatestReactions,
-    MediaId, NewActivity, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions, RoomEntry, RoomId,
-    RoomState, RoomSummary, StreamEvent, UserId,
+    MediaId, NewActivity, NewNotification, Post, PostId, Profile, ProfileChange, PushRegistration, Reactions,
+    RoomEntry, RoomId, RoomState, RoomSummary, StreamEvent, UserId,
 };
 
 /// Settings of the SQLite backend.
@@ -198,6 +200,10 @@ impl AccountStore for SqliteStore {
 
     async fn device(&self, user: UserId, device: DeviceId) -> StoreResult<Option<DeviceRecord>> {
         self.read(move |c| reads::device(c, user, device)).await
+    }
+
+    async fn devices_of(&self, user: UserId) -> StoreResult<Vec<DeviceInfo>> {
+        self.read(move |c| reads::devices_of(c, user)).await
     }
 
     async fn rotate_refresh(
@@ -577,6 +583,17 @@ impl ReactionStore for SqliteStore {
 
     async fn latest_reactions(&self, post: PostId) -> StoreResult<LatestReactions> {
         self.read(move |c| reactions::latest(c, post)).await
+    }
+}
+
+#[async_trait]
+impl NotificationStore for SqliteStore {
+    async fn record_notification(
+        &self,
+        notification: NewNotification,
+        push: Option<PushFanout>,
+    ) -> StoreResult<RecordedNotification> {
+        self.write(|reply| WriteCmd::RecordNotification(notification, push, reply)).await
     }
 }
 

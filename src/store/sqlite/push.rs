@@ -3,7 +3,10 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
-use crate::domain::{ACTIVITY_PUSH_ROOM, DeviceId, Platform, PushKind, PushRegistration, RoomId, RoomKind, UserId};
+use crate::domain::{
+    ACTIVITY_PUSH_ROOM, DeviceId, NOTIFICATION_PUSH_ROOM, Platform, PushKind, PushRegistration, RoomId, RoomKind,
+    UserId,
+};
 use crate::metrics::PUSH_METRICS;
 use crate::store::UNREAD_COUNT_CAP;
 use crate::store::codec::{room_kind_code, room_kind_from};
@@ -358,8 +361,8 @@ pub(super) fn token(conn: &Connection, user: UserId, device: DeviceId) -> rusqli
 
 pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<PushContext> {
     let (user, room) = (job.user.0 as i64, job.room.0 as i64);
-    // Activity is in no room: no name, no markers (seeing it cancels its pushes), always "a member".
-    let activity = job.room == ACTIVITY_PUSH_ROOM;
+    // Activity and notifications are in no room: no name, no markers, always "a member".
+    let activity = job.room == ACTIVITY_PUSH_ROOM || job.room == NOTIFICATION_PUSH_ROOM;
     let (kind, room_name): (i64, String) = match activity {
         true => (room_kind_code(RoomKind::Direct), String::new()),
         false => conn

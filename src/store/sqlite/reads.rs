@@ -9,7 +9,7 @@ use crate::domain::{
     Source, StreamEvent, UserId,
 };
 use crate::store::codec::{EventRow, event_ref_from, role_from, room_kind_from};
-use crate::store::{DeviceRecord, HistoryPage, UserRecord};
+use crate::store::{DeviceInfo, DeviceRecord, HistoryPage, UserRecord};
 
 use crate::store::UNREAD_COUNT_CAP;
 
@@ -49,6 +49,21 @@ pub(super) fn device(conn: &Connection, user: UserId, device: DeviceId) -> rusql
         })
     })
     .optional()
+}
+
+pub(super) fn devices_of(conn: &Connection, user: UserId) -> rusqlite::Result<Vec<DeviceInfo>> {
+    conn.prepare_cached(
+        "SELECT device_id, name, created_at_ms, revoked FROM devices WHERE user_id = ?1 ORDER BY device_id",
+    )?
+    .query_map(params![user.0 as i64], |r| {
+        Ok(DeviceInfo {
+            device: DeviceId(r.get::<_, i64>(0)? as u64),
+            name: r.get(1)?,
+            created_at_ms: r.get(2)?,
+            revoked: r.get(3)?,
+        })
+    })?
+    .collect()
 }
 
 pub(super) fn last_seen(conn: &Connection, users: &[UserId]) -> rusqlite::Result<Vec<(UserId, i64)>> {
@@ -222,6 +237,10 @@ pub(super) fn events_after(
             (EventKind::Activity, Source::User(_)) => {
                 let activity = super::activity::read(conn, user, described.reference)?.ok_or_else(unknown)?;
                 StreamEvent::Activity(std::sync::Arc::new(activity))
+            }
+            (EventKind::Notification, Source::Server) => {
+                let notification = super::notifications::read(conn, user, described.reference)?.ok_or_else(unknown)?;
+                StreamEvent::Notification(std::sync::Arc::new(notification))
             }
             _ => return Err(unknown()),
         };

@@ -173,7 +173,7 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
 
 /// The schema's version (`PRAGMA user_version`) this build writes. A database is brought up to it
 /// on open, one migration at a time; one of a newer version (made by a newer tidings) is refused.
-pub(super) const SCHEMA_VERSION: i64 = 12;
+pub(super) const SCHEMA_VERSION: i64 = 13;
 
 /// A schema version, what it brings (for the log), and the step that brings it.
 type Migration = (i64, &'static str, fn(&Connection) -> rusqlite::Result<()>);
@@ -205,6 +205,7 @@ const MIGRATIONS: &[Migration] = &[
         c.execute_batch(super::reactions::LIKES_BY_TIME)
     }),
     (12, "how far streams were acknowledged", |c| c.execute_batch(super::push::DELIVERED_TABLE)),
+    (13, "notifications", |c| c.execute_batch(super::notifications::TABLES)),
 ];
 
 /// Brings the database up to `SCHEMA_VERSION`. Each step runs in its own immediate transaction,

@@ -14,14 +14,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::push;
 use crate::domain::{
     ACTIVITY_PUSH_ROOM, Activity, ActivityStatus, Comment, CommentId, DeviceId, EntryBody, EventRef, FollowState,
-    MediaId, NewActivity, Post, PostId, ProfileChange, PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind,
-    RoomState, UserId, now_ms,
+    MediaId, NOTIFICATION_PUSH_ROOM, NewActivity, NewNotification, NotificationPush, Post, PostId, ProfileChange,
+    PushRegistration, Receipt, ReceiptKind, Role, RoomId, RoomKind, RoomState, UserId, now_ms, time_ordered_id,
 };
 use crate::metrics::METRICS;
 use crate::store::codec::{entry_columns, event_row, role_code, room_kind_code};
 use crate::store::{
     Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, FanoutJob, NewMedia, NewRoom, NewUser, Positions,
-    PushFanout, PushJob, PushJobEnd, ReceiptWrite, RefreshRotation, StoreError, StoreErrorKind, StoreResult,
+    PushFanout, PushJob, PushJobEnd, ReceiptWrite, RecordedNotification, RefreshRotation, StoreError, StoreErrorKind,
+    StoreResult,
 };
 
 pub(super) type Reply<T> = oneshot::Sender<StoreResult<T>>;
@@ -107,6 +108,7 @@ pub(super) enum WriteCmd {
     },
     FinishFanout(PostId, Reply<()>),
     RecordActivity(NewActivity, Option<PushFanout>, Reply<Option<(u64, Activity)>>),
+    RecordNotification(NewNotification, Option<PushFanout>, Reply<RecordedNotification>),
     SetActivitySeen(UserId, u64, Reply<ActivityStatus>),
     AddWideAuthor(UserId, Reply<()>),
     SetFollow {
@@ -294,6 +296,20 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
                 push::enqueue(tx, &fanout, ACTIVITY_PUSH_ROOM, activity.id, activity.actor, &positions, now_ms())?;
             }
             Ok(Ok(recorded))
+        }),
+        WriteCmd::RecordNotification(new, push, reply) => run!(reply, |tx, heads| {
+            if let Some((pos, notification)) = super::notifications::by_key(tx, &new)? {
+                return Ok(Ok(RecordedNotification { pos, notification, fresh: false }));
+            }
+            let id = time_ordered_id(new.at_ms);
+            let positions = push_events(tx, heads, &[new.recipient], &EventRef::notification(id))?;
+            let pos = positions.first().map_or(0, |&(_, pos)| pos);
+            let notification = super::notifications::insert(tx, &new, id, pos)?;
+            if let Some(mut fanout) = push {
+                fanout.preview = NotificationPush::of(&notification).encode();
+                push::enqueue(tx, &fanout, NOTIFICATION_PUSH_ROOM, id, UserId(0), &positions, now_ms())?;
+            }
+            Ok(Ok(RecordedNotification { pos, notification, fresh: true }))
         }),
         WriteCmd::SetActivitySeen(user, up_to_pos, reply) => run!(reply, |tx, _| {
             super::activity::set_seen(tx, user, up_to_pos)?;
