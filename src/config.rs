@@ -23,6 +23,53 @@ pub struct Config {
     pub feed: FeedConfig,
     pub app_tokens: AppTokensConfig,
     pub server_api: ServerApiConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Webhooks to the app's backend (`webhooks/`): off while `url` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// The HMAC-SHA256 key of `X-Tidings-Signature` (at least 32 bytes; required with `url`).
+    pub secret: String,
+    pub secret_file: PathBuf,
+    /// Which events are sent.
+    pub user_online: bool,
+    pub user_offline: bool,
+    pub room_created: bool,
+    /// One call per message: off unless asked for.
+    pub message_sent: bool,
+    /// How long a call may take before it counts as failed.
+    pub timeout_secs: u64,
+    /// Calls at once.
+    pub concurrency: usize,
+    /// Attempts before an event is given up (kept in the queue, counted in /metrics).
+    pub max_attempts: u32,
+    /// Backoff between attempts: doubling from `retry_base_ms` up to `retry_max_ms`, with jitter;
+    /// a `Retry-After` from the backend wins.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: String::new(),
+            secret_file: PathBuf::new(),
+            user_online: true,
+            user_offline: true,
+            room_created: true,
+            message_sent: false,
+            timeout_secs: 5,
+            concurrency: 8,
+            max_attempts: 15,
+            retry_base_ms: 1000,
+            retry_max_ms: 600_000,
+        }
+    }
 }
 
 /// The app's own identities (`auth/app_identity.rs`): tokens its backend issues, accepted in place

@@ -11,6 +11,7 @@
 //! - `auth`: accounts, passwords, access and refresh tokens.
 //! - `cluster`: several nodes bridged by Redis (membership, presence, room ownership, the bridge).
 //! - `media`: images: uploads checked and cleaned, stored in chunks, read back.
+//! - `webhooks`: what happened, POSTed to the app's backend, signed, from a durable queue.
 //! - `push`: reaching users with no live session through APNs and FCM, from a durable queue.
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
 //! - `domain`: ids, rooms, entries and stream events, free of wire and storage concerns.
@@ -40,3 +41,4 @@ pub mod server;
 pub mod services;
 pub mod store;
 pub mod transport;
+pub mod webhooks;

@@ -191,6 +191,12 @@ pub fn check_config(config: &Config) -> anyhow::Result<Vec<String>> {
     if crate::auth::app_identity::AppIdentity::from_config(&config.app_tokens)?.is_some() {
         checked.push("app tokens: accepted".into());
     }
+    if !config.webhooks.url.is_empty() {
+        let w = &config.webhooks;
+        crate::secrets::configured("webhooks.secret", &w.secret, &w.secret_file)?
+            .context("webhooks.url is set but webhooks.secret is not")?;
+        checked.push(format!("webhooks: to {}", w.url));
+    }
     if crate::transport::server_api::ServerApiKeys::from_config(&config.server_api.keys)?.is_some() {
         checked.push(format!("server API: on, {} key(s)", config.server_api.keys.len()));
     }
@@ -236,7 +242,11 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         }
     };
     let peers = cluster.clone().map(|c| c as Arc<dyn Peers>);
-    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), peers, &config.feed);
+    let (webhooks, webhook_worker) = crate::webhooks::start(&config.webhooks, &config.store.data_dir)?;
+    if let Some(worker) = webhook_worker {
+        background.started(worker);
+    }
+    let hub = Hub::new(store.clone(), config.limits.clone(), gate.clone(), peers, &config.feed, webhooks);
     let internal = match internal_listener {
         Some(listener) => Some(serve_internal(listener, hub.clone(), cluster.clone().expect("in a cluster"), &config)?),
         None => None,

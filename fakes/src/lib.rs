@@ -9,19 +9,22 @@
 //!
 //! Both record what they accepted, so a test can check every notification's payload.
 //!
-//! And [`FakeIdentityProvider`]: the app's backend, publishing a JWKS and signing its users' tokens.
+//! And the app's backend: [`FakeIdentityProvider`] publishes a JWKS and signs its users' tokens,
+//! [`FakeWebhookReceiver`] takes tidings' signed webhook calls.
 
 mod apns;
 mod fcm;
 mod identity;
 mod public_key;
 mod serve;
+mod webhooks;
 
 use std::path::PathBuf;
 
 pub use apns::{ApnsPush, FakeApns};
 pub use fcm::{FakeFcm, FcmPush};
 pub use identity::{APP_HS256_SECRET, FakeIdentityProvider};
+pub use webhooks::{FakeWebhookReceiver, WEBHOOK_SECRET, WebhookCall};
 
 /// A scripted answer for the next request(s), instead of success.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,6 +18,8 @@ pub struct Hub {
     pub feeds: super::feed::Feeds,
     /// Activities of one kind about one thing within this window of the first are one group.
     pub activity_window_ms: i64,
+    /// Events for the app's backend (a no-op without `webhooks.url`).
+    pub webhooks: crate::webhooks::Webhooks,
     /// Moves whenever a block is made or lifted here: direct rooms read blocks again.
     blocks_generation: std::sync::atomic::AtomicU64,
 }
@@ -29,6 +31,7 @@ impl Hub {
         push: Arc<PushGate>,
         peers: Option<Arc<dyn Peers>>,
         feed: &FeedConfig,
+        webhooks: crate::webhooks::Webhooks,
     ) -> Arc<Self> {
         let feeds = super::feed::Feeds::new(feed.fanout_max_followers);
         let activity_window_ms = (feed.activity_window_secs as i64).saturating_mul(1000);
@@ -40,6 +43,7 @@ impl Hub {
             peers,
             feeds,
             activity_window_ms,
+            webhooks,
             blocks_generation: Default::default(),
         })
     }

@@ -191,6 +191,21 @@ impl UserActor {
             if !online && let Err(e) = hub.store.set_last_seen(user, last_seen_ms).await {
                 tracing::warn!(%user, error = %e, "could not record last seen");
             }
+            // Online or offline for the backend means on every node: a session elsewhere says not.
+            let kind = if online { "user.online" } else { "user.offline" };
+            if hub.webhooks.wants(kind) {
+                let elsewhere = match &hub.peers {
+                    Some(peers) => peers.online_elsewhere(user).await,
+                    None => false,
+                };
+                if !elsewhere {
+                    let event = match online {
+                        true => crate::webhooks::WebhookEvent::user_online(user),
+                        false => crate::webhooks::WebhookEvent::user_offline(user),
+                    };
+                    hub.webhooks.emit(event);
+                }
+            }
             match hub.store.contacts_of(user).await {
                 Ok(contacts) => {
                     hub.send_ephemeral(&contacts, Ephemeral::Presence(PresenceInfo { user, online, last_seen_ms }))

@@ -137,7 +137,10 @@ impl AuthService {
         let stored = record.as_ref().map(|r| r.password_hash.clone());
         let ok = self.hashing.run(move |hasher| hasher.verify(&password, stored.as_deref())).await?;
         match record {
-            Some(record) if ok => self.new_device(record.id, device_name).await,
+            Some(record) if ok => {
+                self.refuse_blocked(record.id).await?;
+                self.new_device(record.id, device_name).await
+            }
             _ => Err(DomainError::new(Code::Unauthenticated, "wrong username or password")),
         }
     }
@@ -183,6 +186,7 @@ impl AuthService {
         if record.revoked {
             return Err(invalid());
         }
+        self.refuse_blocked(user).await?;
         if record.refresh_expires_at_ms < now {
             return Err(DomainError::new(Code::TokenExpired, "refresh token expired; log in again"));
         }
@@ -221,8 +225,19 @@ impl AuthService {
             (Err(e), _) => return Err(e),
         };
         match self.store.device(user, device).await? {
-            Some(d) if !d.revoked => Ok(Authenticated { user, device, expires_at_ms }),
+            Some(d) if !d.revoked => {
+                self.refuse_blocked(user).await?;
+                Ok(Authenticated { user, device, expires_at_ms })
+            }
             _ => Err(DomainError::new(Code::Unauthenticated, "this device was logged out")),
+        }
+    }
+
+    /// A blocked account (server API) may not log in, refresh or connect.
+    async fn refuse_blocked(&self, user: UserId) -> DomainResult<()> {
+        match self.store.account_blocked(user).await? {
+            Some(_) => Err(DomainError::new(Code::Forbidden, "this account is blocked")),
+            None => Ok(()),
         }
     }
 
@@ -231,6 +246,7 @@ impl AuthService {
         let subject = app.verify(token, now).await?;
         let (user, device) = (subject.user, subject.device);
         let authenticated = Authenticated { user, device, expires_at_ms: subject.expires_at_ms };
+        self.refuse_blocked(user).await?;
         match self.store.device(user, device).await? {
             Some(d) if d.revoked => Err(DomainError::new(Code::Unauthenticated, "this device was logged out")),
             Some(_) => Ok(authenticated),

@@ -48,6 +48,10 @@ impl Gauge {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn set(&self, n: i64) {
+        self.0.store(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -111,6 +115,12 @@ metrics! {
     ownership_changes_total: Counter = "Cluster membership changes seen (each moves some rooms).",
     store_batches_total: Counter = "Store write batches committed (one fsync each).",
     store_batched_writes_total: Counter = "Store writes committed in those batches.",
+    webhooks_sent_total: Counter = "Webhook calls the app's backend answered 2xx.",
+    webhooks_retried_total: Counter = "Webhook calls that failed and will be tried again.",
+    webhooks_failed_total: Counter = "Webhooks given up after webhooks.max_attempts.",
+    webhooks_dropped_total: Counter = "Webhook events not queued (emitted faster than queued, or the queue failed).",
+    webhooks_pending: Gauge = "Webhook events waiting to be sent (this node's queue).",
+    webhooks_given_up: Gauge = "Webhook events given up and kept in this node's queue.",
 }
 
 impl Metrics {

@@ -160,10 +160,12 @@ async fn create(
         body: EntryBody::Created { kind, name: name.clone(), members: members.clone() },
         encoded: Default::default(),
     });
-    let new_room = NewRoom { id, kind, name, creator: me, members, entry: (*entry).clone() };
+    let new_room =
+        NewRoom { id, kind, name: name.clone(), creator: me, members: members.clone(), entry: (*entry).clone() };
     let room = match hub.store.create_room(new_room).await? {
         CreateRoomOutcome::Created { positions } => {
             hub.deliver(&positions, &StreamEvent::Entry(entry));
+            hub.webhooks.emit(crate::webhooks::WebhookEvent::room_created(id, kind, &name, me, &members));
             id
         }
         CreateRoomOutcome::DirectExists(existing) => existing,

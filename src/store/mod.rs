@@ -79,6 +79,11 @@ pub trait AccountStore: Send + Sync {
     async fn revoke_devices(&self, user: UserId, only: Option<DeviceId>) -> StoreResult<Vec<DeviceId>>;
     async fn set_last_seen(&self, user: UserId, at_ms: i64) -> StoreResult<()>;
     async fn last_seen(&self, users: Vec<UserId>) -> StoreResult<Vec<(UserId, i64)>>;
+    /// Blocks (`at_ms` > 0, when) or unblocks (0) a user's account (the server API): a blocked
+    /// user cannot log in, refresh or connect; their devices and data stay.
+    async fn set_account_blocked(&self, user: UserId, at_ms: i64) -> StoreResult<()>;
+    /// When the account was blocked, if it is.
+    async fn account_blocked(&self, user: UserId) -> StoreResult<Option<i64>>;
 }
 
 /// Rooms, their members and their logs.

@@ -64,6 +64,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/users/{user}/devices/{device}/revoke", web::post().to(revoke_device))
             .route("/users/{user}/revoke", web::post().to(revoke_user))
             .route("/users/{user}/disconnect", web::post().to(disconnect))
+            .route("/users/{user}/block", web::post().to(block))
+            .route("/users/{user}/unblock", web::post().to(unblock))
             .route("/users/{user}/connections", web::get().to(connections))
             .default_service(web::to(unknown_call)),
     );
@@ -262,6 +264,28 @@ async fn disconnect(req: HttpRequest, path: web::Path<String>, state: web::Data<
         let devices: Vec<DeviceId> = state.hub.store.devices_of(user).await?.into_iter().map(|d| d.device).collect();
         let closed = kick(&state, user, &devices, KickReason::Disconnected).await;
         Ok(wire::ServerDisconnected { connections: closed as u32 })
+    })
+    .await
+}
+
+/// Blocks the account (it may not log in, refresh or connect) and closes its connections.
+async fn block(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    call(&req, &state, async {
+        let user = existing_user(&state, &path).await?;
+        state.hub.store.set_account_blocked(user, crate::domain::now_ms()).await?;
+        let devices: Vec<DeviceId> = state.hub.store.devices_of(user).await?.into_iter().map(|d| d.device).collect();
+        let closed = kick(&state, user, &devices, KickReason::Disconnected).await;
+        tracing::info!(%user, connections = closed, "account blocked through the server API");
+        Ok(wire::ServerDisconnected { connections: closed as u32 })
+    })
+    .await
+}
+
+async fn unblock(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    call(&req, &state, async {
+        let user = existing_user(&state, &path).await?;
+        state.hub.store.set_account_blocked(user, 0).await?;
+        Ok(wire::Success {})
     })
     .await
 }

@@ -27,3 +27,4 @@ mod server_api;
 mod store_conformance;
 mod swarm;
 mod sync;
+mod webhooks;

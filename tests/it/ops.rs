@@ -96,6 +96,10 @@ fn check_config_accepts_a_good_file_and_names_what_is_wrong_in_a_bad_one() {
         (example.replace("[server]", "[server]\nlisten_typo = 1"), "listen_typo"),
         (example.replace("token_secret = \"\"", "token_secret = \"too short\""), "auth.token_secret"),
         (example.replace("hs256_secret = \"\"", "hs256_secret = \"too short\""), "app_tokens.hs256_secret"),
+        (
+            example.replace("url = \"\"\n# Required", "url = \"http://127.0.0.1:9/hooks\"\n# Required"),
+            "webhooks.secret",
+        ),
     ] {
         let (ok, _, stderr) = check(&bad);
         assert!(!ok, "{says}: accepted");

@@ -189,3 +189,30 @@ async fn devices_are_listed_revoked_and_disconnected() {
     let (_, body) = call(&server, "GET", &format!("{user}/devices"), Some(KEY), None).await;
     assert!(body["devices"].as_array().unwrap().iter().all(|d| d["revoked"] == json!(true)), "{body}");
 }
+
+#[tokio::test]
+async fn a_blocked_account_is_disconnected_and_kept_out_until_unblocked() {
+    let server = with_keys();
+    let ana = server.user("ana").await;
+    let (mut conn, _) = ana.connect_synced(0).await;
+    let user = format!("/users/{}", ana.id());
+
+    let (status, body) = call(&server, "POST", &format!("{user}/block"), Some(KEY), None).await;
+    assert_eq!((status, body["connections"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(next_notice(&mut conn).await, wire::NoticeKind::Disconnected);
+    let refused = tidings_client::Connection::connect(&server.ws_base(), &ana.auth.access_token, Encoding::Protobuf)
+        .await
+        .err()
+        .expect("a blocked account cannot connect");
+    assert!(matches!(refused, tidings_client::ClientError::Http { status: 403, .. }), "{refused}");
+    assert_eq!(refused.code(), Some(wire::ErrorCode::Forbidden));
+    let login = server.http().log_in("ana", crate::harness::PASSWORD, "laptop").await.unwrap_err();
+    assert_eq!(login.code(), Some(wire::ErrorCode::Forbidden));
+    let refresh = server.http().refresh(&ana.auth.refresh_token).await.unwrap_err();
+    assert_eq!(refresh.code(), Some(wire::ErrorCode::Forbidden));
+
+    let (status, _) = call(&server, "POST", &format!("{user}/unblock"), Some(KEY), None).await;
+    assert_eq!(status, 200);
+    ana.connect_synced(0).await;
+    server.http().log_in("ana", crate::harness::PASSWORD, "laptop").await.expect("logs in again");
+}

@@ -116,6 +116,12 @@ pub async fn accounts(store: &dyn AccountStore) {
     assert_eq!(summary, [(7, "phone", 1, true), (8, "phone", 1, true)]);
     assert!(store.devices_of(UserId(99)).await.unwrap().is_empty());
 
+    assert_eq!(store.account_blocked(ana).await.unwrap(), None);
+    store.set_account_blocked(ana, 50).await.unwrap();
+    assert_eq!(store.account_blocked(ana).await.unwrap(), Some(50));
+    store.set_account_blocked(ana, 0).await.unwrap();
+    assert_eq!(store.account_blocked(ana).await.unwrap(), None);
+
     store.set_last_seen(ana, 1234).await.unwrap();
     assert_eq!(store.last_seen(vec![ana]).await.unwrap(), vec![(ana, 1234)]);
 }

@@ -25,7 +25,8 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use super::{Ephemeral, Hub, Replier, ReplyBody, RoomOp, RoomWrite, SentAck};
 use crate::domain::error::{Code, DomainError, DomainResult};
 use crate::domain::{
-    Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId, now_ms, time_ordered_id,
+    EntryBody, Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId, now_ms,
+    time_ordered_id,
 };
 use crate::metrics::METRICS;
 use crate::store::{Append, AppendOutcome, HistoryPage, Positions, ReceiptWrite};
@@ -214,6 +215,9 @@ impl RoomActor {
             OnCommit::Sent => sent(entry.seq, entry.id, entry.sent_at_ms, false),
             OnCommit::Ok => ReplyBody::Ok,
         };
+        if matches!(outcome, Ok(AppendOutcome::Committed { .. } | AppendOutcome::Logged { .. })) {
+            self.tell_backend(&entry);
+        }
         match outcome {
             Ok(AppendOutcome::Committed { positions }) => {
                 METRICS.messages_committed_total.inc();
@@ -267,6 +271,22 @@ impl RoomActor {
                 replier.error(e.into());
                 self.retire(ctx);
             }
+        }
+    }
+
+    /// A new message, for the app's backend (`webhooks.message_sent`).
+    fn tell_backend(&self, entry: &RoomEntry) {
+        if let EntryBody::Text(message) = &entry.body
+            && self.hub.webhooks.wants("message.sent")
+        {
+            self.hub.webhooks.emit(crate::webhooks::WebhookEvent::MessageSent {
+                room: entry.room.0,
+                seq: entry.seq,
+                message: entry.id,
+                sender: entry.sender.0,
+                client_msg_id: message.client_msg_id.clone(),
+                text: message.text.clone(),
+            });
         }
     }
 

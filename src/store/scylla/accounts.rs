@@ -31,6 +31,9 @@ pub(super) struct Statements {
     device_list: PreparedStatement,
     revoke: PreparedStatement,
     set_last_seen: PreparedStatement,
+    block: PreparedStatement,
+    unblock: PreparedStatement,
+    blocked: PreparedStatement,
     last_seen_in: PreparedStatement,
 }
 
@@ -68,6 +71,9 @@ impl Statements {
                 WHERE user_id = ? AND device_id = ? IF revoked = false")
             .await?,
             set_last_seen: p("INSERT INTO {ks}.last_seen (user_id, at_ms) VALUES (?, ?)").await?,
+            block: p("INSERT INTO {ks}.account_blocks (user_id, blocked_at_ms) VALUES (?, ?)").await?,
+            unblock: p("DELETE FROM {ks}.account_blocks WHERE user_id = ?").await?,
+            blocked: p("SELECT blocked_at_ms FROM {ks}.account_blocks WHERE user_id = ?").await?,
             last_seen_in: p("SELECT user_id, at_ms FROM {ks}.last_seen WHERE user_id IN ?").await?,
         })
     }
@@ -190,6 +196,19 @@ impl AccountStore for ScyllaStore {
         }
         revoked.sort_unstable_by_key(|d| d.0);
         Ok(revoked)
+    }
+
+    async fn set_account_blocked(&self, user: UserId, at_ms: i64) -> StoreResult<()> {
+        match at_ms {
+            0 => self.execute(&self.accounts.unblock, (id(user.0),)).await?,
+            _ => self.execute(&self.accounts.block, (id(user.0), at_ms)).await?,
+        };
+        Ok(())
+    }
+
+    async fn account_blocked(&self, user: UserId) -> StoreResult<Option<i64>> {
+        let rows = self.rows::<(Option<i64>,)>(&self.accounts.blocked, (id(user.0),)).await?;
+        Ok(rows.into_iter().next().and_then(|(at,)| at))
     }
 
     async fn set_last_seen(&self, user: UserId, at_ms: i64) -> StoreResult<()> {

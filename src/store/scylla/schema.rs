@@ -9,7 +9,7 @@ use super::{ScyllaOptions, unavailable};
 use crate::store::{StoreError, StoreErrorKind};
 
 /// The schema version this build writes.
-pub(super) const SCHEMA_VERSION: i32 = 14;
+pub(super) const SCHEMA_VERSION: i32 = 15;
 
 /// (version, what it brings, its statements; `{ks}` is the keyspace).
 const MIGRATIONS: &[(i32, &str, &[&str])] = &[
@@ -250,6 +250,11 @@ const MIGRATIONS: &[(i32, &str, &[&str])] = &[
         &["CREATE TABLE IF NOT EXISTS {ks}.push_delivered (user_id bigint PRIMARY KEY, up_to_pos bigint)"],
     ),
     (14, "notifications", super::notifications::TABLES),
+    (
+        15,
+        "blocked accounts",
+        &["CREATE TABLE IF NOT EXISTS {ks}.account_blocks (user_id bigint PRIMARY KEY, blocked_at_ms bigint)"],
+    ),
 ];
 
 pub(super) async fn migrate(session: &Session, options: &ScyllaOptions) -> Result<(), StoreError> {

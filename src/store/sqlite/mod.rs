@@ -206,6 +206,14 @@ impl AccountStore for SqliteStore {
         self.read(move |c| reads::devices_of(c, user)).await
     }
 
+    async fn set_account_blocked(&self, user: UserId, at_ms: i64) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::SetAccountBlocked { user, at_ms, reply }).await
+    }
+
+    async fn account_blocked(&self, user: UserId) -> StoreResult<Option<i64>> {
+        self.read(move |c| reads::account_blocked(c, user)).await
+    }
+
     async fn rotate_refresh(
         &self,
         user: UserId,

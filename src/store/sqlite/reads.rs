@@ -66,6 +66,12 @@ pub(super) fn devices_of(conn: &Connection, user: UserId) -> rusqlite::Result<Ve
     .collect()
 }
 
+pub(super) fn account_blocked(conn: &Connection, user: UserId) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT blocked_at_ms FROM account_blocks WHERE user_id = ?1")?
+        .query_row([user.0 as i64], |r| r.get(0))
+        .optional()
+}
+
 pub(super) fn last_seen(conn: &Connection, users: &[UserId]) -> rusqlite::Result<Vec<(UserId, i64)>> {
     let mut stmt = conn.prepare_cached("SELECT last_seen_ms FROM users WHERE user_id = ?1")?;
     let mut seen = Vec::with_capacity(users.len());

@@ -173,7 +173,7 @@ pub(super) fn open(path: &Path, synchronous: Synchronous, busy_timeout: Duration
 
 /// The schema's version (`PRAGMA user_version`) this build writes. A database is brought up to it
 /// on open, one migration at a time; one of a newer version (made by a newer tidings) is refused.
-pub(super) const SCHEMA_VERSION: i64 = 13;
+pub(super) const SCHEMA_VERSION: i64 = 14;
 
 /// A schema version, what it brings (for the log), and the step that brings it.
 type Migration = (i64, &'static str, fn(&Connection) -> rusqlite::Result<()>);
@@ -206,7 +206,12 @@ const MIGRATIONS: &[Migration] = &[
     }),
     (12, "how far streams were acknowledged", |c| c.execute_batch(super::push::DELIVERED_TABLE)),
     (13, "notifications", |c| c.execute_batch(super::notifications::TABLES)),
+    (14, "blocked accounts", |c| c.execute_batch(ACCOUNT_BLOCKS)),
 ];
+
+/// Accounts the app's backend blocked (server API), with when.
+const ACCOUNT_BLOCKS: &str =
+    "CREATE TABLE IF NOT EXISTS account_blocks (user_id INTEGER PRIMARY KEY, blocked_at_ms INTEGER NOT NULL);";
 
 /// Brings the database up to `SCHEMA_VERSION`. Each step runs in its own immediate transaction,
 /// so processes opening one file at once apply each migration once, in order.

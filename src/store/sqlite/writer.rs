@@ -49,6 +49,11 @@ pub(super) enum WriteCmd {
         at_ms: i64,
         reply: Reply<()>,
     },
+    SetAccountBlocked {
+        user: UserId,
+        at_ms: i64,
+        reply: Reply<()>,
+    },
     CreateRoom(NewRoom, Reply<CreateRoomOutcome>),
     ClaimRoom(RoomId, Reply<Option<(RoomState, u64)>>),
     RotateStreamEpochs(Reply<String>),
@@ -233,6 +238,18 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         WriteCmd::SetLastSeen { user, at_ms, reply } => run!(reply, |tx, _| {
             tx.prepare_cached("UPDATE users SET last_seen_ms = ?2 WHERE user_id = ?1")?
                 .execute(params![user.0 as i64, at_ms])?;
+            Ok(Ok(()))
+        }),
+        WriteCmd::SetAccountBlocked { user, at_ms, reply } => run!(reply, |tx, _| {
+            match at_ms {
+                0 => tx.prepare_cached("DELETE FROM account_blocks WHERE user_id = ?1")?.execute([user.0 as i64])?,
+                _ => tx
+                    .prepare_cached(
+                        "INSERT INTO account_blocks (user_id, blocked_at_ms) VALUES (?1, ?2)
+                         ON CONFLICT (user_id) DO NOTHING",
+                    )?
+                    .execute(params![user.0 as i64, at_ms])?,
+            };
             Ok(Ok(()))
         }),
         WriteCmd::CreateRoom(room, reply) => run!(reply, |tx, heads| create_room(tx, heads, &room)),
