@@ -49,10 +49,10 @@ pub fn app_device_id(user: UserId, name: &str) -> DeviceId {
     DeviceId(hashed_id(&[b"tidings app device", &user.0.to_be_bytes(), name.as_bytes()]))
 }
 
-/// The username an app user is created with (valid under the sign-up rules, and unique because
-/// the id is).
+/// The username an app user is created with: unique because the id is, and never one a sign-up
+/// could take first (sign-ups have no ':').
 pub fn app_username(user: UserId) -> String {
-    format!("app_{:016x}", user.0)
+    format!("app:{:016x}", user.0)
 }
 
 /// A 63-bit id, never 0, from a hash of its parts (each length-prefixed: no two part lists
@@ -65,7 +65,7 @@ fn hashed_id(parts: &[&[u8]]) -> u64 {
     }
     let digest = hasher.finalize();
     let id = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) >> 1;
-    id.max(1)
+    id.max(crate::domain::RESERVED_IDS)
 }
 
 #[derive(Debug, Deserialize)]
@@ -369,7 +369,7 @@ mod tests {
         assert_ne!(app_device_id(user, "phone"), app_device_id(user, "tablet"));
         assert_ne!(app_device_id(user, "phone"), app_device_id(app_user_id("bob"), "phone"));
         assert!(app_user_id("alice").0 < 1 << 63);
-        assert_eq!(app_username(UserId(255)), "app_00000000000000ff");
+        assert_eq!(app_username(UserId(255)), "app:00000000000000ff");
     }
 
     #[test]

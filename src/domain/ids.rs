@@ -46,9 +46,15 @@ impl ConnId {
     }
 }
 
-/// A random id in `1..2^63`.
+/// Ids below this are never random: some are reserved (`SYSTEM_USER`, `NOTIFICATION_PUSH_ROOM`).
+pub const RESERVED_IDS: u64 = 16;
+
+/// The sender of the app's system messages (server API), a member of no room.
+pub const SYSTEM_USER: UserId = UserId(1);
+
+/// A random id in `RESERVED_IDS..2^63`.
 pub fn new_random_id() -> u64 {
-    (rand::random::<u64>() >> 1).max(1)
+    (rand::random::<u64>() >> 1).max(RESERVED_IDS)
 }
 
 /// Milliseconds since the Unix epoch.

@@ -18,7 +18,9 @@ pub use activity::{
 };
 pub use error::{Code, DomainError, DomainResult};
 pub use follow::{FollowCounts, FollowList, FollowState, ProfileView, cursor_after, parse_cursor};
-pub use ids::{ActorKey, ConnId, DeviceId, RoomId, UserId, new_random_id, now_ms, time_ordered_id};
+pub use ids::{
+    ActorKey, ConnId, DeviceId, RESERVED_IDS, RoomId, SYSTEM_USER, UserId, new_random_id, now_ms, time_ordered_id,
+};
 pub use media::{ImageFormat, MediaId, MediaInfo};
 pub use notification::{
     NOTIFICATION_KEY_MAX_BYTES, NOTIFICATION_PUSH_ROOM, NewNotification, Notification, NotificationPush,

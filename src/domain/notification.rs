@@ -20,9 +20,8 @@ pub const NOTIFICATION_DATA_MAX_BYTES: usize = 2048;
 /// An idempotency key's longest.
 pub const NOTIFICATION_KEY_MAX_BYTES: usize = 128;
 
-/// Pushes of notifications are queued under this room id, which no room has (room ids are random
-/// 63-bit numbers; 1 is as unlikely as any other, and refused when made): one pending notification
-/// push per device takes a burst in, as a room's does.
+/// Pushes of notifications are queued under this room id, which no room has (random ids start at
+/// `RESERVED_IDS`): one pending notification push per device takes a burst in, as a room's does.
 pub const NOTIFICATION_PUSH_ROOM: RoomId = RoomId(1);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,13 +10,13 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::RoomsOp;
-use crate::actors::{ActorRequest, Hub, Replier, ReplyBody, RoomOp, RoomRequest, RoomWrite};
+use crate::actors::{ActorRequest, Hub, Replier, ReplyBody, RoomOp, RoomRequest, RoomWrite, SentAck};
 use crate::config::GroupAdds;
 use crate::domain::{
-    DeviceId, DomainError, DomainResult, EntryBody, MediaId, RoomEntry, RoomId, RoomKind, StreamEvent, UserId,
-    new_random_id, now_ms, room_name, time_ordered_id,
+    DeviceId, DomainError, DomainResult, EntryBody, MediaId, RoomEntry, RoomId, RoomKind, SYSTEM_USER, StreamEvent,
+    UserId, new_random_id, now_ms, room_name, time_ordered_id,
 };
-use crate::store::{CreateRoomOutcome, NewRoom};
+use crate::store::{CreateRoomOutcome, NewRoom, NewUser};
 
 pub async fn handle(hub: &Arc<Hub>, me: UserId, op: RoomsOp) -> DomainResult<ReplyBody> {
     match op {
@@ -38,6 +38,36 @@ pub async fn request(hub: &Arc<Hub>, me: UserId, device: DeviceId, room: RoomId,
     }
     let ActorRequest::Room { room, op } = request;
     request_here(hub, me, room, op, replier).await;
+}
+
+/// A message from the app's backend (server API) into a room, sent by `SYSTEM_USER` (created on
+/// first use): in every member's stream like any message, idempotent by `client_msg_id`.
+pub async fn system_message(
+    hub: &Arc<Hub>,
+    room: RoomId,
+    text: String,
+    client_msg_id: String,
+) -> DomainResult<SentAck> {
+    let system = NewUser {
+        id: SYSTEM_USER,
+        username: "app:system".into(),
+        password_hash: String::new(),
+        created_at_ms: now_ms(),
+    };
+    match hub.store.create_user(system).await.map_err(DomainError::from) {
+        Err(e) if e.code != crate::domain::Code::Conflict => return Err(e),
+        _ => {}
+    }
+    let (answers, mut answer) = mpsc::channel(1);
+    let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh permit");
+    let replier = Replier::new(0, answers, permit);
+    let send = RoomWrite::Send { client_msg_id, text, reply_to_seq: 0, media: Vec::new() };
+    request(hub, SYSTEM_USER, DeviceId(0), room, RoomOp::Write(send), replier).await;
+    match answer.recv().await.map(|answer| answer.result) {
+        Some(Ok(ReplyBody::Sent(ack))) => Ok(ack),
+        Some(Err(e)) => Err(e),
+        _ => Err(DomainError::internal()),
+    }
 }
 
 /// A request forwarded by another node: handled by the actor on this node, whatever this node's

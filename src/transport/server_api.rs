@@ -60,6 +60,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope(SERVER_API)
             .route("/notify", web::post().to(notify))
             .route("/presence", web::post().to(presence))
+            .route("/rooms/{room}/messages", web::post().to(system_message))
             .route("/users/{user}/devices", web::get().to(devices))
             .route("/users/{user}/devices/{device}/revoke", web::post().to(revoke_device))
             .route("/users/{user}/revoke", web::post().to(revoke_user))
@@ -176,12 +177,7 @@ async fn notify(req: HttpRequest, body: SmallBody, state: web::Data<AppState>) -
     call(&req, &state, async {
         let request: wire::ServerNotifyRequest = parse(encoding(&req), &body.0)?;
         let users = named_users(wire::ServerUsers { user_ids: request.user_ids, subjects: request.subjects })?;
-        let idempotency_key =
-            req.headers()
-                .get("idempotency-key")
-                .map(|v| v.to_str().map(str::to_owned))
-                .transpose()
-                .map_err(|_| DomainError::invalid_field("Idempotency-Key", "Idempotency-Key must be visible ASCII"))?;
+        let idempotency_key = idempotency_key(&req)?;
         let notified = crate::services::notify::notify(
             &state.hub,
             crate::services::notify::Notify {
@@ -201,6 +197,45 @@ async fn notify(req: HttpRequest, body: SmallBody, state: web::Data<AppState>) -
         })
     })
     .await
+}
+
+/// A message from the app into a room, from its system user (`SYSTEM_USER`).
+async fn system_message(
+    req: HttpRequest,
+    path: web::Path<u64>,
+    body: SmallBody,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    call(&req, &state, async {
+        let request: wire::ServerMessageRequest = parse(encoding(&req), &body.0)?;
+        let client_msg_id = match request.client_msg_id.as_str() {
+            "" => idempotency_key(&req)?.unwrap_or_default(),
+            given => given.to_owned(),
+        };
+        if client_msg_id.is_empty() {
+            return Err(DomainError::invalid_field("clientMsgId", "a clientMsgId (or an Idempotency-Key) is required"));
+        }
+        let room = crate::domain::RoomId(path.into_inner());
+        let ack = crate::services::rooms::system_message(&state.hub, room, request.text, client_msg_id).await?;
+        Ok(wire::ServerMessageSent {
+            room_id: ack.room.0,
+            seq: ack.seq,
+            message_id: ack.message_id,
+            sent_at_ms: ack.sent_at_ms,
+            duplicate: ack.duplicate,
+            sender_id: crate::domain::SYSTEM_USER.0,
+        })
+    })
+    .await
+}
+
+/// The `Idempotency-Key` header, if sent.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, DomainError> {
+    req.headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| DomainError::invalid_field("Idempotency-Key", "Idempotency-Key must be visible ASCII"))
 }
 
 async fn live_connections(state: &AppState, user: UserId) -> Vec<LiveConnection> {

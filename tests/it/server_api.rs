@@ -216,3 +216,45 @@ async fn a_blocked_account_is_disconnected_and_kept_out_until_unblocked() {
     ana.connect_synced(0).await;
     server.http().log_in("ana", crate::harness::PASSWORD, "laptop").await.expect("logs in again");
 }
+
+#[tokio::test]
+async fn system_messages_reach_every_member_once_per_key() {
+    let server = with_keys();
+    let ana = server.user("ana").await;
+    let bob = server.user("bob").await;
+    let (a, _) = ana.connect_synced(0).await;
+    let (mut b, _) = bob.connect_synced(0).await;
+    let room = a.create_group("trip", vec![bob.id()]).await.unwrap().room_id;
+    crate::harness::next_event(&mut b).await;
+    let path = format!("/rooms/{room}/messages");
+
+    let url = format!("http://{}/v1/server{path}", server.addr);
+    let send = |key: &'static str| {
+        reqwest::Client::new()
+            .post(url.clone())
+            .bearer_auth(KEY)
+            .header("idempotency-key", key)
+            .json(&json!({ "text": "The trip was moved to Friday" }))
+            .send()
+    };
+    let first: Value = send("move-1").await.unwrap().json().await.unwrap();
+    // Proto3 JSON leaves out a false.
+    assert!(!first["duplicate"].as_bool().unwrap_or(false), "{first}");
+    let event = crate::harness::next_event(&mut b).await;
+    let entry = crate::harness::entry(&event);
+    assert_eq!(crate::harness::text(&event), "The trip was moved to Friday");
+    assert_eq!(entry.sender_id.to_string(), first["senderId"].as_str().unwrap());
+    assert_eq!(entry.seq.to_string(), first["seq"].as_str().unwrap());
+
+    // A retry: the same message, stored once.
+    let again: Value = send("move-1").await.unwrap().json().await.unwrap();
+    assert_eq!((again["duplicate"].clone(), again["seq"].clone()), (json!(true), first["seq"].clone()));
+    assert!(b.next_within(std::time::Duration::from_millis(300)).await.is_err(), "no second event");
+
+    let (status, body) = call(&server, "POST", &path, Some(KEY), Some(json!({ "text": "no key" }))).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("clientMsgId")), "{body}");
+    let (status, body) =
+        call(&server, "POST", "/rooms/123456789/messages", Some(KEY), Some(json!({ "text": "x", "clientMsgId": "c" })))
+            .await;
+    assert!(status == 404 || status == 403, "{status} {body}");
+}

@@ -25,8 +25,8 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use super::{Ephemeral, Hub, Replier, ReplyBody, RoomOp, RoomWrite, SentAck};
 use crate::domain::error::{Code, DomainError, DomainResult};
 use crate::domain::{
-    EntryBody, Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, StreamEvent, UserId, now_ms,
-    time_ordered_id,
+    EntryBody, Receipt, ReceiptKind, Role, RoomEntry, RoomId, RoomKind, RoomState, SYSTEM_USER, StreamEvent, UserId,
+    now_ms, time_ordered_id,
 };
 use crate::metrics::METRICS;
 use crate::store::{Append, AppendOutcome, HistoryPage, Positions, ReceiptWrite};
@@ -403,7 +403,8 @@ impl Handler<RoomRequest> for RoomActor {
             RoomOp::History(page) => self.history(user, page, replier, ctx),
             RoomOp::Typing { active } => self.typing(user, active, replier),
             RoomOp::Receipt { kind, up_to_seq } => self.receipt(user, kind, up_to_seq, replier, ctx),
-            RoomOp::Write(write @ RoomWrite::Send { .. }) if self.kind == RoomKind::Direct => {
+            // A system message is no member's: blocks between the members do not stop it.
+            RoomOp::Write(write @ RoomWrite::Send { .. }) if self.kind == RoomKind::Direct && user != SYSTEM_USER => {
                 self.send_direct(user, write, replier, ctx)
             }
             RoomOp::Write(write) => self.append(user, write, replier, ctx),

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use crate::actors::RoomWrite;
 use crate::config::LimitsConfig;
 use crate::domain::{
-    Code, DomainError, DomainResult, EntryBody, MediaId, Role, RoomKind, TextMessage, UserId, now_ms, room_name,
+    Code, DomainError, DomainResult, EntryBody, MediaId, Role, RoomKind, SYSTEM_USER, TextMessage, UserId, now_ms,
+    room_name,
 };
 use crate::store::Effect;
 
@@ -66,7 +67,11 @@ impl MemberChange {
 }
 
 pub(super) fn plan(room: &RoomView, user: UserId, write: RoomWrite) -> DomainResult<Planned> {
-    let role = room.role_of(user)?;
+    // The app's system messages come from no member; they may only send.
+    let role = match (&write, user) {
+        (RoomWrite::Send { .. }, SYSTEM_USER) => Role::Member,
+        _ => room.role_of(user)?,
+    };
     match write {
         RoomWrite::Send { client_msg_id, text, reply_to_seq, media } => {
             send(room, client_msg_id, text, reply_to_seq, media)
