@@ -15,6 +15,7 @@ mod harness;
 mod media;
 mod notify;
 mod on_scylla;
+mod openapi;
 mod ops;
 mod posts;
 mod prerequisites;
