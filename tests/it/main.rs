@@ -28,4 +28,5 @@ mod server_api;
 mod store_conformance;
 mod swarm;
 mod sync;
+mod ts_client;
 mod webhooks;

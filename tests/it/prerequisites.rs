@@ -25,6 +25,8 @@ pub enum Prerequisite {
     /// A three-node CQL cluster started by `cql-node/cluster.sh up 3 PORT BASE`, named by
     /// `TIDINGS_SCYLLA_CLUSTER=BASE`: the failover test kills and restarts its nodes.
     ScyllaCluster,
+    /// `node` and `npm` (Node 20 or later): the TypeScript client's tests.
+    Node,
 }
 
 /// The base directory of a CQL cluster made by `cluster.sh` (its nodes' settings are in
@@ -101,12 +103,14 @@ impl Prerequisite {
             Prerequisite::Redis => "redis",
             Prerequisite::Scylla => "scylla",
             Prerequisite::ScyllaCluster => "scylla-cluster",
+            Prerequisite::Node => "node",
         }
     }
 
     fn programs(self) -> &'static [&'static str] {
         match self {
             Prerequisite::Redis => &["redis-server", "redis-cli"],
+            Prerequisite::Node => &["node", "npm"],
             Prerequisite::Scylla | Prerequisite::ScyllaCluster => &[],
         }
     }
@@ -114,6 +118,7 @@ impl Prerequisite {
     fn how_to_get(self) -> &'static str {
         match self {
             Prerequisite::Redis => "apt install redis-server",
+            Prerequisite::Node => "apt install nodejs npm, or nodejs.org",
             Prerequisite::Scylla => "run a CQL node and set it; .ci/run starts one from ../shared/cql-node",
             Prerequisite::ScyllaCluster => "cluster.sh up 3 PORT BASE from ../shared/cql-node, then set it to BASE",
         }
@@ -124,6 +129,7 @@ impl Prerequisite {
         static REDIS: OnceLock<Option<String>> = OnceLock::new();
         static SCYLLA: OnceLock<Option<String>> = OnceLock::new();
         static CLUSTER: OnceLock<Option<String>> = OnceLock::new();
+        static NODE: OnceLock<Option<String>> = OnceLock::new();
         if self == Prerequisite::ScyllaCluster {
             return CLUSTER
                 .get_or_init(|| {
@@ -142,6 +148,7 @@ impl Prerequisite {
         }
         let cell = match self {
             Prerequisite::Redis => &REDIS,
+            Prerequisite::Node => &NODE,
             Prerequisite::Scylla | Prerequisite::ScyllaCluster => unreachable!("answered above"),
         };
         cell.get_or_init(|| {

@@ -1,0 +1,35 @@
+//! The TypeScript client (`clients/ts`): its own tests, with Node, against this build's server
+//! binary: installed from the lockfile, generated from the proto, compiled, run. They kill the
+//! server mid-stream and check the client resumes with nothing lost (`test/resume.test.ts`).
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::prerequisites::{Prerequisite, require};
+
+fn npm(dir: &Path, args: &[&str]) {
+    let output = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .env("TIDINGS_BIN", env!("CARGO_BIN_EXE_tidings"))
+        .env("npm_config_fund", "false")
+        .env("npm_config_audit", "false")
+        .output()
+        .expect("npm runs");
+    assert!(
+        output.status.success(),
+        "npm {}: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_typescript_client_resumes_through_a_server_crash() {
+    require!(Prerequisite::Node);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/ts");
+    // From the lockfile, every time (a few seconds): what the test runs is what is committed.
+    npm(&dir, &["ci", "--no-progress"]);
+    npm(&dir, &["test"]);
+}
