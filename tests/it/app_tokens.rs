@@ -51,7 +51,7 @@ async fn refused(server: &TestServer, token: &str) -> ClientError {
 }
 
 #[tokio::test]
-async fn app_users_are_created_on_first_connect_and_chat_with_each_algorithm() {
+pub(crate) async fn app_users_are_created_on_first_connect_and_chat_with_each_algorithm() {
     let idp = FakeIdentityProvider::start().await;
     let server = server_for(&idp).await;
     let ana = app_user(&server, "ana@app", idp.rs256(&claims("ana@app")));

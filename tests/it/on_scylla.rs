@@ -59,6 +59,13 @@ on_scylla! {
         bad_profile_changes_are_refused_naming_their_field,
         an_avatar_is_readable_by_anyone_and_cached_publicly_a_chat_image_is_not,
     ];
+    app_tokens: [app_users_are_created_on_first_connect_and_chat_with_each_algorithm];
+    server_api: [
+        presence_of_tidings_and_app_users,
+        devices_are_listed_revoked_and_disconnected,
+        a_blocked_account_is_disconnected_and_kept_out_until_unblocked,
+        system_messages_reach_every_member_once_per_key,
+    ];
     notify: [
         a_notification_is_shown_live_resumed_pushed_offline_and_never_twice,
         an_ack_within_the_grace_window_cancels_the_push_and_push_false_sends_none,

@@ -84,7 +84,7 @@ async fn without_keys_the_api_is_off_and_a_wrong_key_is_refused() {
 }
 
 #[tokio::test]
-async fn presence_of_tidings_and_app_users() {
+pub(crate) async fn presence_of_tidings_and_app_users() {
     let server = with_keys();
     let idp = FakeIdentityProvider::start().await;
     let ana = server.user("ana").await;
@@ -134,7 +134,7 @@ async fn presence_of_tidings_and_app_users() {
 }
 
 #[tokio::test]
-async fn devices_are_listed_revoked_and_disconnected() {
+pub(crate) async fn devices_are_listed_revoked_and_disconnected() {
     let server = with_keys();
     let ana = server.user("ana").await;
     let tablet = ana.another_device("tablet").await;
@@ -191,7 +191,7 @@ async fn devices_are_listed_revoked_and_disconnected() {
 }
 
 #[tokio::test]
-async fn a_blocked_account_is_disconnected_and_kept_out_until_unblocked() {
+pub(crate) async fn a_blocked_account_is_disconnected_and_kept_out_until_unblocked() {
     let server = with_keys();
     let ana = server.user("ana").await;
     let (mut conn, _) = ana.connect_synced(0).await;
@@ -218,7 +218,7 @@ async fn a_blocked_account_is_disconnected_and_kept_out_until_unblocked() {
 }
 
 #[tokio::test]
-async fn system_messages_reach_every_member_once_per_key() {
+pub(crate) async fn system_messages_reach_every_member_once_per_key() {
     let server = with_keys();
     let ana = server.user("ana").await;
     let bob = server.user("bob").await;
