@@ -197,7 +197,7 @@ pub fn check_config(config: &Config) -> anyhow::Result<Vec<String>> {
             .context("webhooks.url is set but webhooks.secret is not")?;
         checked.push(format!("webhooks: to {}", w.url));
     }
-    if crate::transport::server_api::ServerApiKeys::from_config(&config.server_api.keys)?.is_some() {
+    if crate::auth::ServerApiKeys::from_config(&config.server_api.keys)?.is_some() {
         checked.push(format!("server API: on, {} key(s)", config.server_api.keys.len()));
     }
     Ok(checked)
@@ -285,7 +285,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             config.limits.max_connections_per_user,
             config.limits.max_connections_per_address,
         ),
-        server_api: crate::transport::server_api::ServerApiKeys::from_config(&config.server_api.keys)?,
+        server_api: crate::auth::ServerApiKeys::from_config(&config.server_api.keys)?,
         ready: ready.clone(),
         body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
         shutdown: shutdown_rx,

@@ -10,9 +10,11 @@
 pub mod app_identity;
 mod hashing;
 mod password;
+mod server_keys;
 mod service;
 mod tokens;
 
 pub use password::PasswordHasher;
+pub use server_keys::ServerApiKeys;
 pub use service::{AuthService, Authenticated, Refreshed, Session};
 pub use tokens::TokenKeys;

@@ -41,7 +41,7 @@ pub struct AppState {
     /// Open WebSockets per user and per client address.
     pub connection_caps: Arc<ConnectionCaps>,
     /// The server API's keys; `None`: the API is off.
-    pub server_api: Option<Arc<super::server_api::ServerApiKeys>>,
+    pub server_api: Option<Arc<crate::auth::ServerApiKeys>>,
     /// False while starting and once shutdown began.
     pub ready: Arc<AtomicBool>,
     /// How long an auth request's body may take to arrive (`server.body_read_timeout_secs`).

@@ -6,11 +6,8 @@
 //! A user in a path is a tidings id (`/users/42/...`) or the app's own id, the `sub` of its tokens
 //! (`/users/app:ana@example.com/...`, percent-encoded as a path segment needs).
 
-use std::sync::Arc;
-
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
-use ring::hmac;
 use tidings_proto::Encoding;
 use tidings_proto::v1 as wire;
 
@@ -19,40 +16,9 @@ use crate::actors::{KickReason, ListConnections, LiveConnection};
 use crate::auth::app_identity::app_user_id;
 use crate::domain::error::{Code, DomainError};
 use crate::domain::{DeviceId, UserId};
-use crate::secrets::MIN_SECRET_BYTES;
 
 /// Users one presence call may ask about.
 const MAX_USERS_PER_CALL: usize = 1000;
-
-/// The configured keys. A presented key is compared with every one in constant time: as HMACs
-/// under a key of this process, so neither a key's length nor a matching prefix shows in timing.
-pub struct ServerApiKeys {
-    session: hmac::Key,
-    tags: Vec<hmac::Tag>,
-}
-
-impl ServerApiKeys {
-    /// `None` when no key is set (the API is off); an error for a key too short to be a secret.
-    pub fn from_config(keys: &[String]) -> anyhow::Result<Option<Arc<Self>>> {
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        if let Some(short) = keys.iter().position(|k| k.len() < MIN_SECRET_BYTES) {
-            anyhow::bail!("server_api.keys[{short}] is shorter than {MIN_SECRET_BYTES} characters: too easy to guess");
-        }
-        let session = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-            .map_err(|_| anyhow::anyhow!("no randomness for the server API keys"))?;
-        let tags = keys.iter().map(|k| hmac::sign(&session, k.as_bytes())).collect();
-        Ok(Some(Arc::new(Self { session, tags })))
-    }
-
-    fn admits(&self, presented: &str) -> bool {
-        // Every key is checked, whichever matches.
-        self.tags
-            .iter()
-            .fold(false, |ok, tag| hmac::verify(&self.session, presented.as_bytes(), tag.as_ref()).is_ok() | ok)
-    }
-}
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use tidings_proto::paths::SERVER_API;
@@ -347,16 +313,6 @@ async fn connections(req: HttpRequest, path: web::Path<String>, state: web::Data
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_admit_exactly_the_configured_ones() {
-        assert!(ServerApiKeys::from_config(&[]).unwrap().is_none());
-        assert!(ServerApiKeys::from_config(&["short".into()]).is_err());
-        let (old, new) = ("k".repeat(32), "n".repeat(40));
-        let keys = ServerApiKeys::from_config(&[old.clone(), new.clone()]).unwrap().unwrap();
-        assert!(keys.admits(&old) && keys.admits(&new));
-        assert!(!keys.admits(&old[..31]) && !keys.admits(&format!("{old}k")) && !keys.admits(""));
-    }
 
     #[test]
     fn users_in_paths_are_ids_or_the_apps_own() {
