@@ -24,6 +24,34 @@ pub struct Config {
     pub app_tokens: AppTokensConfig,
     pub server_api: ServerApiConfig,
     pub webhooks: WebhooksConfig,
+    pub admin: AdminConfig,
+}
+
+/// The admin dashboard (`/admin`): off (404) while `username` is empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub username: String,
+    /// At least 12 characters. Prefer `password_file` or the environment to a flag.
+    pub password: String,
+    pub password_file: PathBuf,
+    /// How long a login lasts.
+    pub session_hours: u64,
+    /// Mark the session cookie `Secure` (sent over HTTPS only). Turn off only to reach the
+    /// dashboard over plain HTTP on a trusted network.
+    pub secure_cookie: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            username: String::new(),
+            password: String::new(),
+            password_file: PathBuf::new(),
+            session_hours: 8,
+            secure_cookie: true,
+        }
+    }
 }
 
 /// Webhooks to the app's backend (`webhooks/`): off while `url` is empty.

@@ -11,6 +11,7 @@
 //! - `auth`: accounts, passwords, access and refresh tokens.
 //! - `cluster`: several nodes bridged by Redis (membership, presence, room ownership, the bridge).
 //! - `media`: images: uploads checked and cleaned, stored in chunks, read back.
+//! - `admin`: the dashboard at `/admin` (overview, user lookup) for whoever runs the server.
 //! - `webhooks`: what happened, POSTed to the app's backend, signed, from a durable queue.
 //! - `push`: reaching users with no live session through APNs and FCM, from a durable queue.
 //! - `store`: domain-level storage traits and the embedded SQLite backend.
@@ -25,6 +26,7 @@
 //! ARCHITECTURE.md has the bird's-eye view and the invariants.
 
 pub mod actors;
+pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod cluster;

@@ -43,4 +43,7 @@ pub trait Peers: Send + Sync {
 
     /// The cluster's connections are up (for `/readyz`).
     fn healthy(&self) -> bool;
+
+    /// The live nodes as this node last saw them: (id, internal address), this one included.
+    fn live_nodes(&self) -> Vec<(String, String)>;
 }

@@ -542,6 +542,11 @@ impl Peers for Cluster {
     fn healthy(&self) -> bool {
         self.redis_up.load(Ordering::Acquire) && self.bridge_up.load(Ordering::Acquire)
     }
+
+    fn live_nodes(&self) -> Vec<(String, String)> {
+        let view = self.view.read().expect("the view's lock").clone();
+        view.iter().map(|n| (n.id.clone(), n.addr.clone())).collect()
+    }
 }
 
 #[async_trait::async_trait]

@@ -40,6 +40,8 @@ pub struct AppState {
     pub connection_slots: Arc<Semaphore>,
     /// Open WebSockets per user and per client address.
     pub connection_caps: Arc<ConnectionCaps>,
+    /// The admin dashboard; `None`: off.
+    pub admin: Option<Arc<crate::admin::Admin>>,
     /// The server API's keys; `None`: the API is off.
     pub server_api: Option<Arc<crate::auth::ServerApiKeys>>,
     /// False while starting and once shutdown began.
@@ -218,7 +220,7 @@ async fn refresh(req: HttpRequest, body: SmallBody, state: web::Data<AppState>) 
 }
 
 /// Closes the live connections of logged-out devices, on this node and on the others.
-async fn close_devices(state: &AppState, user: UserId, devices: &[DeviceId]) {
+pub(crate) async fn close_devices(state: &AppState, user: UserId, devices: &[DeviceId]) {
     kick(state, user, devices, KickReason::LoggedOut).await;
 }
 

@@ -2,6 +2,7 @@
 //! server on 127.0.0.1:0 with its own data directory and talks to it with real WebSocket clients.
 
 mod activity;
+mod admin;
 mod app_tokens;
 mod auth;
 mod bad_input;
