@@ -38,7 +38,7 @@ header{display:flex;gap:1.5em;align-items:center;padding:.8em 1.5em;background:#
 header a{color:#fff}header form{margin-left:auto}main{padding:1.5em;max-width:70em}\
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(13em,1fr));gap:1em}\
 .card{background:#fff;border-radius:6px;padding:1em;box-shadow:0 1px 2px #0002}\
-.card b{display:block;font-size:1.8em;margin-top:.2em}table{border-collapse:collapse;background:#fff;width:100%}\
+.card b{display:block;font-size:1.8em;margin-top:.2em}.card b.detail{font-size:1.05em;font-weight:600}table{border-collapse:collapse;background:#fff;width:100%}\
 td,th{padding:.4em .8em;border-bottom:1px solid #e3e5e9;text-align:left}.error{color:#b00020}\
 .ok{color:#137333}.bad{color:#b00020}";
 
@@ -121,6 +121,8 @@ pub fn overview(csrf: &str, nodes: &[(String, String)], store_ready: bool) -> Ht
     let card = |label: &str, id: &str, initial: &str| {
         format!("<div class=\"card\">{label}<b id=\"{id}\">{}</b></div>", escape(initial))
     };
+    let detail =
+        |label: &str, id: &str| format!("<div class=\"card\">{label}<b class=\"detail\" id=\"{id}\">…</b></div>");
     let nodes_html = match nodes {
         [] => "<p>One node (not in a cluster).</p>".to_owned(),
         nodes => {
@@ -144,12 +146,12 @@ pub fn overview(csrf: &str, nodes: &[(String, String)], store_ready: bool) -> Ht
         card("Store", "store", if store_ready { "ready" } else { "UNAVAILABLE" }),
         card("Cluster", "cluster", "…"),
         card("Queued for sockets (bytes)", "queued-bytes", "…"),
-        card("APNs", "push-apns", "…"),
-        card("FCM", "push-fcm", "…"),
+        detail("APNs", "push-apns"),
+        detail("FCM", "push-fcm"),
     ) + &format!(
         "<h2>Queues</h2><div class=\"cards\">{}{}</div>",
         card("Users with pushes pending", "pending-pushes", "…"),
-        card("Webhooks", "webhooks", "…")
+        detail("Webhooks", "webhooks")
     );
     page(StatusCode::OK, "Overview", Some(csrf), &body, Some(OVERVIEW_SCRIPT))
 }

@@ -6,6 +6,7 @@ mod admin;
 mod app_tokens;
 mod auth;
 mod bad_input;
+mod browser;
 mod chat;
 mod cluster;
 mod durability;

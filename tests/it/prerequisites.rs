@@ -27,6 +27,8 @@ pub enum Prerequisite {
     ScyllaCluster,
     /// `node` and `npm` (Node 20 or later): the TypeScript client's tests.
     Node,
+    /// `chromium` (with `node` and `npm`): the dashboard's tests in a headless browser.
+    Chromium,
 }
 
 /// The base directory of a CQL cluster made by `cluster.sh` (its nodes' settings are in
@@ -104,6 +106,7 @@ impl Prerequisite {
             Prerequisite::Scylla => "scylla",
             Prerequisite::ScyllaCluster => "scylla-cluster",
             Prerequisite::Node => "node",
+            Prerequisite::Chromium => "chromium",
         }
     }
 
@@ -111,6 +114,7 @@ impl Prerequisite {
         match self {
             Prerequisite::Redis => &["redis-server", "redis-cli"],
             Prerequisite::Node => &["node", "npm"],
+            Prerequisite::Chromium => &["chromium", "node", "npm"],
             Prerequisite::Scylla | Prerequisite::ScyllaCluster => &[],
         }
     }
@@ -119,6 +123,7 @@ impl Prerequisite {
         match self {
             Prerequisite::Redis => "apt install redis-server",
             Prerequisite::Node => "apt install nodejs npm, or nodejs.org",
+            Prerequisite::Chromium => "apt install chromium nodejs npm",
             Prerequisite::Scylla => "run a CQL node and set it; .ci/run starts one from ../shared/cql-node",
             Prerequisite::ScyllaCluster => "cluster.sh up 3 PORT BASE from ../shared/cql-node, then set it to BASE",
         }
@@ -130,6 +135,7 @@ impl Prerequisite {
         static SCYLLA: OnceLock<Option<String>> = OnceLock::new();
         static CLUSTER: OnceLock<Option<String>> = OnceLock::new();
         static NODE: OnceLock<Option<String>> = OnceLock::new();
+        static CHROMIUM: OnceLock<Option<String>> = OnceLock::new();
         if self == Prerequisite::ScyllaCluster {
             return CLUSTER
                 .get_or_init(|| {
@@ -149,6 +155,7 @@ impl Prerequisite {
         let cell = match self {
             Prerequisite::Redis => &REDIS,
             Prerequisite::Node => &NODE,
+            Prerequisite::Chromium => &CHROMIUM,
             Prerequisite::Scylla | Prerequisite::ScyllaCluster => unreachable!("answered above"),
         };
         cell.get_or_init(|| {
