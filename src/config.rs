@@ -238,6 +238,8 @@ pub struct ServerConfig {
     /// Serves `/metrics` (with `/healthz` and `/readyz`) here instead of on the public port.
     /// Empty: on the public port.
     pub metrics_listen: String,
+    /// Serves the demo chat page at `/demo`.
+    pub demo: bool,
 }
 
 impl Default for ServerConfig {
@@ -248,6 +250,7 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 10,
             body_read_timeout_secs: 10,
             metrics_listen: String::new(),
+            demo: false,
         }
     }
 }

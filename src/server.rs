@@ -343,6 +343,7 @@ fn serve_public(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let demo = config.server.demo;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -350,6 +351,11 @@ fn serve_public(
             .configure(media_routes)
             .configure(crate::transport::server_api::routes)
             .configure(crate::admin::routes)
+            .configure(|cfg| {
+                if demo {
+                    crate::transport::demo::routes(cfg);
+                }
+            })
     })
     .workers(workers)
     .disable_signals()

@@ -8,6 +8,7 @@
 //! - `http.rs`: the WebSocket upgrade, `/v1/auth/*`, `/healthz`, `/readyz`, `/metrics`.
 //! - `media_http.rs`: `POST /v1/media` and `GET /v1/media/{mediaId}`.
 //! - `server_api.rs`: `/v1/server/*`, the app's backend's calls (with a server API key).
+//! - `demo.rs`: `/demo`, a chat page on the TypeScript client (when `server.demo = true`).
 //! - `internal.rs`: the cluster's internal listener (signed node-to-node requests).
 //! - `connection_caps.rs`: open connections counted per user and per client address.
 
@@ -15,6 +16,7 @@ pub mod codes;
 pub mod connection;
 pub mod connection_caps;
 pub mod decode;
+pub mod demo;
 pub mod dispatch;
 pub mod encode;
 pub mod http;

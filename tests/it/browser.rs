@@ -1,7 +1,8 @@
-//! The dashboard in a real headless Chromium (Debian's, driven by playwright-core from the npm
-//! registry; `tests/browser/`): a wrong password, a login, the live overview (its screenshot is
-//! kept in `target/tmp/browser/`), a lookup and a revoke by clicking, and requests without the
-//! session cookie refused.
+//! The dashboard and the demo page in a real headless Chromium (Debian's, driven by
+//! playwright-core from the npm registry; `tests/browser/`): the dashboard's wrong password,
+//! login, live overview (its screenshot is kept in `target/tmp/browser/`), lookup and revoke by
+//! clicking, and requests without the session cookie refused; two people chatting on `/demo`, one
+//! reloading without losing a message.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,7 +30,7 @@ fn npm(dir: &Path, args: &[&str]) {
 }
 
 #[test]
-fn the_dashboard_works_in_a_headless_browser() {
+fn the_dashboard_and_the_demo_work_in_a_headless_browser() {
     require!(Prerequisite::Chromium);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     npm(&dir, &["ci", "--no-progress"]);
