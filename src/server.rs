@@ -258,6 +258,9 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
         cluster.start(hub.clone());
         background.started(cluster.clone());
     }
+    // Fan-outs a crash cut short are finished before anyone is served: a client that syncs now
+    // finds every acknowledged message in its stream.
+    crate::actors::sweep_rooms_behind(&hub).await;
     background.started(Arc::new(fanout_sweep(hub.clone())));
     background.started(Arc::new(feed_sweep(hub.clone())));
     background.started(Arc::new(crate::services::follows::follow_settler(store.clone())));

@@ -29,7 +29,7 @@ mod registry;
 mod room;
 mod user;
 
-pub use fanout_sweep::fanout_sweep;
+pub use fanout_sweep::{fanout_sweep, sweep as sweep_rooms_behind};
 pub use feed::{Feeds, feed_sweep};
 pub use hub::Hub;
 pub use outbound_budget::{OutboundBudget, event_bytes};
