@@ -197,7 +197,7 @@ pub fn check_config(config: &Config) -> anyhow::Result<Vec<String>> {
             .context("webhooks.url is set but webhooks.secret is not")?;
         checked.push(format!("webhooks: to {}", w.url));
     }
-    if crate::admin::Admin::from_config(&config.admin)?.is_some() {
+    if crate::auth::Admin::from_config(&config.admin)?.is_some() {
         checked.push(format!("admin dashboard: on, for {}", config.admin.username));
     }
     if crate::auth::ServerApiKeys::from_config(&config.server_api.keys)?.is_some() {
@@ -292,7 +292,7 @@ pub async fn start_with_clock(config: Config, clock: Clock) -> anyhow::Result<Ru
             config.limits.max_connections_per_address,
         ),
         server_api: crate::auth::ServerApiKeys::from_config(&config.server_api.keys)?,
-        admin: crate::admin::Admin::from_config(&config.admin)?,
+        admin: crate::auth::Admin::from_config(&config.admin)?,
         ready: ready.clone(),
         body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
         shutdown: shutdown_rx,

@@ -3,12 +3,11 @@
 //! `[admin]` names a user and a password.
 //!
 //! - `mod.rs`: the routes, and who may call them (`Admin`: the credentials, the sessions).
-//! - `session.rs`: logins: a random session id in an `HttpOnly`, `SameSite=Strict` cookie, a CSRF
+//! - `auth/admin_session.rs`: logins: a random session id in an `HttpOnly`, `SameSite=Strict` cookie, a CSRF
 //!   token per session that every form carries, logins limited per address.
 //! - `pages.rs`: the HTML (no script from elsewhere: everything is in the binary).
 
 mod pages;
-mod session;
 
 use std::sync::Arc;
 
@@ -16,7 +15,8 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-pub use session::Admin;
+pub use crate::auth::Admin;
+use crate::auth::admin_session as session;
 
 use crate::domain::{DeviceId, UserId};
 use crate::metrics::{METRICS, PUSH_METRICS};

@@ -7,6 +7,7 @@
 //!
 //! The app's own tokens (`app_identity`) may stand in for ours: the app's backend issues them.
 
+pub mod admin_session;
 pub mod app_identity;
 mod hashing;
 mod password;
@@ -14,6 +15,7 @@ mod server_keys;
 mod service;
 mod tokens;
 
+pub use admin_session::Admin;
 pub use password::PasswordHasher;
 pub use server_keys::ServerApiKeys;
 pub use service::{AuthService, Authenticated, Refreshed, Session};

@@ -41,7 +41,7 @@ pub struct AppState {
     /// Open WebSockets per user and per client address.
     pub connection_caps: Arc<ConnectionCaps>,
     /// The admin dashboard; `None`: off.
-    pub admin: Option<Arc<crate::admin::Admin>>,
+    pub admin: Option<Arc<crate::auth::Admin>>,
     /// The server API's keys; `None`: the API is off.
     pub server_api: Option<Arc<crate::auth::ServerApiKeys>>,
     /// False while starting and once shutdown began.

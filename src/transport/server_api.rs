@@ -259,11 +259,17 @@ async fn revoke_user(req: HttpRequest, path: web::Path<String>, state: web::Data
     .await
 }
 
+/// Closes every connection of the user's devices (`DISCONNECTED`), here and on the other nodes;
+/// how many were here.
+async fn disconnect_all(state: &AppState, user: UserId) -> Result<usize, DomainError> {
+    let devices: Vec<DeviceId> = state.hub.store.devices_of(user).await?.into_iter().map(|d| d.device).collect();
+    Ok(kick(state, user, &devices, KickReason::Disconnected).await)
+}
+
 async fn disconnect(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     call(&req, &state, async {
         let user = existing_user(&state, &path).await?;
-        let devices: Vec<DeviceId> = state.hub.store.devices_of(user).await?.into_iter().map(|d| d.device).collect();
-        let closed = kick(&state, user, &devices, KickReason::Disconnected).await;
+        let closed = disconnect_all(&state, user).await?;
         Ok(wire::ServerDisconnected { connections: closed as u32 })
     })
     .await
@@ -274,8 +280,7 @@ async fn block(req: HttpRequest, path: web::Path<String>, state: web::Data<AppSt
     call(&req, &state, async {
         let user = existing_user(&state, &path).await?;
         state.hub.store.set_account_blocked(user, crate::domain::now_ms()).await?;
-        let devices: Vec<DeviceId> = state.hub.store.devices_of(user).await?.into_iter().map(|d| d.device).collect();
-        let closed = kick(&state, user, &devices, KickReason::Disconnected).await;
+        let closed = disconnect_all(&state, user).await?;
         tracing::info!(%user, connections = closed, "account blocked through the server API");
         Ok(wire::ServerDisconnected { connections: closed as u32 })
     })

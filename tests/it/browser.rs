@@ -5,28 +5,12 @@
 //! reloading without losing a message.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::prerequisites::{Prerequisite, require};
 
 fn npm(dir: &Path, args: &[&str]) {
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
-    let output = Command::new("npm")
-        .args(args)
-        .current_dir(dir)
-        .env("TIDINGS_BIN", env!("CARGO_BIN_EXE_tidings"))
-        .env("SCREENSHOT_DIR", &screenshots)
-        .env("npm_config_fund", "false")
-        .env("npm_config_audit", "false")
-        .output()
-        .expect("npm runs");
-    assert!(
-        output.status.success(),
-        "npm {}: {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::harness::npm(dir, args, &[("SCREENSHOT_DIR", screenshots.as_os_str())]);
 }
 
 #[test]

@@ -429,3 +429,24 @@ pub async fn direct_pair(server: &TestServer) -> DirectPair {
     next_event(&mut b).await;
     DirectPair { bob, a, b, room }
 }
+
+/// Runs `npm ARGS` in `dir` with the server binary (`TIDINGS_BIN`) and `envs`; panics with npm's
+/// output when it fails (the TypeScript client's and the browser tests).
+pub fn npm(dir: &std::path::Path, args: &[&str], envs: &[(&str, &std::ffi::OsStr)]) {
+    let output = std::process::Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .env("TIDINGS_BIN", env!("CARGO_BIN_EXE_tidings"))
+        .env("npm_config_fund", "false")
+        .env("npm_config_audit", "false")
+        .envs(envs.iter().copied())
+        .output()
+        .expect("npm runs");
+    assert!(
+        output.status.success(),
+        "npm {}: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -4,26 +4,11 @@
 //! the demo page's committed bundle is what the sources build.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::prerequisites::{Prerequisite, require};
 
 fn npm(dir: &Path, args: &[&str]) {
-    let output = Command::new("npm")
-        .args(args)
-        .current_dir(dir)
-        .env("TIDINGS_BIN", env!("CARGO_BIN_EXE_tidings"))
-        .env("npm_config_fund", "false")
-        .env("npm_config_audit", "false")
-        .output()
-        .expect("npm runs");
-    assert!(
-        output.status.success(),
-        "npm {}: {}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::harness::npm(dir, args, &[]);
 }
 
 #[test]

@@ -3,62 +3,20 @@
 // session cookie refused. The server is the binary TIDINGS_BIN names; Chromium the one CHROMIUM
 // names (default /usr/bin/chromium); the screenshot goes to SCREENSHOT_DIR.
 
-import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, statSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdirSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
-const BIN = process.env.TIDINGS_BIN;
+import { sleep, startServer } from "../server.mjs";
+
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SCREENSHOTS = process.env.SCREENSHOT_DIR ?? tmpdir();
 const PASSWORD = "a long admin password";
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(t) {
-  assert.ok(BIN, "TIDINGS_BIN names the server binary");
-  const port = await freePort();
-  const dataDir = mkdtempSync(join(tmpdir(), "tidings-browser-"));
-  const settings = [
-    "store.synchronous=normal",
-    "auth.argon2_memory_kib=1024",
-    "auth.argon2_iterations=1",
-    "admin.username=ops",
-    `admin.password=${PASSWORD}`,
-  ];
-  const child = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--data-dir", dataDir, ...settings.flatMap((s) => ["--set", s])], {
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  t.after(async () => {
-    child.kill("SIGKILL");
-    await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once("exit", resolve)));
-    rmSync(dataDir, { recursive: true, force: true });
-  });
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 300; i++) {
-    try {
-      if ((await fetch(`${base}/readyz`)).ok) return base;
-    } catch {
-      // not listening yet
-    }
-    await sleep(50);
-  }
-  throw new Error("the server did not start");
-}
 
 async function signUp(base, username) {
   const response = await fetch(`${base}/v1/auth/signup`, {
@@ -71,7 +29,7 @@ async function signUp(base, username) {
 }
 
 test("the dashboard in Chromium: login, overview, lookup, revoke", async (t) => {
-  const base = await startServer(t);
+  const base = await startServer(t, ["admin.username=ops", `admin.password=${PASSWORD}`]);
   const ana = await signUp(base, "ana");
   // Ana is connected: the overview counts her connection, and the revoke closes it.
   const socket = new WebSocket(`${base.replace("http", "ws")}/v1/ws?encoding=json&access_token=${ana.accessToken}`);

@@ -2,52 +2,14 @@
 // talk; one reloads the page while the other keeps writing, and then has every message once, in
 // order (the page keeps what it got and resumes its stream from there, as a phone app does).
 
-import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
 
-const BIN = process.env.TIDINGS_BIN;
+import { sleep, startServer } from "../server.mjs";
+
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function freePort() {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(t) {
-  const port = await freePort();
-  const dataDir = mkdtempSync(join(tmpdir(), "tidings-demo-"));
-  const settings = ["store.synchronous=normal", "auth.argon2_memory_kib=1024", "auth.argon2_iterations=1", "server.demo=true"];
-  const child = spawn(BIN, ["--listen", `127.0.0.1:${port}`, "--data-dir", dataDir, ...settings.flatMap((s) => ["--set", s])], {
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  t.after(async () => {
-    child.kill("SIGKILL");
-    await new Promise((resolve) => (child.exitCode !== null ? resolve() : child.once("exit", resolve)));
-    rmSync(dataDir, { recursive: true, force: true });
-  });
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 300; i++) {
-    try {
-      if ((await fetch(`${base}/readyz`)).ok) return base;
-    } catch {
-      // not listening yet
-    }
-    await sleep(50);
-  }
-  throw new Error("the server did not start");
-}
 
 async function person(browser, base, username, failures) {
   const context = await browser.newContext();
@@ -70,8 +32,7 @@ async function say(page, text) {
 }
 
 test("two people chat on /demo; one reloads and misses nothing", async (t) => {
-  assert.ok(BIN, "TIDINGS_BIN names the server binary");
-  const base = await startServer(t);
+  const base = await startServer(t, ["server.demo=true"]);
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
   t.after(() => browser.close());
   const failures = [];

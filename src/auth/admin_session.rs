@@ -1,4 +1,4 @@
-//! Logins to the dashboard. The credentials are compared in constant time (as HMACs under a key of
+//! Logins to the admin dashboard (`admin/`). The credentials are compared in constant time (as HMACs under a key of
 //! this process); a login is a random session id in an `HttpOnly`, `SameSite=Strict` cookie
 //! scoped to `/admin` (and `Secure` unless configured otherwise), kept in memory: a restart logs
 //! everyone out. Each session has a CSRF token that every form posts back.
