@@ -85,7 +85,9 @@ impl MediaService {
     /// For clients that cannot send headers (an `<img>` tag). The expiry, in ms.
     pub async fn sign_url(&self, reader: UserId, id: MediaId) -> DomainResult<(String, i64)> {
         self.open(reader, id).await?;
-        let exp = now_ms() / 1000 + self.config.signed_url_ttl_secs.max(1) as i64;
+        // Rounded up to the next whole second: the URL is good for at least the configured time
+        // (rounded down, one signed at x.999 s with a 1 s life would be good for 1 ms).
+        let exp = (now_ms() + 999) / 1000 + self.config.signed_url_ttl_secs.max(1) as i64;
         Ok((self.url_key.sign(&UrlClaims { m: id, u: reader.0, exp }), exp * 1000))
     }
 

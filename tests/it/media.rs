@@ -452,7 +452,9 @@ pub(crate) async fn chat_images_are_readable_by_the_rooms_members_only() {
 /// only until it expires; a stranger gets none.
 #[tokio::test]
 pub(crate) async fn signed_urls_read_one_image_until_they_expire() {
-    let server = TestServer::start_with(|c| c.media.signed_url_ttl_secs = 1);
+    // Three seconds: long enough for the reads below on a loaded machine (a variant is made in a
+    // debug build), short enough to wait out.
+    let server = TestServer::start_with(|c| c.media.signed_url_ttl_secs = 3);
     let (ana, carol) = (server.user("ana").await, server.user("carol").await);
     let (_, first) = upload(&server, &ana.auth.access_token, "image/png", picture(ImageFormat::Png)).await;
     let (_, second) = upload(&server, &ana.auth.access_token, "image/jpeg", picture(ImageFormat::Jpeg)).await;
@@ -469,6 +471,13 @@ pub(crate) async fn signed_urls_read_one_image_until_they_expire() {
         .await
         .unwrap();
     let url = signed["url"].as_str().unwrap();
+    // An int64: a string in protobuf's JSON.
+    let expires_at_ms: i64 = signed["expiresAtMs"].as_str().unwrap().parse().unwrap();
+    let signed_for_ms = expires_at_ms - tidings::domain::now_ms();
+    assert!(
+        (3000..=4100).contains(&signed_for_ms),
+        "good for the configured 3 s at least, not much more: {signed_for_ms}"
+    );
     assert!(url.starts_with(&format!("/v1/media/{first}?token=")), "{url}");
     let plain = |url: String| {
         let client = client.clone();
@@ -487,8 +496,9 @@ pub(crate) async fn signed_urls_read_one_image_until_they_expire() {
     assert_eq!(plain(format!("{base}/v1/media/{first}?token={forged}")).await.status(), StatusCode::UNAUTHORIZED);
     let stranger = client.get(format!("{base}/v1/media/{first}/url")).bearer_auth(&carol.auth.access_token);
     assert_eq!(stranger.send().await.unwrap().status(), StatusCode::FORBIDDEN);
-    // Expiry is checked (the test server signs for one second).
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Expiry is checked, to the second it names.
+    let left_ms = expires_at_ms - tidings::domain::now_ms();
+    tokio::time::sleep(std::time::Duration::from_millis(left_ms.max(0) as u64 + 100)).await;
     let expired = plain(format!("{base}{url}")).await;
     assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
     let body: Value = expired.json().await.unwrap();
