@@ -23,7 +23,8 @@ pub use error::{StoreError, StoreErrorKind};
 pub use types::{
     Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceInfo, DeviceRecord, Effect, FanoutJob, HistoryPage,
     LateFanout, MediaRecord, NewMedia, NewRoom, NewUser, Positions, PushContext, PushFanout, PushJob, PushJobEnd,
-    PushPreferences, ReceiptWrite, RecordedNotification, RefreshRotation, UserRecord,
+    PushJobState, PushJobSummary, PushJobsListed, PushPreferences, ReceiptWrite, RecordedNotification, RefreshRotation,
+    UserRecord,
 };
 
 use crate::domain::{
@@ -184,6 +185,15 @@ pub trait PushQueueStore: Send + Sync {
     async fn users_with_pending_pushes(&self) -> StoreResult<Vec<UserId>>;
     /// Deletes failed jobs that failed before `before_ms`; returns how many.
     async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64>;
+    /// Up to `limit` jobs, for an operator to look at.
+    async fn list_push_jobs(&self, which: PushJobsListed, limit: usize) -> StoreResult<Vec<PushJobSummary>>;
+    /// An operator's second chance for a failed job: due at `now_ms`, with its attempts counted
+    /// from 0 again (it still is not sent if it is no longer needed). `false` when `user` has no
+    /// such failed job.
+    async fn retry_failed_push(&self, user: UserId, job: u64, now_ms: i64) -> StoreResult<bool>;
+    /// Deletes a job, whatever its state (one being sent this moment may still arrive). `false`
+    /// when `user` has no such job.
+    async fn drop_push_job(&self, user: UserId, job: u64) -> StoreResult<bool>;
 }
 
 /// Stored images, content-addressed and cut in chunks.

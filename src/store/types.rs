@@ -162,6 +162,45 @@ pub struct PushJob {
     pub sandbox: bool,
 }
 
+/// Which jobs of the push queue to list (the admin dashboard's push queue page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushJobsListed {
+    /// Waiting for their grace window, for a retry, or being sent: the one due first first.
+    Queued,
+    /// Given up (kept for `push.keep_failed_days`): the newest failure first.
+    Failed,
+}
+
+/// Where a job of the push queue stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushJobState {
+    /// In its grace window: new messages merge into it, an ack or a receipt cancels it.
+    Pending,
+    /// A worker leased it: being sent now, or to be tried again at `due_ms`.
+    Claimed,
+    /// Given up.
+    Failed,
+}
+
+/// A job of the push queue as an operator sees it: no token, no text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushJobSummary {
+    pub id: u64,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub room: RoomId,
+    pub kind: PushKind,
+    pub count: u32,
+    pub state: PushJobState,
+    pub attempts: u32,
+    /// Pending or claimed: when it falls due (a lease's end for one being sent). Failed: when it
+    /// failed.
+    pub due_ms: i64,
+    pub created_at_ms: i64,
+    /// The last attempt's error ("" before any failed).
+    pub last_error: String,
+}
+
 /// A user's preferences as they bear on a push from one room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PushPreferences {

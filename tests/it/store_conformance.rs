@@ -10,7 +10,8 @@ use tidings::domain::{
 };
 use tidings::store::{
     AccountStore, Append, AppendOutcome, CreateRoomOutcome, DeviceRecord, Effect, HistoryPage, NewRoom, NewUser,
-    PushFanout, PushJobEnd, PushPreferences, PushPrefsStore, ReceiptWrite, Store, StoreErrorKind,
+    PushFanout, PushJobEnd, PushJobState, PushJobsListed, PushPreferences, PushPrefsStore, ReceiptWrite, Store,
+    StoreErrorKind,
 };
 
 pub async fn user<S: AccountStore + ?Sized>(store: &S, id: u64, name: &str) -> UserId {
@@ -360,6 +361,101 @@ pub async fn push_preferences<S: AccountStore + PushPrefsStore + ?Sized>(s: &S) 
     s.set_do_not_disturb(ana, 0).await.unwrap();
     let unmuted = s.push_preferences(ana, room).await.unwrap();
     assert_eq!((unmuted.muted_until_ms, unmuted.dnd_until_ms, unmuted.hide_previews), (0, 0, true));
+}
+
+/// The push queue as an operator sees it: queued jobs by due time, failed ones newest first with
+/// their last error; a failed job retried (due now, its attempts counted from 0) or dropped, and a
+/// pending one dropped.
+pub async fn push_queue_inspection(store: Arc<dyn Store>) {
+    let s = &*store;
+    let ana = user(s, 1, "ana").await;
+    let bob = user(s, 2, "bob").await;
+    let (phone, tablet) = (device(s, bob, 10).await, device(s, bob, 11).await);
+    s.set_push_token(registration(bob, phone, Platform::Ios, "tok-phone")).await.unwrap();
+    s.set_push_token(registration(bob, tablet, Platform::Android, "tok-tablet")).await.unwrap();
+    let room = group(s, 100, ana, &[ana, bob]).await;
+    let list = |which, limit| async move { s.list_push_jobs(which, limit).await.unwrap() };
+    assert!(list(PushJobsListed::Queued, 10).await.is_empty());
+    assert!(list(PushJobsListed::Failed, 10).await.is_empty());
+
+    append_pushed(s, entry(room, 2, ana, text("hi", "c2")), &[ana, bob], &[bob]).await;
+    let queued = list(PushJobsListed::Queued, 10).await;
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    for job in &queued {
+        assert_eq!((job.user, job.room, job.kind, job.count), (bob, room, PushKind::Message, 1));
+        assert_eq!((job.state, job.attempts, job.due_ms, job.last_error.as_str()), (PushJobState::Pending, 0, 0, ""));
+    }
+    let mut devices: Vec<DeviceId> = queued.iter().map(|j| j.device).collect();
+    devices.sort();
+    assert_eq!(devices, [phone, tablet]);
+
+    // The phone's push is retried, then given up; the tablet's is refused at once.
+    let jobs = s.claim_push_jobs(10, 60_000, 10).await.unwrap();
+    let on = |device| jobs.iter().find(|j| j.device == device).unwrap().clone();
+    let (phone_job, tablet_job) = (on(phone), on(tablet));
+    let leased = list(PushJobsListed::Queued, 10).await;
+    assert!(leased.iter().all(|j| (j.state, j.due_ms) == (PushJobState::Claimed, 60_010)), "{leased:?}");
+    s.finish_push_job(phone_job.clone(), PushJobEnd::Retry { at_ms: 1_000, error: "503 unavailable".into() })
+        .await
+        .unwrap();
+    let waiting = list(PushJobsListed::Queued, 10).await;
+    assert_eq!(waiting.len(), 2);
+    assert_eq!((waiting[0].id, waiting[0].due_ms, waiting[0].attempts), (phone_job.id, 1_000, 1), "due first");
+    assert_eq!(waiting[0].last_error, "503 unavailable");
+    assert_eq!(list(PushJobsListed::Queued, 1).await.len(), 1, "limited");
+    s.finish_push_job(tablet_job.clone(), PushJobEnd::Failed { reason: "400 InvalidArgument".into() }).await.unwrap();
+    // Failures are ordered by the wall clock's milliseconds: let the next one fail later.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let again = s.claim_push_jobs(2_000, 60_000, 10).await.unwrap();
+    assert_eq!(again.iter().map(|j| j.id).collect::<Vec<_>>(), [phone_job.id]);
+    s.finish_push_job(again[0].clone(), PushJobEnd::Failed { reason: "gave up after 2 attempts: 503".into() })
+        .await
+        .unwrap();
+    assert!(list(PushJobsListed::Queued, 10).await.is_empty());
+    let failed = list(PushJobsListed::Failed, 10).await;
+    let seen: Vec<_> = failed.iter().map(|j| (j.id, j.state, j.attempts, j.last_error.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            (phone_job.id, PushJobState::Failed, 2, "gave up after 2 attempts: 503"),
+            (tablet_job.id, PushJobState::Failed, 1, "400 InvalidArgument"),
+        ],
+        "the newest failure first"
+    );
+    assert_eq!(list(PushJobsListed::Failed, 1).await.len(), 1, "limited");
+
+    // A retry: due at once, attempts from 0, the same id (the provider's idempotency key).
+    assert!(!s.retry_failed_push(ana, phone_job.id, 5_000).await.unwrap(), "not ana's job");
+    assert!(!s.retry_failed_push(bob, 404, 5_000).await.unwrap(), "no such job");
+    assert!(s.retry_failed_push(bob, phone_job.id, 5_000).await.unwrap());
+    assert!(!s.retry_failed_push(bob, phone_job.id, 5_000).await.unwrap(), "no longer failed");
+    let retried = list(PushJobsListed::Queued, 10).await;
+    assert_eq!(retried.len(), 1);
+    assert_eq!(
+        (retried[0].id, retried[0].state, retried[0].due_ms, retried[0].attempts),
+        (phone_job.id, PushJobState::Claimed, 5_000, 0)
+    );
+    assert_eq!(list(PushJobsListed::Failed, 10).await.iter().map(|j| j.id).collect::<Vec<_>>(), [tablet_job.id]);
+    assert!(s.claim_push_jobs(4_999, 60_000, 10).await.unwrap().is_empty(), "due at the retry's time");
+    let resent = s.claim_push_jobs(5_000, 60_000, 10).await.unwrap();
+    assert_eq!(resent.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(), [(phone_job.id, 0)]);
+    assert_eq!(resent[0].token, "tok-phone");
+    s.finish_push_job(resent[0].clone(), PushJobEnd::Sent).await.unwrap();
+
+    // A failed job dropped is gone, with nothing left to purge.
+    assert!(!s.drop_push_job(ana, tablet_job.id).await.unwrap(), "not ana's job");
+    assert!(s.drop_push_job(bob, tablet_job.id).await.unwrap());
+    assert!(!s.drop_push_job(bob, tablet_job.id).await.unwrap(), "dropped already");
+    assert!(list(PushJobsListed::Failed, 10).await.is_empty());
+    assert_eq!(s.purge_failed_pushes(i64::MAX).await.unwrap(), 0);
+
+    // A pending job dropped is not sent; the other device's is.
+    append_pushed(s, entry(room, 3, ana, text("more", "c3")), &[ana, bob], &[bob]).await;
+    let pending = list(PushJobsListed::Queued, 10).await;
+    let phones = pending.iter().find(|j| j.device == phone).unwrap();
+    assert!(s.drop_push_job(bob, phones.id).await.unwrap());
+    let sent = s.claim_push_jobs(i64::MAX / 2, 1, 10).await.unwrap();
+    assert_eq!(sent.iter().map(|j| j.device).collect::<Vec<_>>(), [tablet]);
 }
 
 /// Stream epochs: stable (and not empty) until rotated; a rotation gives every stream a new one.
@@ -1089,6 +1185,13 @@ macro_rules! store_suite {
             async fn push_queue() {
                 let Some((guard, store)) = $make else { return };
                 super::push_queue(store.clone()).await;
+                guard.finish().await;
+            }
+
+            #[tokio::test]
+            async fn push_queue_inspection() {
+                let Some((guard, store)) = $make else { return };
+                super::push_queue_inspection(store.clone()).await;
                 guard.finish().await;
             }
 

@@ -27,8 +27,8 @@ use crate::domain::{
 };
 use crate::metrics::PUSH_METRICS;
 use crate::store::{
-    BADGE_CAP, Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPrefsStore, PushQueueStore, StoreError,
-    StoreErrorKind, StoreResult,
+    BADGE_CAP, Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushJobState, PushJobSummary, PushJobsListed,
+    PushPrefsStore, PushQueueStore, StoreError, StoreErrorKind, StoreResult,
 };
 
 /// Shards of the due index: claims read each.
@@ -49,7 +49,7 @@ fn due_bucket(due_ms: i64) -> i64 {
 }
 
 const JOB_COLUMNS: &str = "device_id, room_id, job_id, state, due_ms, kind, count, last_seq, last_pos, sender_id, \
-                           many_senders, preview, attempts, created_at_ms";
+                           many_senders, preview, attempts, created_at_ms, last_error";
 
 #[derive(DeserializeRow, Debug, Clone)]
 struct JobRow {
@@ -67,6 +67,7 @@ struct JobRow {
     preview: Option<String>,
     attempts: Option<i32>,
     created_at_ms: i64,
+    last_error: Option<String>,
 }
 
 /// A row of the due index.
@@ -114,7 +115,9 @@ pub(super) struct Statements {
     due_page: PreparedStatement,
     first_due: PreparedStatement,
     all_due: PreparedStatement,
+    retry_failed: PreparedStatement,
     record_failed: PreparedStatement,
+    newest_failed: PreparedStatement,
     failed_before: PreparedStatement,
     forget_failed: PreparedStatement,
     devices_with_tokens: PreparedStatement,
@@ -172,12 +175,20 @@ impl Statements {
                 WHERE shard = ? AND bucket = ?"
                 .into())
             .await?,
+            retry_failed: p(format!(
+                "UPDATE {{ks}}.push_jobs SET state = 1, due_ms = ?, attempts = 0 {key} IF state = 2"
+            ))
+            .await?,
             record_failed: p("INSERT INTO {ks}.push_failed (shard, failed_at_ms, job_id, user_id, device_id, room_id)
                 VALUES (?, ?, ?, ?, ?, ?)"
                 .into())
             .await?,
             failed_before: p("SELECT failed_at_ms, job_id, user_id, device_id, room_id FROM {ks}.push_failed
                 WHERE shard = ? AND failed_at_ms < ?"
+                .into())
+            .await?,
+            newest_failed: p("SELECT failed_at_ms, job_id, user_id, device_id, room_id FROM {ks}.push_failed
+                WHERE shard = ? ORDER BY failed_at_ms DESC LIMIT ?"
                 .into())
             .await?,
             forget_failed: p("DELETE FROM {ks}.push_failed WHERE shard = ? AND failed_at_ms = ? AND job_id = ?".into())
@@ -480,6 +491,79 @@ impl ScyllaStore {
         }))
     }
 
+    /// A job of `user`'s by its id.
+    async fn job_of(&self, user: UserId, job: u64) -> StoreResult<Option<JobRow>> {
+        Ok(self.jobs_of(user).await?.into_iter().find(|j| j.job_id == job as i64))
+    }
+
+    /// A job by its key, as an operator sees it, if it is still there.
+    async fn job_summary(&self, user: i64, device: i64, room: i64, job: i64) -> StoreResult<Option<PushJobSummary>> {
+        let Some(row) = self.rows::<JobRow>(&self.push_queue.job, (user, device, room, job)).await?.into_iter().next()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(PushJobSummary {
+            id: row.job_id as u64,
+            user: UserId(user as u64),
+            device: DeviceId(row.device_id as u64),
+            room: RoomId(row.room_id as u64),
+            kind: PushKind::from_code(row.kind as i64),
+            count: row.count.max(0) as u32,
+            state: match row.state {
+                PENDING => PushJobState::Pending,
+                CLAIMED => PushJobState::Claimed,
+                _ => PushJobState::Failed,
+            },
+            attempts: row.attempts.unwrap_or(0).max(0) as u32,
+            due_ms: row.due_ms,
+            created_at_ms: row.created_at_ms,
+            last_error: row.last_error.unwrap_or_default(),
+        }))
+    }
+
+    /// Queued jobs, the one due first first: the due index's first rows in each shard, checked
+    /// against their jobs (a row a lease or a retry moved on is stale).
+    async fn queued_jobs(&self, limit: usize) -> StoreResult<Vec<PushJobSummary>> {
+        let mut due = Vec::new();
+        for shard in 0..SHARDS {
+            due.extend(self.due_in_shard(shard, i64::MAX, limit).await?);
+        }
+        due.sort_by_key(|r| (r.due_ms, r.job_id));
+        let mut listed = Vec::new();
+        for row in due {
+            if listed.len() >= limit {
+                break;
+            }
+            let job = self.job_summary(row.user_id, row.device_id, row.room_id, row.job_id).await?;
+            if let Some(job) = job.filter(|j| j.state != PushJobState::Failed && j.due_ms == row.due_ms) {
+                listed.push(job);
+            }
+        }
+        Ok(listed)
+    }
+
+    /// Failed jobs, the newest failure first.
+    async fn failed_jobs(&self, limit: usize) -> StoreResult<Vec<PushJobSummary>> {
+        let mut failed = Vec::new();
+        for shard in 0..SHARDS {
+            let rows = self.rows::<(i64, i64, i64, i64, i64)>(&self.push_queue.newest_failed, (shard, limit as i32));
+            failed.extend(rows.await?);
+        }
+        failed.sort_by_key(|&(at, job, ..)| std::cmp::Reverse((at, job)));
+        let mut listed = Vec::new();
+        for (_, job, user, device, room) in failed {
+            if listed.len() >= limit {
+                break;
+            }
+            if let Some(job) =
+                self.job_summary(user, device, room, job).await?.filter(|j| j.state == PushJobState::Failed)
+            {
+                listed.push(job);
+            }
+        }
+        Ok(listed)
+    }
+
     /// The job's row as it is now (its due time moves with every lease).
     async fn current_job(&self, job: &PushJob) -> StoreResult<Option<JobRow>> {
         let k = (id(job.user.0), id(job.device.0), id(job.room.0), job.id as i64);
@@ -629,6 +713,39 @@ impl PushQueueStore for ScyllaStore {
             }
         }
         Ok(users.into_iter().collect())
+    }
+
+    async fn list_push_jobs(&self, which: PushJobsListed, limit: usize) -> StoreResult<Vec<PushJobSummary>> {
+        match which {
+            PushJobsListed::Queued => self.queued_jobs(limit).await,
+            PushJobsListed::Failed => self.failed_jobs(limit).await,
+        }
+    }
+
+    async fn retry_failed_push(&self, user: UserId, job: u64, now_ms: i64) -> StoreResult<bool> {
+        let Some(row) = self.job_of(user, job).await?.filter(|j| j.state == FAILED) else { return Ok(false) };
+        let (u, d, r, j) = key(id(user.0), &row);
+        // Leased and due now rather than pending (see the SQLite store): the due row first, as
+        // for every move of a job.
+        self.index_job(u, j, d, r, now_ms, CLAIMED).await?;
+        if !lwt(self.execute(&self.push_queue.retry_failed, (now_ms, u, d, r, j)).await?)?.applied {
+            self.unindex_job(u, j, now_ms).await?;
+            return Ok(false);
+        }
+        // A failed job's due time is when it failed: its row in `push_failed`.
+        self.execute(&self.push_queue.forget_failed, (shard(user), row.due_ms, j)).await?;
+        Ok(true)
+    }
+
+    async fn drop_push_job(&self, user: UserId, job: u64) -> StoreResult<bool> {
+        let Some(row) = self.job_of(user, job).await? else { return Ok(false) };
+        if !self.drop_job_if(id(user.0), &row, row.state).await? {
+            return Ok(false);
+        }
+        if row.state == FAILED {
+            self.execute(&self.push_queue.forget_failed, (shard(user), row.due_ms, row.job_id)).await?;
+        }
+        Ok(true)
     }
 
     async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64> {

@@ -31,9 +31,9 @@ use writer::WriteCmd;
 use super::{
     AccountStore, ActivityStore, Append, AppendOutcome, Claim, CreateRoomOutcome, DeviceInfo, DeviceRecord, FanoutJob,
     FeedStore, GraphStore, HistoryPage, MediaRecord, MediaStore, NewMedia, NewRoom, NewUser, NotificationStore,
-    Positions, PostStore, ProfileStore, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, PushPrefsStore,
-    PushQueueStore, ReactionStore, ReceiptWrite, RecordedNotification, RefreshRotation, RoomStore, Store, StoreError,
-    StoreErrorKind, StoreResult, StreamStore, UserRecord,
+    Positions, PostStore, ProfileStore, PushContext, PushFanout, PushJob, PushJobEnd, PushJobSummary, PushJobsListed,
+    PushPreferences, PushPrefsStore, PushQueueStore, ReactionStore, ReceiptWrite, RecordedNotification,
+    RefreshRotation, RoomStore, Store, StoreError, StoreErrorKind, StoreResult, StreamStore, UserRecord,
 };
 use crate::config::Synchronous;
 use crate::domain::{
@@ -392,6 +392,18 @@ impl PushQueueStore for SqliteStore {
 
     async fn purge_failed_pushes(&self, before_ms: i64) -> StoreResult<u64> {
         self.write(|reply| WriteCmd::PurgeFailedPushes { before_ms, reply }).await
+    }
+
+    async fn list_push_jobs(&self, which: PushJobsListed, limit: usize) -> StoreResult<Vec<PushJobSummary>> {
+        self.read(move |c| push::list(c, which, limit)).await
+    }
+
+    async fn retry_failed_push(&self, user: UserId, job: u64, now_ms: i64) -> StoreResult<bool> {
+        self.write(|reply| WriteCmd::RetryFailedPush { user, job, now_ms, reply }).await
+    }
+
+    async fn drop_push_job(&self, user: UserId, job: u64) -> StoreResult<bool> {
+        self.write(|reply| WriteCmd::DropPushJob { user, job, reply }).await
     }
 }
 

@@ -11,7 +11,8 @@ use crate::metrics::PUSH_METRICS;
 use crate::store::UNREAD_COUNT_CAP;
 use crate::store::codec::{room_kind_code, room_kind_from};
 use crate::store::{
-    Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushPreferences, StoreError, StoreErrorKind, StoreResult,
+    Positions, PushContext, PushFanout, PushJob, PushJobEnd, PushJobState, PushJobSummary, PushJobsListed,
+    PushPreferences, StoreError, StoreErrorKind, StoreResult,
 };
 
 type CmdResult<T> = rusqlite::Result<StoreResult<T>>;
@@ -328,6 +329,56 @@ pub(super) fn finish(tx: &Transaction<'_>, job: &PushJob, end: &PushJobEnd) -> C
 pub(super) fn purge_failed(tx: &Transaction<'_>, before_ms: i64) -> CmdResult<u64> {
     let purged = tx.prepare_cached("DELETE FROM push_jobs WHERE state = 2 AND due_ms < ?1")?.execute([before_ms])?;
     Ok(Ok(purged as u64))
+}
+
+/// An operator's retry of a failed job: leased-and-due-now (state 1) rather than pending, so it
+/// neither takes a new message's place in the device's pending job nor is merged into.
+pub(super) fn retry_failed(tx: &Transaction<'_>, user: UserId, job: u64, now_ms: i64) -> CmdResult<bool> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE push_jobs SET state = 1, due_ms = ?3, attempts = 0 WHERE job_id = ?1 AND user_id = ?2 AND state = 2",
+        )?
+        .execute(params![job as i64, user.0 as i64, now_ms])?;
+    Ok(Ok(changed > 0))
+}
+
+pub(super) fn drop_job(tx: &Transaction<'_>, user: UserId, job: u64) -> CmdResult<bool> {
+    let deleted = tx
+        .prepare_cached("DELETE FROM push_jobs WHERE job_id = ?1 AND user_id = ?2")?
+        .execute(params![job as i64, user.0 as i64])?;
+    Ok(Ok(deleted > 0))
+}
+
+pub(super) fn list(conn: &Connection, which: PushJobsListed, limit: usize) -> rusqlite::Result<Vec<PushJobSummary>> {
+    let filter = match which {
+        PushJobsListed::Queued => "state < 2 ORDER BY due_ms, job_id",
+        PushJobsListed::Failed => "state = 2 ORDER BY due_ms DESC, job_id DESC",
+    };
+    let sql = format!(
+        "SELECT job_id, user_id, device_id, room_id, kind, count, state, attempts, due_ms, created_at_ms, last_error
+         FROM push_jobs WHERE {filter} LIMIT ?1"
+    );
+    conn.prepare_cached(&sql)?
+        .query_map([limit as i64], |r| {
+            Ok(PushJobSummary {
+                id: r.get::<_, i64>(0)? as u64,
+                user: UserId(r.get::<_, i64>(1)? as u64),
+                device: DeviceId(r.get::<_, i64>(2)? as u64),
+                room: RoomId(r.get::<_, i64>(3)? as u64),
+                kind: PushKind::from_code(r.get(4)?),
+                count: r.get::<_, i64>(5)? as u32,
+                state: match r.get::<_, i64>(6)? {
+                    0 => PushJobState::Pending,
+                    1 => PushJobState::Claimed,
+                    _ => PushJobState::Failed,
+                },
+                attempts: r.get::<_, i64>(7)? as u32,
+                due_ms: r.get(8)?,
+                created_at_ms: r.get(9)?,
+                last_error: r.get(10)?,
+            })
+        })?
+        .collect()
 }
 
 pub(super) fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {

@@ -97,6 +97,17 @@ pub(super) enum WriteCmd {
         before_ms: i64,
         reply: Reply<u64>,
     },
+    RetryFailedPush {
+        user: UserId,
+        job: u64,
+        now_ms: i64,
+        reply: Reply<bool>,
+    },
+    DropPushJob {
+        user: UserId,
+        job: u64,
+        reply: Reply<bool>,
+    },
     PutMedia(NewMedia, Reply<()>),
     PublishMedia(MediaId, Reply<()>),
     CreatePost(Post, String, Reply<Post>),
@@ -283,6 +294,10 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
         }
         WriteCmd::FinishPushJob(job, end, reply) => run!(reply, |tx, _| push::finish(tx, &job, &end)),
         WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
+        WriteCmd::RetryFailedPush { user, job, now_ms, reply } => {
+            run!(reply, |tx, _| push::retry_failed(tx, user, job, now_ms))
+        }
+        WriteCmd::DropPushJob { user, job, reply } => run!(reply, |tx, _| push::drop_job(tx, user, job)),
         WriteCmd::PutMedia(media, reply) => run!(reply, |tx, _| super::media::put(tx, &media)),
         WriteCmd::PublishMedia(id, reply) => run!(reply, |tx, _| super::media::publish(tx, id)),
         WriteCmd::CreatePost(post, client_id, reply) => {
