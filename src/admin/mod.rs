@@ -1,5 +1,6 @@
 //! The admin dashboard at `/admin`, for the people who run the server: a live overview, user
-//! lookup (devices, rooms, last seen, push tokens masked) and revoking a device. Off (404) until
+//! lookup (devices, rooms, last seen, push tokens masked) and revoking a device, and the push
+//! queue (pending and failed jobs with their last error; retry or drop one). Off (404) until
 //! `[admin]` names a user and a password.
 //!
 //! - `mod.rs`: the routes, and who may call them (`Admin`: the credentials, the sessions).
@@ -20,6 +21,7 @@ use crate::auth::admin_session as session;
 
 use crate::domain::{DeviceId, UserId};
 use crate::metrics::{METRICS, PUSH_METRICS};
+use crate::store::PushJobsListed;
 use crate::transport::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -33,6 +35,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/api/overview", web::get().to(overview_json))
             .route("/users", web::get().to(user_lookup))
             .route("/users/{user}/devices/{device}/revoke", web::post().to(revoke_device))
+            .route("/pushes", web::get().to(push_queue))
+            .route("/pushes/{user}/{job}/retry", web::post().to(retry_push))
+            .route("/pushes/{user}/{job}/drop", web::post().to(drop_push))
             .default_service(web::to(not_found)),
     );
 }
@@ -173,9 +178,7 @@ async fn user_lookup(req: HttpRequest, query: web::Query<Lookup>, state: web::Da
     .await;
     match details {
         Ok(details) => pages::lookup(&session.csrf, q, Some(&details)),
-        Err(e) => {
-            HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("the store failed: {e}\n"))
-        }
+        Err(e) => store_failed(&e),
     }
 }
 
@@ -218,9 +221,81 @@ async fn revoke_device(
             tracing::info!(%user, %device, "device revoked from the admin dashboard");
             see_other(&format!("/admin/users?q={}", user.0))
         }
-        Err(e) => {
-            HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("the store failed: {e}\n"))
+        Err(e) => store_failed(&e),
+    }
+}
+
+/// How many jobs of each kind the push queue page lists.
+const PUSH_JOBS_LISTED: usize = 100;
+
+#[derive(Deserialize)]
+struct Done {
+    #[serde(default)]
+    done: String,
+}
+
+/// The push queue: failed jobs (newest first) and queued ones (due first).
+async fn push_queue(req: HttpRequest, query: web::Query<Done>, state: web::Data<AppState>) -> HttpResponse {
+    let Some(admin) = admin(&state) else { return not_found().await };
+    let Some(session) = admin.session_of(&req) else { return see_other("/admin/login") };
+    let store = &state.hub.store;
+    let listed = async {
+        let failed = store.list_push_jobs(PushJobsListed::Failed, PUSH_JOBS_LISTED).await?;
+        let queued = store.list_push_jobs(PushJobsListed::Queued, PUSH_JOBS_LISTED).await?;
+        Ok::<_, crate::store::StoreError>((failed, queued))
+    };
+    match listed.await {
+        Ok((failed, queued)) => pages::push_queue(&session.csrf, &query.done, &failed, &queued, PUSH_JOBS_LISTED),
+        Err(e) => store_failed(&e),
+    }
+}
+
+fn store_failed(e: &crate::store::StoreError) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().content_type("text/plain").body(format!("the store failed: {e}\n"))
+}
+
+async fn retry_push(
+    req: HttpRequest,
+    path: web::Path<(u64, u64)>,
+    form: web::Form<CsrfForm>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(admin) = admin(&state) else { return not_found().await };
+    if let Err(refused) = admin.check_form(&req, &form.csrf) {
+        return refused.response();
+    }
+    let (user, job) = (UserId(path.0), path.1);
+    let now = state.hub.push.now_ms();
+    match state.hub.store.retry_failed_push(user, job, now).await {
+        Ok(true) => {
+            // Due now: the worker may be asleep until a later job.
+            state.hub.push.job_due_at(now);
+            tracing::info!(%user, job, "failed push retried from the admin dashboard");
+            see_other("/admin/pushes?done=retried")
         }
+        Ok(false) => see_other("/admin/pushes?done=gone"),
+        Err(e) => store_failed(&e),
+    }
+}
+
+async fn drop_push(
+    req: HttpRequest,
+    path: web::Path<(u64, u64)>,
+    form: web::Form<CsrfForm>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let Some(admin) = admin(&state) else { return not_found().await };
+    if let Err(refused) = admin.check_form(&req, &form.csrf) {
+        return refused.response();
+    }
+    let (user, job) = (UserId(path.0), path.1);
+    match state.hub.store.drop_push_job(user, job).await {
+        Ok(true) => {
+            tracing::info!(%user, job, "push dropped from the admin dashboard");
+            see_other("/admin/pushes?done=dropped")
+        }
+        Ok(false) => see_other("/admin/pushes?done=gone"),
+        Err(e) => store_failed(&e),
     }
 }
 

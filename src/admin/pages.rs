@@ -5,8 +5,8 @@
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 
-use crate::domain::{Platform, RoomKind, RoomSummary, UserId};
-use crate::store::DeviceInfo;
+use crate::domain::{ACTIVITY_PUSH_ROOM, NOTIFICATION_PUSH_ROOM, Platform, RoomKind, RoomSummary, UserId};
+use crate::store::{DeviceInfo, PushJobState, PushJobSummary};
 
 /// What the user lookup shows of one user.
 pub struct UserDetails {
@@ -40,13 +40,14 @@ header a{color:#fff}header form{margin-left:auto}main{padding:1.5em;max-width:70
 .card{background:#fff;border-radius:6px;padding:1em;box-shadow:0 1px 2px #0002}\
 .card b{display:block;font-size:1.8em;margin-top:.2em}.card b.detail{font-size:1.05em;font-weight:600}table{border-collapse:collapse;background:#fff;width:100%}\
 td,th{padding:.4em .8em;border-bottom:1px solid #e3e5e9;text-align:left}.error{color:#b00020}\
-.ok{color:#137333}.bad{color:#b00020}";
+.ok{color:#137333}.bad{color:#b00020}td form{display:inline;margin-right:.4em}";
 
 fn page(status: StatusCode, title: &str, csrf: Option<&str>, body: &str, script: Option<&str>) -> HttpResponse {
     let nonce = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, rand::random::<[u8; 16]>());
     let nav = match csrf {
         Some(csrf) => format!(
             "<header><strong>tidings</strong><a href=\"/admin\">Overview</a><a href=\"/admin/users\">Users</a>\
+             <a href=\"/admin/pushes\">Push queue</a>\
              <form method=\"post\" action=\"/admin/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button>Log out</button></form></header>",
             escape(csrf)
@@ -176,12 +177,10 @@ pub fn lookup(csrf: &str, q: &str, details: Option<&UserDetails>) -> HttpRespons
                     });
                     let action = match device.revoked {
                         true => "revoked".to_owned(),
-                        false => format!(
-                            "<form method=\"post\" action=\"/admin/users/{}/devices/{}/revoke\">\
-                             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Revoke</button></form>",
-                            d.user.0,
-                            device.device.0,
-                            escape(csrf)
+                        false => button(
+                            &format!("/admin/users/{}/devices/{}/revoke", d.user.0, device.device.0),
+                            csrf,
+                            "Revoke",
                         ),
                     };
                     format!(
@@ -211,19 +210,128 @@ pub fn lookup(csrf: &str, q: &str, details: Option<&UserDetails>) -> HttpRespons
                 })
                 .collect();
             let blocked =
-                d.blocked.map_or(String::new(), |at| format!("<p class=\"bad\">Blocked since {at} (ms).</p>"));
+                d.blocked.map_or(String::new(), |at| format!("<p class=\"bad\">Blocked since {}.</p>", utc(at)));
             format!(
                 "<h2 id=\"user\">User {}</h2>{blocked}<p>Last seen: {}</p>\
                  <h3>Devices</h3><table id=\"devices\"><tr><th>Device</th><th>Name</th><th>Push token</th><th></th></tr>{devices}</table>\
                  <h3>Rooms</h3><table id=\"rooms\"><tr><th>Room</th><th>Kind</th><th>Name</th><th>Members</th><th>Last seq</th></tr>{rooms}</table>",
                 d.user.0,
-                if d.last_seen == 0 {
-                    "never (or online)".to_owned()
-                } else {
-                    format!("{} (ms since the epoch)", d.last_seen)
-                },
+                if d.last_seen == 0 { "never (or online)".to_owned() } else { utc(d.last_seen) },
             )
         }
     };
     page(StatusCode::OK, "Users", Some(csrf), &(form + &found), None)
+}
+
+/// A time as UTC, to the second (`1970-01-01 00:00:00 UTC`); "never" for 0.
+fn utc(ms: i64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let (days, secs) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
+    // Howard Hinnant's days-to-civil: the proleptic Gregorian calendar, in eras of 400 years.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// A form that posts to `action` with the session's CSRF token: one button.
+fn button(action: &str, csrf: &str, label: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <button>{}</button></form>",
+        escape(action),
+        escape(csrf),
+        escape(label)
+    )
+}
+
+/// The push queue: failed jobs with their last error (retry or drop), then queued ones (drop).
+pub fn push_queue(
+    csrf: &str,
+    done: &str,
+    failed: &[PushJobSummary],
+    queued: &[PushJobSummary],
+    limit: usize,
+) -> HttpResponse {
+    let notice = match done {
+        "retried" => "<p class=\"ok\" id=\"notice\">Retried: the job is due now.</p>",
+        "dropped" => "<p class=\"ok\" id=\"notice\">Dropped.</p>",
+        "gone" => "<p class=\"bad\" id=\"notice\">That job is not there any more (sent, dropped or changed).</p>",
+        _ => "",
+    };
+    let room = |job: &PushJobSummary| match job.room {
+        ACTIVITY_PUSH_ROOM => "activity".to_owned(),
+        NOTIFICATION_PUSH_ROOM => "notifications".to_owned(),
+        room => room.0.to_string(),
+    };
+    let row = |job: &PushJobSummary, when: String, actions: String| {
+        format!(
+            "<tr data-job=\"{id}\"><td>{id}</td><td><a href=\"/admin/users?q={user}\">{user}</a></td><td>{}</td>\
+             <td>{}</td><td>{} × {}</td><td>{}</td><td>{when}</td><td class=\"error\">{}</td><td>{actions}</td></tr>",
+            job.device.0,
+            escape(&room(job)),
+            escape(job.kind.name()),
+            job.count,
+            job.attempts,
+            escape(&job.last_error),
+            id = job.id,
+            user = job.user.0,
+        )
+    };
+    let action = |job: &PushJobSummary, what: &str| format!("/admin/pushes/{}/{}/{what}", job.user.0, job.id);
+    let failed_rows: String = failed
+        .iter()
+        .map(|job| {
+            let actions = button(&action(job, "retry"), csrf, "Retry") + &button(&action(job, "drop"), csrf, "Drop");
+            row(job, format!("failed {}", utc(job.due_ms)), actions)
+        })
+        .collect();
+    let queued_rows: String = queued
+        .iter()
+        .map(|job| {
+            let when = match (job.state, job.attempts) {
+                (PushJobState::Pending, _) => format!("due {} (grace window)", utc(job.due_ms)),
+                (_, 0) => format!("being sent (lease until {})", utc(job.due_ms)),
+                _ => format!("retry at {} (or being sent)", utc(job.due_ms)),
+            };
+            row(job, when, button(&action(job, "drop"), csrf, "Drop"))
+        })
+        .collect();
+    let head = "<tr><th>Job</th><th>User</th><th>Device</th><th>Room</th><th>What</th><th>Failed attempts</th>\
+                <th>When</th><th>Last error</th><th></th></tr>";
+    let table = |id: &str, rows: &str, count: usize, empty: &str| match count {
+        0 => format!("<p id=\"{id}\">{empty}</p>"),
+        n => {
+            let more = if n >= limit { format!("<p>The first {limit}.</p>") } else { String::new() };
+            format!("<table id=\"{id}\">{head}{rows}</table>{more}")
+        }
+    };
+    let body = format!(
+        "<h1>Push queue</h1>{notice}<h2>Failed</h2><p>Given up after the last error shown; kept for \
+         <code>push.keep_failed_days</code>. A retry sends it again now unless it is no longer needed \
+         (read, muted, left the room).</p>{}<h2>Queued</h2>{}",
+        table("failed", &failed_rows, failed.len(), "No failed pushes."),
+        table("queued", &queued_rows, queued.len(), "Nothing queued."),
+    );
+    page(StatusCode::OK, "Push queue", Some(csrf), &body, None)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(super::utc(0), "never");
+        assert_eq!(super::utc(1), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(1_796_660_431_999), "2026-12-07 16:20:31 UTC");
+        assert_eq!(super::utc(-1000), "1969-12-31 23:59:59 UTC");
+    }
 }

@@ -139,9 +139,20 @@ impl PushGate {
     /// otherwise cost one queue scan each).
     pub fn queued(&self, users: &[UserId], due_at_ms: i64) {
         self.may_be_pending(users);
+        self.job_due_at(due_at_ms);
+    }
+
+    /// A job falls due at `due_at_ms` (queued, or put back by an operator): wakes the worker if
+    /// it would otherwise look later.
+    pub fn job_due_at(&self, due_at_ms: i64) {
         if due_at_ms < self.next_look_ms.load(Ordering::Acquire) {
             self.wake.notify_one();
         }
+    }
+
+    /// The time pushes fall due in.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Remembers users with pending pushes found in the store at start.

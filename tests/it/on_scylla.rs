@@ -70,6 +70,7 @@ on_scylla! {
         a_notification_is_shown_live_resumed_pushed_offline_and_never_twice,
         an_ack_within_the_grace_window_cancels_the_push_and_push_false_sends_none,
     ];
+    admin: [the_push_queue_shows_queued_and_failed_pushes_to_drop_or_retry];
     push: [
         offline_recipient_gets_exactly_one_push_with_the_right_payload,
         ack_within_the_grace_window_cancels_the_push,

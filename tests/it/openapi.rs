@@ -50,6 +50,7 @@ fn concrete(path: &str) -> String {
     let values = BTreeMap::from([
         ("{user}", "42"),
         ("{device}", "7"),
+        ("{job}", "9"),
         ("{room}", "123"),
         ("{mediaId}", "0".repeat(32).leak() as &str),
     ]);

@@ -96,7 +96,7 @@ fn android(token: &str) -> wire::SetPushTokenRequest {
 }
 
 /// Registers the device's token, then leaves: the user has no live session afterwards.
-async fn register_and_leave(user: &TestUser, registration: wire::SetPushTokenRequest, observer: &Connection) {
+pub async fn register_and_leave(user: &TestUser, registration: wire::SetPushTokenRequest, observer: &Connection) {
     let conn = user.connect().await;
     conn.set_push_token(registration).await.expect("register push token");
     conn.close().await;

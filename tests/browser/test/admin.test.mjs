@@ -100,4 +100,12 @@ test("the dashboard in Chromium: login, overview, lookup, revoke", async (t) => 
   await page.click("#devices button");
   await page.waitForSelector("#devices >> text=revoked");
   assert.equal(await Promise.race([closed, sleep(5000).then(() => "still open")]), 1008);
+
+  // The push queue page (this server has no push provider: both lists are empty).
+  await page.click("a[href='/admin/pushes']");
+  assert.equal(await page.textContent("h1"), "Push queue");
+  assert.equal(await page.textContent("#failed"), "No failed pushes.");
+  assert.equal(await page.textContent("#queued"), "Nothing queued.");
+  await page.screenshot({ path: join(SCREENSHOTS, "admin-push-queue.png"), fullPage: true });
+  assert.deepEqual(failures, []);
 });
