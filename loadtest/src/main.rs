@@ -156,6 +156,11 @@ enum Scenario {
         grace_ms: u64,
         #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
+        /// Kill the server after the sends and start it again once every push is due: the pushes
+        /// then leave as one backlog, at the pipeline's own rate (use a --grace-ms longer than
+        /// the sends take).
+        #[arg(long)]
+        backlog: bool,
     },
     /// Images: uploads/s and MB/s (with the server's peak memory), 320 px variants made/s (JPEG and
     /// WebP, from 1 and 4 MP photos) with the server's CPU per variant, cached variants served/s;
@@ -381,6 +386,9 @@ async fn push(bench: &push_bench::PushBench) -> anyhow::Result<()> {
     row("provider delay", format!("{} ms", bench.provider_delay.as_millis()));
     row("concurrency (APNs / FCM)", format!("{} / {}", bench.apns_concurrency, bench.fcm_concurrency));
     row("grace window", format!("{} ms", bench.grace_ms));
+    if bench.backlog {
+        row("pushes", "one backlog, after a restart".into());
+    }
     row("sends acknowledged in", format!("{:.2} s", report.send_secs));
     row("first to last push", format!("{:.2} s", report.push_secs));
     row("notifications/s", format!("{:.0}", report.notifications_per_sec));
@@ -391,7 +399,8 @@ async fn push(bench: &push_bench::PushBench) -> anyhow::Result<()> {
         row("server CPU per send (while sending)", per(cpu));
     }
     if let Some(cpu) = report.server_cpu_push_secs {
-        row("server CPU per push (after sending)", per(cpu));
+        let when = if bench.backlog { "after the restart" } else { "after sending" };
+        row(&format!("server CPU per push ({when})"), per(cpu));
     }
     Ok(())
 }
@@ -561,6 +570,7 @@ async fn main() -> anyhow::Result<()> {
             fcm_concurrency,
             grace_ms,
             timeout_secs,
+            backlog,
         } => {
             let bench = push_bench::PushBench {
                 tidings_bin: tidings_bin.clone(),
@@ -570,6 +580,7 @@ async fn main() -> anyhow::Result<()> {
                 fcm_concurrency: *fcm_concurrency,
                 grace_ms: *grace_ms,
                 timeout: Duration::from_secs(*timeout_secs),
+                backlog: *backlog,
             };
             return push(&bench).await;
         }

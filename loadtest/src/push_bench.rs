@@ -3,6 +3,11 @@
 //! them once, as fast as the server acknowledges. Measures how fast notifications reach the
 //! providers (notifications/s from the first to the last) and each one's latency from the
 //! acknowledged send to the provider accepting it (the grace window included).
+//!
+//! Pushes fall due one grace window after their sends, so by default they leave at the rate the
+//! sender was acknowledged, whatever the pipeline could do. With `backlog`, the server is killed
+//! while every push is still in its grace window and started again once all are due: the new
+//! process then drains N due pushes at once, which measures the pipeline itself.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -28,6 +33,8 @@ pub struct PushBench {
     pub fcm_concurrency: usize,
     pub grace_ms: u64,
     pub timeout: Duration,
+    /// Kill the server after the sends and restart it once every push is due (see above).
+    pub backlog: bool,
 }
 
 pub struct PushBenchReport {
@@ -109,20 +116,44 @@ pub async fn run(bench: &PushBench, progress: impl Fn(&str, usize, usize)) -> an
         "limits.user_request_burst=100000".into(),
     ]);
     let (server, addr) = spawn_server(bench, &data.join("db"), &settings)?;
-    let report = measure(bench, &addr, server.0.id(), &apns, &fcm, &progress).await;
-    drop(server);
+    let report = async {
+        let sent = send_all(bench, &addr, server.0.id(), &progress).await?;
+        if !bench.backlog {
+            return wait_for_pushes(bench, server.0.id(), sent, &apns, &fcm, &progress).await;
+        }
+        if apns.accepted_count() + fcm.accepted_count() > 0 {
+            bail!("pushes went out before the restart: make --grace-ms longer than the sends take");
+        }
+        // Killed with every push in its grace window; started again once the last is due.
+        drop(server);
+        let last_ack = sent.acked.values().max().copied().context("no sends")?;
+        tokio::time::sleep_until((last_ack + Duration::from_millis(bench.grace_ms + 200)).into()).await;
+        let (server, _) = spawn_server(bench, &data.join("db"), &settings)?;
+        let started = Sent { cpu_after: cpu_secs(&[server.0.id()]), ..sent };
+        wait_for_pushes(bench, server.0.id(), started, &apns, &fcm, &progress).await
+    }
+    .await;
     let _ = std::fs::remove_dir_all(&data);
     report
 }
 
-async fn measure(
+/// What the sends left for the pushes to be measured against.
+struct Sent {
+    /// Each room's send, and when it was acknowledged.
+    acked: HashMap<u64, Instant>,
+    send_secs: f64,
+    /// The server's CPU seconds spent on the sends, and its CPU counter after them.
+    cpu_spent: Option<f64>,
+    cpu_after: Option<f64>,
+}
+
+/// Signs the recipients up (each registers a token and leaves), then sends one message to each.
+async fn send_all(
     bench: &PushBench,
     addr: &str,
     server_pid: u32,
-    apns: &FakeApns,
-    fcm: &FakeFcm,
     progress: &impl Fn(&str, usize, usize),
-) -> anyhow::Result<PushBenchReport> {
+) -> anyhow::Result<Sent> {
     let http = Http::new(format!("http://{addr}"));
     let ws = format!("ws://{addr}");
     let sender = http.sign_up("sender", "bench-password", "phone").await?;
@@ -185,7 +216,20 @@ async fn measure(
     let acked: HashMap<u64, Instant> = acked.into_iter().collect::<anyhow::Result<_>>()?;
     let send_secs = send_started.elapsed().as_secs_f64();
     let cpu_sent = cpu_secs(&[server_pid]);
+    Ok(Sent { acked, send_secs, cpu_spent: cpu_before.zip(cpu_sent).map(|(a, b)| b - a), cpu_after: cpu_sent })
+}
 
+/// Waits for one push per recipient, checks there was exactly one each, and reports.
+async fn wait_for_pushes(
+    bench: &PushBench,
+    server_pid: u32,
+    sent: Sent,
+    apns: &FakeApns,
+    fcm: &FakeFcm,
+    progress: &impl Fn(&str, usize, usize),
+) -> anyhow::Result<PushBenchReport> {
+    let Sent { acked, send_secs, cpu_spent: server_cpu_send_secs, cpu_after: cpu_sent } = sent;
+    let n = bench.recipients;
     let deadline = Instant::now() + bench.timeout;
     loop {
         let done = apns.accepted_count() + fcm.accepted_count();
@@ -199,7 +243,6 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu_pushed = cpu_secs(&[server_pid]);
-    let server_cpu_send_secs = cpu_before.zip(cpu_sent).map(|(a, b)| b - a);
     let server_cpu_push_secs = cpu_sent.zip(cpu_pushed).map(|(a, b)| b - a);
     // Exactly once: after a moment for stragglers, one push per recipient and no more.
     tokio::time::sleep(Duration::from_secs(1)).await;
