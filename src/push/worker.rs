@@ -23,7 +23,7 @@ use crate::config::PushConfig;
 use crate::domain::{Platform, UserId};
 use crate::lifecycle::Stoppable;
 use crate::metrics::PUSH_METRICS;
-use crate::store::{PushContext, PushJob, PushJobEnd, Store};
+use crate::store::{PushContext, PushJob, PushJobEnd, Store, StoreResult};
 
 /// Most jobs claimed by one store write.
 const CLAIM_BATCH: usize = 256;
@@ -173,14 +173,20 @@ impl Worker {
                 }
             };
             let full = jobs.len() == free;
+            let mut starting = Vec::with_capacity(jobs.len());
             for job in jobs {
                 if !self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(job.id) {
                     continue;
                 }
                 let Ok(permit) = sends.clone().try_acquire_owned() else { break };
+                starting.push((job, permit));
+            }
+            // The batch's contexts in one read, not one read per push.
+            let contexts = self.store.push_contexts(starting.iter().map(|(job, _)| job.clone()).collect()).await;
+            for ((job, permit), context) in starting.into_iter().zip(contexts) {
                 let worker = self.clone();
                 tokio::spawn(async move {
-                    worker.process(job).await;
+                    worker.process(job, context).await;
                     drop(permit);
                 });
             }
@@ -228,9 +234,9 @@ impl Worker {
         });
     }
 
-    async fn process(&self, job: PushJob) {
+    async fn process(&self, job: PushJob, context: StoreResult<PushContext>) {
         let platform = job.platform;
-        let end = self.attempt(&job).await;
+        let end = self.attempt(&job, context).await;
         let metrics = PUSH_METRICS.of(platform);
         match &end {
             PushJobEnd::Sent => {
@@ -264,8 +270,8 @@ impl Worker {
         self.report(i64::MIN);
     }
 
-    async fn attempt(&self, job: &PushJob) -> PushJobEnd {
-        let context = match self.store.push_context(job.clone()).await {
+    async fn attempt(&self, job: &PushJob, context: StoreResult<PushContext>) -> PushJobEnd {
+        let context = match context {
             Ok(context) => context,
             Err(e) => return self.retry(job, None, format!("reading the push's context: {e}")),
         };

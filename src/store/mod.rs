@@ -180,6 +180,15 @@ pub trait PushQueueStore: Send + Sync {
     /// When the next unclaimed or lease-expired job falls due, if any.
     async fn next_push_due(&self) -> StoreResult<Option<i64>>;
     async fn push_context(&self, job: PushJob) -> StoreResult<PushContext>;
+    /// The contexts of a claimed batch, in its order: in one read where the backend can (one
+    /// read transaction and one trip to a reader instead of one per job and query).
+    async fn push_contexts(&self, jobs: Vec<PushJob>) -> Vec<StoreResult<PushContext>> {
+        let mut contexts = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            contexts.push(self.push_context(job).await);
+        }
+        contexts
+    }
     async fn finish_push_job(&self, job: PushJob, end: PushJobEnd) -> StoreResult<()>;
     /// Users with pending (unclaimed) pushes.
     async fn users_with_pending_pushes(&self) -> StoreResult<Vec<UserId>>;

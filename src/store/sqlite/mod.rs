@@ -382,6 +382,15 @@ impl PushQueueStore for SqliteStore {
         self.read(move |c| push::context(c, &job)).await
     }
 
+    async fn push_contexts(&self, jobs: Vec<PushJob>) -> Vec<StoreResult<PushContext>> {
+        let count = jobs.len();
+        let read = self.read(move |c| push::contexts(c, &jobs)).await;
+        match read {
+            Ok(contexts) => contexts.into_iter().map(|c| c.map_err(sql_error)).collect(),
+            Err(e) => (0..count).map(|_| Err(e.clone())).collect(),
+        }
+    }
+
     async fn finish_push_job(&self, job: PushJob, end: PushJobEnd) -> StoreResult<()> {
         self.write(|reply| WriteCmd::FinishPushJob(job, end, reply)).await
     }

@@ -410,6 +410,15 @@ pub(super) fn token(conn: &Connection, user: UserId, device: DeviceId) -> rusqli
     .optional()
 }
 
+/// The contexts of several jobs, read in one transaction: one snapshot and one pair of file locks
+/// for the batch rather than one per query (each query outside a transaction is its own).
+pub(super) fn contexts(conn: &Connection, jobs: &[PushJob]) -> rusqlite::Result<Vec<rusqlite::Result<PushContext>>> {
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let contexts = jobs.iter().map(|job| context(conn, job)).collect();
+    conn.prepare_cached("COMMIT")?.execute([])?;
+    Ok(contexts)
+}
+
 pub(super) fn context(conn: &Connection, job: &PushJob) -> rusqlite::Result<PushContext> {
     let (user, room) = (job.user.0 as i64, job.room.0 as i64);
     // Activity and notifications are in no room: no name, no markers, always "a member".

@@ -379,14 +379,17 @@ fn in_savepoint<T>(
     body: impl FnOnce(&Transaction<'_>, &mut StreamHeads) -> CmdResult<T>,
 ) -> StoreResult<T> {
     let sql = |e: rusqlite::Error| StoreError::caused_by(StoreErrorKind::Unavailable, e);
-    tx.execute_batch("SAVEPOINT cmd").map_err(sql)?;
+    // Prepared once and kept: `execute_batch` would parse them again for every command.
+    let run = |statement: &str| tx.prepare_cached(statement).and_then(|mut s| s.execute([])).map_err(sql);
+    run("SAVEPOINT cmd")?;
     heads.undo.clear();
     let outcome = body(tx, heads);
     if let Ok(Ok(_)) = &outcome {
-        tx.execute_batch("RELEASE cmd").map_err(sql)?;
+        run("RELEASE cmd")?;
     } else {
         heads.roll_back();
-        tx.execute_batch("ROLLBACK TO cmd; RELEASE cmd").map_err(sql)?;
+        run("ROLLBACK TO cmd")?;
+        run("RELEASE cmd")?;
     }
     match outcome {
         Ok(result) => result,
