@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use super::apns::ApnsClient;
 use super::fcm::FcmClient;
@@ -54,6 +54,17 @@ struct Worker {
     /// Jobs this worker is sending now: a lease that runs out while one waits is not sent twice.
     in_flight: Mutex<HashSet<u64>>,
     progress: watch::Sender<Progress>,
+    /// How sent jobs ended, to be recorded in batches (`record_ends`).
+    ended: mpsc::UnboundedSender<Ended>,
+    /// Told when the worker stopped and its sends drained: the recorder may end.
+    drained: Notify,
+}
+
+/// A job that ended, with its place among the sends, held until its end is recorded.
+struct Ended {
+    job: PushJob,
+    end: PushJobEnd,
+    send_slot: OwnedSemaphorePermit,
 }
 
 /// Where the worker is, for whoever waits for it to settle (tests on a manual clock).
@@ -83,6 +94,7 @@ impl PushWorker {
     ) -> Self {
         let wake = gate.clone();
         let (progress, progress_rx) = watch::channel(Progress::default());
+        let (ended, ends) = mpsc::unbounded_channel();
         let worker = Arc::new(Worker {
             store,
             gate,
@@ -92,7 +104,10 @@ impl PushWorker {
             fcm: providers.fcm.map(|c| (c, Semaphore::new(providers.fcm_concurrency.max(1)))),
             in_flight: Mutex::new(HashSet::new()),
             progress,
+            ended,
+            drained: Notify::new(),
         });
+        tokio::spawn(worker.clone().record_ends(ends));
         let (stop, stopped) = watch::channel(false);
         let done = tokio::spawn(worker.run(stopped));
         Self { stop, done: Mutex::new(Some(done)), progress: progress_rx, gate: wake }
@@ -185,10 +200,7 @@ impl Worker {
             let contexts = self.store.push_contexts(starting.iter().map(|(job, _)| job.clone()).collect()).await;
             for ((job, permit), context) in starting.into_iter().zip(contexts) {
                 let worker = self.clone();
-                tokio::spawn(async move {
-                    worker.process(job, context).await;
-                    drop(permit);
-                });
+                tokio::spawn(async move { worker.process(job, context, permit).await });
             }
             if full {
                 continue;
@@ -210,6 +222,7 @@ impl Worker {
         }
         // Drain: wait for what is in flight; anything unfinished is resent after its lease.
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, sends.acquire_many(total as u32)).await;
+        self.drained.notify_one();
     }
 
     async fn purge_failed(&self) {
@@ -234,7 +247,43 @@ impl Worker {
         });
     }
 
-    async fn process(&self, job: PushJob, context: StoreResult<PushContext>) {
+    /// Records how jobs ended, many in one store write: whatever ended while the last write ran.
+    /// A job stays in flight, and its place among the sends taken, until its end is recorded, so
+    /// shutdown's drain waits for the record too.
+    async fn record_ends(self: Arc<Self>, mut ends: mpsc::UnboundedReceiver<Ended>) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                ended = ends.recv() => match ended {
+                    Some(ended) => ended,
+                    None => break,
+                },
+                _ = self.drained.notified() => break,
+            };
+            let mut batch = vec![first];
+            while batch.len() < CLAIM_BATCH {
+                match ends.try_recv() {
+                    Ok(ended) => batch.push(ended),
+                    Err(_) => break,
+                }
+            }
+            let (jobs, permits): (Vec<_>, Vec<_>) = batch.into_iter().map(|e| ((e.job, e.end), e.send_slot)).unzip();
+            let ids: Vec<u64> = jobs.iter().map(|(job, _)| job.id).collect();
+            if let Err(e) = self.store.finish_push_jobs(jobs).await {
+                // Their leases run out and the jobs are tried again.
+                tracing::warn!(jobs = ids.len(), error = %e, "could not record how pushes ended");
+            }
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            for id in &ids {
+                in_flight.remove(id);
+            }
+            drop(in_flight);
+            drop(permits);
+            self.report(i64::MIN);
+        }
+    }
+
+    async fn process(&self, job: PushJob, context: StoreResult<PushContext>, send: OwnedSemaphorePermit) {
         let platform = job.platform;
         let end = self.attempt(&job, context).await;
         let metrics = PUSH_METRICS.of(platform);
@@ -261,13 +310,13 @@ impl Worker {
                     "push token is dead; removed");
             }
         }
-        let id = job.id;
-        if let Err(e) = self.store.finish_push_job(job, end).await {
-            // The lease runs out and the job is tried again.
-            tracing::warn!(job = id, error = %e, "could not record the end of a push");
+        if let Err(unsent) = self.ended.send(Ended { job, end, send_slot: send }) {
+            // Only if the recorder is gone (the runtime is shutting down): record this one alone.
+            let Ended { job, end, .. } = unsent.0;
+            let id = job.id;
+            let _ = self.store.finish_push_job(job, end).await;
+            self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         }
-        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        self.report(i64::MIN);
     }
 
     async fn attempt(&self, job: &PushJob, context: StoreResult<PushContext>) -> PushJobEnd {

@@ -190,6 +190,17 @@ pub trait PushQueueStore: Send + Sync {
         contexts
     }
     async fn finish_push_job(&self, job: PushJob, end: PushJobEnd) -> StoreResult<()>;
+    /// Several ends at once: one write where the backend can. Each is recorded or, on an error,
+    /// left to its lease (the first error is returned).
+    async fn finish_push_jobs(&self, ends: Vec<(PushJob, PushJobEnd)>) -> StoreResult<()> {
+        let mut result = Ok(());
+        for (job, end) in ends {
+            if let Err(e) = self.finish_push_job(job, end).await {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
     /// Users with pending (unclaimed) pushes.
     async fn users_with_pending_pushes(&self) -> StoreResult<Vec<UserId>>;
     /// Deletes failed jobs that failed before `before_ms`; returns how many.

@@ -391,6 +391,10 @@ impl PushQueueStore for SqliteStore {
         }
     }
 
+    async fn finish_push_jobs(&self, ends: Vec<(PushJob, PushJobEnd)>) -> StoreResult<()> {
+        self.write(|reply| WriteCmd::FinishPushJobs(ends, reply)).await
+    }
+
     async fn finish_push_job(&self, job: PushJob, end: PushJobEnd) -> StoreResult<()> {
         self.write(|reply| WriteCmd::FinishPushJob(job, end, reply)).await
     }

@@ -93,6 +93,8 @@ pub(super) enum WriteCmd {
         reply: Reply<Vec<PushJob>>,
     },
     FinishPushJob(PushJob, PushJobEnd, Reply<()>),
+    /// Many ends in one command (the push worker records them in batches).
+    FinishPushJobs(Vec<(PushJob, PushJobEnd)>, Reply<()>),
     PurgeFailedPushes {
         before_ms: i64,
         reply: Reply<u64>,
@@ -293,6 +295,14 @@ fn execute(tx: &Transaction<'_>, heads: &mut StreamHeads, cmd: WriteCmd) -> Pend
             run!(reply, |tx, _| push::claim(tx, now_ms, lease_ms, limit))
         }
         WriteCmd::FinishPushJob(job, end, reply) => run!(reply, |tx, _| push::finish(tx, &job, &end)),
+        WriteCmd::FinishPushJobs(ends, reply) => run!(reply, |tx, _| {
+            for (job, end) in &ends {
+                if let Err(e) = push::finish(tx, job, end)? {
+                    return Ok(Err(e));
+                }
+            }
+            Ok(Ok(()))
+        }),
         WriteCmd::PurgeFailedPushes { before_ms, reply } => run!(reply, |tx, _| push::purge_failed(tx, before_ms)),
         WriteCmd::RetryFailedPush { user, job, now_ms, reply } => {
             run!(reply, |tx, _| push::retry_failed(tx, user, job, now_ms))
