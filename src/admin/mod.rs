@@ -47,7 +47,35 @@ fn admin(state: &AppState) -> Option<&Arc<Admin>> {
 }
 
 async fn not_found() -> HttpResponse {
+    not_found_page()
+}
+
+fn not_found_page() -> HttpResponse {
     HttpResponse::NotFound().content_type("text/plain").body("not found\n")
+}
+
+/// Why a posted form is not acted on.
+enum FormRefusal {
+    /// The dashboard is off.
+    Off,
+    Refused(session::FormRefused),
+}
+
+impl FormRefusal {
+    fn response(self) -> HttpResponse {
+        match self {
+            FormRefusal::Off => not_found_page(),
+            FormRefusal::Refused(refused) => refused.response(),
+        }
+    }
+}
+
+/// The admin behind a posted form: the dashboard is on, and the form comes with the session's
+/// cookie and its CSRF token.
+fn form_admin<'a>(state: &'a AppState, req: &HttpRequest, csrf: &str) -> Result<&'a Arc<Admin>, FormRefusal> {
+    let admin = admin(state).ok_or(FormRefusal::Off)?;
+    admin.check_form(req, csrf).map_err(FormRefusal::Refused)?;
+    Ok(admin)
 }
 
 fn see_other(to: &str) -> HttpResponse {
@@ -101,10 +129,10 @@ struct CsrfForm {
 }
 
 async fn log_out(req: HttpRequest, form: web::Form<CsrfForm>, state: web::Data<AppState>) -> HttpResponse {
-    let Some(admin) = admin(&state) else { return not_found().await };
-    if let Err(refused) = admin.check_form(&req, &form.csrf) {
-        return refused.response();
-    }
+    let admin = match form_admin(&state, &req, &form.csrf) {
+        Ok(admin) => admin,
+        Err(refused) => return refused.response(),
+    };
     admin.log_out(&req);
     let mut response = see_other("/admin/login");
     if let Ok(value) = header::HeaderValue::from_str(&admin.clear_cookie()) {
@@ -210,8 +238,7 @@ async fn revoke_device(
     form: web::Form<CsrfForm>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(admin) = admin(&state) else { return not_found().await };
-    if let Err(refused) = admin.check_form(&req, &form.csrf) {
+    if let Err(refused) = form_admin(&state, &req, &form.csrf) {
         return refused.response();
     }
     let (user, device) = (UserId(path.0), DeviceId(path.1));
@@ -260,8 +287,7 @@ async fn retry_push(
     form: web::Form<CsrfForm>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(admin) = admin(&state) else { return not_found().await };
-    if let Err(refused) = admin.check_form(&req, &form.csrf) {
+    if let Err(refused) = form_admin(&state, &req, &form.csrf) {
         return refused.response();
     }
     let (user, job) = (UserId(path.0), path.1);
@@ -284,8 +310,7 @@ async fn drop_push(
     form: web::Form<CsrfForm>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let Some(admin) = admin(&state) else { return not_found().await };
-    if let Err(refused) = admin.check_form(&req, &form.csrf) {
+    if let Err(refused) = form_admin(&state, &req, &form.csrf) {
         return refused.response();
     }
     let (user, job) = (UserId(path.0), path.1);

@@ -5,7 +5,7 @@
 use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 
-use crate::domain::{ACTIVITY_PUSH_ROOM, NOTIFICATION_PUSH_ROOM, Platform, RoomKind, RoomSummary, UserId};
+use crate::domain::{ACTIVITY_PUSH_ROOM, Birthday, NOTIFICATION_PUSH_ROOM, Platform, RoomKind, RoomSummary, UserId};
 use crate::store::{DeviceInfo, PushJobState, PushJobSummary};
 
 /// What the user lookup shows of one user.
@@ -228,18 +228,9 @@ fn utc(ms: i64) -> String {
     if ms == 0 {
         return "never".into();
     }
-    let (days, secs) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000) / 1000);
-    // Howard Hinnant's days-to-civil: the proleptic Gregorian calendar, in eras of 400 years.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
+    let secs = ms.rem_euclid(86_400_000) / 1000;
+    let date = Birthday::of_time_ms(ms);
+    format!("{date} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// A form that posts to `action` with the session's CSRF token: one button.
