@@ -8,18 +8,18 @@
 //!   `outbound_queue_bytes` bytes (`OutboundBudget`); when it is full the actor moves this
 //!   connection to catching up from the store, and past the slow-consumer grace it drops the
 //!   queue: the connection then sends RESYNC_REQUIRED and closes with 1008;
-//! - writes: actix-ws encodes every frame queued since the last write into one buffer, so a burst
-//!   leaves in one write. Below it actix-ws holds at most 32 frames and actix-http's write buffer
-//!   32 KiB before a write waits; a write that waits `write_timeout_secs` (the client stopped
-//!   reading) ends the connection the same way: RESYNC_REQUIRED, then close 1008, queued behind
-//!   what the socket already holds (each waiting up to `write_timeout_secs` more).
+//! - writes: frames are encoded straight into the socket's outbox (`websocket.rs`), so a burst
+//!   leaves in one write. Below it the outbox holds at most `OUTBOX_BYTES` and actix-http's write
+//!   buffer 32 KiB before a write waits; a write that waits `write_timeout_secs` (the client
+//!   stopped reading) ends the connection the same way: RESYNC_REQUIRED, then close 1008, queued
+//!   behind what the socket already holds (each waiting up to `write_timeout_secs` more).
 
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use bytes::BytesMut;
 use tidings_proto::Encoding;
 use tidings_proto::v1::ServerFrame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -28,8 +28,9 @@ use super::connection_caps::CapsGuard;
 use super::decode::{decode_frame, peek_request_id, to_request};
 use super::dispatch::{Caller, dispatch};
 use super::encode::{
-    Payload, answer_frame, encode, ephemeral_frame, error_frame, event_payload, going_away_frame, notice_frame,
+    answer_frame, ephemeral_frame, error_frame, going_away_frame, notice_frame, write_event, write_frame,
 };
+use super::websocket::{ClientMessage, CloseCode, CloseReason, Gone, Inbox, Outbox, ProtocolError};
 use crate::actors::{
     Attach, BoxedAnswer, Detach, Hub, Notice, Outbound, OutboundBudget, Replier, UserEntry, event_bytes,
 };
@@ -66,8 +67,12 @@ fn close(code: CloseCode, description: &str) -> End {
     End::Close(CloseReason { code, description: Some(description.into()) })
 }
 
+/// What may wait in a connection's outbox for the socket (beyond it, actix-http's write buffer):
+/// a burst of small frames fits, and a client that stops reading holds little.
+pub const OUTBOX_BYTES: usize = 16 * 1024;
+
 struct Writer {
-    session: Session,
+    outbox: Outbox,
     encoding: Encoding,
     write_timeout: Duration,
 }
@@ -85,39 +90,69 @@ enum Sent {
 impl Writer {
     /// Writes one frame, waiting at most `write_timeout` for room.
     async fn send(&mut self, frame: &ServerFrame) -> Sent {
-        self.send_payload(encode(self.encoding, frame)).await
+        let encoding = self.encoding;
+        self.send_with(|dst| write_frame(encoding, frame, dst)).await
     }
 
     async fn send_event(&mut self, pos: u64, event: &StreamEvent) -> Sent {
-        self.send_payload(event_payload(self.encoding, pos, event)).await
-    }
-
-    async fn send_payload(&mut self, payload: Payload) -> Sent {
-        match payload {
-            Payload::Binary(bytes) => within(self.write_timeout, self.session.binary(bytes)).await,
-            Payload::Text(text) => within(self.write_timeout, self.session.text(text)).await,
-        }
+        let encoding = self.encoding;
+        self.send_with(|dst| write_event(encoding, pos, event, dst)).await
     }
 
     /// Control frames wait for room like any other (a client that stopped reading has none).
     async fn ping(&mut self) -> Sent {
-        within(self.write_timeout, self.session.ping(b"")).await
+        self.room().await.map_or_else(
+            |sent| sent,
+            |()| {
+                self.outbox.ping(b"");
+                Sent::Yes
+            },
+        )
     }
 
     async fn pong(&mut self, payload: &[u8]) -> Sent {
-        within(self.write_timeout, self.session.pong(payload)).await
+        self.room().await.map_or_else(
+            |sent| sent,
+            |()| {
+                self.outbox.pong(payload);
+                Sent::Yes
+            },
+        )
+    }
+
+    /// Writes one message (whole frames) once the outbox has room.
+    async fn send_with(&mut self, frames: impl FnOnce(&mut BytesMut)) -> Sent {
+        match self.room().await {
+            Ok(()) => {
+                self.outbox.write(frames);
+                Sent::Yes
+            }
+            Err(sent) => sent,
+        }
+    }
+
+    /// Waits at most `write_timeout` for the outbox to have room.
+    async fn room(&self) -> Result<(), Sent> {
+        // The usual case, without arming a timer.
+        if let Some(now) = self.outbox.has_room() {
+            return now.map_err(|Gone| Sent::Gone);
+        }
+        match tokio::time::timeout(self.write_timeout, self.outbox.room()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(Gone)) => Err(Sent::Gone),
+            Err(_) => Err(Sent::Stalled),
+        }
+    }
+
+    /// The close frame, if the client takes it in time; the connection ends either way.
+    async fn close(self, reason: Option<CloseReason>) {
+        if self.room().await.is_ok() {
+            self.outbox.close(reason);
+        }
     }
 }
 
-async fn within(timeout: Duration, write: impl Future<Output = Result<(), actix_ws::Closed>>) -> Sent {
-    match tokio::time::timeout(timeout, write).await {
-        Ok(Ok(())) => Sent::Yes,
-        Ok(Err(_)) => Sent::Gone,
-        Err(_) => Sent::Stalled,
-    }
-}
-
-pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::MessageStream) {
+pub async fn run(setup: ConnectionSetup, outbox: Outbox, mut inbox: Inbox) {
     let ConnectionSetup { hub, auth, auth_service, encoding, mut shutdown, slot: _slot, caps: _caps } = setup;
     let limits = hub.limits.clone();
     let conn = ConnId::next();
@@ -126,18 +161,14 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
     METRICS.connections_open.inc();
     METRICS.connections_total.inc();
 
-    let mut stream = stream
-        .max_frame_size(limits.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_frame_bytes);
     let (outbound_tx, mut outbound) = mpsc::channel(limits.outbound_queue_events.max(1));
     let budget = Arc::new(OutboundBudget::new(limits.outbound_queue_bytes.max(1)));
     let in_flight_cap = limits.max_in_flight_requests.max(1);
     let (answers_tx, mut answers) = mpsc::channel::<BoxedAnswer>(in_flight_cap);
-    let writer = Writer { session, encoding, write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)) };
+    let writer = Writer { outbox, encoding, write_timeout: Duration::from_secs(limits.write_timeout_secs.max(1)) };
 
     let Some(user_actor) = attach(&hub, auth, conn, outbound_tx, &budget).await else {
-        let _ = writer.session.close(None).await;
+        writer.close(None).await;
         METRICS.connections_open.dec();
         return;
     };
@@ -179,7 +210,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
             _ = &mut shutting_down => Break(connection.on_shutdown().await),
             Some(answer) = answers.recv() => connection.on_answer(answer).await,
             out = outbound.recv() => connection.on_outbound(out).await,
-            message = stream.recv(), if connection.in_flight.available_permits() > 0 => {
+            message = inbox.recv(), if connection.in_flight.available_permits() > 0 => {
                 connection.on_message(message).await
             }
             _ = &mut token_expiry => match expires_at_ms.load(Ordering::Acquire) {
@@ -211,7 +242,7 @@ pub async fn run(setup: ConnectionSetup, session: Session, stream: actix_ws::Mes
         }
     };
     // A client that stopped reading cannot take a close frame either: bounded, like every write.
-    let _ = tokio::time::timeout(writer.write_timeout, writer.session.close(reason)).await;
+    writer.close(reason).await;
     METRICS.connections_open.dec();
     tracing::debug!("disconnected");
 }
@@ -270,14 +301,14 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, message: Option<Result<AggregatedMessage, ProtocolError>>) -> Step {
+    async fn on_message(&mut self, message: Option<Result<ClientMessage, ProtocolError>>) -> Step {
         self.last_heard = Instant::now();
         let payload = match message {
-            None | Some(Ok(AggregatedMessage::Close(_))) => return Break(End::ClientClosed),
-            Some(Ok(AggregatedMessage::Ping(bytes))) => return written(self.writer.pong(&bytes).await),
-            Some(Ok(AggregatedMessage::Pong(_))) => return Continue(()),
-            Some(Ok(AggregatedMessage::Binary(bytes))) => (Encoding::Protobuf, bytes),
-            Some(Ok(AggregatedMessage::Text(text))) => (Encoding::Json, text.into_bytes()),
+            None | Some(Ok(ClientMessage::Close)) => return Break(End::ClientClosed),
+            Some(Ok(ClientMessage::Ping(bytes))) => return written(self.writer.pong(&bytes).await),
+            Some(Ok(ClientMessage::Pong)) => return Continue(()),
+            Some(Ok(ClientMessage::Binary(bytes))) => (Encoding::Protobuf, bytes),
+            Some(Ok(ClientMessage::Text(text))) => (Encoding::Json, text),
             Some(Err(ProtocolError::Overflow)) => {
                 let e = DomainError::new(
                     Code::PayloadTooLarge,

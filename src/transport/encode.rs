@@ -1,11 +1,13 @@
-//! Domain answers, events and notices to server frames, and frames to WebSocket payloads.
+//! Domain answers, events and notices to server frames, and frames to WebSocket messages.
 
-use bytes::Bytes;
+use actix_http::ws::OpCode;
+use bytes::{Bytes, BytesMut};
 use prost::Message;
 use tidings_proto::Encoding;
 use tidings_proto::v1::{self as wire, ServerFrame, server_frame::Frame};
 
 use super::codes::wire_code;
+use super::websocket::put_header;
 use crate::actors::{Answer, Ephemeral, Notice, PresenceInfo, ReplyBody};
 use crate::domain::error::DomainError;
 use crate::domain::{
@@ -13,30 +15,34 @@ use crate::domain::{
     ReceiptKind, Role, RoomEntry, RoomKind, RoomSummary, StreamEvent,
 };
 
-/// A frame ready for the socket.
-pub enum Payload {
-    Binary(Bytes),
-    Text(String),
-}
-
-pub fn encode(encoding: Encoding, frame: &ServerFrame) -> Payload {
+/// Writes `frame` as one WebSocket message onto `dst`: protobuf is encoded straight into the
+/// buffer (binary), JSON as text.
+pub fn write_frame(encoding: Encoding, frame: &ServerFrame, dst: &mut BytesMut) {
     match encoding {
-        Encoding::Protobuf => Payload::Binary(Bytes::from(frame.encode_to_vec())),
-        Encoding::Json => Payload::Text(serde_json::to_string(frame).expect("server frames serialise")),
+        Encoding::Protobuf => {
+            let len = frame.encoded_len();
+            put_header(dst, OpCode::Binary, len);
+            frame.encode_raw(dst);
+        }
+        Encoding::Json => {
+            let text = serde_json::to_vec(frame).expect("server frames serialise");
+            put_header(dst, OpCode::Text, text.len());
+            dst.extend_from_slice(&text);
+        }
     }
 }
 
-/// A stream event as the socket takes it. In protobuf a room entry (the same for every member of
-/// its room) is encoded once, on its first write, and each member's frame is those bytes behind its
-/// own position: the same bytes `encode(event_frame(..))` gives, without a copy of the entry's
-/// texts and an encoding per member.
-pub fn event_payload(encoding: Encoding, pos: u64, event: &StreamEvent) -> Payload {
+/// Writes a stream event as `write_frame(event_frame(pos, event))` would. In protobuf a room entry
+/// (the same for every member of its room) is encoded once, on its first write, and each member's
+/// frame is those bytes behind its own position: no copy of the entry's texts and no encoding per
+/// member.
+pub fn write_event(encoding: Encoding, pos: u64, event: &StreamEvent, dst: &mut BytesMut) {
     match (encoding, event) {
         (Encoding::Protobuf, StreamEvent::Entry(e)) => {
             let body = e.encoded.get_or_init(|| Bytes::from(entry(e).encode_to_vec()));
-            Payload::Binary(event_frame_around(pos, EVENT_ENTRY_FIELD, body))
+            write_event_frame_around(pos, EVENT_ENTRY_FIELD, body, dst);
         }
-        _ => encode(encoding, &event_frame(pos, event)),
+        _ => write_frame(encoding, &event_frame(pos, event), dst),
     }
 }
 
@@ -46,23 +52,21 @@ const EVENT_POS_FIELD: u32 = 1;
 const EVENT_ENTRY_FIELD: u32 = 10;
 
 /// `ServerFrame { event: Event { pos, <kind_field>: <kind, already encoded> } }`, as prost writes it.
-fn event_frame_around(pos: u64, kind_field: u32, kind: &[u8]) -> Bytes {
-    use prost::bytes::BufMut;
+fn write_event_frame_around(pos: u64, kind_field: u32, kind: &[u8], dst: &mut BytesMut) {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
     let pos_len = if pos == 0 { 0 } else { key_len(EVENT_POS_FIELD) + encoded_len_varint(pos) };
     let event_len = pos_len + key_len(kind_field) + encoded_len_varint(kind.len() as u64) + kind.len();
     let frame_len = key_len(SERVER_FRAME_EVENT_FIELD) + encoded_len_varint(event_len as u64) + event_len;
-    let mut buf = bytes::BytesMut::with_capacity(frame_len);
-    encode_key(SERVER_FRAME_EVENT_FIELD, WireType::LengthDelimited, &mut buf);
-    encode_varint(event_len as u64, &mut buf);
+    put_header(dst, OpCode::Binary, frame_len);
+    encode_key(SERVER_FRAME_EVENT_FIELD, WireType::LengthDelimited, dst);
+    encode_varint(event_len as u64, dst);
     if pos != 0 {
-        encode_key(EVENT_POS_FIELD, WireType::Varint, &mut buf);
-        encode_varint(pos, &mut buf);
+        encode_key(EVENT_POS_FIELD, WireType::Varint, dst);
+        encode_varint(pos, dst);
     }
-    encode_key(kind_field, WireType::LengthDelimited, &mut buf);
-    encode_varint(kind.len() as u64, &mut buf);
-    buf.put_slice(kind);
-    buf.freeze()
+    encode_key(kind_field, WireType::LengthDelimited, dst);
+    encode_varint(kind.len() as u64, dst);
+    dst.extend_from_slice(kind);
 }
 
 pub fn error_frame(request_id: u64, error: &DomainError) -> ServerFrame {
@@ -369,11 +373,10 @@ mod tests {
         }))
     }
 
-    fn bytes(payload: Payload) -> Bytes {
-        match payload {
-            Payload::Binary(b) => b,
-            Payload::Text(t) => Bytes::from(t),
-        }
+    fn written(write: impl FnOnce(&mut BytesMut)) -> BytesMut {
+        let mut dst = BytesMut::new();
+        write(&mut dst);
+        dst
     }
 
     #[test]
@@ -391,10 +394,11 @@ mod tests {
         for event in [text_entry(1, "hi"), text_entry(2, ""), text_entry(300, &long), renamed] {
             // The same shared entry at several positions: the first write fills the cache.
             for pos in [0, 1, 127, 128, 300_000, u64::MAX] {
-                let expected = bytes(encode(Encoding::Protobuf, &event_frame(pos, &event)));
-                assert_eq!(bytes(event_payload(Encoding::Protobuf, pos, &event)), expected, "pos {pos}");
-                let json = bytes(encode(Encoding::Json, &event_frame(pos, &event)));
-                assert_eq!(bytes(event_payload(Encoding::Json, pos, &event)), json);
+                for encoding in [Encoding::Protobuf, Encoding::Json] {
+                    let expected = written(|dst| write_frame(encoding, &event_frame(pos, &event), dst));
+                    let spliced = written(|dst| write_event(encoding, pos, &event, dst));
+                    assert_eq!(spliced, expected, "pos {pos}, {encoding:?}");
+                }
             }
         }
     }

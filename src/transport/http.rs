@@ -21,6 +21,7 @@ use tokio::sync::{Semaphore, watch};
 use super::codes::{http_status, wire_code};
 use super::connection::{self, ConnectionSetup};
 use super::connection_caps::{CapReached, ConnectionCaps};
+use super::websocket;
 use crate::actors::{Hub, Kick, KickReason};
 use crate::auth::{AuthService, Authenticated, Refreshed, Session};
 use crate::domain::error::{Code, DomainError};
@@ -314,7 +315,8 @@ async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppSta
         METRICS.connections_refused_total.inc();
         return error_response(Encoding::Json, &DomainError::overloaded(1000));
     };
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
+    let max_frame_bytes = state.hub.limits.max_frame_bytes;
+    let (response, outbox, inbox) = match websocket::accept(&req, body, max_frame_bytes, connection::OUTBOX_BYTES) {
         Ok(parts) => parts,
         Err(e) => return e.error_response(),
     };
@@ -327,7 +329,7 @@ async fn websocket(req: HttpRequest, body: web::Payload, state: web::Data<AppSta
         slot,
         caps,
     };
-    actix_web::rt::spawn(connection::run(setup, session, stream));
+    actix_web::rt::spawn(connection::run(setup, outbox, inbox));
     response
 }
 

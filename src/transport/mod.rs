@@ -10,6 +10,8 @@
 //! - `server_api.rs`: `/v1/server/*`, the app's backend's calls (with a server API key).
 //! - `demo.rs`: `/demo`, a chat page on the TypeScript client (when `server.demo = true`).
 //! - `internal.rs`: the cluster's internal listener (signed node-to-node requests).
+//! - `websocket.rs`: the WebSocket itself on actix-http's frame codec: whole client messages in,
+//!   frames encoded straight into one buffer out, bounded in bytes.
 //! - `connection_caps.rs`: open connections counted per user and per client address.
 
 pub mod codes;
@@ -23,3 +25,4 @@ pub mod http;
 pub mod internal;
 pub mod media_http;
 pub mod server_api;
+pub mod websocket;

@@ -235,3 +235,77 @@ async fn a_send_without_a_client_message_id_is_refused() {
     let e = conn.request(Req::SendMessage(send)).await.unwrap_err();
     assert_eq!(code_of(&e), wire::ErrorCode::InvalidArgument);
 }
+
+/// The WebSocket layer itself (tidings frames WebSockets on actix-http's codec): a message sent in
+/// continuation frames is joined, a ping is answered with its own payload, a message over the size
+/// limit in total is refused with 1009, and a text message that is not UTF-8 closes with 1002.
+#[tokio::test]
+async fn websocket_framing_continuations_pings_and_limits() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = TestServer::start_with(|c| c.limits.max_frame_bytes = 1024);
+    let ana = server.user("ana").await;
+    let url = format!("{}/v1/ws?encoding=json&access_token={}", server.ws_base(), ana.auth.access_token);
+    let connect =
+        async || tokio_tungstenite::connect_async(url.clone().into_client_request().unwrap()).await.unwrap().0;
+    let frame = |data: &[u8], opcode: Data, last: bool| {
+        Message::Frame(Frame::message(data.to_vec(), OpCode::Data(opcode), last))
+    };
+
+    let mut socket = connect().await;
+    let request = br#"{"requestId":"7","ping":{}}"#;
+    socket.send(frame(&request[..5], Data::Text, false)).await.unwrap();
+    socket.send(frame(&request[5..12], Data::Continue, false)).await.unwrap();
+    socket.send(frame(&request[12..], Data::Continue, true)).await.unwrap();
+    socket.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    let (mut answered, mut ponged) = (false, false);
+    while !(answered && ponged) {
+        match tokio::time::timeout(WAIT, socket.next()).await.expect("an answer").expect("open").unwrap() {
+            Message::Text(text) => {
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if value.get("reply").is_some() {
+                    assert_eq!(value["reply"]["requestId"], "7", "{value}");
+                    answered = true;
+                }
+            }
+            Message::Pong(payload) => {
+                assert_eq!(&payload[..], b"are you there");
+                ponged = true;
+            }
+            _ => {}
+        }
+    }
+
+    // 3 x 600 bytes: each frame is within the limit, the message is not.
+    let chunk = vec![b' '; 600];
+    socket.send(frame(&chunk, Data::Text, false)).await.unwrap();
+    socket.send(frame(&chunk, Data::Continue, false)).await.unwrap();
+    socket.send(frame(&chunk, Data::Continue, true)).await.unwrap();
+    let mut refused = false;
+    let close = loop {
+        match tokio::time::timeout(WAIT, socket.next()).await.expect("an answer") {
+            Some(Ok(Message::Text(text))) => {
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                refused |= value["error"]["code"] == "ERROR_CODE_PAYLOAD_TOO_LARGE";
+            }
+            Some(Ok(Message::Close(close))) => break close.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert!(refused, "the client was told why");
+    assert_eq!(close, Some(1009));
+
+    let mut socket = connect().await;
+    socket.send(frame(&[0xff, 0xfe, b'{'], Data::Text, true)).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(WAIT, socket.next()).await.expect("a close") {
+            Some(Ok(Message::Close(close))) => break close.map(|c| u16::from(c.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1002));
+}
