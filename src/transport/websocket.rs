@@ -29,8 +29,8 @@ pub fn accept(
     outbox_bytes: usize,
 ) -> Result<(HttpResponse, Outbox, Inbox), actix_web::Error> {
     let mut response = actix_http::ws::handshake(req.head())?;
-    let shared = Rc::new(RefCell::new(Shared { limit: outbox_bytes.max(1), ..Shared::default() }));
-    let body = OutboxBody(shared.clone());
+    let (outbox, body) = outbox_and_body(outbox_bytes);
+    let shared = outbox.0.clone();
     let response = response.message_body(body.boxed())?;
     let inbox = Inbox {
         payload: payload.into_inner(),
@@ -41,7 +41,13 @@ pub fn accept(
         ended: false,
         shared: shared.clone(),
     };
-    Ok((response.into(), Outbox(shared), inbox))
+    Ok((response.into(), outbox, inbox))
+}
+
+/// An outbox and the response body that drains it.
+fn outbox_and_body(limit: usize) -> (Outbox, OutboxBody) {
+    let shared = Rc::new(RefCell::new(Shared { limit: limit.max(1), ..Shared::default() }));
+    (Outbox(shared.clone()), OutboxBody(shared))
 }
 
 /// What the two halves and the response body share (all on the connection's worker thread).
@@ -334,6 +340,52 @@ fn utf8(bytes: Bytes) -> Result<Bytes, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn poll_body(body: &mut OutboxBody) -> Poll<Option<Bytes>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(body).poll_next(&mut cx).map(|chunk| chunk.map(|c| c.unwrap_or_else(|e| match e {})))
+    }
+
+    fn poll_room(room: &mut Pin<Box<impl Future<Output = Result<(), Gone>>>>) -> Poll<Result<(), Gone>> {
+        room.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_full_outbox_waits_until_the_socket_takes_it_whole_and_a_close_ends_the_body() {
+        let (outbox, mut body) = outbox_and_body(8);
+        assert!(poll_body(&mut body).is_pending(), "nothing written yet");
+        outbox.write(|dst| dst.extend_from_slice(b"0123"));
+        outbox.write(|dst| dst.extend_from_slice(b"456789"));
+        assert_eq!(outbox.has_room(), None, "10 bytes against a limit of 8");
+        let mut room = Box::pin(outbox.room());
+        assert!(poll_room(&mut room).is_pending());
+        assert_eq!(poll_body(&mut body), Poll::Ready(Some(Bytes::from_static(b"0123456789"))), "one chunk");
+        assert_eq!(poll_room(&mut room), Poll::Ready(Ok(())));
+        drop(room);
+        outbox.close(Some(CloseReason { code: CloseCode::Policy, description: Some("é".repeat(100)) }));
+        outbox.write(|dst| dst.extend_from_slice(b"after the close"));
+        let Poll::Ready(Some(close)) = poll_body(&mut body) else { panic!("the close frame") };
+        // 0x88: FIN and close; a control frame's payload is at most 125 bytes (2 of code, 122 of
+        // text: the description is cut on a character boundary).
+        assert_eq!((close[0], close[1] as usize, close.len()), (0x88, 124, 126));
+        assert_eq!(&close[2..4], &1008u16.to_be_bytes());
+        assert_eq!(poll_body(&mut body), Poll::Ready(None), "nothing after the close");
+    }
+
+    #[test]
+    fn a_dropped_body_is_a_gone_connection_and_a_dropped_outbox_ends_the_body() {
+        let (outbox, body) = outbox_and_body(8);
+        drop(body);
+        assert_eq!(outbox.has_room(), Some(Err(Gone)));
+        let mut room = Box::pin(outbox.room());
+        assert_eq!(poll_room(&mut room), Poll::Ready(Err(Gone)));
+
+        let (outbox, mut body) = outbox_and_body(8);
+        outbox.write(|dst| dst.extend_from_slice(b"last"));
+        drop(outbox);
+        assert_eq!(poll_body(&mut body), Poll::Ready(Some(Bytes::from_static(b"last"))));
+        assert_eq!(poll_body(&mut body), Poll::Ready(None));
+    }
 
     #[test]
     fn a_header_frames_each_length_as_the_codec_reads_it() {
