@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use tidings_proto::Encoding;
 use tidings_proto::v1::ServerFrame;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -91,40 +90,28 @@ impl Writer {
     /// Writes one frame, waiting at most `write_timeout` for room.
     async fn send(&mut self, frame: &ServerFrame) -> Sent {
         let encoding = self.encoding;
-        self.send_with(|dst| write_frame(encoding, frame, dst)).await
+        self.when_room(|outbox| outbox.write(|dst| write_frame(encoding, frame, dst))).await
     }
 
     async fn send_event(&mut self, pos: u64, event: &StreamEvent) -> Sent {
         let encoding = self.encoding;
-        self.send_with(|dst| write_event(encoding, pos, event, dst)).await
+        self.when_room(|outbox| outbox.write(|dst| write_event(encoding, pos, event, dst))).await
     }
 
     /// Control frames wait for room like any other (a client that stopped reading has none).
     async fn ping(&mut self) -> Sent {
-        self.room().await.map_or_else(
-            |sent| sent,
-            |()| {
-                self.outbox.ping(b"");
-                Sent::Yes
-            },
-        )
+        self.when_room(|outbox| outbox.ping(b"")).await
     }
 
     async fn pong(&mut self, payload: &[u8]) -> Sent {
-        self.room().await.map_or_else(
-            |sent| sent,
-            |()| {
-                self.outbox.pong(payload);
-                Sent::Yes
-            },
-        )
+        self.when_room(|outbox| outbox.pong(payload)).await
     }
 
-    /// Writes one message (whole frames) once the outbox has room.
-    async fn send_with(&mut self, frames: impl FnOnce(&mut BytesMut)) -> Sent {
+    /// Writes one message once the outbox has room.
+    async fn when_room(&mut self, write: impl FnOnce(&Outbox)) -> Sent {
         match self.room().await {
             Ok(()) => {
-                self.outbox.write(frames);
+                write(&self.outbox);
                 Sent::Yes
             }
             Err(sent) => sent,

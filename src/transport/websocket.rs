@@ -30,7 +30,6 @@ pub fn accept(
 ) -> Result<(HttpResponse, Outbox, Inbox), actix_web::Error> {
     let mut response = actix_http::ws::handshake(req.head())?;
     let (outbox, body) = outbox_and_body(outbox_bytes);
-    let shared = outbox.0.clone();
     let response = response.message_body(body.boxed())?;
     let inbox = Inbox {
         payload: payload.into_inner(),
@@ -39,7 +38,7 @@ pub fn accept(
         max_message_bytes,
         continued: None,
         ended: false,
-        shared: shared.clone(),
+        shared: outbox.0.clone(),
     };
     Ok((response.into(), outbox, inbox))
 }
@@ -102,14 +101,10 @@ impl Outbox {
 
     /// Waits until the buffer is below its limit (the client has been taking what it was sent).
     pub async fn room(&self) -> Result<(), Gone> {
-        std::future::poll_fn(|cx| {
-            let mut shared = self.0.borrow_mut();
-            if shared.gone {
-                Poll::Ready(Err(Gone))
-            } else if shared.buf.len() < shared.limit {
-                Poll::Ready(Ok(()))
-            } else {
-                park(&mut shared.writer_waker, cx);
+        std::future::poll_fn(|cx| match self.has_room() {
+            Some(now) => Poll::Ready(now),
+            None => {
+                park(&mut self.0.borrow_mut().writer_waker, cx);
                 Poll::Pending
             }
         })
@@ -150,10 +145,9 @@ impl Outbox {
             }
             reason
         });
+        // `write` wakes the body; it ends once it has taken the close frame.
         self.write(|dst| Parser::write_close(dst, reason, false));
-        let mut shared = self.0.borrow_mut();
-        shared.closing = true;
-        wake(&mut shared.body_waker);
+        self.0.borrow_mut().closing = true;
     }
 }
 
