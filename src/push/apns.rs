@@ -9,10 +9,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use reqwest::Url;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 use serde_json::json;
 
-use super::notification::Notification;
-use super::provider::{Delivery, retry_after};
+use super::notification::{AsText, Notification, TitleAndBody};
+use super::provider::{Delivery, base_url, retry_after};
 use crate::config::ApnsConfig;
 use crate::jws::Es256;
 use crate::store::PushJob;
@@ -23,14 +27,22 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(50 * 60);
 
 pub struct ApnsClient {
     http: reqwest::Client,
-    production_url: String,
-    sandbox_url: String,
+    production_url: Url,
+    sandbox_url: Url,
     key: Es256,
     key_id: String,
     team_id: String,
     ttl: Duration,
-    token: Mutex<Option<(String, Instant)>>,
+    /// The provider token as an `authorization` value, and when it was signed.
+    token: Mutex<Option<(HeaderValue, Instant)>>,
 }
+
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 
 impl ApnsClient {
     /// Reads the .p8 key; fails with a readable message when it is missing or not a P-256 key.
@@ -52,8 +64,8 @@ impl ApnsClient {
             .build()?;
         Ok(Self {
             http,
-            production_url: config.production_url.trim_end_matches('/').to_owned(),
-            sandbox_url: config.sandbox_url.trim_end_matches('/').to_owned(),
+            production_url: base_url("apns.production_url", &config.production_url)?,
+            sandbox_url: base_url("apns.sandbox_url", &config.sandbox_url)?,
             key,
             key_id: config.key_id.clone(),
             team_id: config.team_id.clone(),
@@ -63,7 +75,7 @@ impl ApnsClient {
     }
 
     /// The current provider token (ES256 JWT), signed anew when it is old or `renew` is set.
-    fn provider_token(&self, renew: bool) -> anyhow::Result<String> {
+    fn provider_token(&self, renew: bool) -> anyhow::Result<HeaderValue> {
         let mut cached = self.token.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((token, at)) = cached.as_ref()
             && !renew
@@ -72,7 +84,8 @@ impl ApnsClient {
             return Ok(token.clone());
         }
         let claims = json!({ "iss": self.team_id, "iat": unix_now() });
-        let token = self.key.sign(&self.key_id, &claims)?;
+        let mut token = HeaderValue::try_from(format!("bearer {}", self.key.sign(&self.key_id, &claims)?))?;
+        token.set_sensitive(true);
         *cached = Some((token.clone(), Instant::now()));
         Ok(token)
     }
@@ -93,20 +106,23 @@ impl ApnsClient {
             Ok(token) => token,
             Err(e) => return Delivery::Rejected { reason: format!("signing the provider token: {e}") },
         };
-        let base = if job.sandbox { &self.sandbox_url } else { &self.production_url };
-        let url = format!("{base}/3/device/{}", job.token);
+        let body = match serde_json::to_vec(&Payload(n)) {
+            Ok(body) => body,
+            Err(e) => return Delivery::Rejected { reason: format!("encoding the payload: {e}") },
+        };
         let expiration = unix_now() + self.ttl.as_secs();
         let request = self
             .http
-            .post(url)
-            .bearer_auth(token)
-            .header("apns-topic", &job.app_id)
-            .header("apns-push-type", "alert")
-            .header("apns-priority", "10")
-            .header("apns-expiration", expiration.to_string())
-            .header("apns-collapse-id", &n.collapse_id)
-            .header("apns-id", &n.push_id)
-            .json(&payload(n));
+            .post(self.device_url(job))
+            .header(AUTHORIZATION, token)
+            .header(APNS_TOPIC, &job.app_id)
+            .header(APNS_PUSH_TYPE, HeaderValue::from_static("alert"))
+            .header(APNS_PRIORITY, HeaderValue::from_static("10"))
+            .header(APNS_EXPIRATION, expiration)
+            .header(APNS_COLLAPSE_ID, &n.collapse_id)
+            .header(APNS_ID, &n.push_id)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
         let response = match request.send().await {
             Ok(response) => response,
             // Without the URL: it carries the device token, which must not reach logs or the store.
@@ -129,6 +145,17 @@ impl ApnsClient {
     }
 }
 
+impl ApnsClient {
+    /// `{base}/3/device/{token}`, from the base parsed once (a URL parsed per request was a visible
+    /// part of the pipeline's CPU).
+    fn device_url(&self, job: &PushJob) -> Url {
+        let mut url = if job.sandbox { self.sandbox_url.clone() } else { self.production_url.clone() };
+        let path = format!("{}/3/device/{}", url.path().trim_end_matches('/'), job.token);
+        url.set_path(&path);
+        url
+    }
+}
+
 /// Apple's documented answers (Handling notification responses from APNs).
 fn classify(status: u16, reason: String, after: Option<Duration>) -> Delivery {
     match (status, reason.as_str()) {
@@ -138,27 +165,40 @@ fn classify(status: u16, reason: String, after: Option<Duration>) -> Delivery {
     }
 }
 
-fn payload(n: &Notification) -> serde_json::Value {
-    let mut payload = json!({
-        "aps": {
-            "alert": { "title": n.title, "body": n.body },
-            "badge": n.badge,
-            "sound": "default",
-            "thread-id": n.thread_id,
-            // Lets a notification service extension decrypt or enrich the notification.
-            "mutable-content": 1,
-        },
-        "push_id": n.push_id,
-        "room_id": n.room_id.to_string(),
-        "seq": n.seq.to_string(),
-        "kind": n.kind.name(),
-    });
-    if let Some(fields) = payload.as_object_mut() {
-        for (key, value) in &n.data {
-            fields.entry(key.clone()).or_insert_with(|| value.clone().into());
+/// The JSON body: Apple's `aps` dictionary, our fields beside it, then the app's own pairs.
+struct Payload<'a>(&'a Notification);
+
+/// Our top-level keys: the app's pairs never replace them.
+const OUR_KEYS: [&str; 5] = ["aps", "push_id", "room_id", "seq", "kind"];
+
+#[derive(Serialize)]
+struct Aps<'a> {
+    alert: TitleAndBody<'a>,
+    badge: u32,
+    sound: &'static str,
+    #[serde(rename = "thread-id")]
+    thread_id: &'a str,
+    /// Lets a notification service extension decrypt or enrich the notification.
+    #[serde(rename = "mutable-content")]
+    mutable_content: u8,
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        let alert = TitleAndBody { title: &n.title, body: &n.body };
+        let aps = Aps { alert, badge: n.badge, sound: "default", thread_id: &n.thread_id, mutable_content: 1 };
+        map.serialize_entry("aps", &aps)?;
+        map.serialize_entry("push_id", &n.push_id)?;
+        map.serialize_entry("room_id", &AsText(n.room_id))?;
+        map.serialize_entry("seq", &AsText(n.seq))?;
+        map.serialize_entry("kind", n.kind.name())?;
+        for (key, value) in n.app_data(&OUR_KEYS) {
+            map.serialize_entry(key, value)?;
         }
+        map.end()
     }
-    payload
 }
 
 fn unix_now() -> u64 {

@@ -9,10 +9,14 @@
 use std::time::Duration;
 
 use gcp_auth::{CustomServiceAccount, TokenProvider};
-use serde_json::{Value, json};
+use reqwest::Url;
+use reqwest::header::{CONTENT_TYPE, HeaderValue};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
-use super::notification::Notification;
-use super::provider::{Delivery, retry_after};
+use super::notification::{AsText, Notification, TitleAndBody};
+use super::provider::{Delivery, base_url, retry_after};
 use crate::config::FcmConfig;
 use crate::store::PushJob;
 
@@ -20,9 +24,10 @@ const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 
 pub struct FcmClient {
     http: reqwest::Client,
-    send_url: String,
+    send_url: Url,
     account: CustomServiceAccount,
-    ttl: Duration,
+    /// The message lifetime as FCM spells it ("3600s").
+    ttl: String,
 }
 
 impl FcmClient {
@@ -44,7 +49,8 @@ impl FcmClient {
             .map_err(|e| anyhow::anyhow!("fcm.service_account_file {}: {e}", file.display()))?;
         let http = reqwest::Client::builder().timeout(request_timeout).pool_idle_timeout(None).build()?;
         let send_url = format!("{}/v1/projects/{project}/messages:send", config.base_url.trim_end_matches('/'));
-        Ok(Self { http, send_url, account, ttl })
+        let send_url = base_url("fcm.base_url", &send_url)?;
+        Ok(Self { http, send_url, account, ttl: format!("{}s", ttl.as_secs()) })
     }
 
     pub async fn send(&self, job: &PushJob, n: &Notification) -> Delivery {
@@ -53,13 +59,22 @@ impl FcmClient {
             // The token endpoint is down or refusing: nothing can be sent now, try again later.
             Err(e) => return Delivery::Retry { after: None, reason: format!("fcm access token: {e}") },
         };
-        let response =
-            match self.http.post(&self.send_url).bearer_auth(token.as_str()).json(&self.message(job, n)).send().await {
-                Ok(response) => response,
-                Err(e) => {
-                    return Delivery::Retry { after: None, reason: format!("fcm request failed: {}", e.without_url()) };
-                }
-            };
+        let body = match serde_json::to_vec(&self.message(job, n)) {
+            Ok(body) => body,
+            Err(e) => return Delivery::Rejected { reason: format!("encoding the message: {e}") },
+        };
+        let request = self
+            .http
+            .post(self.send_url.clone())
+            .bearer_auth(token.as_str())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => {
+                return Delivery::Retry { after: None, reason: format!("fcm request failed: {}", e.without_url()) };
+            }
+        };
         let status = response.status().as_u16();
         if status == 200 {
             return Delivery::Accepted;
@@ -69,38 +84,74 @@ impl FcmClient {
         classify(status, &body, after)
     }
 
-    fn message(&self, job: &PushJob, n: &Notification) -> Value {
-        let mut message = json!({
-            "message": {
-                "token": job.token,
-                "notification": { "title": n.title, "body": n.body },
-                // FCM data values are strings.
-                "data": {
-                    "push_id": n.push_id,
-                    "room_id": n.room_id.to_string(),
-                    "seq": n.seq.to_string(),
-                    "badge": n.badge.to_string(),
-                    "kind": n.kind.name(),
+    fn message<'a>(&'a self, job: &'a PushJob, n: &'a Notification) -> SendBody<'a> {
+        let tag = n.collapse_id.as_str();
+        SendBody {
+            message: Message {
+                token: &job.token,
+                notification: TitleAndBody { title: &n.title, body: &n.body },
+                data: Data(n),
+                android: Android {
+                    priority: "HIGH",
+                    ttl: &self.ttl,
+                    collapse_key: tag,
+                    notification: AndroidNotification { tag, notification_count: n.badge },
                 },
-                "android": {
-                    "priority": "HIGH",
-                    "ttl": format!("{}s", self.ttl.as_secs()),
-                    "collapse_key": n.collapse_id,
-                    "notification": { "tag": n.collapse_id, "notification_count": n.badge },
-                },
-            }
-        });
-        if let Some(data) = message["message"]["data"].as_object_mut() {
-            for (key, value) in &n.data {
-                data.entry(key.clone()).or_insert_with(|| value.clone().into());
-            }
+            },
         }
-        message
     }
 }
 
-/// FCM's documented errors (ErrorCode in the v1 reference): the FcmError detail's `errorCode` when
-/// there is one, else the google.rpc status.
+/// The body of `messages:send`.
+#[derive(Serialize)]
+struct SendBody<'a> {
+    message: Message<'a>,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    token: &'a str,
+    notification: TitleAndBody<'a>,
+    data: Data<'a>,
+    android: Android<'a>,
+}
+
+#[derive(Serialize)]
+struct Android<'a> {
+    priority: &'static str,
+    ttl: &'a str,
+    collapse_key: &'a str,
+    notification: AndroidNotification<'a>,
+}
+
+#[derive(Serialize)]
+struct AndroidNotification<'a> {
+    tag: &'a str,
+    notification_count: u32,
+}
+
+/// FCM's `data`: string values only; ours first, then the app's own pairs.
+struct Data<'a>(&'a Notification);
+
+/// Our data keys: the app's pairs never replace them.
+const OUR_KEYS: [&str; 5] = ["push_id", "room_id", "seq", "badge", "kind"];
+
+impl Serialize for Data<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("push_id", &n.push_id)?;
+        map.serialize_entry("room_id", &AsText(n.room_id))?;
+        map.serialize_entry("seq", &AsText(n.seq))?;
+        map.serialize_entry("badge", &AsText(n.badge))?;
+        map.serialize_entry("kind", n.kind.name())?;
+        for (key, value) in n.app_data(&OUR_KEYS) {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
 fn classify(status: u16, body: &Value, after: Option<Duration>) -> Delivery {
     let error = &body["error"];
     let rpc_status = error["status"].as_str().unwrap_or_default();
@@ -137,6 +188,7 @@ fn mentions_token(message: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn error(status: u16, rpc: &str, code: &str, extra: Value) -> Value {
         let mut details =

@@ -2,6 +2,9 @@
 //! providers (each then puts it in its own payload).
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
+
+use serde::{Serialize, Serializer};
 
 use crate::domain::{NotificationPush, PushKind, RoomKind};
 use crate::store::{PushContext, PushJob};
@@ -98,6 +101,30 @@ impl Notification {
                 _ => BTreeMap::new(),
             },
         }
+    }
+}
+
+impl Notification {
+    /// The app's own pairs, less any whose key is in `ours`: ours win a clash.
+    pub fn app_data<'a>(&'a self, ours: &'a [&str]) -> impl Iterator<Item = (&'a String, &'a String)> + 'a {
+        self.data.iter().filter(move |(key, _)| !ours.contains(&key.as_str()))
+    }
+}
+
+/// A notification's visible part, as both providers spell it.
+#[derive(Serialize)]
+pub struct TitleAndBody<'a> {
+    pub title: &'a str,
+    pub body: &'a str,
+}
+
+/// A value written as a JSON string through `Display` (ids and counts as strings, as providers'
+/// data fields must be), without building a `String` first.
+pub struct AsText<T>(pub T);
+
+impl<T: Display> Serialize for AsText<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
     }
 }
 

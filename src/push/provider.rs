@@ -24,6 +24,11 @@ pub enum Delivery {
     },
 }
 
+/// A configured base URL, or a startup error that names the setting.
+pub fn base_url(setting: &str, value: &str) -> anyhow::Result<reqwest::Url> {
+    reqwest::Url::parse(value).map_err(|e| anyhow::anyhow!("{setting} {value:?} is not a URL: {e}"))
+}
+
 /// A `Retry-After` header in seconds. (The HTTP-date form is rare with these providers; it is
 /// ignored, and the backoff applies.)
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
