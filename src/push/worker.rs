@@ -27,6 +27,12 @@ use crate::store::{PushContext, PushJob, PushJobEnd, Store, StoreResult};
 
 /// Most jobs claimed by one store write.
 const CLAIM_BATCH: usize = 256;
+/// Jobs in the pipeline per provider request allowed in flight. A job holds its place from its
+/// claim until its end is recorded, but a provider slot only while it is sent: with one place per
+/// slot, slots sat idle while claims, context reads and end records went to the store. Two keep
+/// the next batch claimed and read while this one is sent. (The providers still see at most
+/// `apns.concurrency` and `fcm.concurrency` requests at once.)
+const PIPELINE_DEPTH: usize = 2;
 /// The worker looks at the queue at least this often, for jobs queued by other nodes.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often failed jobs past their keeping time are deleted.
@@ -153,7 +159,7 @@ impl Worker {
             Ok(users) => self.gate.remember_pending(users),
             Err(e) => tracing::warn!(error = %e, "could not read pending pushes"),
         }
-        let total = self.capacity();
+        let total = self.capacity() * PIPELINE_DEPTH;
         let sends = Arc::new(Semaphore::new(total));
         let lease_ms = (self.config.lease_secs * 1000) as i64;
         let mut next_purge = tokio::time::Instant::now();
