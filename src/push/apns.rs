@@ -90,6 +90,15 @@ impl ApnsClient {
         Ok(token)
     }
 
+    /// `{base}/3/device/{token}`, from the base parsed once (a URL parsed per request was a visible
+    /// part of the pipeline's CPU).
+    fn device_url(&self, job: &PushJob) -> Url {
+        let mut url = if job.sandbox { self.sandbox_url.clone() } else { self.production_url.clone() };
+        let path = format!("{}/3/device/{}", url.path().trim_end_matches('/'), job.token);
+        url.set_path(&path);
+        url
+    }
+
     pub async fn send(&self, job: &PushJob, n: &Notification) -> Delivery {
         let first = self.attempt(job, n, false).await;
         match &first {
@@ -142,17 +151,6 @@ impl ApnsClient {
             .and_then(|body| body.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
             .unwrap_or_else(|| format!("HTTP {status}"));
         classify(status, reason, after)
-    }
-}
-
-impl ApnsClient {
-    /// `{base}/3/device/{token}`, from the base parsed once (a URL parsed per request was a visible
-    /// part of the pipeline's CPU).
-    fn device_url(&self, job: &PushJob) -> Url {
-        let mut url = if job.sandbox { self.sandbox_url.clone() } else { self.production_url.clone() };
-        let path = format!("{}/3/device/{}", url.path().trim_end_matches('/'), job.token);
-        url.set_path(&path);
-        url
     }
 }
 
