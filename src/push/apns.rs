@@ -15,7 +15,7 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use serde_json::json;
 
-use super::notification::{AsText, Notification, TitleAndBody};
+use super::notification::{Notification, TitleAndBody};
 use super::provider::{Delivery, base_url, retry_after};
 use crate::config::ApnsConfig;
 use crate::jws::Es256;
@@ -166,9 +166,6 @@ fn classify(status: u16, reason: String, after: Option<Duration>) -> Delivery {
 /// The JSON body: Apple's `aps` dictionary, our fields beside it, then the app's own pairs.
 struct Payload<'a>(&'a Notification);
 
-/// Our top-level keys: the app's pairs never replace them.
-const OUR_KEYS: [&str; 5] = ["aps", "push_id", "room_id", "seq", "kind"];
-
 #[derive(Serialize)]
 struct Aps<'a> {
     alert: TitleAndBody<'a>,
@@ -188,13 +185,7 @@ impl Serialize for Payload<'_> {
         let alert = TitleAndBody { title: &n.title, body: &n.body };
         let aps = Aps { alert, badge: n.badge, sound: "default", thread_id: &n.thread_id, mutable_content: 1 };
         map.serialize_entry("aps", &aps)?;
-        map.serialize_entry("push_id", &n.push_id)?;
-        map.serialize_entry("room_id", &AsText(n.room_id))?;
-        map.serialize_entry("seq", &AsText(n.seq))?;
-        map.serialize_entry("kind", n.kind.name())?;
-        for (key, value) in n.app_data(&OUR_KEYS) {
-            map.serialize_entry(key, value)?;
-        }
+        n.serialize_ids_and_app_data(&mut map, &["aps"])?;
         map.end()
     }
 }

@@ -133,21 +133,12 @@ struct AndroidNotification<'a> {
 /// FCM's `data`: string values only; ours first, then the app's own pairs.
 struct Data<'a>(&'a Notification);
 
-/// Our data keys: the app's pairs never replace them.
-const OUR_KEYS: [&str; 5] = ["push_id", "room_id", "seq", "badge", "kind"];
-
 impl Serialize for Data<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let n = self.0;
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("push_id", &n.push_id)?;
-        map.serialize_entry("room_id", &AsText(n.room_id))?;
-        map.serialize_entry("seq", &AsText(n.seq))?;
         map.serialize_entry("badge", &AsText(n.badge))?;
-        map.serialize_entry("kind", n.kind.name())?;
-        for (key, value) in n.app_data(&OUR_KEYS) {
-            map.serialize_entry(key, value)?;
-        }
+        n.serialize_ids_and_app_data(&mut map, &["badge"])?;
         map.end()
     }
 }

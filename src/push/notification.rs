@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Display;
 
+use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use crate::domain::{NotificationPush, PushKind, RoomKind};
@@ -102,12 +103,22 @@ impl Notification {
             },
         }
     }
-}
 
-impl Notification {
-    /// The app's own pairs, less any whose key is in `ours`: ours win a clash.
-    pub fn app_data<'a>(&'a self, ours: &'a [&str]) -> impl Iterator<Item = (&'a String, &'a String)> + 'a {
-        self.data.iter().filter(move |(key, _)| !ours.contains(&key.as_str()))
+    /// What names the push in both providers' payloads (its id, room, seq and kind, ids as
+    /// strings), then the app's own pairs. A pair whose key is one of these, or in `also_ours`
+    /// (the provider's own top-level keys), is left out: ours win a clash.
+    pub fn serialize_ids_and_app_data<M: SerializeMap>(&self, map: &mut M, also_ours: &[&str]) -> Result<(), M::Error> {
+        const IDS: [&str; 4] = ["push_id", "room_id", "seq", "kind"];
+        map.serialize_entry(IDS[0], &self.push_id)?;
+        map.serialize_entry(IDS[1], &AsText(self.room_id))?;
+        map.serialize_entry(IDS[2], &AsText(self.seq))?;
+        map.serialize_entry(IDS[3], self.kind.name())?;
+        for (key, value) in &self.data {
+            if !IDS.contains(&key.as_str()) && !also_ours.contains(&key.as_str()) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        Ok(())
     }
 }
 
